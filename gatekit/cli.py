@@ -1,0 +1,245 @@
+"""gatekit command line: `main` is the root group; `gatekit secrets ...` manages the vault."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+import yaml
+
+from gatekit import vault
+from gatekit.vault import USAGE, VaultError
+
+
+class _Group(click.Group):
+    """Errors become one `error: ...` line on stderr and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except VaultError as e:
+            _fail(str(e), e.exit_code)
+        except OSError as e:
+            _fail(str(e), 1)
+        except Exception as e:
+            if os.environ.get("GATEKIT_DEBUG"):
+                raise
+            # Only the type: an arbitrary exception message might quote secret material.
+            _fail(f"internal error ({type(e).__name__}); rerun with GATEKIT_DEBUG=1 for a traceback", 1)
+
+
+def _fail(message: str, code: int):
+    click.echo(f"error: {message}", err=True)
+    raise click.exceptions.Exit(code)
+
+
+@click.group(cls=_Group)
+def main():
+    """gatekit: provision an LLM gateway."""
+
+
+@main.group()
+def secrets():
+    """Encrypted secrets vault (one file per environment)."""
+
+
+_path = click.Path(dir_okay=False, path_type=Path)
+_vault_opt = click.option(
+    "--vault", "vault_path", required=True, type=_path, help="Vault file, e.g. inventories/prod/secrets.enc.yaml."
+)
+_key_opt = click.option(
+    "--key-file",
+    type=_path,
+    help="Key file [env GATEKIT_VAULT_KEY_FILE]; without one, the passphrase from "
+    "GATEKIT_VAULT_PASSPHRASE or a prompt.",
+)
+
+
+def _new_passphrase(env_name: str) -> str:
+    value = os.environ.get(env_name)
+    if value:
+        return value
+    if sys.stdin.isatty():
+        return click.prompt("new passphrase", hide_input=True, confirmation_prompt=True, err=True)
+    raise VaultError(f"no passphrase: set {env_name} (or run on a terminal to be prompted)", USAGE)
+
+
+@secrets.command()
+@_vault_opt
+@click.option("--key-file", type=_path, help="Key file to use, created (0600) if missing [env GATEKIT_VAULT_KEY_FILE].")
+@click.option("--passphrase-env", is_flag=True, help="Derive the key from GATEKIT_VAULT_PASSPHRASE (or a prompt).")
+def init(vault_path: Path, key_file: Path | None, passphrase_env: bool):
+    """Create an empty vault (and its key file)."""
+    if key_file and passphrase_env:
+        raise VaultError("--key-file and --passphrase-env are mutually exclusive", USAGE)
+    passphrase = _new_passphrase("GATEKIT_VAULT_PASSPHRASE") if passphrase_env else None
+    if not passphrase_env and key_file is None and os.environ.get("GATEKIT_VAULT_KEY_FILE"):
+        key_file = Path(os.environ["GATEKIT_VAULT_KEY_FILE"])
+    new_key_file = key_file is not None and not key_file.exists()
+    key = vault.init_vault(vault_path, key_file, passphrase)
+    click.echo(f"created {vault_path} (key id {vault.key_id(key)})")
+    if new_key_file:
+        click.echo(f"created key file {key_file}: keep it out of git and back it up")
+
+
+def _read_value(name: str) -> str:
+    if sys.stdin.isatty():
+        value = click.prompt(f"value for {name}", hide_input=True, err=True)
+    else:
+        try:
+            value = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError:
+            raise VaultError("the value on stdin is not valid UTF-8", USAGE) from None
+        # Exactly one newline: `echo value |` adds it, anything more is part of the value.
+        value = value[:-2] if value.endswith("\r\n") else value.removesuffix("\n")
+    if not value:
+        raise VaultError(f"empty value for {name}: pipe it on stdin, e.g. `printf %s \"$VALUE\" | gatekit secrets set`")
+    return value
+
+
+@secrets.command("set")
+@click.argument("name")
+@_vault_opt
+@_key_opt
+def set_cmd(name: str, vault_path: Path, key_file: Path | None):
+    """Set NAME to the value read from stdin (never from the command line)."""
+    vault._check_name(name)
+    key = vault.resolve_key(vault_path, key_file)
+    changed = vault.set_secret(vault_path, key, name, _read_value(name))
+    click.echo(f"{name}: {'updated' if changed else 'unchanged'} in {vault_path}")
+
+
+@secrets.command()
+@click.argument("name")
+@_vault_opt
+@_key_opt
+def get(name: str, vault_path: Path, key_file: Path | None):
+    """Print the value of NAME."""
+    value = vault.get_secret(vault_path, vault.resolve_key(vault_path, key_file), name)
+    click.echo(value.encode())  # bytes: the value comes out exactly, whatever the locale
+
+
+@secrets.command("list")
+@_vault_opt
+def list_cmd(vault_path: Path):
+    """List secret names (no key needed)."""
+    for name in vault.list_names(vault_path):
+        click.echo(name)
+
+
+@secrets.command("verify")
+@_vault_opt
+@_key_opt
+def verify_cmd(vault_path: Path, key_file: Path | None):
+    """Check the MAC and that every value decrypts."""
+    key = vault.resolve_key(vault_path, key_file)
+    count = vault.verify(vault_path, key)
+    click.echo(f"ok: {count} secrets, key id {vault.key_id(key)}")
+
+
+@secrets.command("rekey")
+@_vault_opt
+@_key_opt
+@click.option(
+    "--new-key-file", type=_path, help="New key file, created (0600) if missing; else GATEKIT_VAULT_NEW_PASSPHRASE."
+)
+def rekey_cmd(vault_path: Path, key_file: Path | None, new_key_file: Path | None):
+    """Re-encrypt every secret under a new key."""
+    old_key = vault.resolve_key(vault_path, key_file)
+    vault.verify(vault_path, old_key)  # fail on a wrong key before asking for a new passphrase
+    new_passphrase = None if new_key_file else _new_passphrase("GATEKIT_VAULT_NEW_PASSPHRASE")
+    new_key = vault.rekey(vault_path, old_key, new_key_file, new_passphrase)
+    click.echo(f"rekeyed {vault_path}: key id {vault.key_id(old_key)} -> {vault.key_id(new_key)}")
+
+
+# --- edit ------------------------------------------------------------------
+
+
+def dump_plain(values: dict[str, str]) -> str:
+    return yaml.safe_dump(values, allow_unicode=True, default_flow_style=False, sort_keys=True, width=2**31)
+
+
+def parse_plain(text: str) -> dict[str, str]:
+    """The edited `name: value` mapping. Errors give positions only: the text holds secrets."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise VaultError(f"edited text is not valid YAML{where}", USAGE) from None
+    except Exception:
+        raise VaultError("edited text is not valid YAML", USAGE) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise VaultError("edited text must be a mapping of `name: value` lines", USAGE)
+    for name, value in data.items():
+        vault._check_name(name)
+        if not isinstance(value, str):
+            raise VaultError(f"value of {name!r} must be a string: put it in quotes", USAGE)
+    return data
+
+
+def _shred_tree(root: Path) -> None:
+    """Overwrite then delete everything the editor left (incl. swap/backup files)."""
+    for dirpath, _, files in os.walk(root):
+        for fname in files:
+            path = os.path.join(dirpath, fname)
+            with contextlib.suppress(OSError):
+                size = os.lstat(path).st_size
+                with open(path, "r+b") as f:
+                    f.write(b"\0" * size)
+                    f.flush()
+                    os.fsync(f.fileno())
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _run_editor(path: Path) -> None:
+    argv = shlex.split(os.environ.get("EDITOR") or "vi") + [str(path)]
+    try:
+        status = subprocess.run(argv).returncode
+    except FileNotFoundError:
+        raise VaultError(f"editor {argv[0]!r} not found: set $EDITOR", USAGE) from None
+    if status != 0:
+        raise VaultError(f"editor exited with status {status}", USAGE)
+
+
+@secrets.command("edit")
+@_vault_opt
+@_key_opt
+def edit_cmd(vault_path: Path, key_file: Path | None):
+    """Edit all secrets in $EDITOR as `name: value` YAML."""
+    key = vault.resolve_key(vault_path, key_file)
+    current = vault.read_secrets(vault_path, key)
+    # Plaintext goes to RAM (/dev/shm) when possible, in a 0700 dir so editor swap files are private too.
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    tmpdir = Path(tempfile.mkdtemp(prefix="gatekit-edit-", dir=shm))
+    try:
+        path = tmpdir / "secrets.yaml"
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
+            f.write(f"# {vault_path}: one `name: value` per line; delete a line to remove a secret.\n")
+            f.write(dump_plain(current))
+        _run_editor(path)
+        try:
+            edited = parse_plain(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise VaultError("edited text is not valid UTF-8", USAGE) from None
+    except VaultError as e:
+        raise VaultError(f"{e}; {vault_path} unchanged", e.exit_code) from None
+    finally:
+        _shred_tree(tmpdir)
+    added, changed, removed = vault.update_secrets(vault_path, key, edited)
+    click.echo(f"{vault_path}: {len(added)} added, {len(changed)} changed, {len(removed)} removed")
+
+
+if __name__ == "__main__":
+    main(prog_name="gatekit")

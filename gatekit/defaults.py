@@ -1,0 +1,62 @@
+"""Every tunable of the kit, defaulted in one place, each with a one-line meaning.
+
+Names are flat and role-prefixed. A gateway spec's `settings:` mapping overrides them for the whole
+environment; pyinfra host data with the same name overrides them for one host.
+"""
+
+DEFAULTS: dict[str, object] = {
+    # --- nginx -------------------------------------------------------------------------------
+    "nginx_https_port": 443,  # TLS listener clients use
+    "nginx_http_port": 80,  # plain listener; only redirects to HTTPS
+    "nginx_server_name": "_",  # server_name; "_" answers any Host
+    "nginx_tls_cert": "",  # path of an existing certificate on the host; empty = self-signed generated there
+    "nginx_tls_key": "",  # path of the matching private key on the host
+    "nginx_selfsigned_dir": "/etc/gatekit/tls",  # where the self-signed pair is generated when none is given
+    "nginx_read_timeout": 600,  # seconds nginx waits between two reads from LiteLLM (long streams)
+    "nginx_send_timeout": 600,  # seconds nginx waits between two writes to LiteLLM
+    "nginx_client_max_body_size": "20m",  # largest request body (prompts with images/files)
+    "nginx_upstream_keepalive": 32,  # idle keepalive connections kept open to LiteLLM per worker
+    # --- redis -------------------------------------------------------------------------------
+    "redis_port": 6379,  # TCP port Redis listens on (loopback + private address only)
+    "redis_maxmemory": "256mb",  # Redis memory ceiling
+    "redis_maxmemory_policy": "allkeys-lru",  # what Redis evicts at the ceiling (LiteLLM keys are all cache-like)
+    "redis_litellm_db": 1,  # the DB index reserved for LiteLLM (0 left to other users)
+    "redis_password_secret": "redis_password",  # vault secret holding the Redis password
+    # --- postgres ----------------------------------------------------------------------------
+    "postgres_port": 5432,  # TCP port PostgreSQL listens on
+    "postgres_version": 15,  # Debian 12's PostgreSQL major version (path of the cluster config)
+    "postgres_db": "litellm",  # database created for LiteLLM
+    "postgres_user": "litellm",  # role created for LiteLLM (scram-sha-256)
+    "postgres_password_secret": "postgres_password",  # vault secret holding that role's password
+    # --- litellm -----------------------------------------------------------------------------
+    "litellm_user": "litellm",  # system user the proxy runs as
+    "litellm_home": "/opt/litellm",  # venv, launcher and state live here
+    "litellm_config_dir": "/etc/litellm",  # rendered config.yaml (no secrets in it)
+    "litellm_requirements": "requirements/litellm.lock",  # hash-locked requirements file (relative to the repo)
+    "litellm_pip_index_url": "",  # pip index URL for offline/mirrored installs; empty = pip's default
+    "litellm_pip_find_links": "",  # wheelhouse URL or host path for pip --find-links; with it pip uses --no-index
+    "litellm_ports": [4001],  # one systemd instance litellm@PORT per port; never 4000
+    "litellm_bind": "127.0.0.1",  # LiteLLM listens here; nginx is the only way in
+    "litellm_workers": 2,  # gunicorn workers per instance
+    "litellm_max_requests_before_restart": 10000,  # recycle a worker after this many requests (slow leaks)
+    "litellm_max_requests_jitter": 1000,  # spread worker recycling so they never restart together
+    "litellm_memory_high": "1280M",  # systemd MemoryHigh: throttling + reclaim start here
+    "litellm_memory_max": "1536M",  # systemd MemoryMax: the kernel kills the instance above this
+    "litellm_restart_sec": 2,  # RestartSec: pause before systemd restarts a dead instance
+    "litellm_start_limit_burst": 10,  # StartLimitBurst: restarts allowed within the interval below
+    "litellm_start_limit_interval": 300,  # StartLimitIntervalSec
+    "litellm_graceful_timeout": 30,  # gunicorn's graceful shutdown (its default); in-flight requests finish
+    "litellm_timeout_stop_sec": 45,  # TimeoutStopSec: must exceed the graceful timeout
+    "litellm_ready_timeout": 120,  # seconds the deploy waits for /health/readiness after a (re)start
+    "litellm_request_timeout": 600,  # LiteLLM's upstream request timeout in seconds
+    "litellm_master_key_secret": "litellm_master_key",  # vault secret holding the proxy master key
+    "litellm_database": False,  # True = LiteLLM uses PostgreSQL (needs Prisma engines, see README)
+    "litellm_prisma_engines_mirror": "",  # PRISMA_ENGINES_MIRROR for hosts that cannot reach Prisma's server
+    "litellm_extra_env": {},  # extra non-secret environment for the proxy
+}
+
+# LiteLLM picks a random port when 4000 is taken, silently: never let it be asked for.
+FORBIDDEN_LITELLM_PORTS = frozenset({4000})
+
+# Releases known to be compromised; refused wherever a LiteLLM version appears.
+COMPROMISED_LITELLM_VERSIONS = frozenset({"1.82.7", "1.82.8"})

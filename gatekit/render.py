@@ -1,0 +1,124 @@
+"""Pure rendering: spec + settings -> the files the roles put on hosts. No host access here."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from gatekit.spec import GatewaySpec
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def template(name: str, **context) -> str:
+    return _env.get_template(name).render(**context)
+
+
+def secret_env(name: str) -> str:
+    """The environment variable a secret reaches LiteLLM as (config.yaml names it, never its value)."""
+    return "GK_SECRET_" + name.upper()
+
+
+def litellm_config(spec: GatewaySpec, settings: dict, redis: dict | None) -> dict:
+    """LiteLLM's config.yaml as data. Secrets appear only as os.environ/... references."""
+    model_list = []
+    for m in spec.models:
+        for i, d in enumerate(m.deployments):
+            params = {
+                "model": f"{d.provider}/{d.model}",
+                "api_base": d.api_base,
+                "api_key": f"os.environ/{secret_env(d.secret)}",
+                "weight": d.weight,
+            }
+            if d.rpm:
+                params["rpm"] = d.rpm
+            if d.tpm:
+                params["tpm"] = d.tpm
+            model_list.append(
+                {
+                    "model_name": m.name,
+                    "litellm_params": params,
+                    "model_info": {
+                        # Stable ids let a canary tell which deployment answered (x-litellm-model-id).
+                        "id": f"{m.name}--{i}",
+                        "gatekit_secret": d.secret,
+                        "input_cost_per_token": m.price.input_per_1m / 1e6,
+                        "output_cost_per_token": m.price.output_per_1m / 1e6,
+                    },
+                }
+            )
+
+    router = {
+        "routing_strategy": "simple-shuffle",
+        "num_retries": spec.retry.num_retries,
+        "retry_policy": spec.retry.policy(),
+        "allowed_fails": spec.retry.allowed_fails,
+        "cooldown_time": spec.retry.cooldown_time,
+        "timeout": settings["litellm_request_timeout"],
+        "fallbacks": [{fb.from_: [t.model for t in fb.targets()]} for fb in spec.fallbacks],
+    }
+    if spec.aliases:
+        router["model_group_alias"] = dict(spec.aliases)
+    if redis:
+        # Host/port/password here; the DB index comes from REDIS_DB in the unit's environment.
+        router["redis_host"] = redis["host"]
+        router["redis_port"] = redis["port"]
+        router["redis_password"] = "os.environ/REDIS_PASSWORD"
+    if spec.budgets.providers:
+        router["provider_budget_config"] = {
+            p: {"budget_limit": b.max_usd, "time_period": b.duration} for p, b in spec.budgets.providers.items()
+        }
+
+    litellm_settings: dict = {"request_timeout": settings["litellm_request_timeout"], "drop_params": True}
+    if spec.budgets.proxy:
+        litellm_settings["max_budget"] = spec.budgets.proxy.max_usd
+        litellm_settings["budget_duration"] = spec.budgets.proxy.duration
+
+    general = {"master_key": "os.environ/LITELLM_MASTER_KEY"}
+    if settings["litellm_database"]:
+        general["database_url"] = "os.environ/DATABASE_URL"
+
+    return {
+        "model_list": model_list,
+        "router_settings": router,
+        "litellm_settings": litellm_settings,
+        "general_settings": general,
+    }
+
+
+def litellm_config_yaml(spec: GatewaySpec, settings: dict, redis: dict | None) -> str:
+    body = yaml.safe_dump(litellm_config(spec, settings, redis), sort_keys=False, default_flow_style=False)
+    return "# Rendered by gatekit from " + spec.path.name + "; edits are overwritten on the next deploy.\n" + body
+
+
+def scram_sha256_verifier(password: str, salt_seed: str, iterations: int = 4096) -> str:
+    """PostgreSQL's SCRAM-SHA-256 verifier, so the plaintext never travels to or rests on the DB host.
+
+    The salt is derived from the password and role so re-runs produce the same verifier (idempotency)
+    while different roles/passwords still get different salts.
+    """
+    salt = hmac.new(password.encode(), b"gatekit-pg-salt:" + salt_seed.encode(), hashlib.sha256).digest()[:16]
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def redis_acl_hash(password: str) -> str:
+    """Redis ACL `#<sha256>` form: redis.conf holds a hash, never the password."""
+    return hashlib.sha256(password.encode()).hexdigest()

@@ -1,0 +1,400 @@
+"""The gateway spec: one typed description of models, fallbacks, retries, budgets and role settings.
+
+`load_spec()` reads the YAML an inventory points at and refuses, before any host is touched, everything
+that is known to break a gateway in production. Every error names the file, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gatekit.defaults import COMPROMISED_LITELLM_VERSIONS, DEFAULTS, FORBIDDEN_LITELLM_PORTS
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+SECRET_RE = r"^[a-z][a-z0-9_]{0,63}$"
+
+# The retry classes LiteLLM's router knows, as spelled in the spec -> LiteLLM's RetryPolicy field.
+RETRY_CLASSES = {
+    "auth_errors": "AuthenticationErrorRetries",
+    "bad_request_errors": "BadRequestErrorRetries",
+    "rate_limit_errors": "RateLimitErrorRetries",
+    "content_policy_errors": "ContentPolicyViolationErrorRetries",
+    "timeout_errors": "TimeoutErrorRetries",
+    "server_errors": "InternalServerErrorRetries",
+}
+# Retrying these multiplies spend and turns a rate limit into an avalanche: always 0.
+NEVER_RETRIED = {
+    "auth_errors": "401/403 (a bad key stays bad)",
+    "bad_request_errors": "400 (the same request fails the same way)",
+    "rate_limit_errors": "429 (retries deepen the rate limit; let fallbacks or the client back off)",
+}
+
+
+class SpecError(Exception):
+    """Bad input: every problem found, each naming file, field and fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Price(_Strict):
+    input_per_1m: float = Field(ge=0, description="USD per 1M input tokens")
+    output_per_1m: float = Field(ge=0, description="USD per 1M output tokens")
+
+    def dearer_than(self, other: Price) -> bool:
+        return self.input_per_1m > other.input_per_1m or self.output_per_1m > other.output_per_1m
+
+
+class Deployment(_Strict):
+    provider: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="LiteLLM provider prefix: openai, anthropic, ...")
+    model: str = Field(min_length=1, description="the provider's model name")
+    api_base: str = Field(pattern=r"^https?://[^\s/]+", description="provider endpoint")
+    secret: str = Field(pattern=SECRET_RE, description="vault secret holding this deployment's API key")
+    weight: float = 1.0
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+
+
+class Model(_Strict):
+    name: str = Field(pattern=NAME_RE, description="public model name clients ask for")
+    price: Price
+    deployments: list[Deployment]
+
+
+class FallbackTarget(_Strict):
+    model: str
+    allow_pricier: bool = False  # explicit consent to fall back into a more expensive model
+
+
+class Fallback(_Strict):
+    from_: str = Field(alias="from")
+    to: list[str | FallbackTarget] = Field(min_length=1)
+
+    def targets(self) -> list[FallbackTarget]:
+        return [t if isinstance(t, FallbackTarget) else FallbackTarget(model=t) for t in self.to]
+
+
+class Retry(_Strict):
+    num_retries: int = Field(default=2, ge=0, le=5, description="retries for retryable errors (5xx, timeouts)")
+    timeout_errors: int = Field(default=2, ge=0, le=5)
+    server_errors: int = Field(default=2, ge=0, le=5)
+    content_policy_errors: int = Field(default=0, ge=0, le=5)
+    auth_errors: int = Field(default=0, ge=0)
+    bad_request_errors: int = Field(default=0, ge=0)
+    rate_limit_errors: int = Field(default=0, ge=0)
+    allowed_fails: int = Field(default=3, ge=1, description="failures per minute before a deployment cools down")
+    cooldown_time: int = Field(default=30, ge=1, description="seconds a failing deployment is skipped")
+
+    def policy(self) -> dict[str, int]:
+        return {litellm_name: getattr(self, field) for field, litellm_name in RETRY_CLASSES.items()}
+
+
+class Budget(_Strict):
+    max_usd: float = Field(gt=0)
+    duration: str = Field(pattern=r"^[1-9][0-9]*[smhd]$", description="window such as 1d, 30d, 12h")
+
+
+class Budgets(_Strict):
+    proxy: Budget | None = None  # proxy-wide; LiteLLM enforces it only with a database
+    providers: dict[str, Budget] = Field(default_factory=dict)  # per provider, enforced via Redis
+
+
+class GatewaySpec(_Strict):
+    version: Literal[1]
+    vault: str = Field(description="encrypted secrets file, relative to this spec")
+    models: list[Model] = Field(min_length=1)
+    fallbacks: list[Fallback] = Field(default_factory=list)
+    aliases: dict[str, str] = Field(default_factory=dict)
+    retry: Retry = Field(default_factory=Retry)
+    budgets: Budgets = Field(default_factory=Budgets)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    litellm_version: str = "1.106.2"
+
+    @field_validator("vault")
+    @classmethod
+    def _vault_relative(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("empty path")
+        return v
+
+    # Filled by load_spec: where the spec came from, for messages and relative paths.
+    _path: Path = Path("<spec>")
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def vault_path(self) -> Path:
+        return (self._path.parent / self.vault).resolve()
+
+    def model(self, name: str) -> Model | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    def secrets_used(self) -> set[str]:
+        return {d.secret for m in self.models for d in m.deployments}
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _fix_for(err: dict) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "remove it or fix its spelling (see inventories/example.gateway.yaml for every field)"
+    if kind == "missing":
+        return "add it"
+    if kind == "literal_error":
+        return f"use {err.get('ctx', {}).get('expected', 'a supported value')}"
+    if kind == "string_pattern_mismatch":
+        return f"use a value matching {err.get('ctx', {}).get('pattern')}"
+    return "correct the value"
+
+
+def _pydantic_problems(path: Path, exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if p not in ("str", "FallbackTarget"))
+        problems.append(f"{path}: {_loc(loc)}: {err['msg']}. Fix: {_fix_for(err)}.")
+    return sorted(set(problems))
+
+
+def parse_size(value: object) -> int:
+    """A systemd/Redis-style size ('1536M', '2G', '512mb', 1048576) in bytes."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)b?\s*", str(value), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"not a size: {value!r} (use e.g. 1536M or 2G)")
+    return int(m.group(1)) * 1024 ** "_kmgt".index(m.group(2).lower() or "_")
+
+
+def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | None = None) -> list[str]:
+    """Problems in a settings mapping (spec-wide or one host's), each naming `where` and the fix."""
+    problems = []
+    for key, value in settings.items():
+        if key not in DEFAULTS:
+            close = difflib.get_close_matches(key, DEFAULTS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "see gatekit/defaults.py for every setting"
+            problems.append(f"{where}: settings.{key}: unknown setting. Fix: {hint}")
+            continue
+        default = DEFAULTS[key]
+        expected = type(default)
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        if expected is float and isinstance(value, int):
+            ok = True
+        if not ok:
+            problems.append(
+                f"{where}: settings.{key}: expected {expected.__name__}, got {value!r}. "
+                f"Fix: use a {expected.__name__} like the default {default!r}."
+            )
+    if problems:
+        return problems
+
+    merged = {**DEFAULTS, **settings}
+    try:
+        high, high_max = parse_size(merged["litellm_memory_high"]), parse_size(merged["litellm_memory_max"])
+    except ValueError as exc:
+        return [f"{where}: settings.litellm_memory_high/litellm_memory_max: {exc}. Fix: use sizes like 1536M."]
+    if high >= high_max:
+        problems.append(
+            f"{where}: settings.litellm_memory_high: MemoryHigh ({merged['litellm_memory_high']}) must be below "
+            f"MemoryMax ({merged['litellm_memory_max']}); otherwise the kernel kills before it ever throttles. "
+            "Fix: lower litellm_memory_high (about 80-85% of litellm_memory_max)."
+        )
+    if host_memory_mb is not None and high_max > host_memory_mb * 1024 * 1024:
+        problems.append(
+            f"{where}: settings.litellm_memory_max: MemoryMax ({merged['litellm_memory_max']}) is above the "
+            f"host's memory ({host_memory_mb} MB), so it never protects the host. "
+            "Fix: set litellm_memory_max below the host's memory."
+        )
+    ports = merged["litellm_ports"]
+    if not ports or not all(isinstance(p, int) and 1024 <= p <= 65535 for p in ports):
+        problems.append(f"{where}: settings.litellm_ports: {ports!r}. Fix: list ports between 1024 and 65535.")
+    elif set(ports) & FORBIDDEN_LITELLM_PORTS:
+        problems.append(
+            f"{where}: settings.litellm_ports: 4000 is LiteLLM's default port, and LiteLLM silently moves to a "
+            "random port when it is taken. Fix: use another port, e.g. 4001."
+        )
+    elif len(set(ports)) != len(ports):
+        problems.append(f"{where}: settings.litellm_ports: duplicate port. Fix: list each port once.")
+    if merged["litellm_timeout_stop_sec"] <= merged["litellm_graceful_timeout"]:
+        problems.append(
+            f"{where}: settings.litellm_timeout_stop_sec: must exceed litellm_graceful_timeout "
+            f"({merged['litellm_graceful_timeout']}s), or systemd kills requests still draining. "
+            "Fix: raise litellm_timeout_stop_sec."
+        )
+    if merged["litellm_workers"] < 1:
+        problems.append(f"{where}: settings.litellm_workers: must be at least 1. Fix: set 1 or more.")
+    if bool(merged["nginx_tls_cert"]) != bool(merged["nginx_tls_key"]):
+        problems.append(
+            f"{where}: settings.nginx_tls_cert/nginx_tls_key: give both or neither "
+            "(neither = a self-signed certificate is generated on the host). Fix: set the missing one."
+        )
+    return problems
+
+
+def _semantic_problems(spec: GatewaySpec, secret_names: set[str] | None) -> list[str]:
+    f = spec.path
+    problems: list[str] = []
+    names = [m.name for m in spec.models]
+    known = set(names)
+
+    for name in {n for n in names if names.count(n) > 1}:
+        problems.append(
+            f"{f}: models: {name!r} is listed twice. Fix: put every deployment of a model under one entry's deployments."
+        )
+
+    for i, m in enumerate(spec.models):
+        if not m.deployments:
+            problems.append(
+                f"{f}: models[{i}].deployments: model {m.name!r} has no deployments, so every request for it fails. "
+                "Fix: add at least one deployment or remove the model."
+            )
+        for j, d in enumerate(m.deployments):
+            if d.weight <= 0:
+                problems.append(
+                    f"{f}: models[{i}].deployments[{j}].weight: weight {d.weight:g} for {m.name!r} "
+                    f"({d.provider}/{d.model}); LiteLLM never routes to it ('insufficient quota' while the account "
+                    "has balance). Fix: set a weight > 0, or remove the deployment."
+                )
+
+    def unknown(name: str, field: str) -> str:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"use one of {sorted(known)}"
+        return (
+            f"{f}: {field}: {name!r} is not a model in models (requests routed to it get a 503). "
+            f"Fix: {hint} or add the model."
+        )
+
+    for alias, target in spec.aliases.items():
+        if target not in known:
+            problems.append(unknown(target, f"aliases.{alias}"))
+        if alias in known:
+            problems.append(
+                f"{f}: aliases.{alias}: the alias shadows the model of the same name. Fix: rename the alias."
+            )
+
+    for i, fb in enumerate(spec.fallbacks):
+        src = spec.model(fb.from_)
+        if src is None:
+            problems.append(unknown(fb.from_, f"fallbacks[{i}].from"))
+        for j, t in enumerate(fb.targets()):
+            dst = spec.model(t.model)
+            field = f"fallbacks[{i}].to[{j}]"
+            if dst is None:
+                problems.append(unknown(t.model, field))
+                continue
+            if t.model == fb.from_:
+                problems.append(f"{f}: {field}: {t.model!r} falls back to itself. Fix: remove it.")
+            elif src is not None and dst.price.dearer_than(src.price) and not t.allow_pricier:
+                problems.append(
+                    f"{f}: {field}: fallback {fb.from_!r} -> {t.model!r} goes to a more expensive model "
+                    f"(${dst.price.input_per_1m:g}/${dst.price.output_per_1m:g} vs "
+                    f"${src.price.input_per_1m:g}/${src.price.output_per_1m:g} per 1M in/out tokens). "
+                    f"Fix: fall back to a cheaper model, or write {{model: {t.model}, allow_pricier: true}} "
+                    "to accept the cost."
+                )
+
+    for field, why in NEVER_RETRIED.items():
+        if getattr(spec.retry, field):
+            problems.append(
+                f"{f}: retry.{field}: {getattr(spec.retry, field)} retries for {why}; retrying these multiplies "
+                f"spend and load. Fix: set retry.{field} to 0."
+            )
+
+    if spec.budgets.proxy is not None and not spec.settings.get("litellm_database", DEFAULTS["litellm_database"]):
+        problems.append(
+            f"{f}: budgets.proxy: LiteLLM enforces a proxy-wide budget only with a database; without one it is "
+            "silently ignored. Fix: set settings.litellm_database: true, or use budgets.providers (enforced via Redis)."
+        )
+    providers = {d.provider for m in spec.models for d in m.deployments}
+    for p in spec.budgets.providers:
+        if p not in providers:
+            problems.append(
+                f"{f}: budgets.providers.{p}: no deployment uses provider {p!r}. "
+                f"Fix: use one of {sorted(providers)}."
+            )
+
+    if spec.litellm_version in COMPROMISED_LITELLM_VERSIONS:
+        problems.append(
+            f"{f}: litellm_version: {spec.litellm_version} is a compromised release. Fix: use 1.106.2."
+        )
+
+    problems += check_settings(spec.settings, str(f))
+
+    if secret_names is not None:
+        needed = {d.secret: f"a deployment's secret" for m in spec.models for d in m.deployments}
+        merged = {**DEFAULTS, **spec.settings}
+        for key in ("litellm_master_key_secret", "redis_password_secret"):
+            needed.setdefault(merged[key], f"settings.{key}")
+        if merged["litellm_database"]:
+            needed.setdefault(merged["postgres_password_secret"], "settings.postgres_password_secret")
+        for name, used_by in sorted(needed.items()):
+            if name not in secret_names:
+                problems.append(
+                    f"{f}: secret {name!r} (used by {used_by}) does not exist in {spec.vault_path}. "
+                    f"Fix: `gatekit secrets --vault {spec.vault_path} set {name}` (value on stdin), or correct the name."
+                )
+    return problems
+
+
+def parse_spec(data: object, path: Path, secret_names: set[str] | None = None) -> GatewaySpec:
+    """Validate already-parsed YAML data. Raises SpecError listing every problem."""
+    if not isinstance(data, dict):
+        raise SpecError([f"{path}: (top level): expected a mapping with version, vault, models. Fix: see the example."])
+    try:
+        spec = GatewaySpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_pydantic_problems(path, exc)) from None
+    spec._path = path
+    problems = _semantic_problems(spec, secret_names)
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def load_spec(path: str | Path, check_secrets: bool = True) -> GatewaySpec:
+    """Read and validate a spec file; with check_secrets, also that every referenced secret exists."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError([f"{path}: file not found. Fix: point gatekit_spec at an existing spec file."]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError([f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)}). Fix: correct the syntax."]) from None
+    secret_names = None
+    if check_secrets and isinstance(data, dict) and isinstance(data.get("vault"), str):
+        secret_names = _vault_names(path, (path.parent / data["vault"]).resolve())
+    return parse_spec(data, path, secret_names)
+
+
+def _vault_names(spec_path: Path, vault_path: Path) -> set[str]:
+    from gatekit.vault import VaultError, list_names
+
+    try:
+        return set(list_names(vault_path))
+    except VaultError as exc:
+        raise SpecError([f"{spec_path}: vault: {exc}"]) from None
+    except FileNotFoundError:
+        raise SpecError(
+            [f"{spec_path}: vault: {vault_path} does not exist. Fix: `gatekit secrets --vault {vault_path} init`."]
+        ) from None

@@ -1,0 +1,304 @@
+"""LiteLLM Proxy: hash-locked venv, rendered config, encrypted credentials, one systemd instance per port.
+
+Stages: install (user, venv) -> configure (config.yaml, env, launcher, credentials, unit) -> activate
+(daemon-reload only when the unit changed, restart only instances whose inputs changed, then wait for
+/health/readiness).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shlex
+from pathlib import Path
+
+from pyinfra import host, inventory
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.operations import apt, files, server, systemd
+
+from gatekit.defaults import COMPROMISED_LITELLM_VERSIONS
+from gatekit.facts import CredentialFingerprints, FileText, MemTotalMB
+from gatekit.inventory import context, group_hosts
+from gatekit.render import litellm_config_yaml, secret_env, template
+from gatekit.spec import parse_size
+
+REPO = Path(__file__).resolve().parent.parent
+CREDS_DIR = "/etc/gatekit/creds"
+# Staging for plaintext on its way into systemd-creds: tmpfs (RAM), root-only, removed at once.
+STAGE_DIR = "/run/gatekit"
+
+
+def fingerprint(value: str) -> str:
+    """Names a key without revealing it (the fake provider and rotation use the same scheme)."""
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def _lock_file(s: dict) -> Path:
+    name = s["litellm_requirements"]
+    if s["litellm_database"] and name == "requirements/litellm.lock":
+        name = "requirements/litellm-db.lock"
+    path = (REPO / name) if not Path(name).is_absolute() else Path(name)
+    text = path.read_text()
+    for bad in COMPROMISED_LITELLM_VERSIONS:
+        if f"litellm=={bad}" in text:
+            raise PyinfraError(f"{path}: pins litellm=={bad}, a compromised release. Fix: use requirements/litellm.lock.")
+    if "--hash=sha256:" not in text:
+        raise PyinfraError(f"{path}: no hashes. Fix: generate it with --generate-hashes (see its header).")
+    return path
+
+
+def _pip_args(s: dict) -> str:
+    args = ["--disable-pip-version-check", "-q", "--require-hashes", "--no-deps", "--only-binary=:all:"]
+    if s["litellm_pip_find_links"]:
+        args += ["--no-index", "--find-links", s["litellm_pip_find_links"]]
+    elif s["litellm_pip_index_url"]:
+        args += ["--index-url", s["litellm_pip_index_url"]]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def _redis_target(s: dict) -> dict | None:
+    redis_hosts = group_hosts(inventory, "redis")
+    if not redis_hosts:
+        return None
+    r = redis_hosts[0]
+    # A gateway on the Redis host itself talks over loopback.
+    address = "127.0.0.1" if r.name == host.name else r.data.private_address
+    return {"host": address, "port": s["redis_port"], "db": s["redis_litellm_db"]}
+
+
+def secrets_for_gateway(ctx) -> dict[str, str]:
+    """{secret name: environment variable} of everything a gateway's LiteLLM process needs."""
+    s = ctx.settings
+    names = {d.secret: secret_env(d.secret) for m in ctx.spec.models for d in m.deployments}
+    names[s["litellm_master_key_secret"]] = "LITELLM_MASTER_KEY"
+    names[s["redis_password_secret"]] = "REDIS_PASSWORD"
+    if s["litellm_database"]:
+        names[s["postgres_password_secret"]] = "GK_POSTGRES_PASSWORD"
+    return names
+
+
+@deploy("LiteLLM Proxy")
+def litellm():
+    ctx = context(host)
+    s = ctx.settings
+    home, venv, conf_dir = s["litellm_home"], f"{s['litellm_home']}/venv", s["litellm_config_dir"]
+    state_dir = "/var/lib/litellm"
+    ports = list(s["litellm_ports"])
+
+    mem_mb = host.get_fact(MemTotalMB)
+    if mem_mb and parse_size(s["litellm_memory_max"]) > mem_mb * 1024 * 1024:
+        raise PyinfraError(
+            f"host {host.name}: litellm_memory_max {s['litellm_memory_max']} is above the host's memory "
+            f"({mem_mb} MB), so it never protects the host. Fix: lower litellm_memory_max for this host."
+        )
+
+    # --- install ------------------------------------------------------------------------------
+    apt.packages(name="Install Python venv support", packages=["python3", "python3-venv"], no_recommends=True)
+    server.group(name="Create the litellm group", group=s["litellm_user"], system=True)
+    server.user(
+        name="Create the litellm system user",
+        user=s["litellm_user"],
+        group=s["litellm_user"],
+        system=True,
+        home=state_dir,
+        shell="/usr/sbin/nologin",
+        create_home=False,
+    )
+    svc = s["litellm_user"]
+    for path, owner, group, mode in (
+        (home, "root", "root", "755"),
+        (f"{home}/bin", "root", "root", "755"),
+        (conf_dir, "root", svc, "750"),
+        ("/etc/gatekit", "root", "root", "755"),
+        (CREDS_DIR, "root", "root", "700"),
+        (state_dir, svc, svc, "750"),
+    ):
+        files.directory(name=f"Directory {path}", path=path, user=owner, group=group, mode=mode)
+    for port in ports:
+        files.directory(
+            name=f"State directory for instance {port}",
+            path=f"{state_dir}/{port}",
+            user=s["litellm_user"],
+            group=s["litellm_user"],
+            mode="750",
+        )
+
+    lock = _lock_file(s)
+    lock_text = lock.read_text()
+    stamp = hashlib.sha256((lock_text + _pip_args(s)).encode()).hexdigest()
+    lock_put = files.put(name="Upload the hash-locked requirements", src=str(lock), dest=f"{home}/requirements.lock", mode="644")
+    venv_changed = host.get_fact(FileText, path=f"{venv}/.gatekit-stamp").strip() != stamp
+    if venv_changed:
+        server.shell(
+            name="Install LiteLLM into its venv (pip --require-hashes)",
+            commands=[
+                f"test -x {venv}/bin/python3 || python3 -m venv {venv}",
+                f"{venv}/bin/pip install {_pip_args(s)} -r {home}/requirements.lock",
+                f"{venv}/bin/python3 -c 'import litellm.proxy.proxy_server' >/dev/null",
+                f"echo {stamp} > {venv}/.gatekit-stamp",
+            ],
+        )
+
+    # --- configure ----------------------------------------------------------------------------
+    redis_target = _redis_target(s)
+    config = files.put(
+        name="Render LiteLLM config.yaml (secrets only as os.environ references)",
+        src=io.StringIO(litellm_config_yaml(ctx.spec, s, redis_target)),
+        dest=f"{conf_dir}/config.yaml",
+        user="root",
+        group=s["litellm_user"],
+        mode="640",
+    )
+    env_file = files.put(
+        name="Render LiteLLM environment (no secrets)",
+        src=io.StringIO(template("litellm/litellm.env.j2", redis=redis_target, extra_env=s["litellm_extra_env"])),
+        dest=f"{conf_dir}/litellm.env",
+        user="root",
+        group=s["litellm_user"],
+        mode="640",
+    )
+    env_for = secrets_for_gateway(ctx)
+    pg = group_hosts(inventory, "postgres")
+    launcher = files.put(
+        name="Install the LiteLLM launcher",
+        src=io.StringIO(
+            template(
+                "litellm/launch.py.j2",
+                venv=venv,
+                env_for=env_for,
+                database=s["litellm_database"],
+                db_user=s["postgres_user"],
+                db_name=s["postgres_db"],
+                db_host=(pg[0].data.private_address if pg else "127.0.0.1"),
+                db_port=s["postgres_port"],
+                config_path=f"{conf_dir}/config.yaml",
+                bind=s["litellm_bind"],
+                workers=s["litellm_workers"],
+                max_requests=s["litellm_max_requests_before_restart"],
+                max_requests_jitter=s["litellm_max_requests_jitter"],
+            )
+        ),
+        dest=f"{home}/bin/gatekit-litellm-launch",
+        mode="755",
+    )
+
+    creds_changed = install_credentials(ctx, env_for)
+
+    unit = files.put(
+        name="Install the litellm@.service template unit",
+        src=io.StringIO(
+            template(
+                "systemd/litellm@.service.j2",
+                s=s,
+                state_dir=state_dir,
+                creds_dir=CREDS_DIR,
+                credentials=sorted(env_for),
+            )
+        ),
+        dest="/etc/systemd/system/litellm@.service",
+        mode="644",
+    )
+
+    if s["litellm_database"]:
+        prisma_setup(s, venv, venv_changed, sorted(env_for))
+
+    # --- activate -----------------------------------------------------------------------------
+    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
+    changed = [config, env_file, launcher, unit, lock_put, *creds_changed]
+    for port in ports:
+        instance = f"litellm@{port}.service"
+        systemd.service(name=f"Enable and start {instance}", service=instance, running=True, enabled=True)
+        systemd.service(
+            name=f"Restart {instance} for its new inputs",
+            service=instance,
+            restarted=True,
+            _if=lambda: venv_changed or any(op.did_change() for op in changed),
+        )
+        wait_ready(port, s, _if=lambda: venv_changed or any(op.did_change() for op in changed))
+
+
+def install_credentials(ctx, env_for: dict[str, str]) -> list:
+    """Encrypt each secret with the host's systemd credential key. Only changed secrets travel.
+
+    The plaintext is staged on tmpfs (root-only), encrypted by systemd-creds (reading the file, so the
+    value is never in a command line), and removed in the same command. A fingerprint file lets re-runs
+    see that nothing changed without decrypting anything.
+    """
+    have = host.get_fact(CredentialFingerprints, directory=CREDS_DIR)
+    todo = {name: ctx.secret(name) for name in sorted(env_for) if have.get(name) != fingerprint(ctx.secret(name))}
+    ops = []
+    if todo:
+        files.directory(name="Staging directory for credentials (tmpfs)", path=STAGE_DIR, user="root", group="root", mode="700")
+    for name, value in todo.items():
+        fp = fingerprint(value)
+        staged = f"{STAGE_DIR}/{name}"
+        ops.append(
+            files.put(
+                name=f"Stage credential {name} on tmpfs",
+                src=io.StringIO(value),
+                dest=staged,
+                user="root",
+                group="root",
+                mode="600",
+                _temp_dir=STAGE_DIR,
+            )
+        )
+        ops.append(
+            server.shell(
+                name=f"Encrypt credential {name} (fingerprint {fp})",
+                commands=[
+                    f"systemd-creds encrypt --name={name} {staged} {CREDS_DIR}/{name}.cred.new; rc=$?; "
+                    f"rm -f {staged}; [ $rc -eq 0 ] || exit $rc",
+                    f"chmod 600 {CREDS_DIR}/{name}.cred.new",
+                    f"test -f {CREDS_DIR}/{name}.cred && cp -p {CREDS_DIR}/{name}.cred {CREDS_DIR}/{name}.cred.prev || true",
+                    f"mv {CREDS_DIR}/{name}.cred.new {CREDS_DIR}/{name}.cred",
+                    f"echo {fp} > {CREDS_DIR}/{name}.fp",
+                ],
+            )
+        )
+    return ops
+
+
+def wait_ready(port: int, s: dict, **kwargs):
+    url = f"http://{s['litellm_bind']}:{port}/health/readiness"
+    probe = (
+        "import sys, time, urllib.request\n"
+        f"deadline = time.time() + {s['litellm_ready_timeout']}\n"
+        "while time.time() < deadline:\n"
+        "    try:\n"
+        f"        if urllib.request.urlopen({url!r}, timeout=5).status == 200: sys.exit(0)\n"
+        "    except Exception: pass\n"
+        "    time.sleep(1)\n"
+        f"sys.exit('litellm@{port} not ready after {s['litellm_ready_timeout']}s: see journalctl -u litellm@{port}')\n"
+    )
+    server.shell(name=f"Wait for litellm@{port} /health/readiness", commands=[f"python3 -c {shlex.quote(probe)}"], **kwargs)
+
+
+def prisma_setup(s: dict, venv: str, venv_changed: bool, credentials: list[str]):
+    """LiteLLM's database mode: Prisma engines are fetched at generate time, so generate + migrate run
+    here, at provisioning, never at service start (a restart must not depend on a download)."""
+    env = {"PATH": f"{venv}/bin:/usr/bin:/bin"}
+    if s["litellm_prisma_engines_mirror"]:
+        env["PRISMA_ENGINES_MIRROR"] = s["litellm_prisma_engines_mirror"]
+    unit = files.put(
+        name="Install the LiteLLM database migration unit",
+        src=io.StringIO(
+            "[Unit]\nDescription=LiteLLM Prisma generate + migrate (gatekit, provisioning only)\n\n[Service]\nType=oneshot\n"
+            + "".join(f"Environment={k}={v}\n" for k, v in env.items())
+            + "Environment=GK_PORT=0\nEnvironmentFile=" + s["litellm_config_dir"] + "/litellm.env\n"
+            + "".join(f"LoadCredentialEncrypted={c}:{CREDS_DIR}/{c}.cred\n" for c in credentials)
+            + f"ExecStart={venv}/bin/python3 -m prisma generate --schema "
+            + f"{venv}/lib/python3.11/site-packages/litellm/proxy/schema.prisma\n"
+            + f"ExecStart={s['litellm_home']}/bin/gatekit-litellm-launch --skip_server_startup\n"
+        ),
+        dest="/etc/systemd/system/litellm-migrate.service",
+        mode="644",
+    )
+    systemd.daemon_reload(name="Reload systemd units (migration unit)", _if=unit.did_change)
+    server.shell(
+        name="Generate Prisma client and migrate the LiteLLM database",
+        commands=["systemctl start litellm-migrate.service"],
+        _if=lambda: venv_changed or unit.did_change(),
+    )
+

@@ -1,0 +1,70 @@
+"""PostgreSQL for LiteLLM: a scram-sha-256 role and database, reachable only from the gateways."""
+
+import io
+import shlex
+
+from pyinfra import host, inventory
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, server, systemd
+
+from gatekit.facts import PostgresLitellmState
+from gatekit.inventory import context, group_hosts
+from gatekit.render import scram_sha256_verifier, template
+
+
+def _psql(sql: str) -> str:
+    return f"runuser -u postgres -- psql -X -v ON_ERROR_STOP=1 -c {shlex.quote(sql)}"
+
+
+@deploy("PostgreSQL")
+def postgres():
+    ctx = context(host)
+    s = ctx.settings
+    conf_dir = f"/etc/postgresql/{s['postgres_version']}/main"
+    gateway_addresses = sorted({h.data.private_address for h in group_hosts(inventory, "gateways")})
+
+    install = apt.packages(name="Install PostgreSQL", packages=["postgresql"], no_recommends=True)
+    conf = files.put(
+        name="Render PostgreSQL listen/auth settings",
+        src=io.StringIO(template("postgres/gatekit.conf.j2", s=s, private_address=host.data.private_address)),
+        dest=f"{conf_dir}/conf.d/gatekit.conf",
+        user="postgres",
+        group="postgres",
+        mode="644",
+    )
+    hba = files.put(
+        name="Render pg_hba.conf (only gateway hosts admitted)",
+        src=io.StringIO(template("postgres/pg_hba.conf.j2", s=s, gateway_addresses=gateway_addresses)),
+        dest=f"{conf_dir}/pg_hba.conf",
+        user="postgres",
+        group="postgres",
+        mode="640",
+    )
+    systemd.service(name="Enable and start PostgreSQL", service="postgresql.service", running=True, enabled=True)
+    # listen_addresses needs a restart; pg_hba only a reload.
+    systemd.service(
+        name="Restart PostgreSQL for new listen settings",
+        service="postgresql.service",
+        restarted=True,
+        _if=lambda: conf.did_change() or install.did_change(),
+    )
+    systemd.service(
+        name="Reload PostgreSQL for new pg_hba",
+        service="postgresql.service",
+        reloaded=True,
+        _if=lambda: hba.did_change() and not (conf.did_change() or install.did_change()),
+    )
+
+    role, db = s["postgres_user"], s["postgres_db"]
+    state = host.get_fact(PostgresLitellmState, role=role, database=db)
+    # The verifier, never the password, goes to the host.
+    verifier = scram_sha256_verifier(ctx.secret(s["postgres_password_secret"]), salt_seed=role)
+    wait = "for i in $(seq 60); do runuser -u postgres -- psql -XtAc 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.5; done"
+    if "role" not in state:
+        server.shell(name=f"Create PostgreSQL role {role}", commands=[wait, _psql(f"CREATE ROLE {role} LOGIN PASSWORD '{verifier}'")])
+    elif state["role"] != verifier:
+        server.shell(name=f"Set PostgreSQL role {role}'s password", commands=[_psql(f"ALTER ROLE {role} LOGIN PASSWORD '{verifier}'")])
+    if "db" not in state:
+        server.shell(name=f"Create database {db}", commands=[wait, _psql(f"CREATE DATABASE {db} OWNER {role}")])
+    elif state["db"] != role:
+        server.shell(name=f"Give database {db} to {role}", commands=[_psql(f"ALTER DATABASE {db} OWNER TO {role}")])

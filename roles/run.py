@@ -1,0 +1,20 @@
+"""Run one role alone: `pyinfra inventories/<env>.py roles/run.py --data role=redis`."""
+
+from pyinfra import host
+
+from roles.base import base
+from roles.litellm import litellm
+from roles.nginx import nginx
+from roles.postgres import postgres
+from roles.redis import redis
+
+ROLES = {"redis": ("redis", redis), "postgres": ("postgres", postgres), "litellm": ("gateways", litellm), "nginx": ("gateways", nginx)}
+wanted = host.data.get("role")
+if wanted not in ROLES:
+    from pyinfra.api.exceptions import PyinfraError
+
+    raise PyinfraError(f"--data role={wanted!r}: unknown role. Fix: use one of {sorted(ROLES)}.")
+group, role = ROLES[wanted]
+if group in host.groups:
+    base()
+    role()
