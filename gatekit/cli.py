@@ -165,7 +165,15 @@ def rekey_cmd(vault_path: Path, key_file: Path | None, new_key_file: Path | None
 
 
 def dump_plain(values: dict[str, str]) -> str:
-    return yaml.safe_dump(values, allow_unicode=True, default_flow_style=False, sort_keys=True, width=2**31)
+    """One `name: value` per secret, readable where PyYAML round-trips the value; otherwise
+    double-quoted with escapes (PyYAML folds e.g. NEL or U+2028 in its other styles)."""
+    out = []
+    for name, value in sorted(values.items()):
+        entry = yaml.safe_dump({name: value}, allow_unicode=True, width=2**31)
+        if yaml.safe_load(entry) != {name: value}:
+            entry = yaml.safe_dump({name: value}, allow_unicode=True, width=2**31, default_style='"')
+        out.append(entry)
+    return "".join(out)
 
 
 def parse_plain(text: str) -> dict[str, str]:

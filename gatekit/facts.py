@@ -24,6 +24,9 @@ class FileText(FactBase):
     def command(self, path):
         return f"cat {shlex.quote(path)} 2>/dev/null || true"
 
+    def default(self):
+        return ""
+
     def process(self, output):
         return "\n".join(output)
 

@@ -1188,7 +1188,10 @@ def _install_handlers() -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError, OSError):
-                _PREV_HANDLERS[sig] = signal.getsignal(sig)
+                prev = signal.getsignal(sig)
+                if prev == signal.SIG_IGN:  # e.g. a background job: the signal must not stop us
+                    continue
+                _PREV_HANDLERS[sig] = prev
                 signal.signal(sig, _on_signal)
     _HANDLERS_INSTALLED = True
 
@@ -1316,6 +1319,11 @@ class Sandbox:
         _run(["ip", "link", "add", self.bridge, "type", "bridge"])
         _run(["ip", "addr", "add", f"{gw}/24", "dev", self.bridge])
         _run(["ip", "link", "set", self.bridge, "up"])
+        # Readiness polling starts before a host's interface exists: with the default 1 s ARP
+        # retransmit time an unanswered probe delays noticing a ready host by up to a second.
+        # Per-interface setting of our own bridge only; it goes away with the bridge.
+        with contextlib.suppress(OSError):
+            Path(f"/proc/sys/net/ipv4/neigh/{self.bridge}/retrans_time_ms").write_text("100\n")
         _enable_ip_forward()
         _run(["nft", "-f", "-"], input=(
             f"table ip {self.table} {{\n"

@@ -340,7 +340,11 @@ def _semantic_problems(spec: GatewaySpec, secret_names: set[str] | None) -> list
     problems += check_settings(spec.settings, str(f))
 
     if secret_names is not None:
-        needed = {d.secret: f"a deployment's secret" for m in spec.models for d in m.deployments}
+        # secret name -> the field of its first use, so the message points at a line of the spec
+        needed: dict[str, str] = {}
+        for i, m in enumerate(spec.models):
+            for j, d in enumerate(m.deployments):
+                needed.setdefault(d.secret, f"models[{i}].deployments[{j}].secret")
         merged = {**DEFAULTS, **spec.settings}
         for key in ("litellm_master_key_secret", "redis_password_secret"):
             needed.setdefault(merged[key], f"settings.{key}")
@@ -349,7 +353,7 @@ def _semantic_problems(spec: GatewaySpec, secret_names: set[str] | None) -> list
         for name, used_by in sorted(needed.items()):
             if name not in secret_names:
                 problems.append(
-                    f"{f}: secret {name!r} (used by {used_by}) does not exist in {spec.vault_path}. "
+                    f"{f}: {used_by}: secret {name!r} does not exist in {spec.vault_path}. "
                     f"Fix: `gatekit secrets --vault {spec.vault_path} set {name}` (value on stdin), or correct the name."
                 )
     return problems

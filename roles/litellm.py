@@ -11,6 +11,7 @@ import hashlib
 import io
 import shlex
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pyinfra import host, inventory
 from pyinfra.api import deploy
@@ -50,10 +51,16 @@ def _lock_file(s: dict) -> Path:
 
 def _pip_args(s: dict) -> str:
     args = ["--disable-pip-version-check", "-q", "--require-hashes", "--no-deps", "--only-binary=:all:"]
+    url = ""
     if s["litellm_pip_find_links"]:
-        args += ["--no-index", "--find-links", s["litellm_pip_find_links"]]
+        url = s["litellm_pip_find_links"]
+        args += ["--no-index", "--find-links", url]
     elif s["litellm_pip_index_url"]:
-        args += ["--index-url", s["litellm_pip_index_url"]]
+        url = s["litellm_pip_index_url"]
+        args += ["--index-url", url]
+    if url.startswith("http://"):
+        # The operator chose a plain-HTTP mirror; --require-hashes still pins every byte.
+        args += ["--trusted-host", urlsplit(url).hostname]
     return " ".join(shlex.quote(a) for a in args)
 
 

@@ -1,0 +1,276 @@
+"""The whole stack on booted hosts: deploy, serve, stream, re-run, self-heal, contain, isolate, keep secrets.
+
+Tests run in file order against one deployed stack; the host-adding test comes last because it
+changes the inventory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+
+import pytest
+
+from tests.e2e.conftest import completion, wait_until
+
+PORT = 4001
+UNIT = f"litellm@{PORT}.service"
+
+
+def test_fresh_deploy_serves_each_gateway_over_tls(lab, client, provider):
+    assert lab.first_deploy.ok, lab.first_deploy.stderr[-3000:]
+    assert lab.first_deploy.changes > 0
+    for gw in ("gw1", "gw2"):
+        since = time.time()
+        r = completion(client, lab.gateway_url(gw), model="fast")
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"].startswith("fake-answer model=fake-fast")
+        seen = provider.requests(since=since)
+        assert any(req["model"] == "fake-fast" and req["status"] == 200 for req in seen)
+        # Upstream-detail headers are stripped by nginx; nginx does not advertise its version.
+        assert not [h for h in r.headers if h.lower().startswith("x-litellm-")]
+        assert r.headers.get("server") == "nginx"
+
+
+def test_anthropic_model_and_alias_route(lab, client):
+    url = lab.gateway_url("gw1")
+    r = completion(client, url, model="claude")
+    assert r.status_code == 200, r.text
+    assert "fake-claude" in r.json()["choices"][0]["message"]["content"]
+    r = completion(client, url, model="gpt-4o")  # alias of smart
+    assert r.status_code == 200, r.text
+    assert "fake-smart" in r.json()["choices"][0]["message"]["content"]
+
+
+def test_http_redirects_to_https(lab, client):
+    r = client.get(f"http://{lab.hosts['gw1'].address}/v1/models", follow_redirects=False)
+    assert r.status_code == 301
+    assert r.headers["location"].startswith("https://")
+
+
+def test_stream_arrives_in_separate_chunks(lab, client, provider):
+    provider.stream(chunks=6, delay=0.2)
+    try:
+        for gw in ("gw1", "gw2"):
+            body = {"model": "fast", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            t0 = time.monotonic()
+            arrivals = []
+            with client.stream("POST", f"{lab.gateway_url(gw)}/v1/chat/completions", json=body) as r:
+                assert r.status_code == 200
+                for line in r.iter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        delta = json.loads(line[6:])["choices"][0]["delta"] if json.loads(line[6:]).get("choices") else {}
+                        if delta.get("content"):
+                            arrivals.append(time.monotonic() - t0)
+            assert len(arrivals) >= 5, arrivals
+            span = arrivals[-1] - arrivals[0]
+            # 6 chunks 200 ms apart: the first must arrive about a second before the last, not with it.
+            assert span > 0.6, f"{gw}: chunks arrived together: {arrivals}"
+            gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+            assert statistics.median(gaps) > 0.1, f"{gw}: chunks lumped: {arrivals}"
+    finally:
+        provider.stream(chunks=5, delay=0.2)
+
+
+def test_nginx_effective_config_unbuffered(lab):
+    for gw in ("gw1", "gw2"):
+        conf = lab.hosts[gw].run("nginx -T 2>/dev/null").stdout
+        block = conf[conf.index("# configuration file /etc/nginx/conf.d/gatekit.conf:"):]
+        location = block[block.index("location / {"):]
+        location = location[: location.index("}")]
+        for directive in ("proxy_buffering off;", "proxy_request_buffering off;", "proxy_http_version 1.1;",
+                          'proxy_set_header Connection "";'):
+            assert directive in location, directive
+        assert re.search(r"proxy_read_timeout \d+s;", location)
+        assert "proxy_buffering on" not in conf
+        assert "server_tokens off;" in conf
+        assert "gzip off;" in block
+
+
+def test_second_run_changes_nothing(lab):
+    again = lab.deploy()
+    assert again.ok
+    assert again.changes == 0, {h: again.changed_ops(lab.hosts[h].address) for h in lab.hosts}
+    lab.rerun_seconds = again.seconds
+
+
+def test_litellm_unit_settings(lab):
+    out = lab.hosts["gw1"].run(
+        f"systemctl show {UNIT} -p MemoryMax -p MemoryHigh -p Restart -p User -p NoNewPrivileges "
+        "-p ProtectSystem -p ProtectHome -p PrivateTmp -p TimeoutStopUSec -p StartLimitBurst"
+    ).stdout
+    props = dict(line.split("=", 1) for line in out.splitlines())
+    assert int(props["MemoryHigh"]) < int(props["MemoryMax"])
+    assert props["Restart"] == "always"
+    assert props["User"] == "litellm"
+    assert props["NoNewPrivileges"] == "yes"
+    assert props["ProtectSystem"] == "strict"
+    assert props["PrivateTmp"] == "yes"
+    assert props["StartLimitBurst"] == "10"
+    # LiteLLM is reachable only on loopback: nginx is the only way in.
+    listen = lab.hosts["gw1"].run("ss -Hltn").stdout
+    assert f"127.0.0.1:{PORT}" in listen and f"0.0.0.0:{PORT}" not in listen
+
+
+def _show(host, prop: str) -> str:
+    return host.run(f"systemctl show {UNIT} -p {prop} --value").stdout.strip()
+
+
+def test_kill_9_main_process_is_restarted(lab, client):
+    gw = lab.hosts["gw1"]
+    pid, restarts = _show(gw, "MainPID"), int(_show(gw, "NRestarts"))
+    assert pid != "0"
+    gw.run(f"kill -9 {pid}")
+    wait_until(lambda: int(_show(gw, "NRestarts")) > restarts and _show(gw, "MainPID") not in ("0", pid),
+               60, what="systemd to restart LiteLLM")
+    r = wait_until(lambda: completion(client, lab.gateway_url("gw1")).status_code == 200, 120,
+                   what="LiteLLM to answer again after kill -9")
+    assert r
+
+
+ALLOC = (
+    "import os, sys, time\n"
+    "open(sys.argv[1] + '/cgroup.procs', 'w').write(str(os.getpid()))\n"
+    "open('/proc/self/oom_score_adj', 'w').write(sys.argv[2])\n"
+    "blocks = []\n"
+    "for _ in range(200):\n"
+    "    blocks.append(bytearray(32 * 1024 * 1024))\n"
+    "    time.sleep(0.01)\n"
+    "print('survived')\n"
+)
+
+
+def _unit_memory_cgroup(host) -> str:
+    cg = host.run(f"systemctl show {UNIT} -p ControlGroup --value").stdout.strip()
+    return f"/sys/fs/cgroup/memory{cg}"
+
+
+def test_memory_max_is_enforced_by_the_kernel(lab, client):
+    gw = lab.hosts["gw1"]
+    cg = _unit_memory_cgroup(gw)
+    limit = int(gw.run(f"cat {cg}/memory.limit_in_bytes").stdout)
+    assert limit == int(_show(gw, "MemoryMax")), "MemoryMax is not applied to the unit's memory cgroup"
+    gw.put("/root/alloc.py", ALLOC)
+
+    # 1. A process in the unit allocating 6.4 GB against a ~1.1 GB MemoryMax is killed by the kernel;
+    #    LiteLLM itself keeps serving.
+    restarts = int(_show(gw, "NRestarts"))
+    r = gw.run(f"python3 /root/alloc.py {cg} 0; echo rc=$?", check=False, timeout=120)
+    assert "survived" not in r.stdout and "rc=137" in r.stdout, r.stdout + r.stderr
+    assert int(_show(gw, "NRestarts")) == restarts
+    assert completion(client, lab.gateway_url("gw1")).status_code == 200
+
+    # 2. When the kernel's only choice is LiteLLM's main process (the allocator and the workers are
+    #    protected), the instance is killed and systemd restarts it.
+    pids = gw.run(f"cat {cg}/cgroup.procs").stdout.split()
+    main = _show(gw, "MainPID")
+    for pid in pids:
+        if pid != main:
+            gw.run(f"echo -1000 > /proc/{pid}/oom_score_adj", check=False)
+    since = gw.run("date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
+    gw.run(f"python3 /root/alloc.py {cg} -1000; true", check=False, timeout=180)
+    wait_until(lambda: int(_show(gw, "NRestarts")) > restarts, 90, what="restart after the OOM kill")
+    journal = gw.run(f"journalctl -u {UNIT} --since '{since}' --no-pager -o cat").stdout
+    assert "status=9/KILL" in journal, journal[-2000:]
+    wait_until(lambda: completion(client, lab.gateway_url("gw1")).status_code == 200, 120,
+               what="LiteLLM to answer after the OOM restart")
+
+
+def test_redis_refuses_unauthenticated_and_flushall(lab):
+    data = lab.hosts["data1"]
+    addr = data.address
+    r = data.run(f"redis-cli -h {addr} ping", check=False)
+    assert "NOAUTH" in r.stdout + r.stderr
+    pw = lab.secret_values["redis_password"]
+    auth = "read -r REDISCLI_AUTH; export REDISCLI_AUTH; "
+    assert data.run(auth + f"redis-cli -h {addr} ping", input=pw + "\n").stdout.strip() == "PONG"
+    r = data.run(auth + f"redis-cli -h {addr} flushall", input=pw + "\n", check=False)
+    assert "NOPERM" in r.stdout + r.stderr
+    # Redis listens on loopback and the private address only.
+    listen = data.run("ss -Hltn").stdout
+    assert "0.0.0.0:6379" not in listen and f"{addr}:6379" in listen
+
+
+@pytest.fixture(scope="module")
+def psql_on_gw1(lab):
+    lab.hosts["gw1"].run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-client >/dev/null",
+                         timeout=300)
+    return lab.hosts["gw1"]
+
+
+def test_postgres_admits_only_gateways_with_password(lab, psql_on_gw1):
+    data_addr = lab.hosts["data1"].address
+    pw = lab.secret_values["postgres_password"]
+    dsn = f"host={data_addr} user=litellm dbname=litellm connect_timeout=5"
+    with_pw = "read -r PGPASSWORD; export PGPASSWORD; "
+    # From a gateway with the password: accepted, as the LiteLLM role.
+    r = psql_on_gw1.run(with_pw + f"psql '{dsn}' -XtAc 'select current_user'", input=pw + "\n")
+    assert r.stdout.strip() == "litellm"
+    # From a gateway without a password: refused.
+    r = psql_on_gw1.run(f"psql '{dsn}' -w -XtAc 'select 1'", check=False)
+    assert r.returncode != 0 and "password" in (r.stdout + r.stderr).lower()
+    # With a wrong password: refused.
+    r = psql_on_gw1.run(with_pw + f"psql '{dsn}' -XtAc 'select 1'", input="wrong\n", check=False)
+    assert r.returncode != 0 and "authentication failed" in r.stderr
+    # From a non-gateway address (the data host's own private address), even with the password: refused.
+    r = lab.hosts["data1"].run(with_pw + f"psql '{dsn}' -XtAc 'select 1'", input=pw + "\n", check=False)
+    assert r.returncode != 0 and "no pg_hba.conf entry" in r.stderr
+
+
+def _secret_patterns(lab) -> str:
+    return "\n".join(lab.secret_values.values()) + "\n"
+
+
+def test_plaintext_secrets_appear_nowhere(lab, client):
+    patterns = _secret_patterns(lab)
+    # pyinfra's own output, first run and re-run.
+    for text in (lab.first_deploy.stdout, lab.first_deploy.stderr):
+        for value in lab.secret_values.values():
+            assert value not in text
+    # Generate some traffic first so request paths have had their chance to log.
+    assert completion(client, lab.gateway_url("gw2")).status_code == 200
+    for name, host in lab.hosts.items():
+        host.put("/root/.gk-patterns", patterns, mode="0600")
+        try:
+            files = host.run(
+                "grep -rlsF -f /root/.gk-patterns --exclude=.gk-patterns --exclude-dir=proc --exclude-dir=sys "
+                "--exclude-dir=credentials --exclude-dir=dev / ; true",
+                timeout=300,
+            ).stdout.split()
+            assert files == [], f"{name}: plaintext secret in {files}"
+            cmdlines = host.run(
+                "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done | grep -cF -f /root/.gk-patterns; true"
+            ).stdout.strip()
+            assert cmdlines == "0", f"{name}: secret in a process command line"
+            journal = host.run(
+                "journalctl --no-pager -o export | grep -caF -f /root/.gk-patterns; true", timeout=120
+            ).stdout.strip()
+            assert journal == "0", f"{name}: secret in the journal"
+        finally:
+            host.run("rm -f /root/.gk-patterns", check=False)
+    # Credentials on disk are encrypted and root-only.
+    gw = lab.hosts["gw1"]
+    listing = gw.run("stat -c '%a %U %n' /etc/gatekit/creds /etc/gatekit/creds/*.cred").stdout
+    for line in listing.splitlines():
+        mode, owner, _ = line.split(" ", 2)
+        assert owner == "root" and mode in ("700", "600"), line
+
+
+def test_added_host_is_provisioned_existing_unchanged(lab, client):
+    (gw3,) = lab.boot(["gw3"])
+    groups = {**lab.groups, "gateways": [*lab.groups["gateways"], "gw3"]}
+    lab.write_inventory(groups)
+    result = lab.deploy()
+    assert result.ok
+    assert result.changed_ops(gw3.address), "the new host was not provisioned"
+    for name in ("gw1", "gw2"):
+        assert result.changed_ops(lab.hosts[name].address) == [], name
+    # The data host admits the new gateway in pg_hba (and reloads); nothing else changes there.
+    data_changes = result.changed_ops(lab.hosts["data1"].address)
+    assert sorted(data_changes) == ["Reload PostgreSQL for new pg_hba", "Render pg_hba.conf (only gateway hosts admitted)"], data_changes
+    r = completion(client, lab.gateway_url("gw3"))
+    assert r.status_code == 200, r.text
+    final = lab.deploy()
+    assert final.ok and final.changes == 0

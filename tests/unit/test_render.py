@@ -1,0 +1,704 @@
+"""Unit tests for gatekit/render.py and the templates: pure rendering, no hosts, no network."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gatekit import render
+from gatekit.defaults import DEFAULTS
+from gatekit.inventory import settings_for
+from gatekit.render import litellm_config, litellm_config_yaml, redis_acl_hash, scram_sha256_verifier, secret_env
+from gatekit.spec import parse_size, parse_spec
+
+SPEC_PATH = Path("inv/render.gateway.yaml")
+
+# Fake secret values: they must never appear in anything rendered.
+SECRET_VALUES = {
+    "openai_key": "sk-FAKE-openai-PLAINTEXT-1111aaaa",
+    "openai_backup_key": "sk-FAKE-openai-backup-PLAINTEXT-2222bbbb",
+    "anthropic_key": "sk-ant-FAKE-PLAINTEXT-3333cccc",
+    "litellm_master_key": "sk-master-FAKE-PLAINTEXT-4444dddd",
+    "redis_password": "redis-FAKE-PLAINTEXT-5555eeee",
+    "postgres_password": "pg-FAKE-PLAINTEXT-6666ffff",
+}
+
+
+def _dep(provider, model, api_base, secret, **extra):
+    return {"provider": provider, "model": model, "api_base": api_base, "secret": secret, **extra}
+
+
+SPEC_DATA = {
+    "version": 1,
+    "vault": "render.secrets.enc.yaml",
+    "models": [
+        {
+            "name": "fast",
+            "price": {"input_per_1m": 0.15, "output_per_1m": 0.60},
+            "deployments": [
+                _dep("openai", "gpt-4o-mini", "https://api.openai.com/v1", "openai_key", weight=3, rpm=500, tpm=200000),
+                _dep("openai", "gpt-4o-mini", "https://backup.example.com/v1", "openai_backup_key", weight=1),
+            ],
+        },
+        {
+            "name": "smart",
+            "price": {"input_per_1m": 2.50, "output_per_1m": 10.00},
+            "deployments": [_dep("openai", "gpt-4o", "https://api.openai.com/v1", "openai_key")],
+        },
+        {
+            "name": "claude",
+            "price": {"input_per_1m": 3.00, "output_per_1m": 15.00},
+            "deployments": [_dep("anthropic", "claude-sonnet-4-5", "https://api.anthropic.com", "anthropic_key")],
+        },
+    ],
+    "fallbacks": [
+        {"from": "smart", "to": ["fast"]},
+        {"from": "claude", "to": ["smart", "fast"]},
+        {"from": "fast", "to": [{"model": "smart", "allow_pricier": True}]},
+    ],
+    "aliases": {"gpt-4o": "smart", "sonnet": "claude"},
+    "retry": {"num_retries": 3, "timeout_errors": 4, "server_errors": 1, "allowed_fails": 5, "cooldown_time": 60},
+    "budgets": {"providers": {"openai": {"max_usd": 200, "duration": "1d"}, "anthropic": {"max_usd": 50, "duration": "12h"}}},
+    "settings": {"litellm_ports": [4001, 4002], "litellm_request_timeout": 300},
+}
+
+
+def make_spec(**overrides):
+    data = {**SPEC_DATA, **overrides}
+    return parse_spec(data, SPEC_PATH, secret_names=set(SECRET_VALUES))
+
+
+@pytest.fixture()
+def spec():
+    return make_spec()
+
+
+@pytest.fixture()
+def settings(spec):
+    return settings_for(spec, {})
+
+
+REDIS = {"host": "10.0.0.21", "port": 6380, "db": 1}
+
+
+def assert_no_secret_values(text: str):
+    for name, value in SECRET_VALUES.items():
+        assert value not in text, f"secret {name} leaked"
+        # nor a recognisable piece of one
+        assert value[-8:] not in text, f"secret {name} leaked (tail)"
+
+
+# --- LiteLLM config.yaml ---------------------------------------------------------------------------------------
+
+
+def test_config_references_secrets_only_through_environment(spec, settings):
+    cfg = litellm_config(spec, settings, REDIS)
+    text = litellm_config_yaml(spec, settings, REDIS)
+    assert_no_secret_values(text)
+    assert_no_secret_values(repr(cfg))
+    keys = [d["litellm_params"]["api_key"] for d in cfg["model_list"]]
+    assert keys == [
+        "os.environ/GK_SECRET_OPENAI_KEY",
+        "os.environ/GK_SECRET_OPENAI_BACKUP_KEY",
+        "os.environ/GK_SECRET_OPENAI_KEY",
+        "os.environ/GK_SECRET_ANTHROPIC_KEY",
+    ]
+    assert secret_env("openai_key") == "GK_SECRET_OPENAI_KEY"
+    assert cfg["general_settings"]["master_key"] == "os.environ/LITELLM_MASTER_KEY"
+    assert cfg["router_settings"]["redis_password"] == "os.environ/REDIS_PASSWORD"
+    # Every string value that looks like a credential is an os.environ reference.
+    def walk(node, path=""):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                yield from walk(v, f"{path}[{i}]")
+        else:
+            yield path, node
+
+    for path, value in walk(cfg):
+        if re.search(r"(api_key|master_key|password|database_url)$", path):
+            assert isinstance(value, str) and value.startswith("os.environ/"), (path, value)
+
+
+def test_config_never_contains_values_from_a_secrets_dict(spec, settings):
+    # Even with a database and Redis, nothing rendered comes from secret values.
+    settings = {**settings, "litellm_database": True}
+    for redis in (None, REDIS):
+        assert_no_secret_values(litellm_config_yaml(spec, settings, redis))
+
+
+def test_retry_policy(spec, settings):
+    router = litellm_config(spec, settings, None)["router_settings"]
+    policy = router["retry_policy"]
+    assert policy["AuthenticationErrorRetries"] == 0
+    assert policy["BadRequestErrorRetries"] == 0
+    assert policy["RateLimitErrorRetries"] == 0
+    assert policy["TimeoutErrorRetries"] == 4
+    assert policy["InternalServerErrorRetries"] == 1
+    assert policy["ContentPolicyViolationErrorRetries"] == 0
+    assert router["num_retries"] == 3
+    assert router["allowed_fails"] == 5
+    assert router["cooldown_time"] == 60
+    assert router["timeout"] == 300
+    assert router["routing_strategy"] == "simple-shuffle"
+
+
+def test_retry_policy_follows_the_spec():
+    spec = make_spec(retry={"timeout_errors": 0, "server_errors": 5})
+    policy = litellm_config(spec, settings_for(spec, {}), None)["router_settings"]["retry_policy"]
+    assert policy["TimeoutErrorRetries"] == 0
+    assert policy["InternalServerErrorRetries"] == 5
+
+
+def test_fallbacks_and_aliases(spec, settings):
+    router = litellm_config(spec, settings, None)["router_settings"]
+    assert router["fallbacks"] == [{"smart": ["fast"]}, {"claude": ["smart", "fast"]}, {"fast": ["smart"]}]
+    assert router["model_group_alias"] == {"gpt-4o": "smart", "sonnet": "claude"}
+
+
+def test_no_aliases_no_model_group_alias():
+    spec = make_spec(aliases={}, fallbacks=[])
+    router = litellm_config(spec, settings_for(spec, {}), None)["router_settings"]
+    assert "model_group_alias" not in router
+    assert router["fallbacks"] == []
+
+
+def test_deployments(spec, settings):
+    models = litellm_config(spec, settings, None)["model_list"]
+    assert [m["model_name"] for m in models] == ["fast", "fast", "smart", "claude"]
+    ids = [m["model_info"]["id"] for m in models]
+    assert len(ids) == len(set(ids)) == 4
+    first, second = models[0], models[1]
+    assert first["litellm_params"] == {
+        "model": "openai/gpt-4o-mini",
+        "api_base": "https://api.openai.com/v1",
+        "api_key": "os.environ/GK_SECRET_OPENAI_KEY",
+        "weight": 3,
+        "rpm": 500,
+        "tpm": 200000,
+    }
+    assert "rpm" not in second["litellm_params"] and "tpm" not in second["litellm_params"]
+    assert second["litellm_params"]["api_base"] == "https://backup.example.com/v1"
+    assert models[3]["litellm_params"]["model"] == "anthropic/claude-sonnet-4-5"
+
+
+def test_ids_are_stable_across_renders(spec, settings):
+    a = [m["model_info"]["id"] for m in litellm_config(spec, settings, None)["model_list"]]
+    b = [m["model_info"]["id"] for m in litellm_config(make_spec(), settings, REDIS)["model_list"]]
+    assert a == b
+
+
+def test_cost_per_token(spec, settings):
+    prices = {m.name: m.price for m in spec.models}
+    for d in litellm_config(spec, settings, None)["model_list"]:
+        price = prices[d["model_name"]]
+        assert d["model_info"]["input_cost_per_token"] == pytest.approx(price.input_per_1m / 1e6, rel=1e-12)
+        assert d["model_info"]["output_cost_per_token"] == pytest.approx(price.output_per_1m / 1e6, rel=1e-12)
+    smart = next(d for d in litellm_config(spec, settings, None)["model_list"] if d["model_name"] == "smart")
+    assert smart["model_info"]["input_cost_per_token"] == pytest.approx(2.5e-6)
+    assert smart["model_info"]["output_cost_per_token"] == pytest.approx(1e-5)
+
+
+def test_redis_only_with_a_target(spec, settings):
+    without = litellm_config(spec, settings, None)["router_settings"]
+    assert not any(k.startswith("redis") for k in without)
+    with_redis = litellm_config(spec, settings, REDIS)["router_settings"]
+    assert with_redis["redis_host"] == "10.0.0.21"
+    assert with_redis["redis_port"] == 6380
+    assert with_redis["redis_password"] == "os.environ/REDIS_PASSWORD"
+    assert "redis" not in litellm_config_yaml(spec, settings, None)
+
+
+def test_database_url_only_with_database(spec, settings):
+    assert settings["litellm_database"] is False
+    general = litellm_config(spec, settings, None)["general_settings"]
+    assert general == {"master_key": "os.environ/LITELLM_MASTER_KEY"}
+    general = litellm_config(spec, {**settings, "litellm_database": True}, None)["general_settings"]
+    assert general == {"master_key": "os.environ/LITELLM_MASTER_KEY", "database_url": "os.environ/DATABASE_URL"}
+
+
+def test_budgets(spec, settings):
+    cfg = litellm_config(spec, settings, REDIS)
+    assert cfg["router_settings"]["provider_budget_config"] == {
+        "openai": {"budget_limit": 200, "time_period": "1d"},
+        "anthropic": {"budget_limit": 50, "time_period": "12h"},
+    }
+    assert "max_budget" not in cfg["litellm_settings"]
+    proxy = make_spec(
+        budgets={"proxy": {"max_usd": 1000, "duration": "30d"}},
+        settings={**SPEC_DATA["settings"], "litellm_database": True},
+    )
+    cfg = litellm_config(proxy, settings_for(proxy, {}), None)
+    assert cfg["litellm_settings"]["max_budget"] == 1000
+    assert cfg["litellm_settings"]["budget_duration"] == "30d"
+    assert "provider_budget_config" not in cfg["router_settings"]
+    assert cfg["litellm_settings"]["request_timeout"] == 300
+    assert cfg["litellm_settings"]["drop_params"] is True
+
+
+def test_config_yaml_round_trips(spec, settings):
+    for redis in (None, REDIS):
+        text = litellm_config_yaml(spec, settings, redis)
+        assert text.startswith("# Rendered by gatekit from render.gateway.yaml")
+        loaded = yaml.safe_load(text)
+        assert loaded == litellm_config(spec, settings, redis)
+        assert yaml.safe_load(yaml.safe_dump(loaded, sort_keys=False)) == loaded
+        assert list(loaded) == ["model_list", "router_settings", "litellm_settings", "general_settings"]
+
+
+def test_config_yaml_is_deterministic(spec, settings):
+    assert litellm_config_yaml(spec, settings, REDIS) == litellm_config_yaml(make_spec(), dict(settings), dict(REDIS))
+
+
+# --- nginx ----------------------------------------------------------------------------------------------------------
+
+
+def nginx(settings, cert="/etc/gatekit/tls/gatekit.crt", key="/etc/gatekit/tls/gatekit.key"):
+    return render.template("nginx/gatekit.conf.j2", s=settings, tls_cert=cert, tls_key=key)
+
+
+def server_blocks(conf: str) -> list[str]:
+    """Top-level `server { ... }` blocks (brace matching)."""
+    blocks, depth, start = [], 0, None
+    for m in re.finditer(r"server\s*\{|\{|\}", conf):
+        tok = m.group(0)
+        if tok != "}":
+            if depth == 0 and tok.startswith("server"):
+                start = m.start()
+            depth += 1
+        else:
+            depth -= 1
+            if depth == 0 and start is not None:
+                blocks.append(conf[start:m.end()])
+                start = None
+    assert depth == 0, "unbalanced braces"
+    return blocks
+
+
+def directives(conf: str) -> list[str]:
+    return [line.strip() for line in conf.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def test_nginx_streaming_directives(settings):
+    conf = nginx(settings)
+    lines = directives(conf)
+    for d in [
+        "proxy_buffering off;",
+        "proxy_request_buffering off;",
+        "proxy_http_version 1.1;",
+        'proxy_set_header Connection "";',
+        "proxy_read_timeout 600s;",
+        "gzip off;",
+        "server_tokens off;",
+        "proxy_pass http://litellm;",
+    ]:
+        assert d in lines, d
+    assert any(line.startswith("more_clear_headers ") and "'x-litellm-*'" in line for line in lines)
+    assert "include /etc/nginx/gatekit/upstream.conf;" in lines
+
+
+def test_nginx_timeouts_and_ports_follow_settings(settings):
+    s = {**settings, "nginx_read_timeout": 1234, "nginx_send_timeout": 77, "nginx_https_port": 8443,
+         "nginx_http_port": 8080, "nginx_client_max_body_size": "50m", "nginx_server_name": "gw.example.com"}
+    conf = nginx(s)
+    lines = directives(conf)
+    assert "proxy_read_timeout 1234s;" in lines
+    assert "proxy_send_timeout 77s;" in lines
+    assert "proxy_read_timeout 600s;" not in lines
+    assert "listen 8443 ssl default_server;" in lines
+    assert "listen 8080 default_server;" in lines
+    assert "client_max_body_size 50m;" in lines
+    assert "server_name gw.example.com;" in lines
+
+
+def test_nginx_redirect_and_tls_servers(settings):
+    conf = nginx(settings, cert="/srv/tls/my.crt", key="/srv/tls/my.key")
+    blocks = server_blocks(conf)
+    assert len(blocks) == 2
+    plain, tls = blocks
+    assert "listen 80 default_server;" in directives(plain)
+    assert "return 301 https://$host$request_uri;" in directives(plain)
+    assert "proxy_pass" not in plain and "ssl" not in plain
+    tls_lines = directives(tls)
+    assert "listen 443 ssl default_server;" in tls_lines
+    assert "listen [::]:443 ssl default_server;" in tls_lines
+    assert "ssl_certificate /srv/tls/my.crt;" in tls_lines
+    assert "ssl_certificate_key /srv/tls/my.key;" in tls_lines
+    assert "proxy_pass http://litellm;" in tls_lines
+    assert not any(re.search(r"ssl_protocols.*(SSLv|TLSv1(\.1)?\b(?!\.))", line) for line in tls_lines)
+
+
+def test_nginx_needs_its_inputs(settings):
+    import jinja2
+
+    with pytest.raises(jinja2.UndefinedError):
+        render.template("nginx/gatekit.conf.j2", s=settings, tls_cert="/a")
+
+
+def test_upstream_lists_every_port():
+    conf = render.template("nginx/upstream.conf.j2", ports=[4001, 4002, 4005], bind="127.0.0.1", keepalive=48)
+    lines = directives(conf)
+    servers = [line for line in lines if line.startswith("server ")]
+    assert servers == [f"server 127.0.0.1:{p} max_fails=0;" for p in (4001, 4002, 4005)]
+    assert "keepalive 48;" in lines
+    assert lines[0] == "upstream litellm {" and lines[-1] == "}"
+
+
+def test_upstream_single_port():
+    conf = render.template("nginx/upstream.conf.j2", ports=[4001], bind="127.0.0.1", keepalive=32)
+    assert [line for line in directives(conf) if line.startswith("server ")] == ["server 127.0.0.1:4001 max_fails=0;"]
+    assert "keepalive 32;" in directives(conf)
+
+
+# --- systemd unit -----------------------------------------------------------------------------------------------------
+
+CREDS = ["gk_secret_anthropic_key", "gk_secret_openai_key", "litellm_master_key", "redis_password"]
+
+
+def unit(settings, credentials=CREDS):
+    return render.template(
+        "systemd/litellm@.service.j2",
+        s=settings,
+        state_dir="/var/lib/litellm",
+        creds_dir="/etc/gatekit/credentials",
+        credentials=credentials,
+    )
+
+
+def unit_values(text: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in directives(text):
+        if "=" in line and not line.startswith("["):
+            k, v = line.split("=", 1)
+            out.setdefault(k, []).append(v)
+    return out
+
+
+def test_unit_memory_and_restart(settings):
+    v = unit_values(unit(settings))
+    assert v["MemoryHigh"] == [settings["litellm_memory_high"]]
+    assert v["MemoryMax"] == [settings["litellm_memory_max"]]
+    assert parse_size(v["MemoryHigh"][0]) < parse_size(v["MemoryMax"][0])
+    assert v["Restart"] == ["always"]
+    assert v["RestartSec"] == [str(settings["litellm_restart_sec"])]
+    assert v["StartLimitBurst"] == [str(settings["litellm_start_limit_burst"])]
+    assert v["StartLimitIntervalSec"] == [str(settings["litellm_start_limit_interval"])]
+    assert v["TimeoutStopSec"] == [str(settings["litellm_timeout_stop_sec"])]
+    assert int(v["TimeoutStopSec"][0]) > settings["litellm_graceful_timeout"]
+
+
+def test_unit_follows_settings(settings):
+    s = {**settings, "litellm_memory_high": "3G", "litellm_memory_max": "3584M", "litellm_restart_sec": 7,
+         "litellm_start_limit_burst": 4, "litellm_start_limit_interval": 120, "litellm_timeout_stop_sec": 90,
+         "litellm_user": "gw"}
+    v = unit_values(unit(s))
+    assert (v["MemoryHigh"], v["MemoryMax"]) == (["3G"], ["3584M"])
+    assert (v["RestartSec"], v["StartLimitBurst"], v["StartLimitIntervalSec"]) == (["7"], ["4"], ["120"])
+    assert v["TimeoutStopSec"] == ["90"]
+    assert v["User"] == ["gw"] and v["Group"] == ["gw"]
+
+
+def test_unit_start_limits_are_in_the_unit_section(settings):
+    text = unit(settings)
+    unit_section = text.split("[Service]")[0]
+    assert "StartLimitBurst=" in unit_section and "StartLimitIntervalSec=" in unit_section
+
+
+def test_unit_hardening(settings):
+    v = unit_values(unit(settings))
+    assert v["NoNewPrivileges"] == ["yes"]
+    assert v["ProtectSystem"] == ["strict"]
+    assert v["ProtectHome"] == ["yes"]
+    assert v["PrivateTmp"] == ["yes"]
+    assert v["ReadWritePaths"] == ["/var/lib/litellm/%i"]
+
+
+def test_unit_credentials(settings):
+    text = unit(settings)
+    v = unit_values(text)
+    assert v["LoadCredentialEncrypted"] == [f"{c}:/etc/gatekit/credentials/{c}.cred" for c in CREDS]
+    one = unit_values(unit(settings, credentials=["litellm_master_key"]))
+    assert one["LoadCredentialEncrypted"] == ["litellm_master_key:/etc/gatekit/credentials/litellm_master_key.cred"]
+
+
+def test_unit_has_no_secret_in_environment(settings):
+    text = unit(settings)
+    assert_no_secret_values(text)
+    env = unit_values(text)["Environment"]
+    assert env == ["GK_PORT=%i"]
+    for line in env:
+        assert not re.search(r"KEY|PASSWORD|SECRET|TOKEN|DATABASE_URL", line, re.IGNORECASE), line
+    assert unit_values(text)["EnvironmentFile"] == [f"{settings['litellm_config_dir']}/litellm.env"]
+
+
+def test_env_file_has_no_secrets():
+    text = render.template("litellm/litellm.env.j2", redis=REDIS, extra_env={"HTTPS_PROXY": "http://proxy:3128"})
+    assert_no_secret_values(text)
+    lines = directives(text)
+    assert "REDIS_HOST=10.0.0.21" in lines and "REDIS_PORT=6380" in lines and "REDIS_DB=1" in lines
+    assert "HTTPS_PROXY=http://proxy:3128" in lines
+    assert not any(re.search(r"KEY|PASSWORD|SECRET", line) for line in lines)
+    no_redis = render.template("litellm/litellm.env.j2", redis=None, extra_env={})
+    assert "REDIS" not in no_redis
+
+
+# --- launcher ---------------------------------------------------------------------------------------------------------
+
+ENV_FOR = {
+    "gk_secret_openai_key": "GK_SECRET_OPENAI_KEY",
+    "litellm_master_key": "LITELLM_MASTER_KEY",
+    "redis_password": "REDIS_PASSWORD",
+    "postgres_password": "GK_POSTGRES_PASSWORD",
+}
+
+
+def launcher(database: bool, venv: str = "/opt/litellm/venv") -> str:
+    return render.template(
+        "litellm/launch.py.j2",
+        venv=venv,
+        env_for=ENV_FOR,
+        database=database,
+        db_user="litellm",
+        db_name="litellm",
+        db_host="10.0.0.21",
+        db_port=5432,
+        config_path="/etc/litellm/config.yaml",
+        bind="127.0.0.1",
+        workers=2,
+        max_requests=10000,
+        max_requests_jitter=1000,
+    )
+
+
+@pytest.mark.parametrize("database", [False, True])
+def test_launcher_is_valid_python_without_secrets(database):
+    text = launcher(database)
+    compile(text, "gatekit-litellm-launch", "exec")
+    assert text.startswith("#!/opt/litellm/venv/bin/python3\n")
+    assert_no_secret_values(text)
+    assert ("DATABASE_URL" in text) is database
+    assert '"--config", "/etc/litellm/config.yaml"' in text
+    assert '"--host", "127.0.0.1"' in text
+    assert '"--num_workers", "2"' in text
+
+
+def test_launcher_maps_credentials_to_environment(tmp_path):
+    """Run the launcher for real; a fake `litellm` records the environment and arguments it is exec'd with."""
+    import json
+    import subprocess
+    import sys
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    record = tmp_path / "record.json"
+    fake = venv / "bin" / "litellm"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        f"open({str(record)!r}, 'w').write(json.dumps({{'argv': sys.argv, 'env': dict(os.environ)}}))\n"
+    )
+    fake.chmod(0o755)
+    script = tmp_path / "gatekit-litellm-launch"
+    script.write_text(launcher(database=True, venv=str(venv)))
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    values = {
+        "gk_secret_openai_key": SECRET_VALUES["openai_key"],
+        "litellm_master_key": SECRET_VALUES["litellm_master_key"],
+        "redis_password": SECRET_VALUES["redis_password"],
+        "postgres_password": SECRET_VALUES["postgres_password"],
+    }
+    for name, value in values.items():
+        (creds / name).write_text(value + "\n")
+    env = {"CREDENTIALS_DIRECTORY": str(creds), "GK_PORT": "4001", "RUNTIME_DIRECTORY": str(tmp_path / "run"),
+           "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, str(script), "--skip_server_startup"], env=env, check=True, timeout=60)
+    seen = json.loads(record.read_text())
+    args, got = seen["argv"], seen["env"]
+    assert args[args.index("--port") + 1] == "4001"
+    assert args[args.index("--config") + 1] == "/etc/litellm/config.yaml"
+    assert args[-1] == "--skip_server_startup"
+    assert got["GK_SECRET_OPENAI_KEY"] == SECRET_VALUES["openai_key"]  # trailing newline stripped
+    assert got["LITELLM_MASTER_KEY"] == SECRET_VALUES["litellm_master_key"]
+    assert got["REDIS_PASSWORD"] == SECRET_VALUES["redis_password"]
+    assert "GK_POSTGRES_PASSWORD" not in got  # consumed into DATABASE_URL
+    assert got["DATABASE_URL"] == f"postgresql://litellm:{SECRET_VALUES['postgres_password']}@10.0.0.21:5432/litellm"
+    assert got["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path / "run" / "prometheus")
+    assert_no_secret_values(json.dumps(args))  # nothing secret on the command line
+
+
+def test_launcher_refuses_to_run_outside_systemd(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "gatekit-litellm-launch"
+    script.write_text(launcher(database=False, venv=str(tmp_path / "venv")))
+    res = subprocess.run([sys.executable, str(script)], env={"PATH": "/usr/bin:/bin"}, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode != 0
+    assert "no CREDENTIALS_DIRECTORY" in res.stderr
+
+
+# --- redis ------------------------------------------------------------------------------------------------------------
+
+
+def test_redis_conf(settings):
+    password = SECRET_VALUES["redis_password"]
+    text = render.template(
+        "redis/redis.conf.j2", s=settings, private_address="10.0.0.21", password_hash=redis_acl_hash(password)
+    )
+    lines = directives(text)
+    bind = [line for line in lines if line.startswith("bind ")]
+    assert len(bind) == 1 and bind[0].split()[1:] == ["127.0.0.1", "10.0.0.21"]
+    assert "0.0.0.0" not in text
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    users = [line for line in lines if line.startswith("user ")]
+    assert len(users) == 1
+    user = users[0].split()
+    assert f"#{digest}" in user
+    assert not any(tok.startswith(">") for tok in user)  # '>' would be a plaintext password
+    assert "-flushall" in user and "-flushdb" in user
+    assert password not in text
+    assert f"maxmemory {settings['redis_maxmemory']}" in lines
+    assert f"maxmemory-policy {settings['redis_maxmemory_policy']}" in lines
+    assert f"port {settings['redis_port']}" in lines
+    assert "protected-mode yes" in lines
+
+
+def test_redis_acl_hash():
+    assert redis_acl_hash("secret") == hashlib.sha256(b"secret").hexdigest()
+    assert re.fullmatch(r"[0-9a-f]{64}", redis_acl_hash(SECRET_VALUES["redis_password"]))
+    assert redis_acl_hash("a") != redis_acl_hash("b")
+
+
+# --- postgres ---------------------------------------------------------------------------------------------------------
+
+
+def test_pg_hba(settings):
+    gateways = ["10.0.0.11", "10.0.0.12", "10.0.0.13"]
+    text = render.template("postgres/pg_hba.conf.j2", s=settings, gateway_addresses=gateways)
+    rows = [line.split() for line in directives(text)]
+    host_rows = [r for r in rows if r[0].startswith("host")]
+    db, user = settings["postgres_db"], settings["postgres_user"]
+    for addr in gateways:
+        assert [r for r in host_rows if r[3] == f"{addr}/32"] == [["host", db, user, f"{addr}/32", "scram-sha-256"]]
+    # only loopback + the gateways, every host line scram-sha-256, for the LiteLLM db and role only
+    assert len(host_rows) == len(gateways) + 1
+    for r in host_rows:
+        assert r[0] == "host" and r[1:3] == [db, user] and r[-1] == "scram-sha-256", r
+        net = ipaddress.ip_network(r[3])
+        assert net.num_addresses == 1, r
+    assert "0.0.0.0/0" not in text and "::/0" not in text
+    assert not any(r[0].startswith("host") and "all" in r[1:3] for r in rows)
+    assert not any(r[-1] in ("trust", "password", "md5") for r in rows)
+
+
+def test_pg_hba_follows_db_settings(settings):
+    s = {**settings, "postgres_db": "gw", "postgres_user": "gwuser"}
+    text = render.template("postgres/pg_hba.conf.j2", s=s, gateway_addresses=["192.168.1.5"])
+    assert "host    gw   gwuser   192.168.1.5/32   scram-sha-256" in text
+
+
+def test_postgres_conf(settings):
+    text = render.template("postgres/gatekit.conf.j2", s=settings, private_address="10.0.0.21")
+    lines = directives(text)
+    assert "listen_addresses = 'localhost,10.0.0.21'" in lines
+    assert "password_encryption = scram-sha-256" in lines
+    assert "*" not in text
+
+
+# --- SCRAM-SHA-256 verifier ---------------------------------------------------------------------------------------
+
+SCRAM_RE = re.compile(r"SCRAM-SHA-256\$(\d+):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)")
+
+
+def parse_verifier(v: str):
+    m = SCRAM_RE.fullmatch(v)
+    assert m, v
+    return int(m.group(1)), base64.b64decode(m.group(2)), base64.b64decode(m.group(3)), base64.b64decode(m.group(4))
+
+
+def independent_keys(password: str, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+    """RFC 5802 / RFC 7677: SaltedPassword = Hi(password, salt, i); StoredKey = H(HMAC(SP, "Client Key"))."""
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    return stored_key, server_key
+
+
+def test_scram_format():
+    v = scram_sha256_verifier(SECRET_VALUES["postgres_password"], salt_seed="litellm")
+    iterations, salt, stored, server = parse_verifier(v)
+    assert iterations == 4096
+    assert len(salt) == 16
+    assert len(stored) == 32 and len(server) == 32
+    assert SECRET_VALUES["postgres_password"] not in v
+
+
+def test_scram_deterministic_and_distinct():
+    pw = SECRET_VALUES["postgres_password"]
+    v = scram_sha256_verifier(pw, salt_seed="litellm")
+    assert v == scram_sha256_verifier(pw, salt_seed="litellm")
+    other_pw = scram_sha256_verifier(pw + "x", salt_seed="litellm")
+    other_role = scram_sha256_verifier(pw, salt_seed="other_role")
+    assert len({v, other_pw, other_role}) == 3
+    # the salt itself differs too, not only the keys
+    assert len({parse_verifier(x)[1] for x in (v, other_pw, other_role)}) == 3
+
+
+@pytest.mark.parametrize(
+    ("password", "role", "iterations"),
+    [("correct horse battery staple", "litellm", 4096), (SECRET_VALUES["postgres_password"], "gw", 4096),
+     ("pässwörd-ünïcode", "litellm", 4096), ("short", "litellm", 10000)],
+)
+def test_scram_matches_independent_implementation(password, role, iterations):
+    v = scram_sha256_verifier(password, salt_seed=role, iterations=iterations)
+    got_iter, salt, stored, server = parse_verifier(v)
+    assert got_iter == iterations
+    exp_stored, exp_server = independent_keys(password, salt, iterations)
+    assert stored == exp_stored
+    assert server == exp_server
+    # a wrong password does not produce the same StoredKey with this salt
+    assert independent_keys(password + "!", salt, iterations)[0] != stored
+
+
+def test_scram_verifier_authenticates_a_simulated_exchange():
+    """Play a SCRAM-SHA-256 exchange as PostgreSQL would, holding only the verifier."""
+    password = SECRET_VALUES["postgres_password"]
+    iterations, salt, stored_key, server_key = parse_verifier(scram_sha256_verifier(password, salt_seed="litellm"))
+    auth_message = b"n=,r=clientnonce,r=clientnonceservernonce,s=" + base64.b64encode(salt) + b",i=4096,c=biws,r=..."
+
+    def client_proof(pw: str) -> bytes:
+        salted = hashlib.pbkdf2_hmac("sha256", pw.encode(), salt, iterations)
+        client_key = hmac.digest(salted, b"Client Key", "sha256")
+        signature = hmac.digest(hashlib.sha256(client_key).digest(), auth_message, "sha256")
+        return bytes(a ^ b for a, b in zip(client_key, signature))
+
+    def server_accepts(proof: bytes) -> bool:
+        signature = hmac.digest(stored_key, auth_message, "sha256")
+        client_key = bytes(a ^ b for a, b in zip(proof, signature))
+        return hmac.compare_digest(hashlib.sha256(client_key).digest(), stored_key)
+
+    assert server_accepts(client_proof(password))
+    assert not server_accepts(client_proof("wrong password"))
+    # the server proves itself with ServerKey; the client can check it from the password alone
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    assert hmac.digest(server_key, auth_message, "sha256") == hmac.digest(
+        hmac.digest(salted, b"Server Key", "sha256"), auth_message, "sha256"
+    )
+
+
+def test_defaults_render_every_template(settings):
+    """Each template renders with the default settings (StrictUndefined catches a missing name)."""
+    assert set(settings) == set(DEFAULTS) and settings["litellm_ports"] == [4001, 4002]
+    assert nginx(settings) and unit(settings) and launcher(False)

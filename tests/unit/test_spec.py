@@ -1,0 +1,639 @@
+"""Unit tests for gatekit/spec.py (and the host checks in gatekit/inventory.py): fast, no hosts, no network."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from gatekit.defaults import DEFAULTS
+from gatekit.inventory import check_hosts, settings_for
+from gatekit.spec import SpecError, check_settings, load_spec, parse_size, parse_spec
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "inventories" / "example.gateway.yaml"
+SPEC_PATH = Path("inv/test.gateway.yaml")
+FILE = "inv/test.gateway.yaml"
+
+# Every secret the base spec needs (deployments + master key + redis password).
+SECRETS = frozenset({"openai_key", "anthropic_key", "litellm_master_key", "redis_password"})
+
+
+def _dep(provider: str, model: str, api_base: str, secret: str, **extra) -> dict:
+    return {"provider": provider, "model": model, "api_base": api_base, "secret": secret, **extra}
+
+
+BASE: dict = {
+    "version": 1,
+    "vault": "test.secrets.enc.yaml",
+    "models": [
+        {
+            "name": "fast",
+            "price": {"input_per_1m": 0.15, "output_per_1m": 0.60},
+            "deployments": [_dep("openai", "gpt-4o-mini", "https://api.openai.com/v1", "openai_key", weight=1)],
+        },
+        {
+            "name": "smart",
+            "price": {"input_per_1m": 2.50, "output_per_1m": 10.00},
+            "deployments": [_dep("openai", "gpt-4o", "https://api.openai.com/v1", "openai_key", weight=1)],
+        },
+        {
+            "name": "claude",
+            "price": {"input_per_1m": 3.00, "output_per_1m": 15.00},
+            "deployments": [_dep("anthropic", "claude-sonnet-4-5", "https://api.anthropic.com", "anthropic_key")],
+        },
+    ],
+    "fallbacks": [{"from": "smart", "to": ["fast"]}, {"from": "claude", "to": ["smart", "fast"]}],
+    "aliases": {"gpt-4o": "smart"},
+    "retry": {"num_retries": 2, "timeout_errors": 2, "server_errors": 2},
+    "budgets": {"providers": {"openai": {"max_usd": 200, "duration": "1d"}}},
+    "settings": {"litellm_ports": [4001], "litellm_memory_high": "1280M", "litellm_memory_max": "1536M"},
+}
+
+
+def base() -> dict:
+    return copy.deepcopy(BASE)
+
+
+def problems_of(data: object, secret_names: set[str] | frozenset[str] | None = SECRETS) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(data, SPEC_PATH, secret_names=set(secret_names) if secret_names is not None else None)
+    exc = info.value
+    assert exc.problems, "SpecError without problems"
+    assert str(exc) == "\n".join(exc.problems)
+    return exc.problems
+
+
+def matching(problems: list[str], *needles: str) -> list[str]:
+    return [p for p in problems if all(n in p for n in needles)]
+
+
+# --- the valid inputs ------------------------------------------------------------------------------------------
+
+
+def test_example_spec_parses():
+    spec = load_spec(EXAMPLE, check_secrets=False)
+    assert [m.name for m in spec.models] == ["fast", "smart", "claude"]
+    assert spec.path == EXAMPLE
+    assert spec.vault_path == (EXAMPLE.parent / "example.secrets.enc.yaml").resolve()
+    assert spec.secrets_used() == {"openai_key", "anthropic_key"}
+    assert spec.aliases == {"gpt-4o": "smart"}
+    assert [(fb.from_, [t.model for t in fb.targets()]) for fb in spec.fallbacks] == [
+        ("smart", ["fast"]),
+        ("claude", ["smart"]),
+    ]
+    assert spec.retry.auth_errors == spec.retry.bad_request_errors == spec.retry.rate_limit_errors == 0
+    assert set(spec.budgets.providers) == {"openai", "anthropic"}
+    assert spec.litellm_version not in {"1.82.7", "1.82.8"}
+
+
+def test_base_spec_is_valid():
+    # Every case in the table below must fail because of its mutation alone.
+    spec = parse_spec(base(), SPEC_PATH, secret_names=set(SECRETS))
+    assert spec.path == SPEC_PATH
+    assert spec.secrets_used() == {"openai_key", "anthropic_key"}
+
+
+def test_rich_spec_parses_and_reports_its_secrets():
+    data = {
+        "version": 1,
+        "vault": "secrets.enc.yaml",
+        "models": [
+            {
+                "name": "big",
+                "price": {"input_per_1m": 5, "output_per_1m": 20},
+                "deployments": [
+                    _dep("openai", "gpt-4o", "https://api.openai.com/v1", "openai_key", weight=3, rpm=100),
+                    _dep("azure", "gpt-4o-eu", "https://eu.example.azure.com", "azure_eu_key", weight=1, tpm=90000),
+                    _dep("azure", "gpt-4o-us", "http://us.example.azure.com:8443/v1", "azure_us_key", weight=0.5),
+                ],
+            },
+            {
+                "name": "mid",
+                "price": {"input_per_1m": 1, "output_per_1m": 4},
+                "deployments": [
+                    _dep("anthropic", "claude-haiku", "https://api.anthropic.com", "anthropic_key"),
+                    _dep("anthropic", "claude-haiku", "https://backup.anthropic.example", "anthropic_backup_key"),
+                ],
+            },
+            {
+                "name": "tiny",
+                "price": {"input_per_1m": 0.1, "output_per_1m": 0.4},
+                "deployments": [_dep("openai", "gpt-4o-mini", "https://api.openai.com/v1", "openai_key")],
+            },
+            {
+                # same prices as tiny: equal is not pricier
+                "name": "tiny-twin",
+                "price": {"input_per_1m": 0.1, "output_per_1m": 0.4},
+                "deployments": [_dep("openai", "gpt-4.1-nano", "https://api.openai.com/v1", "openai_key")],
+            },
+        ],
+        "fallbacks": [
+            {"from": "big", "to": ["mid", {"model": "tiny"}]},
+            {"from": "mid", "to": ["tiny"]},
+            {"from": "tiny", "to": ["tiny-twin"]},
+        ],
+        "aliases": {"gpt-4o": "big", "cheap": "tiny"},
+        "budgets": {
+            "providers": {
+                "openai": {"max_usd": 100, "duration": "1d"},
+                "azure": {"max_usd": 50.5, "duration": "12h"},
+                "anthropic": {"max_usd": 10, "duration": "30d"},
+            }
+        },
+        "settings": {"litellm_ports": [4001, 4002], "litellm_database": True},
+    }
+    names = {"openai_key", "azure_eu_key", "azure_us_key", "anthropic_key", "anthropic_backup_key",
+             "litellm_master_key", "redis_password", "postgres_password"}
+    spec = parse_spec(data, SPEC_PATH, secret_names=names)
+    assert spec.secrets_used() == {"openai_key", "azure_eu_key", "azure_us_key", "anthropic_key", "anthropic_backup_key"}
+    assert [len(m.deployments) for m in spec.models] == [3, 2, 1, 1]
+    assert spec.model("big").deployments[2].weight == 0.5
+    assert spec.model("nope") is None
+    assert [t.model for t in spec.fallbacks[0].targets()] == ["mid", "tiny"]
+    assert not any(t.allow_pricier for fb in spec.fallbacks for t in fb.targets())
+    assert spec.budgets.providers["azure"].max_usd == 50.5
+    assert spec.vault_path == (SPEC_PATH.parent / "secrets.enc.yaml").resolve()
+
+
+def test_pricier_fallback_is_accepted_when_marked():
+    data = base()
+    data["fallbacks"] = [{"from": "fast", "to": [{"model": "smart", "allow_pricier": True}, "fast-twin"]}]
+    data["models"].append(
+        {
+            "name": "fast-twin",
+            "price": {"input_per_1m": 0.15, "output_per_1m": 0.60},
+            "deployments": [_dep("openai", "gpt-4.1-mini", "https://api.openai.com/v1", "openai_key")],
+        }
+    )
+    spec = parse_spec(data, SPEC_PATH, secret_names=set(SECRETS))
+    targets = spec.fallbacks[0].targets()
+    assert [(t.model, t.allow_pricier) for t in targets] == [("smart", True), ("fast-twin", False)]
+    # ...and the same fallback without the mark is refused.
+    data["fallbacks"] = [{"from": "fast", "to": [{"model": "smart"}]}]
+    probs = problems_of(data)
+    assert matching(probs, FILE, "fallbacks[0].to[0]", "more expensive", "allow_pricier: true", "Fix:")
+
+
+def test_secrets_are_not_checked_without_names():
+    data = base()
+    data["models"][0]["deployments"][0]["secret"] = "not_in_any_vault"
+    spec = parse_spec(data, SPEC_PATH, secret_names=None)
+    assert "not_in_any_vault" in spec.secrets_used()
+
+
+# --- malformed inputs -------------------------------------------------------------------------------------------
+
+
+def _set(*path_and_value):
+    """A mutation setting data[path...] = value."""
+    *path, key, value = path_and_value
+
+    def mutate(d):
+        for p in path:
+            d = d[p]
+        d[key] = value
+
+    return mutate
+
+
+def _del(*path):
+    def mutate(d):
+        for p in path[:-1]:
+            d = d[p]
+        del d[path[-1]]
+
+    return mutate
+
+
+def _settings(**kv):
+    def mutate(d):
+        d["settings"].update(kv)
+
+    return mutate
+
+
+def _add_model(name: str, provider: str = "openai", secret: str = "openai_key", price=(0.15, 0.6)):
+    def mutate(d):
+        d["models"].append(
+            {
+                "name": name,
+                "price": {"input_per_1m": price[0], "output_per_1m": price[1]},
+                "deployments": [_dep(provider, "some-model", "https://api.example.com/v1", secret)],
+            }
+        )
+
+    return mutate
+
+
+def _both(*mutations):
+    def mutate(d):
+        for m in mutations:
+            m(d)
+
+    return mutate
+
+
+ALL_BUT = lambda name: SECRETS - {name}  # noqa: E731
+
+# (id, mutation, expected substrings of one problem line, secret names available)
+CASES = [
+    # names used in fallbacks/aliases must be models; close names get a hint
+    ("fallback-from-unknown-close", _set("fallbacks", 0, "from", "smrt"),
+     ["fallbacks[0].from", "'smrt' is not a model", "did you mean 'smart'?"], SECRETS),
+    ("fallback-from-unknown-far", _set("fallbacks", 0, "from", "zzzzzz"),
+     ["fallbacks[0].from", "'zzzzzz' is not a model", "use one of ['claude', 'fast', 'smart']"], SECRETS),
+    ("fallback-to-unknown-close", _set("fallbacks", 1, "to", 1, "fasst"),
+     ["fallbacks[1].to[1]", "'fasst' is not a model", "did you mean 'fast'?"], SECRETS),
+    ("fallback-to-unknown-object", _set("fallbacks", 0, "to", 0, {"model": "fst"}),
+     ["fallbacks[0].to[0]", "'fst' is not a model", "did you mean 'fast'?"], SECRETS),
+    ("alias-target-unknown", _set("aliases", "gpt-4o", "smort"),
+     ["aliases.gpt-4o", "'smort' is not a model", "did you mean 'smart'?"], SECRETS),
+    ("alias-shadows-model", _set("aliases", "fast", "smart"),
+     ["aliases.fast", "shadows the model", "rename the alias"], SECRETS),
+    # deployments
+    ("weight-zero", _set("models", 1, "deployments", 0, "weight", 0),
+     ["models[1].deployments[0].weight", "weight 0", "'smart'", "never routes"], SECRETS),
+    ("weight-negative", _set("models", 1, "deployments", 0, "weight", -2),
+     ["models[1].deployments[0].weight", "weight -2", "set a weight > 0"], SECRETS),
+    ("deployments-empty", _set("models", 2, "deployments", []),
+     ["models[2].deployments", "'claude' has no deployments", "add at least one deployment"], SECRETS),
+    ("duplicate-model-name", _add_model("smart", price=(0.1, 0.1)),
+     ["models:", "'smart' is listed twice"], SECRETS),
+    ("bad-api-base", _set("models", 0, "deployments", 0, "api_base", "api.openai.com/v1"),
+     ["models[0].deployments[0].api_base", "use a value matching"], SECRETS),
+    ("bad-provider", _set("models", 2, "deployments", 0, "provider", "Anthropic AI"),
+     ["models[2].deployments[0].provider", "use a value matching"], SECRETS),
+    ("negative-price", _set("models", 1, "price", "input_per_1m", -1),
+     ["models[1].price.input_per_1m", "greater than or equal to 0"], SECRETS),
+    ("bad-secret-name", _set("models", 0, "deployments", 0, "secret", "OpenAI-Key"),
+     ["models[0].deployments[0].secret", "use a value matching"], SECRETS),
+    # fallbacks must not go somewhere dearer (or nowhere)
+    ("fallback-pricier-input", _set("models", 0, "price", {"input_per_1m": 5.0, "output_per_1m": 0.6}),
+     ["fallbacks[0].to[0]", "'smart' -> 'fast'", "more expensive", "allow_pricier: true"], SECRETS),
+    ("fallback-pricier-output", _set("models", 0, "price", {"input_per_1m": 0.15, "output_per_1m": 20}),
+     ["fallbacks[0].to[0]", "'smart' -> 'fast'", "more expensive", "allow_pricier: true"], SECRETS),
+    ("fallback-pricier-second-target", _set("fallbacks", 0, "to", ["fast", "claude"]),
+     ["fallbacks[0].to[1]", "'smart' -> 'claude'", "more expensive"], SECRETS),
+    ("fallback-to-itself", _set("fallbacks", 1, "to", ["claude"]),
+     ["fallbacks[1].to[0]", "falls back to itself"], SECRETS),
+    # retries that multiply spend
+    ("retry-auth-errors", _set("retry", "auth_errors", 1),
+     ["retry.auth_errors", "401/403", "set retry.auth_errors to 0"], SECRETS),
+    ("retry-bad-request-errors", _set("retry", "bad_request_errors", 2),
+     ["retry.bad_request_errors", "400", "set retry.bad_request_errors to 0"], SECRETS),
+    ("retry-rate-limit-errors", _set("retry", "rate_limit_errors", 3),
+     ["retry.rate_limit_errors", "429", "set retry.rate_limit_errors to 0"], SECRETS),
+    ("retry-num-retries-over-5", _set("retry", "num_retries", 6),
+     ["retry.num_retries", "less than or equal to 5"], SECRETS),
+    ("retry-unknown-class", _set("retry", "auth_error", 0),
+     ["retry.auth_error", "Extra inputs are not permitted", "fix its spelling"], SECRETS),
+    # memory and the systemd/gunicorn settings
+    ("memory-high-equals-max", _settings(litellm_memory_high="1536M", litellm_memory_max="1536M"),
+     ["settings.litellm_memory_high", "must be below", "lower litellm_memory_high"], SECRETS),
+    ("memory-high-above-max", _settings(litellm_memory_high="2G", litellm_memory_max="1536M"),
+     ["settings.litellm_memory_high", "MemoryHigh (2G) must be below MemoryMax (1536M)"], SECRETS),
+    ("memory-not-a-size", _settings(litellm_memory_max="lots"),
+     ["settings.litellm_memory_high/litellm_memory_max", "not a size"], SECRETS),
+    ("unknown-setting-close", _settings(litellm_worker=4),
+     ["settings.litellm_worker", "unknown setting", "did you mean 'litellm_workers'?"], SECRETS),
+    ("setting-wrong-type", _settings(litellm_workers="4"),
+     ["settings.litellm_workers", "expected int, got '4'"], SECRETS),
+    ("setting-bool-for-int", _settings(nginx_read_timeout=True),
+     ["settings.nginx_read_timeout", "expected int, got True"], SECRETS),
+    ("port-4000", _settings(litellm_ports=[4000]),
+     ["settings.litellm_ports", "4000 is LiteLLM's default port", "use another port"], SECRETS),
+    ("port-4000-among-others", _settings(litellm_ports=[4001, 4000]),
+     ["settings.litellm_ports", "4000 is LiteLLM's default port"], SECRETS),
+    ("duplicate-ports", _settings(litellm_ports=[4001, 4002, 4001]),
+     ["settings.litellm_ports", "duplicate port", "list each port once"], SECRETS),
+    ("port-out-of-range", _settings(litellm_ports=[80]),
+     ["settings.litellm_ports", "between 1024 and 65535"], SECRETS),
+    ("timeout-stop-equals-graceful", _settings(litellm_timeout_stop_sec=30, litellm_graceful_timeout=30),
+     ["settings.litellm_timeout_stop_sec", "must exceed litellm_graceful_timeout (30s)"], SECRETS),
+    ("timeout-stop-below-graceful", _settings(litellm_timeout_stop_sec=10),
+     ["settings.litellm_timeout_stop_sec", "must exceed litellm_graceful_timeout"], SECRETS),
+    ("workers-zero", _settings(litellm_workers=0),
+     ["settings.litellm_workers", "at least 1"], SECRETS),
+    ("nginx-cert-without-key", _settings(nginx_tls_cert="/etc/ssl/gw.pem"),
+     ["settings.nginx_tls_cert/nginx_tls_key", "give both or neither"], SECRETS),
+    ("nginx-key-without-cert", _settings(nginx_tls_key="/etc/ssl/gw.key"),
+     ["settings.nginx_tls_cert/nginx_tls_key", "give both or neither"], SECRETS),
+    # secrets referenced but absent from the vault
+    ("secret-missing-deployment", _set("models", 2, "deployments", 0, "secret", "anthropic_kee"),
+     ["models[2].deployments[0].secret", "'anthropic_kee'", "does not exist", "gatekit secrets --vault"], SECRETS),
+    ("secret-missing-master-key", lambda d: None,
+     ["settings.litellm_master_key_secret", "'litellm_master_key'", "does not exist"], ALL_BUT("litellm_master_key")),
+    ("secret-missing-master-key-renamed", _settings(litellm_master_key_secret="gw_master"),
+     ["settings.litellm_master_key_secret", "'gw_master'", "does not exist"], SECRETS),
+    ("secret-missing-redis-password", lambda d: None,
+     ["settings.redis_password_secret", "'redis_password'", "does not exist"], ALL_BUT("redis_password")),
+    ("secret-missing-postgres-password", _settings(litellm_database=True),
+     ["settings.postgres_password_secret", "'postgres_password'", "does not exist"], SECRETS),
+    # top-level shape
+    ("unknown-top-level-field", _set("fallback", []),
+     ["fallback: Extra inputs are not permitted", "fix its spelling"], SECRETS),
+    ("version-2", _set("version", 2),
+     ["version", "Input should be 1", "use 1"], SECRETS),
+    ("missing-vault", _del("vault"),
+     ["vault: Field required", "add it"], SECRETS),
+    ("empty-vault", _set("vault", "  "),
+     ["vault", "empty path"], SECRETS),
+    ("models-empty", _set("models", []),
+     ["models", "at least 1 item"], SECRETS),
+    ("missing-price", _del("models", 1, "price"),
+     ["models[1].price: Field required", "add it"], SECRETS),
+    # budgets
+    ("proxy-budget-without-database", _set("budgets", "proxy", {"max_usd": 500, "duration": "30d"}),
+     ["budgets.proxy", "only with a database", "litellm_database: true"], SECRETS),
+    ("budget-unused-provider", _set("budgets", "providers", "mistral", {"max_usd": 5, "duration": "1d"}),
+     ["budgets.providers.mistral", "no deployment uses provider 'mistral'", "use one of ['anthropic', 'openai']"],
+     SECRETS),
+    ("budget-bad-duration", _set("budgets", "providers", "openai", {"max_usd": 5, "duration": "1 week"}),
+     ["budgets.providers.openai.duration", "use a value matching"], SECRETS),
+    ("budget-zero", _set("budgets", "providers", "openai", {"max_usd": 0, "duration": "1d"}),
+     ["budgets.providers.openai.max_usd", "greater than 0"], SECRETS),
+    # versions
+    ("compromised-litellm-1.82.7", _set("litellm_version", "1.82.7"),
+     ["litellm_version", "1.82.7 is a compromised release"], SECRETS),
+    ("compromised-litellm-1.82.8", _set("litellm_version", "1.82.8"),
+     ["litellm_version", "1.82.8 is a compromised release"], SECRETS),
+]
+
+
+def test_case_ids_are_distinct():
+    ids = [c[0] for c in CASES]
+    assert len(ids) == len(set(ids))
+    assert len(ids) >= 30
+
+
+@pytest.mark.parametrize(("mutate", "expected", "secret_names"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_malformed_spec_is_refused(mutate, expected, secret_names):
+    data = base()
+    mutate(data)
+    problems = problems_of(data, secret_names)
+    hits = matching(problems, *expected)
+    assert hits, f"no problem contains all of {expected!r}:\n" + "\n".join(problems)
+    for line in hits:
+        assert line.startswith(FILE + ": "), line
+        assert "Fix:" in line, line
+        # the field path follows the file name
+        assert line[len(FILE) + 2:].startswith(expected[0].split(":")[0]), line
+    # every problem reported obeys the same contract
+    for line in problems:
+        assert line.startswith(FILE + ": ") and "Fix:" in line, line
+
+
+def test_top_level_list_is_refused():
+    problems = problems_of([BASE])
+    assert problems == [f"{FILE}: (top level): expected a mapping with version, vault, models. Fix: see the example."]
+
+
+@pytest.mark.parametrize("data", [None, "version: 1", 1], ids=["empty-file", "string", "int"])
+def test_top_level_non_mapping_is_refused(data):
+    assert matching(problems_of(data), FILE, "(top level)", "Fix:")
+
+
+def test_every_problem_is_reported_not_only_the_first():
+    data = base()
+    data["models"][1]["deployments"][0]["weight"] = 0
+    data["fallbacks"][0]["to"] = ["fasst"]
+    data["aliases"]["gpt-4o"] = "smort"
+    data["retry"]["auth_errors"] = 1
+    data["retry"]["rate_limit_errors"] = 1
+    data["budgets"]["providers"]["mistral"] = {"max_usd": 5, "duration": "1d"}
+    data["litellm_version"] = "1.82.7"
+    data["settings"]["litellm_ports"] = [4000]
+    data["settings"]["litellm_memory_high"] = "2G"
+    problems = problems_of(data, ALL_BUT("redis_password"))
+    for needle in [
+        "models[1].deployments[0].weight",
+        "fallbacks[0].to[0]",
+        "aliases.gpt-4o",
+        "retry.auth_errors",
+        "retry.rate_limit_errors",
+        "budgets.providers.mistral",
+        "litellm_version",
+        "settings.litellm_ports",
+        "settings.litellm_memory_high",
+        "'redis_password'",
+    ]:
+        assert matching(problems, FILE, needle, "Fix:"), f"{needle} not reported:\n" + "\n".join(problems)
+    assert len(problems) == 10
+
+
+def test_every_schema_problem_is_reported_not_only_the_first():
+    data = base()
+    data["version"] = 2
+    data["models"][0]["deployments"][0]["provider"] = "Open AI"
+    data["models"][1]["price"]["output_per_1m"] = -3
+    data["retry"]["num_retries"] = 9
+    data["extra"] = True
+    problems = problems_of(data)
+    for needle in ["version", "models[0].deployments[0].provider", "models[1].price.output_per_1m",
+                   "retry.num_retries", "extra"]:
+        assert matching(problems, FILE + ": " + needle, "Fix:"), f"{needle} not reported:\n" + "\n".join(problems)
+
+
+# --- load_spec ---------------------------------------------------------------------------------------------------
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    bad = tmp_path / "broken.gateway.yaml"
+    bad.write_text("version: 1\nvault: v.enc.yaml\nmodels:\n  - name: fast\n    price: {input_per_1m: 1\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(bad, check_secrets=False)
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{bad}: line ")
+    assert "not valid YAML" in problem and "Fix:" in problem
+    line = int(problem.split(": line ")[1].split(":")[0])
+    assert 5 <= line <= 6
+
+
+def test_yaml_tab_indent_error_line(tmp_path):
+    bad = tmp_path / "tabs.gateway.yaml"
+    bad.write_text("version: 1\nvault: v\nmodels:\n\t- name: x\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(bad, check_secrets=False)
+    assert info.value.problems[0].startswith(f"{bad}: line 4: not valid YAML")
+
+
+def test_load_spec_missing_file(tmp_path):
+    with pytest.raises(SpecError) as info:
+        load_spec(tmp_path / "nope.gateway.yaml", check_secrets=False)
+    assert "file not found" in str(info.value) and "Fix:" in str(info.value)
+
+
+def test_load_spec_missing_vault_when_checking_secrets(tmp_path):
+    import yaml
+
+    spec_file = tmp_path / "env.gateway.yaml"
+    spec_file.write_text(yaml.safe_dump(base()))
+    with pytest.raises(SpecError) as info:
+        load_spec(spec_file)
+    msg = str(info.value)
+    assert msg.startswith(f"{spec_file}: vault:")
+    assert str((tmp_path / "test.secrets.enc.yaml").resolve()) in msg
+    # without the secret check the same file is fine
+    assert load_spec(spec_file, check_secrets=False).secrets_used() == {"openai_key", "anthropic_key"}
+
+
+def test_load_spec_reports_semantic_problems_with_the_file_path(tmp_path):
+    import yaml
+
+    data = base()
+    data["retry"]["auth_errors"] = 2
+    spec_file = tmp_path / "env.gateway.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError) as info:
+        load_spec(spec_file, check_secrets=False)
+    assert matching(info.value.problems, f"{spec_file}: retry.auth_errors", "Fix:")
+
+
+# --- check_settings / sizes ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("1536M", 1536 * 2**20), ("2G", 2 * 2**30), ("512mb", 512 * 2**20), (1048576, 1048576), ("64k", 65536),
+     ("1T", 2**40), (" 3 G ", 3 * 2**30)],
+)
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "lots", "1.5G", "-1M", "2X", None])
+def test_parse_size_refuses(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_defaults_pass_their_own_checks():
+    assert check_settings({}, "x") == []
+    assert check_settings(dict(DEFAULTS), "x", host_memory_mb=4096) == []
+
+
+def test_memory_max_above_host_memory():
+    where = "inv/hosts.py: gateways: gw1"
+    problems = check_settings({"litellm_memory_max": "2G", "litellm_memory_high": "1G"}, where, host_memory_mb=1024)
+    (p,) = problems
+    assert p.startswith(where + ": settings.litellm_memory_max: ")
+    assert "MemoryMax (2G) is above the host's memory (1024 MB)" in p and "Fix:" in p
+    # exactly the host's memory is allowed; one MB more is not
+    assert check_settings({"litellm_memory_max": "1024M", "litellm_memory_high": "800M"}, where, 1024) == []
+    assert check_settings({"litellm_memory_max": "1025M", "litellm_memory_high": "800M"}, where, 1024)
+    # the defaults (1536M) do not fit a 1 GB host
+    assert matching(check_settings({}, where, host_memory_mb=1024), "settings.litellm_memory_max", "1024 MB")
+
+
+def test_check_settings_reports_high_and_host_memory_together():
+    problems = check_settings({"litellm_memory_high": "4G", "litellm_memory_max": "3G"}, "w", host_memory_mb=2048)
+    assert matching(problems, "w: settings.litellm_memory_high", "must be below")
+    assert matching(problems, "w: settings.litellm_memory_max", "above the host's memory")
+
+
+# --- inventory host checks -----------------------------------------------------------------------------------------
+
+INV = "inventories/test.py"
+
+
+def good_hosts() -> dict:
+    return {
+        "gateways": [("gw1", {"private_address": "10.0.0.11"}), ("gw2", {"private_address": "10.0.0.12"})],
+        "redis": [("db1", {"private_address": "10.0.0.21"})],
+        "postgres": [("db1", {"private_address": "10.0.0.21"})],
+    }
+
+
+def test_good_hosts_pass():
+    assert check_hosts(INV, good_hosts()) == []
+
+
+def _hosts_missing_address(h):
+    del h["gateways"][1][1]["private_address"]
+
+
+def _hosts_bad_address(h):
+    h["gateways"][0][1]["private_address"] = "gw1.internal"
+
+
+def _hosts_empty_gateways(h):
+    h["gateways"] = []
+
+
+def _hosts_two_redis(h):
+    h["redis"].append(("db2", {"private_address": "10.0.0.22"}))
+
+
+def _hosts_two_postgres(h):
+    h["postgres"].append(("db2", {"private_address": "10.0.0.22"}))
+
+
+def _hosts_no_postgres_group(h):
+    del h["postgres"]
+
+
+def _hosts_memory(h):
+    h["gateways"][0][1]["memory_mb"] = 1024
+
+
+def _hosts_bad_override(h):
+    h["gateways"][1][1]["litellm_ports"] = [4000]
+
+
+def _hosts_unknown_override(h):
+    h["gateways"][1][1]["litellm_wrkers"] = 3
+
+
+HOST_CASES = [
+    ("missing-private-address", _hosts_missing_address, ["gateways: gw2: private_address missing", "Fix:"]),
+    ("non-ip-private-address", _hosts_bad_address,
+     ["gateways: gw1: private_address 'gw1.internal' is not an IP address", "Fix:"]),
+    ("empty-gateways", _hosts_empty_gateways, ["gateways: no hosts", "Fix:"]),
+    ("missing-postgres-group", _hosts_no_postgres_group, ["postgres: no hosts", "Fix:"]),
+    ("two-redis-hosts", _hosts_two_redis, ["redis: 2 hosts", "Fix: keep one host in redis"]),
+    ("two-postgres-hosts", _hosts_two_postgres, ["postgres: 2 hosts", "Fix: keep one host in postgres"]),
+    ("memory-max-above-host-memory", _hosts_memory,
+     ["gateways: gw1: settings.litellm_memory_max", "above the host's memory (1024 MB)", "Fix:"]),
+    ("host-override-port-4000", _hosts_bad_override, ["gateways: gw2: settings.litellm_ports", "4000", "Fix:"]),
+    ("host-unknown-override", _hosts_unknown_override, ["gateways: gw2: litellm_wrkers: unknown setting", "Fix:"]),
+]
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [c[1:] for c in HOST_CASES], ids=[c[0] for c in HOST_CASES])
+def test_bad_hosts_are_refused(mutate, expected):
+    hosts = good_hosts()
+    mutate(hosts)
+    problems = check_hosts(INV, hosts)
+    assert matching(problems, INV + ": ", *expected), "\n".join(problems)
+    for p in problems:
+        assert p.startswith(INV + ": ") and "Fix:" in p, p
+
+
+def test_ipv6_private_address_is_accepted_and_host_memory_that_fits_passes():
+    hosts = good_hosts()
+    hosts["gateways"][0][1].update(private_address="fd00::11", memory_mb=4096)
+    assert check_hosts(INV, hosts) == []
+
+
+def test_all_host_problems_are_reported():
+    hosts = good_hosts()
+    _hosts_missing_address(hosts)
+    _hosts_bad_address(hosts)
+    _hosts_two_redis(hosts)
+    _hosts_memory(hosts)
+    problems = check_hosts(INV, hosts)
+    assert len(problems) == 4, problems
+
+
+def test_settings_for_layers_defaults_spec_and_host():
+    data = base()
+    data["settings"] = {"litellm_workers": 4, "nginx_read_timeout": 900}
+    spec = parse_spec(data, SPEC_PATH)
+    s = settings_for(spec, {"litellm_workers": 8, "private_address": "10.0.0.1", "redis_port": None})
+    assert s["litellm_workers"] == 8  # host wins
+    assert s["nginx_read_timeout"] == 900  # spec wins over default
+    assert s["redis_port"] == DEFAULTS["redis_port"]  # None in host data does not override
+    assert "private_address" not in s
+    assert set(s) == set(DEFAULTS)
