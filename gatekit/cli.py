@@ -249,5 +249,106 @@ def edit_cmd(vault_path: Path, key_file: Path | None):
     click.echo(f"{vault_path}: {len(added)} added, {len(changed)} changed, {len(removed)} removed")
 
 
+# ---- validate ------------------------------------------------------------------------------------
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--no-secrets", is_flag=True, help="Skip checking that referenced secrets exist in the vault.")
+def validate(spec: Path, no_secrets: bool):
+    """Validate a gateway spec (what every deploy does before touching a host)."""
+    from gatekit.spec import SpecError, load_spec
+
+    try:
+        parsed = load_spec(spec, check_secrets=not no_secrets)
+    except SpecError as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        raise click.exceptions.Exit(2) from None
+    deployments = sum(len(m.deployments) for m in parsed.models)
+    click.echo(f"ok: {spec}: {len(parsed.models)} models, {deployments} deployments, {len(parsed.fallbacks)} fallbacks")
+
+
+# ---- sandbox -------------------------------------------------------------------------------------
+SANDBOX_DIR = Path(__file__).resolve().parent.parent / ".sandbox"
+
+
+@main.group()
+def sandbox():
+    """Local sandbox: booted Debian hosts + a fake LLM provider, with the full stack deployed."""
+
+
+@sandbox.command()
+@click.option("--single", is_flag=True, help="One host holding every role instead of data1 + gw1 + gw2.")
+@click.option("--exit", "exit_after", is_flag=True, help="Tear everything down after the demo call.")
+def up(single: bool, exit_after: bool):
+    """Boot sandbox hosts, deploy the whole stack, print the gateway URL and a streamed call through it."""
+    import signal
+    import time
+
+    from gatekit.lab import Lab
+
+    if os.geteuid() != 0:
+        _fail("the sandbox boots systemd-nspawn hosts and needs root", 2)
+    lab = Lab.create(SANDBOX_DIR, run_id="sandbox")
+    try:
+        click.echo("starting the fake LLM provider and the wheelhouse ...")
+        lab.start_services()
+        lab.write_vault()
+        lab.write_spec()
+        names = ["gw1"] if single else ["data1", "gw1", "gw2"]
+        click.echo(f"booting {', '.join(names)} ...")
+        lab.boot(names)
+        groups = ({"gateways": ["gw1"], "redis": ["gw1"], "postgres": ["gw1"]} if single
+                  else {"gateways": ["gw1", "gw2"], "redis": ["data1"], "postgres": ["data1"]})
+        lab.write_inventory(groups)
+        click.echo(f"deploying: pyinfra {lab.inventory_path} deploy.py ...")
+        result = lab.deploy(check=False)
+        if not result.ok:
+            click.echo(result.stderr[-4000:], err=True)
+            _fail(f"deploy failed; full log: {lab.workdir / 'last-deploy.stderr'}", 1)
+        click.echo(f"deployed in {result.seconds:.1f}s ({result.changes} changes)")
+        for gw in groups["gateways"]:
+            click.echo(f"gateway: {lab.gateway_url(gw)}  (self-signed TLS; master key: "
+                       f"gatekit secrets get litellm_master_key --vault {lab.vault_path} --key-file {lab.key_file})")
+        _demo_stream(lab, groups["gateways"][0])
+        if exit_after:
+            return
+        click.echo("sandbox running; Ctrl-C stops it and removes the hosts")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        click.echo("stopping the sandbox ...")
+        lab.stop()
+
+
+def _demo_stream(lab, gateway: str):
+    import time
+
+    import httpx
+
+    url = f"{lab.gateway_url(gateway)}/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {lab.secret_values['litellm_master_key']}"}
+    body = {"model": "fast", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
+    click.echo(f"streamed call: POST {url} (model fast)")
+    t0 = time.monotonic()
+    with httpx.Client(verify=False, trust_env=False, timeout=60) as client:
+        with client.stream("POST", url, json=body, headers=headers) as r:
+            click.echo(f"  HTTP {r.status_code}")
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    click.echo(f"  +{time.monotonic() - t0:5.2f}s {line[6:120]}")
+
+
+@sandbox.command()
+def down():
+    """Remove every sandbox host, bridge and cgroup left by earlier runs."""
+    from gatekit import sandbox as sb
+
+    sb.cleanup_leftovers()
+    click.echo("sandbox leftovers removed")
+
+
 if __name__ == "__main__":
     main(prog_name="gatekit")

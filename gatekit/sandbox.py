@@ -97,6 +97,8 @@ MACHINE_BINARIES = {
     "unshare": "util-linux",
 }
 
+APT_LISTS = Path("/var/lib/apt/lists")  # the machine's, to know whether apt-get update is needed
+
 SUBNET_PREFIX = "10.77"
 FIRST_HOST_OCTET = 11
 NSPAWN_REBOOT_EXIT = 133
@@ -678,7 +680,7 @@ def ensure_host_packages() -> None:
     missing = sorted({pkg for binary, pkg in MACHINE_BINARIES.items() if _which(binary) is None})
     if not missing:
         return
-    lists = Path("/var/lib/apt/lists")
+    lists = APT_LISTS
     have_lists = lists.is_dir() and any(p.name.endswith("_Packages") for p in lists.iterdir())
     if not have_lists:
         _run(["apt-get", "update"], timeout=600)
@@ -709,8 +711,9 @@ def ensure_key() -> Path:
 
 
 def machine_mirror() -> str:
-    for f in [Path("/etc/apt/sources.list.d/debian.sources"), *sorted(Path("/etc/apt/sources.list.d").glob("*.sources")),
-              Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.list"))]:
+    d = Path("/etc/apt/sources.list.d")
+    for f in [d / "debian.sources", *sorted(d.glob("*.sources")), Path("/etc/apt/sources.list"),
+              *sorted(d.glob("*.list"))]:
         with contextlib.suppress(OSError):
             uri = parse_debian_mirror(f.read_text())
             if uri:
@@ -725,7 +728,8 @@ def _marker(base: Path) -> Path:
 def _chroot_sh(root: Path, script: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     """Run a shell script chrooted into root with /proc mounted in a private mount namespace
     (the mount disappears with the namespace, even if we are killed)."""
-    inner = f"mount -t proc proc {shlex.quote(str(root))}/proc && exec chroot {shlex.quote(str(root))} /bin/sh -ec {shlex.quote(script)}"
+    r = shlex.quote(str(root))
+    inner = f"mount -t proc proc {r}/proc && exec chroot {r} /bin/sh -ec {shlex.quote(script)}"
     return _run(["unshare", "--mount", "--propagation", "private", "--fork", "sh", "-ec", inner], timeout=timeout)
 
 
@@ -762,11 +766,10 @@ def ensure_base(extra_packages: Sequence[str] = (), seed_debs: Sequence[str] = (
         if proc.returncode != 0:
             raise SandboxError(f"debootstrap failed ({proc.returncode}); log {log}:\n{_tail(log)}")
         _configure_base(partial, key.with_suffix(".pub").read_text())
+        _clean_apt(partial)  # debootstrap's own .debs: not part of any "warm cache"
         if seed_debs:
             pkgs = " ".join(shlex.quote(p) for p in seed_debs)
             _chroot_sh(partial, f"apt-get update -q && apt-get install -y -q --download-only {pkgs}")
-        else:
-            _clean_apt(partial)
         partial.rename(base)
         marker.write_text(json.dumps({
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -900,21 +903,48 @@ def _restore_ip_forward_if_last() -> None:
     saved.unlink(missing_ok=True)
 
 
+def _outer_nspawns(host_state: Mapping) -> list[int]:
+    """The host's supervising nspawn process(es): found below the launcher and, should the launcher
+    be gone, in the host's cgroups. (nspawn's short-lived inner child also has comm
+    systemd-nspawn; the container's PID 1 is the supervisor's child.)"""
+    pids: set[int] = set()
+    lpid, lstart = host_state.get("launcher_pid"), host_state.get("launcher_start")
+    if isinstance(lpid, int) and pid_alive(lpid, lstart):
+        pids.update(_descendants(lpid))
+    for cg in host_state.get("cgroups", []):
+        pids.update(_cgroup_procs(Path(cg)))
+    out = []
+    for p in pids:
+        st = _proc_stat(p)
+        if st and st[0] not in ("Z", "X") and _comm(p) == "systemd-nspawn" and _comm(st[1]) != "systemd-nspawn":
+            out.append(p)
+    return sorted(out)
+
+
 def _stop_host(host_state: Mapping, term_wait: float = 20.0, second_wait: float = 5.0) -> None:
-    """Orderly stop of one host from its state: stop file, TERM nspawn (poweroff), second TERM,
-    then kill the container's PID 1 (never nspawn alone: its systemd would be orphaned)."""
+    """Orderly stop of one host from its state: stop file (the launcher must not restart it), TERM
+    to nspawn (orderly poweroff, ~0.2-2 s), a second TERM after term_wait (nspawn then kills at
+    once), and if nspawn still lives, SIGKILL to the container's PID 1 (never kill -9 nspawn alone:
+    the container's systemd would be orphaned and keep running). Finally anything left in the
+    host's cgroups is killed."""
     stop_file = host_state.get("stop_file")
     if stop_file:
         with contextlib.suppress(OSError):
             Path(stop_file).parent.mkdir(parents=True, exist_ok=True)
             Path(stop_file).touch()
     lpid, lstart = host_state.get("launcher_pid"), host_state.get("launcher_start")
+
+    def launcher_alive() -> bool:
+        return isinstance(lpid, int) and pid_alive(lpid, lstart)
+
     t0 = time.monotonic()
     terms_sent, last_term, killed_init = 0, 0.0, False
-    while isinstance(lpid, int) and pid_alive(lpid, lstart):
+    hard_deadline = term_wait + 2 * second_wait + 10
+    while True:
+        outer = _outer_nspawns(host_state)
+        if not outer and not launcher_alive():
+            break
         now = time.monotonic()
-        nspawns = [p for p in _descendants(lpid) if _comm(p) == "systemd-nspawn"]
-        outer = [p for p in nspawns if _proc_stat(p) and not (_comm(_proc_stat(p)[1]) == "systemd-nspawn")]
         if outer:
             if terms_sent == 0 or (terms_sent == 1 and now - last_term > term_wait):
                 for p in outer:
@@ -926,14 +956,17 @@ def _stop_host(host_state: Mapping, term_wait: float = 20.0, second_wait: float 
                     for child in _children(p):
                         _kill(child, signal.SIGKILL)
                 killed_init = True
-        if now - t0 > term_wait + 2 * second_wait + 10:
-            for p in _descendants(lpid):
-                _kill(p, signal.SIGKILL)
-            _kill(lpid, signal.SIGKILL)
-            if now - t0 > term_wait + 2 * second_wait + 20:
-                raise SandboxError(f"launcher {lpid} of {host_state.get('name')} does not exit")
+        if now - t0 > hard_deadline:
+            for cg in host_state.get("cgroups", []):
+                for p in _cgroup_procs(Path(cg)):
+                    if p != os.getpid():
+                        _kill(p, signal.SIGKILL)
+            if launcher_alive():
+                _kill(lpid, signal.SIGKILL)
+            if now - t0 > hard_deadline + 10:
+                raise SandboxError(f"host {host_state.get('name')} does not stop")
         time.sleep(0.05)
-    # container processes that escaped the launcher (e.g. nspawn was kill -9'd): kill via cgroups
+    # anything still inside (e.g. a container whose nspawn was kill -9'd earlier)
     for cg in host_state.get("cgroups", []):
         for p in _cgroup_procs(Path(cg)):
             if p != os.getpid():
@@ -1047,15 +1080,14 @@ def cleanup_leftovers(verbose: bool = False) -> list[str]:
     if os.geteuid() != 0:
         raise SandboxError("gatekit sandbox cleanup needs root")
     with _RUN_LOCK:
-        states = read_states()
-        live, stale = partition_states(states, pid_alive)
-    for st in stale:
-        say(f"cleaning leftover run {st.get('run_id')} (owner pid {st.get('owner_pid')} is gone)")
-        problems = teardown_state(st)
-        removed.append(f"run {st.get('run_id')}")
-        for p in problems:
-            say(f"  problem: {p}")
-    with _RUN_LOCK:
+        # Held throughout: two runs starting at once must not both tear down the same leftover.
+        _live, stale = partition_states(read_states(), pid_alive)
+        for st in stale:
+            say(f"cleaning leftover run {st.get('run_id')} (owner pid {st.get('owner_pid')} is gone)")
+            problems = teardown_state(st)
+            removed.append(f"run {st.get('run_id')}")
+            for p in problems:
+                say(f"  problem: {p}")
         states = read_states()  # live ones again (others may have started meanwhile)
         ref_bridges = {s.get("bridge") for s in states}
         ref_tables = {s.get("table") for s in states}

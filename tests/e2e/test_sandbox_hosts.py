@@ -156,8 +156,13 @@ def test_memory_max_is_really_enforced(pair):
 def test_host_added_later_and_reboot(pair):
     sb, alpha, beta = pair
     (gamma,) = sb.boot(["gamma"])
+    (delta,) = sb.boot(["delta"])  # a 4th host, added later still
     assert gamma.address == f"10.77.{sb.subnet_index}.13"
+    assert delta.address == f"10.77.{sb.subnet_index}.14"
     assert gamma.run("hostname").stdout.strip() == "gamma"
+    assert delta.run(f"python3 -c 'import socket; socket.create_connection((\"{beta.address}\", 22), 5)'"
+                     " && hostname").stdout.strip() == "delta"
+    sb.stop("delta")
     machine_id = gamma.run("cat /etc/machine-id").stdout.strip()
     gamma.run("touch /root/survives-reboot")
     time.sleep(2)

@@ -332,3 +332,44 @@ def test_command_error_message_has_output():
     text = str(err)
     assert "gw1" in text and "exited 3" in text and "out-text" in text and "err-text" in text
     assert isinstance(err, subprocess.CalledProcessError)
+
+
+# ------------------------------------------------------------------------- machine packages, lock
+
+
+def test_ensure_host_packages_installs_only_missing_and_updates_only_when_needed(monkeypatch, tmp_path):
+    calls = []
+    missing = {"nft", "debootstrap"}
+    monkeypatch.setattr(sb, "_which", lambda b: None if b in missing else f"/usr/bin/{b}")
+
+    def fake_run(argv, check=True, **kw):
+        calls.append(list(argv))
+        if argv[:2] == ["apt-get", "install"]:
+            missing.clear()
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(sb, "_run", fake_run)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages").touch()
+    monkeypatch.setattr(sb, "APT_LISTS", lists)
+    sb.ensure_host_packages()
+    assert calls == [["apt-get", "install", "-y", "--no-install-recommends", "debootstrap", "nftables"]]
+    calls.clear()
+    sb.ensure_host_packages()  # nothing missing: nothing run
+    assert calls == []
+    # fresh machine without package lists: apt-get update first
+    for f in lists.iterdir():
+        f.unlink()
+    missing.add("ssh")
+    sb.ensure_host_packages()
+    assert calls[0] == ["apt-get", "update"] and calls[1][:2] == ["apt-get", "install"]
+    assert "openssh-client" in calls[1]
+
+
+def test_file_lock_is_reentrant_in_process(tmp_path):
+    lock = sb._FileLock(lambda: tmp_path / "l")
+    with lock:
+        with lock:  # e.g. a signal handler cleaning up while the main thread holds it
+            assert lock._depth == 2
+    assert lock._depth == 0 and lock._fd is None

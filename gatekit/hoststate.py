@@ -1,0 +1,169 @@
+"""One round trip per role: what is on the host, so operations are yielded only where it differs.
+
+pyinfra's own operations each gather their facts over SSH, one round trip per file, package list or
+unit. A no-op re-run of the stack then costs ~120 sequential round trips. Here a role first describes
+everything it manages, reads the host's state in one command (HostState), and calls pyinfra's
+operations only for what is missing or different. The operations still re-check their own facts, so
+correctness never depends on this shortcut; it only skips work that is provably done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shlex
+from dataclasses import dataclass, field
+
+from pyinfra import host
+from pyinfra.api import FactBase
+from pyinfra.operations import apt, files, server, systemd
+
+
+class HostState(FactBase):
+    """paths -> "type mode user group sha1"; packages -> installed?; units -> active/enabled;
+    users -> exists?; texts -> content of small files; meminfo -> MemTotal in MB."""
+
+    def command(self, paths=(), packages=(), units=(), users=(), texts=()):
+        q = shlex.quote
+        parts = ["awk '/^MemTotal:/ {print \"mem \" int($2/1024)}' /proc/meminfo"]
+        for p in paths:
+            parts.append(
+                f"if [ -L {q(p)} ]; then echo \"path l - - - - \"{q(p)}; "
+                f"elif [ -d {q(p)} ]; then echo \"path d $(stat -c '%a %U %G' {q(p)}) - \"{q(p)}; "
+                f"elif [ -f {q(p)} ]; then echo \"path f $(stat -c '%a %U %G' {q(p)}) "
+                f"$(sha1sum < {q(p)} | cut -d' ' -f1) \"{q(p)}; fi"
+            )
+        if packages:
+            parts.append(
+                "dpkg-query -W -f='pkg ${Package} ${db:Status-Abbrev}\\n' "
+                + " ".join(q(p) for p in packages)
+                + " 2>/dev/null"
+            )
+        for u in units:
+            parts.append(f"echo \"unit {u} $(systemctl is-active {q(u)}) $(systemctl is-enabled {q(u)} 2>/dev/null)\"")
+        for u in users:
+            parts.append(f"id -u {q(u)} >/dev/null 2>&1 && echo \"user {u}\"")
+        for t in texts:
+            parts.append(f"[ -f {q(t)} ] && echo \"text {t} $(head -c 4096 {q(t)} | tr '\\n' ' ')\"")
+        return " ; ".join(parts) + " ; true"
+
+    def process(self, output):
+        state = {"mem_mb": None, "paths": {}, "packages": set(), "units": {}, "users": set(), "texts": {}}
+        for line in output:
+            kind, _, rest = line.partition(" ")
+            if kind == "mem":
+                state["mem_mb"] = int(rest)
+            elif kind == "path":
+                typ, mode, user, group, sha1, path = rest.split(" ", 5)
+                state["paths"][path] = (typ, mode, user, group, sha1)
+            elif kind == "pkg":
+                name, _, status = rest.partition(" ")
+                if status.startswith("ii"):
+                    state["packages"].add(name.split(":")[0])
+            elif kind == "unit":
+                name, active, *enabled = rest.split(" ")
+                state["units"][name] = (active, enabled[0] if enabled else "")
+            elif kind == "user":
+                state["users"].add(rest)
+            elif kind == "text":
+                path, _, text = rest.partition(" ")
+                state["texts"][path] = text.strip()
+        return state
+
+
+class Unchanged:
+    """Stands in for an operation that was not needed: nothing changed."""
+
+    def did_change(self) -> bool:
+        return False
+
+
+UNCHANGED = Unchanged()
+
+
+def _mode(m: str) -> int:
+    return int(str(m), 8)
+
+
+@dataclass
+class Desired:
+    """What one role manages on one host; `read()` fetches the host's state for all of it at once."""
+
+    packages: list[str] = field(default_factory=list)
+    files: dict[str, tuple] = field(default_factory=dict)  # dest -> (content, user, group, mode)
+    dirs: dict[str, tuple] = field(default_factory=dict)  # path -> (user, group, mode)
+    units: list[str] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    paths_to_check: list[str] = field(default_factory=list)  # read, not managed (e.g. to remove)
+    state: dict | None = None
+
+    def read(self) -> dict:
+        self.state = host.get_fact(
+            HostState,
+            paths=tuple(sorted({*self.files, *self.dirs, *self.paths_to_check})),
+            packages=tuple(self.packages),
+            units=tuple(self.units),
+            users=tuple(self.users),
+            texts=tuple(self.texts),
+        )
+        return self.state
+
+    # ---- declare before read() ------------------------------------------------------------------
+    def dir(self, path: str, user="root", group="root", mode="755"):
+        self.dirs[path] = (user, group, mode)
+
+    def file(self, dest: str, content: str, user="root", group="root", mode="644"):
+        self.files[dest] = (content, user, group, mode)
+
+    # ---- operations, yielded only when the host differs ------------------------------------------
+    def ensure_packages(self, name: str):
+        missing = [p for p in self.packages if p not in self.state["packages"]]
+        if not missing:
+            return UNCHANGED
+        apt.update(name="Refresh package lists (at most hourly)", cache_time=3600)
+        return apt.packages(name=name, packages=self.packages, no_recommends=True)
+
+    def ensure_dir(self, name: str, path: str):
+        user, group, mode = self.dirs[path]
+        cur = self.state["paths"].get(path)
+        if cur and cur[0] == "d" and _mode(cur[1]) == _mode(mode) and cur[2:4] == (user, group):
+            return UNCHANGED
+        return files.directory(name=name, path=path, user=user, group=group, mode=mode)
+
+    def ensure_file(self, name: str, dest: str, **kwargs):
+        content, user, group, mode = self.files[dest]
+        cur = self.state["paths"].get(dest)
+        sha1 = hashlib.sha1(content.encode()).hexdigest()
+        if cur and cur[0] == "f" and cur[4] == sha1 and _mode(cur[1]) == _mode(mode) and cur[2:4] == (user, group):
+            return UNCHANGED
+        return files.put(name=name, src=io.StringIO(content), dest=dest, user=user, group=group, mode=mode, **kwargs)
+
+    def ensure_absent(self, name: str, path: str):
+        """`path` must have been declared with dir()/file() or be in paths_to_check."""
+        if path not in self.state["paths"]:
+            return UNCHANGED
+        return files.file(name=name, path=path, present=False) if self.state["paths"][path][0] != "l" else files.link(
+            name=name, path=path, present=False
+        )
+
+    def ensure_running(self, name: str, unit: str):
+        active, enabled = self.state["units"].get(unit, ("", ""))
+        if active == "active" and enabled == "enabled":
+            return UNCHANGED
+        return systemd.service(name=name, service=unit, running=True, enabled=True)
+
+    def ensure_user(self, name: str, user: str, home: str):
+        if user in self.state["users"]:
+            return UNCHANGED
+        server.group(name=f"Create the {user} group", group=user, system=True)
+        return server.user(
+            name=name, user=user, group=user, system=True, home=home, shell="/usr/sbin/nologin", create_home=False
+        )
+
+    def text(self, path: str) -> str:
+        return self.state["texts"].get(path, "")
+
+
+def any_changed(*ops):
+    return lambda: any(op.did_change() for op in ops)
