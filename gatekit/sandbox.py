@@ -45,7 +45,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -725,12 +724,37 @@ def _marker(base: Path) -> Path:
     return base.with_name(base.name + ".complete")
 
 
+def _die_with_parent() -> None:
+    """preexec_fn: SIGKILL this child when the process that started it dies (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+#: Builders run in a private mount namespace (debootstrap mounts proc/sys inside the target: they
+#: vanish with the namespace) and die with us (pdeathsig -> unshare -> --kill-child), so a killed
+#: build never leaves mounts or a process writing into a directory the next build removes.
+_PRIVATE_MOUNTS = ["unshare", "--mount", "--propagation", "private", "--fork", "--kill-child"]
+
+
 def _chroot_sh(root: Path, script: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    """Run a shell script chrooted into root with /proc mounted in a private mount namespace
-    (the mount disappears with the namespace, even if we are killed)."""
+    """Run a shell script chrooted into root with /proc mounted in a private mount namespace."""
     r = shlex.quote(str(root))
     inner = f"mount -t proc proc {r}/proc && exec chroot {r} /bin/sh -ec {shlex.quote(script)}"
-    return _run(["unshare", "--mount", "--propagation", "private", "--fork", "sh", "-ec", inner], timeout=timeout)
+    return _run([*_PRIVATE_MOUNTS, "sh", "-ec", inner], timeout=timeout, preexec_fn=_die_with_parent)
+
+
+def _umount_below(path: Path) -> None:
+    """Lazily unmount anything mounted at or below path (deepest first) before removing it."""
+    prefix = str(path.resolve()).rstrip("/")
+    try:
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return
+    mounts = [m.replace("\\040", " ") for m in mounts]
+    for m in sorted((m for m in mounts if m == prefix or m.startswith(prefix + "/")), key=len, reverse=True):
+        _run(["umount", "-l", m], check=False)
 
 
 def ensure_base(extra_packages: Sequence[str] = (), seed_debs: Sequence[str] = ()) -> Path:
@@ -753,6 +777,7 @@ def ensure_base(extra_packages: Sequence[str] = (), seed_debs: Sequence[str] = (
         partial = base.with_name(base.name + ".partial")
         for leftover in (partial, base):
             if leftover.exists():
+                _umount_below(leftover)
                 shutil.rmtree(leftover)
         t0 = time.monotonic()
         mirror = machine_mirror()
@@ -760,8 +785,9 @@ def ensure_base(extra_packages: Sequence[str] = (), seed_debs: Sequence[str] = (
         log = base.with_name(base.name + ".build.log")
         with open(log, "w") as logf:
             proc = subprocess.run(
-                ["debootstrap", "--variant=minbase", f"--include={','.join(include)}", SUITE, str(partial), mirror],
-                stdout=logf, stderr=subprocess.STDOUT, env=_env(), timeout=3600,
+                [*_PRIVATE_MOUNTS, "debootstrap", "--variant=minbase", f"--include={','.join(include)}",
+                 SUITE, str(partial), mirror],
+                stdout=logf, stderr=subprocess.STDOUT, env=_env(), timeout=3600, preexec_fn=_die_with_parent,
             )
         if proc.returncode != 0:
             raise SandboxError(f"debootstrap failed ({proc.returncode}); log {log}:\n{_tail(log)}")
@@ -1495,6 +1521,8 @@ class Sandbox:
         Idempotent; also runs at exit and on SIGTERM/SIGINT."""
         with self._down_lock:
             state = self._state
+            if state is not None and state.get("owner_pid") != os.getpid():
+                state = None  # a forked child inherited this object: the parent owns the hosts
             if state is not None:
                 problems = teardown_state(state)
                 self._state = None

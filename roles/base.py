@@ -1,7 +1,8 @@
-"""What every gatekit host needs before its roles: fresh package lists and the tools the kit runs."""
+"""What every gatekit host needs before its roles: the tools the kit itself runs."""
 
 from pyinfra.api import deploy
-from pyinfra.operations import apt
+
+from gatekit.hoststate import Desired
 
 # Minimal Debian lacks these; the kit runs them (openssl for certificates, procps for ops debugging).
 BASE_PACKAGES = ["ca-certificates", "openssl", "procps", "python3"]
@@ -9,5 +10,7 @@ BASE_PACKAGES = ["ca-certificates", "openssl", "procps", "python3"]
 
 @deploy("gatekit base")
 def base():
-    apt.update(name="Refresh package lists (at most hourly)", cache_time=3600)
-    apt.packages(name="Install base packages", packages=BASE_PACKAGES, no_recommends=True)
+    want = Desired(packages=BASE_PACKAGES)
+    want.read()
+    # Package lists are refreshed only when something is missing: a converged host costs one round trip.
+    want.ensure_packages("Install base packages")

@@ -16,16 +16,19 @@ from urllib.parse import urlsplit
 from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 
 from gatekit.defaults import COMPROMISED_LITELLM_VERSIONS
-from gatekit.facts import CredentialFingerprints, FileText, MemTotalMB
+from gatekit.hoststate import Desired
 from gatekit.inventory import context, group_hosts
 from gatekit.render import litellm_config_yaml, secret_env, template
 from gatekit.spec import parse_size
 
 REPO = Path(__file__).resolve().parent.parent
 CREDS_DIR = "/etc/gatekit/creds"
+STATE_DIR = "/var/lib/litellm"
+UNIT_FILE = "/etc/systemd/system/litellm@.service"
+LAUNCHER = "{home}/bin/gatekit-litellm-launch"
 # Staging for plaintext on its way into systemd-creds: tmpfs (RAM), root-only, removed at once.
 STAGE_DIR = "/run/gatekit"
 
@@ -89,11 +92,68 @@ def secrets_for_gateway(ctx) -> dict[str, str]:
 def litellm():
     ctx = context(host)
     s = ctx.settings
-    home, venv, conf_dir = s["litellm_home"], f"{s['litellm_home']}/venv", s["litellm_config_dir"]
-    state_dir = "/var/lib/litellm"
+    home, venv, conf_dir, svc = s["litellm_home"], f"{s['litellm_home']}/venv", s["litellm_config_dir"], s["litellm_user"]
     ports = list(s["litellm_ports"])
+    units = [f"litellm@{port}.service" for port in ports]
+    env_for = secrets_for_gateway(ctx)
+    lock = _lock_file(s)
+    stamp = hashlib.sha256((lock.read_text() + _pip_args(s)).encode()).hexdigest()
+    redis_target = _redis_target(s)
+    pg = group_hosts(inventory, "postgres")
 
-    mem_mb = host.get_fact(MemTotalMB)
+    # --- describe everything this role manages, then read the host once -------------------------
+    want = Desired(
+        packages=["python3", "python3-venv"],
+        units=units,
+        users=[svc],
+        texts=[f"{venv}/.gatekit-stamp", *(f"{CREDS_DIR}/{name}.fp" for name in env_for)],
+        paths_to_check=[f"{CREDS_DIR}/{name}.cred" for name in env_for],
+    )
+    for path, owner, group, mode in (
+        (home, "root", "root", "755"),
+        (f"{home}/bin", "root", "root", "755"),
+        (conf_dir, "root", svc, "750"),
+        ("/etc/gatekit", "root", "root", "755"),
+        (CREDS_DIR, "root", "root", "700"),
+        (STATE_DIR, svc, svc, "750"),
+        *((f"{STATE_DIR}/{port}", svc, svc, "750") for port in ports),
+    ):
+        want.dir(path, owner, group, mode)
+    want.file(f"{home}/requirements.lock", lock.read_text())
+    want.file(f"{conf_dir}/config.yaml", litellm_config_yaml(ctx.spec, s, redis_target), "root", svc, "640")
+    want.file(
+        f"{conf_dir}/litellm.env",
+        template("litellm/litellm.env.j2", redis=redis_target, extra_env=s["litellm_extra_env"]),
+        "root",
+        svc,
+        "640",
+    )
+    want.file(
+        LAUNCHER.format(home=home),
+        template(
+            "litellm/launch.py.j2",
+            venv=venv,
+            env_for=env_for,
+            database=s["litellm_database"],
+            db_user=s["postgres_user"],
+            db_name=s["postgres_db"],
+            db_host=(pg[0].data.private_address if pg else "127.0.0.1"),
+            db_port=s["postgres_port"],
+            config_path=f"{conf_dir}/config.yaml",
+            bind=s["litellm_bind"],
+            workers=s["litellm_workers"],
+            max_requests=s["litellm_max_requests_before_restart"],
+            max_requests_jitter=s["litellm_max_requests_jitter"],
+        ),
+        mode="755",
+    )
+    want.file(
+        UNIT_FILE,
+        template("systemd/litellm@.service.j2", s=s, state_dir=STATE_DIR, creds_dir=CREDS_DIR, credentials=sorted(env_for)),
+    )
+    want.read()
+
+    mem_mb = want.state["mem_mb"]
     if mem_mb and parse_size(s["litellm_memory_max"]) > mem_mb * 1024 * 1024:
         raise PyinfraError(
             f"host {host.name}: litellm_memory_max {s['litellm_memory_max']} is above the host's memory "
@@ -101,41 +161,12 @@ def litellm():
         )
 
     # --- install ------------------------------------------------------------------------------
-    apt.packages(name="Install Python venv support", packages=["python3", "python3-venv"], no_recommends=True)
-    server.group(name="Create the litellm group", group=s["litellm_user"], system=True)
-    server.user(
-        name="Create the litellm system user",
-        user=s["litellm_user"],
-        group=s["litellm_user"],
-        system=True,
-        home=state_dir,
-        shell="/usr/sbin/nologin",
-        create_home=False,
-    )
-    svc = s["litellm_user"]
-    for path, owner, group, mode in (
-        (home, "root", "root", "755"),
-        (f"{home}/bin", "root", "root", "755"),
-        (conf_dir, "root", svc, "750"),
-        ("/etc/gatekit", "root", "root", "755"),
-        (CREDS_DIR, "root", "root", "700"),
-        (state_dir, svc, svc, "750"),
-    ):
-        files.directory(name=f"Directory {path}", path=path, user=owner, group=group, mode=mode)
-    for port in ports:
-        files.directory(
-            name=f"State directory for instance {port}",
-            path=f"{state_dir}/{port}",
-            user=s["litellm_user"],
-            group=s["litellm_user"],
-            mode="750",
-        )
-
-    lock = _lock_file(s)
-    lock_text = lock.read_text()
-    stamp = hashlib.sha256((lock_text + _pip_args(s)).encode()).hexdigest()
-    lock_put = files.put(name="Upload the hash-locked requirements", src=str(lock), dest=f"{home}/requirements.lock", mode="644")
-    venv_changed = host.get_fact(FileText, path=f"{venv}/.gatekit-stamp").strip() != stamp
+    want.ensure_packages("Install Python venv support")
+    want.ensure_user("Create the litellm system user", svc, STATE_DIR)
+    for path in want.dirs:
+        want.ensure_dir(f"Directory {path}", path)
+    lock_put = want.ensure_file("Upload the hash-locked requirements", f"{home}/requirements.lock")
+    venv_changed = want.text(f"{venv}/.gatekit-stamp") != stamp
     if venv_changed:
         server.shell(
             name="Install LiteLLM into its venv (pip --require-hashes)",
@@ -148,92 +179,36 @@ def litellm():
         )
 
     # --- configure ----------------------------------------------------------------------------
-    redis_target = _redis_target(s)
-    config = files.put(
-        name="Render LiteLLM config.yaml (secrets only as os.environ references)",
-        src=io.StringIO(litellm_config_yaml(ctx.spec, s, redis_target)),
-        dest=f"{conf_dir}/config.yaml",
-        user="root",
-        group=s["litellm_user"],
-        mode="640",
-    )
-    env_file = files.put(
-        name="Render LiteLLM environment (no secrets)",
-        src=io.StringIO(template("litellm/litellm.env.j2", redis=redis_target, extra_env=s["litellm_extra_env"])),
-        dest=f"{conf_dir}/litellm.env",
-        user="root",
-        group=s["litellm_user"],
-        mode="640",
-    )
-    env_for = secrets_for_gateway(ctx)
-    pg = group_hosts(inventory, "postgres")
-    launcher = files.put(
-        name="Install the LiteLLM launcher",
-        src=io.StringIO(
-            template(
-                "litellm/launch.py.j2",
-                venv=venv,
-                env_for=env_for,
-                database=s["litellm_database"],
-                db_user=s["postgres_user"],
-                db_name=s["postgres_db"],
-                db_host=(pg[0].data.private_address if pg else "127.0.0.1"),
-                db_port=s["postgres_port"],
-                config_path=f"{conf_dir}/config.yaml",
-                bind=s["litellm_bind"],
-                workers=s["litellm_workers"],
-                max_requests=s["litellm_max_requests_before_restart"],
-                max_requests_jitter=s["litellm_max_requests_jitter"],
-            )
-        ),
-        dest=f"{home}/bin/gatekit-litellm-launch",
-        mode="755",
-    )
-
-    creds_changed = install_credentials(ctx, env_for)
-
-    unit = files.put(
-        name="Install the litellm@.service template unit",
-        src=io.StringIO(
-            template(
-                "systemd/litellm@.service.j2",
-                s=s,
-                state_dir=state_dir,
-                creds_dir=CREDS_DIR,
-                credentials=sorted(env_for),
-            )
-        ),
-        dest="/etc/systemd/system/litellm@.service",
-        mode="644",
-    )
-
+    config = want.ensure_file("Render LiteLLM config.yaml (secrets only as os.environ references)", f"{conf_dir}/config.yaml")
+    env_file = want.ensure_file("Render LiteLLM environment (no secrets)", f"{conf_dir}/litellm.env")
+    launcher = want.ensure_file("Install the LiteLLM launcher", LAUNCHER.format(home=home))
+    creds_changed = install_credentials(ctx, env_for, want)
+    unit = want.ensure_file("Install the litellm@.service template unit", UNIT_FILE)
     if s["litellm_database"]:
         prisma_setup(s, venv, venv_changed, sorted(env_for))
 
     # --- activate -----------------------------------------------------------------------------
     systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-    changed = [config, env_file, launcher, unit, lock_put, *creds_changed]
-    for port in ports:
-        instance = f"litellm@{port}.service"
-        systemd.service(name=f"Enable and start {instance}", service=instance, running=True, enabled=True)
-        systemd.service(
-            name=f"Restart {instance} for its new inputs",
-            service=instance,
-            restarted=True,
-            _if=lambda: venv_changed or any(op.did_change() for op in changed),
-        )
-        wait_ready(port, s, _if=lambda: venv_changed or any(op.did_change() for op in changed))
+    inputs_changed = lambda: venv_changed or any(op.did_change() for op in (config, env_file, launcher, unit, lock_put, *creds_changed))  # noqa: E731
+    for port, instance in zip(ports, units):
+        want.ensure_running(f"Enable and start {instance}", instance)
+        systemd.service(name=f"Restart {instance} for its new inputs", service=instance, restarted=True, _if=inputs_changed)
+        wait_ready(port, s, _if=inputs_changed)
 
 
-def install_credentials(ctx, env_for: dict[str, str]) -> list:
+def install_credentials(ctx, env_for: dict[str, str], want: Desired) -> list:
     """Encrypt each secret with the host's systemd credential key. Only changed secrets travel.
 
     The plaintext is staged on tmpfs (root-only), encrypted by systemd-creds (reading the file, so the
     value is never in a command line), and removed in the same command. A fingerprint file lets re-runs
     see that nothing changed without decrypting anything.
     """
-    have = host.get_fact(CredentialFingerprints, directory=CREDS_DIR)
-    todo = {name: ctx.secret(name) for name in sorted(env_for) if have.get(name) != fingerprint(ctx.secret(name))}
+    todo = {
+        name: ctx.secret(name)
+        for name in sorted(env_for)
+        if want.text(f"{CREDS_DIR}/{name}.fp") != fingerprint(ctx.secret(name))
+        or f"{CREDS_DIR}/{name}.cred" not in want.state["paths"]
+    }
     ops = []
     if todo:
         files.directory(name="Staging directory for credentials (tmpfs)", path=STAGE_DIR, user="root", group="root", mode="700")

@@ -4,37 +4,56 @@ A config change is checked with `nginx -t` and applied with a graceful reload, n
 in-flight streams finish on the old workers.
 """
 
-import io
-
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import server, systemd
 
-from gatekit.facts import FileText
+from gatekit.hoststate import Desired, any_changed
 from gatekit.inventory import context
 from gatekit.render import template
 
 UPSTREAM_FILE = "/etc/nginx/gatekit/upstream.conf"
+SITE_FILE = "/etc/nginx/conf.d/gatekit.conf"
+DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 
 
 @deploy("nginx")
 def nginx():
     ctx = context(host)
     s = ctx.settings
-
-    install = apt.packages(
-        name="Install nginx (+ headers-more to strip upstream headers)",
-        packages=["nginx", "libnginx-mod-http-headers-more-filter", "openssl"],
-        no_recommends=True,
-    )
+    unit = "nginx.service"
 
     cert, key = s["nginx_tls_cert"], s["nginx_tls_key"]
-    if not cert:
+    selfsigned = not cert
+    if selfsigned:
         d = s["nginx_selfsigned_dir"]
         cert, key = f"{d}/gateway.crt", f"{d}/gateway.key"
-        files.directory(name=f"Directory {d}", path=d, user="root", group="root", mode="755")
+
+    want = Desired(
+        packages=["nginx", "libnginx-mod-http-headers-more-filter", "openssl"],
+        units=[unit],
+        paths_to_check=[cert, DEFAULT_SITE],
+    )
+    if selfsigned:
+        want.dir(s["nginx_selfsigned_dir"])
+    want.dir("/etc/nginx/gatekit")
+    want.file(
+        UPSTREAM_FILE,
+        template(
+            "nginx/upstream.conf.j2",
+            ports=s["litellm_ports"],
+            bind=s["litellm_bind"],
+            keepalive=s["nginx_upstream_keepalive"],
+        ),
+    )
+    want.file(SITE_FILE, template("nginx/gatekit.conf.j2", s=s, tls_cert=cert, tls_key=key))
+    want.read()
+
+    install = want.ensure_packages("Install nginx (+ headers-more to strip upstream headers)")
+    if selfsigned:
+        want.ensure_dir(f"Directory {s['nginx_selfsigned_dir']}", s["nginx_selfsigned_dir"])
         # Generated on the host so the private key never leaves it; only when missing (idempotent).
-        if not host.get_fact(FileText, path=cert).startswith("-----BEGIN CERTIFICATE"):
+        if cert not in want.state["paths"]:
             san = f"IP:{host.data.private_address}" if host.data.private_address else "DNS:localhost"
             server.shell(
                 name="Generate a self-signed TLS certificate",
@@ -44,32 +63,12 @@ def nginx():
                     f"chmod 644 {cert}",
                 ],
             )
+    want.ensure_dir("Directory /etc/nginx/gatekit", "/etc/nginx/gatekit")
+    upstream = want.ensure_file("Render the LiteLLM upstream", UPSTREAM_FILE)
+    site = want.ensure_file("Render the gatekit nginx site", SITE_FILE)
+    default_site = want.ensure_absent("Remove Debian's default site", DEFAULT_SITE)
 
-    files.directory(name="Directory /etc/nginx/gatekit", path="/etc/nginx/gatekit", user="root", group="root", mode="755")
-    upstream = files.put(
-        name="Render the LiteLLM upstream",
-        src=io.StringIO(
-            template(
-                "nginx/upstream.conf.j2",
-                ports=s["litellm_ports"],
-                bind=s["litellm_bind"],
-                keepalive=s["nginx_upstream_keepalive"],
-            )
-        ),
-        dest=UPSTREAM_FILE,
-        mode="644",
-    )
-    site = files.put(
-        name="Render the gatekit nginx site",
-        src=io.StringIO(template("nginx/gatekit.conf.j2", s=s, tls_cert=cert, tls_key=key)),
-        dest="/etc/nginx/conf.d/gatekit.conf",
-        mode="644",
-    )
-    default_site = files.link(
-        name="Remove Debian's default site", path="/etc/nginx/sites-enabled/default", present=False
-    )
-
-    changed = lambda: any(op.did_change() for op in (install, upstream, site, default_site))  # noqa: E731
+    changed = any_changed(install, upstream, site, default_site)
     server.shell(name="Check the nginx config (nginx -t)", commands=["nginx -t -q"], _if=changed)
-    systemd.service(name="Enable and start nginx", service="nginx.service", running=True, enabled=True)
-    systemd.service(name="Reload nginx gracefully", service="nginx.service", reloaded=True, _if=changed)
+    want.ensure_running("Enable and start nginx", unit)
+    systemd.service(name="Reload nginx gracefully", service=unit, reloaded=True, _if=changed)

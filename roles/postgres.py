@@ -1,13 +1,13 @@
 """PostgreSQL for LiteLLM: a scram-sha-256 role and database, reachable only from the gateways."""
 
-import io
 import shlex
 
 from pyinfra import host, inventory
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import server, systemd
 
 from gatekit.facts import PostgresLitellmState
+from gatekit.hoststate import Desired, any_changed
 from gatekit.inventory import context, group_hosts
 from gatekit.render import scram_sha256_verifier, template
 
@@ -22,35 +22,36 @@ def postgres():
     s = ctx.settings
     conf_dir = f"/etc/postgresql/{s['postgres_version']}/main"
     gateway_addresses = sorted({h.data.private_address for h in group_hosts(inventory, "gateways")})
+    unit = "postgresql.service"
 
-    install = apt.packages(name="Install PostgreSQL", packages=["postgresql"], no_recommends=True)
-    conf = files.put(
-        name="Render PostgreSQL listen/auth settings",
-        src=io.StringIO(template("postgres/gatekit.conf.j2", s=s, private_address=host.data.private_address)),
-        dest=f"{conf_dir}/conf.d/gatekit.conf",
+    want = Desired(packages=["postgresql"], units=[unit])
+    want.file(
+        f"{conf_dir}/conf.d/gatekit.conf",
+        template("postgres/gatekit.conf.j2", s=s, private_address=host.data.private_address),
         user="postgres",
         group="postgres",
         mode="644",
     )
-    hba = files.put(
-        name="Render pg_hba.conf (only gateway hosts admitted)",
-        src=io.StringIO(template("postgres/pg_hba.conf.j2", s=s, gateway_addresses=gateway_addresses)),
-        dest=f"{conf_dir}/pg_hba.conf",
+    want.file(
+        f"{conf_dir}/pg_hba.conf",
+        template("postgres/pg_hba.conf.j2", s=s, gateway_addresses=gateway_addresses),
         user="postgres",
         group="postgres",
         mode="640",
     )
-    systemd.service(name="Enable and start PostgreSQL", service="postgresql.service", running=True, enabled=True)
+    want.read()
+
+    install = want.ensure_packages("Install PostgreSQL")
+    conf = want.ensure_file("Render PostgreSQL listen/auth settings", f"{conf_dir}/conf.d/gatekit.conf")
+    hba = want.ensure_file("Render pg_hba.conf (only gateway hosts admitted)", f"{conf_dir}/pg_hba.conf")
+    want.ensure_running("Enable and start PostgreSQL", unit)
     # listen_addresses needs a restart; pg_hba only a reload.
     systemd.service(
-        name="Restart PostgreSQL for new listen settings",
-        service="postgresql.service",
-        restarted=True,
-        _if=lambda: conf.did_change() or install.did_change(),
+        name="Restart PostgreSQL for new listen settings", service=unit, restarted=True, _if=any_changed(conf, install)
     )
     systemd.service(
         name="Reload PostgreSQL for new pg_hba",
-        service="postgresql.service",
+        service=unit,
         reloaded=True,
         _if=lambda: hba.did_change() and not (conf.did_change() or install.did_change()),
     )
