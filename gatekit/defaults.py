@@ -35,17 +35,17 @@ DEFAULTS: dict[str, object] = {
     "litellm_requirements": "requirements/litellm.lock",  # hash-locked requirements file (relative to the repo)
     "litellm_pip_index_url": "",  # pip index URL for offline/mirrored installs; empty = pip's default
     "litellm_pip_find_links": "",  # wheelhouse URL or host path for pip --find-links; with it pip uses --no-index
-    "litellm_ports": [4001],  # one systemd instance litellm@PORT per port; never 4000
+    "litellm_ports": [4001, 4002],  # blue/green pair of litellm@PORT instances; one is live, the other takes over on rotation; never 4000
     "litellm_bind": "127.0.0.1",  # LiteLLM listens here; nginx is the only way in
-    "litellm_workers": 2,  # gunicorn workers per instance
-    "litellm_max_requests_before_restart": 10000,  # recycle a worker after this many requests (slow leaks)
+    "litellm_workers": 2,  # uvicorn worker processes per instance (spawned, so no fork-after-threads hangs)
+    "litellm_max_requests_before_restart": 10000,  # recycle a worker after this many requests (slow leaks); 0 = off
     "litellm_max_requests_jitter": 1000,  # spread worker recycling so they never restart together
     "litellm_memory_high": "1280M",  # systemd MemoryHigh: throttling + reclaim start here
     "litellm_memory_max": "1536M",  # systemd MemoryMax: the kernel kills the instance above this
     "litellm_restart_sec": 2,  # RestartSec: pause before systemd restarts a dead instance
     "litellm_start_limit_burst": 10,  # StartLimitBurst: restarts allowed within the interval below
     "litellm_start_limit_interval": 300,  # StartLimitIntervalSec
-    "litellm_graceful_timeout": 30,  # gunicorn's graceful shutdown (its default); in-flight requests finish
+    "litellm_graceful_timeout": 30,  # longest in-flight request drained on SIGTERM (stop, rotation)
     "litellm_timeout_stop_sec": 45,  # TimeoutStopSec: must exceed the graceful timeout
     "litellm_ready_timeout": 120,  # seconds the deploy waits for /health/readiness after a (re)start
     "litellm_request_timeout": 600,  # LiteLLM's upstream request timeout in seconds
@@ -53,6 +53,8 @@ DEFAULTS: dict[str, object] = {
     "litellm_database": False,  # True = LiteLLM uses PostgreSQL (needs Prisma engines, see README)
     "litellm_prisma_engines_mirror": "",  # PRISMA_ENGINES_MIRROR for hosts that cannot reach Prisma's server
     "litellm_extra_env": {},  # extra non-secret environment for the proxy
+    "litellm_restart_on_secret_change": False,  # let deploy restart the live instance for a changed key (downtime); default: refuse, use rotate_keys.py
+    "rotation_settle_sec": 1.0,  # pause after the nginx switch before the old instance stops
 }
 
 # LiteLLM picks a random port when 4000 is taken, silently: never let it be asked for.

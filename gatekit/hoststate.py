@@ -165,5 +165,27 @@ class Desired:
         return self.state["texts"].get(path, "")
 
 
+LIVE_FILE = "/var/lib/gatekit/live.json"  # written by gatekit-rotate: which instance port is live
+ROTATION_JOURNAL = "/var/lib/gatekit/rotation.json"  # present while a rotation is running or was cut off
+
+
+def live_port(live_json: str, ports: list[int]) -> int:
+    """The instance nginx serves: the last rotation's choice when it is one of the pair, else the first."""
+    import json
+
+    try:
+        port = json.loads(live_json).get("port") if live_json else None
+    except ValueError:
+        port = None
+    return port if port in ports else ports[0]
+
+
+def gateway_probe() -> Desired:
+    """Live port + pending rotation; identical arguments, so pyinfra reads it once per host and run."""
+    probe = Desired(texts=[LIVE_FILE, ROTATION_JOURNAL])
+    probe.read()
+    return probe
+
+
 def any_changed(*ops):
     return lambda: any(op.did_change() for op in ops)

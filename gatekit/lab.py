@@ -27,6 +27,9 @@ PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 FAKE_PROVIDER = REPO / "tests" / "fakeprovider.py"
 PROVIDER_PORT = 18080
 WHEELHOUSE_PORT = 18081
+# Every Debian package the kit installs (roles/*), for a "warm package cache" sandbox base.
+KIT_PACKAGES = ["ca-certificates", "openssl", "procps", "python3", "python3-venv", "redis-server", "postgresql",
+                "nginx", "libnginx-mod-http-headers-more-filter"]
 SECRET_NAMES = ("openai_key", "anthropic_key", "litellm_master_key", "redis_password", "postgres_password")
 
 
@@ -68,9 +71,10 @@ class Lab:
 
     # ---- setup -------------------------------------------------------------------------------
     @classmethod
-    def create(cls, workdir: Path, settings: dict | None = None, run_id: str | None = None) -> "Lab":
+    def create(cls, workdir: Path, settings: dict | None = None, run_id: str | None = None,
+               base: Path | None = None) -> "Lab":
         workdir.mkdir(parents=True, exist_ok=True)
-        sandbox = sb.Sandbox(run_id=run_id)
+        sandbox = sb.Sandbox(run_id=run_id, base=base)
         lab = cls(workdir=workdir, sandbox=sandbox, settings=settings or {})
         sandbox.up()
         return lab
@@ -160,9 +164,9 @@ class Lab:
             "budgets": {"providers": {"openai": {"max_usd": 1000, "duration": "1d"}}},
             "settings": {
                 "litellm_pip_find_links": f"http://{self.bridge_ip}:{WHEELHOUSE_PORT}/",
-                "litellm_workers": 1,
-                "litellm_memory_high": "900M",
-                "litellm_memory_max": "1100M",
+                "litellm_workers": 2,
+                "litellm_memory_high": "1400M",
+                "litellm_memory_max": "1600M",
                 **self.settings,
             },
         }

@@ -225,8 +225,8 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
             "Fix: set litellm_memory_max below the host's memory."
         )
     ports = merged["litellm_ports"]
-    if not ports or not all(isinstance(p, int) and 1024 <= p <= 65535 for p in ports):
-        problems.append(f"{where}: settings.litellm_ports: {ports!r}. Fix: list ports between 1024 and 65535.")
+    if not isinstance(ports, list) or not all(isinstance(p, int) and 1024 <= p <= 65535 for p in ports):
+        problems.append(f"{where}: settings.litellm_ports: {ports!r}. Fix: list two ports between 1024 and 65535.")
     elif set(ports) & FORBIDDEN_LITELLM_PORTS:
         problems.append(
             f"{where}: settings.litellm_ports: 4000 is LiteLLM's default port, and LiteLLM silently moves to a "
@@ -234,6 +234,17 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
         )
     elif len(set(ports)) != len(ports):
         problems.append(f"{where}: settings.litellm_ports: duplicate port. Fix: list each port once.")
+    elif len(ports) != 2:
+        problems.append(
+            f"{where}: settings.litellm_ports: {ports!r}; gatekit needs exactly two ports, a blue/green pair "
+            "(one live, the other used by key rotation). Fix: list two ports, e.g. [4001, 4002]."
+        )
+    if merged["litellm_workers"] == 1 and merged["litellm_max_requests_before_restart"]:
+        problems.append(
+            f"{where}: settings.litellm_workers: 1 worker with worker recycling restarts the whole instance "
+            "every litellm_max_requests_before_restart requests (a gap in service). "
+            "Fix: use 2 or more workers, or set litellm_max_requests_before_restart: 0."
+        )
     if merged["litellm_timeout_stop_sec"] <= merged["litellm_graceful_timeout"]:
         problems.append(
             f"{where}: settings.litellm_timeout_stop_sec: must exceed litellm_graceful_timeout "

@@ -19,7 +19,7 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import files, server, systemd
 
 from gatekit.defaults import COMPROMISED_LITELLM_VERSIONS
-from gatekit.hoststate import Desired
+from gatekit.hoststate import LIVE_FILE, ROTATION_JOURNAL, Desired, gateway_probe, live_port
 from gatekit.inventory import context, group_hosts
 from gatekit.render import litellm_config_yaml, secret_env, template
 from gatekit.spec import parse_size
@@ -29,6 +29,8 @@ CREDS_DIR = "/etc/gatekit/creds"
 STATE_DIR = "/var/lib/litellm"
 UNIT_FILE = "/etc/systemd/system/litellm@.service"
 LAUNCHER = "{home}/bin/gatekit-litellm-launch"
+ROTATE_SCRIPT = "{home}/bin/gatekit-rotate"
+ROTATE_SOURCE = REPO / "gatekit" / "onhost" / "rotate.py"
 # Staging for plaintext on its way into systemd-creds: tmpfs (RAM), root-only, removed at once.
 STAGE_DIR = "/run/gatekit"
 
@@ -93,8 +95,6 @@ def litellm():
     ctx = context(host)
     s = ctx.settings
     home, venv, conf_dir, svc = s["litellm_home"], f"{s['litellm_home']}/venv", s["litellm_config_dir"], s["litellm_user"]
-    ports = list(s["litellm_ports"])
-    units = [f"litellm@{port}.service" for port in ports]
     env_for = secrets_for_gateway(ctx)
     lock = _lock_file(s)
     stamp = hashlib.sha256((lock.read_text() + _pip_args(s)).encode()).hexdigest()
@@ -102,9 +102,19 @@ def litellm():
     pg = group_hosts(inventory, "postgres")
 
     # --- describe everything this role manages, then read the host once -------------------------
+    # Read first (one round trip) which of the blue/green pair is live and whether a rotation is pending.
+    probe = gateway_probe()
+    if ROTATION_JOURNAL in probe.state["texts"]:
+        raise PyinfraError(
+            f"host {host.name}: a key rotation is in progress or was interrupted ({ROTATION_JOURNAL}). "
+            "Fix: re-run rotate_keys.py for this inventory; it completes or rolls back the rotation."
+        )
+    port = live_port(probe.text(LIVE_FILE), s["litellm_ports"])
+    instance = f"litellm@{port}.service"
+
     want = Desired(
         packages=["python3", "python3-venv"],
-        units=units,
+        units=[instance],
         users=[svc],
         texts=[f"{venv}/.gatekit-stamp", *(f"{CREDS_DIR}/{name}.fp" for name in env_for)],
         paths_to_check=[f"{CREDS_DIR}/{name}.cred" for name in env_for],
@@ -116,7 +126,8 @@ def litellm():
         ("/etc/gatekit", "root", "root", "755"),
         (CREDS_DIR, "root", "root", "700"),
         (STATE_DIR, svc, svc, "750"),
-        *((f"{STATE_DIR}/{port}", svc, svc, "750") for port in ports),
+        *((f"{STATE_DIR}/{p}", svc, svc, "750") for p in s["litellm_ports"]),
+        ("/var/lib/gatekit", "root", "root", "755"),
     ):
         want.dir(path, owner, group, mode)
     want.file(f"{home}/requirements.lock", lock.read_text())
@@ -147,6 +158,7 @@ def litellm():
         ),
         mode="755",
     )
+    want.file(ROTATE_SCRIPT.format(home=home), ROTATE_SOURCE.read_text(), mode="755")
     want.file(
         UNIT_FILE,
         template("systemd/litellm@.service.j2", s=s, state_dir=STATE_DIR, creds_dir=CREDS_DIR, credentials=sorted(env_for)),
@@ -182,6 +194,7 @@ def litellm():
     config = want.ensure_file("Render LiteLLM config.yaml (secrets only as os.environ references)", f"{conf_dir}/config.yaml")
     env_file = want.ensure_file("Render LiteLLM environment (no secrets)", f"{conf_dir}/litellm.env")
     launcher = want.ensure_file("Install the LiteLLM launcher", LAUNCHER.format(home=home))
+    want.ensure_file("Install gatekit-rotate (blue/green key rotation)", ROTATE_SCRIPT.format(home=home))
     creds_changed = install_credentials(ctx, env_for, want)
     unit = want.ensure_file("Install the litellm@.service template unit", UNIT_FILE)
     if s["litellm_database"]:
@@ -190,10 +203,9 @@ def litellm():
     # --- activate -----------------------------------------------------------------------------
     systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
     inputs_changed = lambda: venv_changed or any(op.did_change() for op in (config, env_file, launcher, unit, lock_put, *creds_changed))  # noqa: E731
-    for port, instance in zip(ports, units):
-        want.ensure_running(f"Enable and start {instance}", instance)
-        systemd.service(name=f"Restart {instance} for its new inputs", service=instance, restarted=True, _if=inputs_changed)
-        wait_ready(port, s, _if=inputs_changed)
+    want.ensure_running(f"Enable and start {instance}", instance)
+    systemd.service(name=f"Restart {instance} for its new inputs", service=instance, restarted=True, _if=inputs_changed)
+    wait_ready(port, s, _if=inputs_changed)
 
 
 def install_credentials(ctx, env_for: dict[str, str], want: Desired) -> list:
@@ -209,6 +221,15 @@ def install_credentials(ctx, env_for: dict[str, str], want: Desired) -> list:
         if want.text(f"{CREDS_DIR}/{name}.fp") != fingerprint(ctx.secret(name))
         or f"{CREDS_DIR}/{name}.cred" not in want.state["paths"]
     }
+    # A changed key on a running gateway would need a restart, and a restart is a gap in service and
+    # the moment old and new keys get mixed up. That is rotate_keys.py's job (blue/green, canary, rollback).
+    changed = sorted(n for n in todo if f"{CREDS_DIR}/{n}.cred" in want.state["paths"] and want.text(f"{CREDS_DIR}/{n}.fp"))
+    if changed and not ctx.settings["litellm_restart_on_secret_change"]:
+        raise PyinfraError(
+            f"host {host.name}: {', '.join(changed)} in the vault differ from the credentials live on the host. "
+            f"Fix: rotate without downtime: pyinfra INVENTORY rotate_keys.py --data rotate={','.join(changed)} "
+            "(or set litellm_restart_on_secret_change: true to accept a restart)."
+        )
     ops = []
     if todo:
         files.directory(name="Staging directory for credentials (tmpfs)", path=STAGE_DIR, user="root", group="root", mode="700")

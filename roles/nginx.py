@@ -8,7 +8,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import server, systemd
 
-from gatekit.hoststate import Desired, any_changed
+from gatekit.hoststate import LIVE_FILE, Desired, any_changed, gateway_probe, live_port
 from gatekit.inventory import context
 from gatekit.render import template
 
@@ -41,7 +41,8 @@ def nginx():
         UPSTREAM_FILE,
         template(
             "nginx/upstream.conf.j2",
-            ports=s["litellm_ports"],
+            # Only the live instance of the blue/green pair; rotation moves it (same text as rendered here).
+            ports=[live_port(gateway_probe().text(LIVE_FILE), s["litellm_ports"])],
             bind=s["litellm_bind"],
             keepalive=s["nginx_upstream_keepalive"],
         ),

@@ -48,7 +48,7 @@ BASE: dict = {
     "aliases": {"gpt-4o": "smart"},
     "retry": {"num_retries": 2, "timeout_errors": 2, "server_errors": 2},
     "budgets": {"providers": {"openai": {"max_usd": 200, "duration": "1d"}}},
-    "settings": {"litellm_ports": [4001], "litellm_memory_high": "1280M", "litellm_memory_max": "1536M"},
+    "settings": {"litellm_ports": [4001, 4002], "litellm_memory_high": "1280M", "litellm_memory_max": "1536M"},
 }
 
 

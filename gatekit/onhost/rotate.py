@@ -1,0 +1,362 @@
+"""gatekit-rotate: blue/green provider-key rotation on ONE gateway host. Installed by the deploy as
+/opt/litellm/bin/gatekit-rotate and run (as root, inside a transient systemd unit so a dropped SSH
+session cannot cut it in half) by rotate_keys.py. Python stdlib + the `redis` package of LiteLLM's venv.
+
+Why not reload: LiteLLM has no working in-process config reload, so fresh processes must start from the
+new credential, be proven by a canary, and only then receive traffic.
+
+Steps (each recorded in a journal so an interrupted run is recovered on the next run):
+  swap-creds   the staged NAME.cred.next becomes NAME.cred (previous kept as NAME.cred.prev)
+  start        litellm@NEW starts from it (the live instance keeps the old key in memory)
+  ready        /health/readiness of NEW
+  canary       a 1-token completion per rotated deployment, sent to NEW directly, answered by that
+               deployment (x-litellm-model-id), fallbacks and retries disabled
+  switch       nginx upstream -> NEW (nginx -t, graceful reload)
+  purge        Redis keys of the rotated deployments in LiteLLM's DB (cooldowns, counters); never FLUSH*
+  canary-nginx the same canary through nginx over TLS
+  drain        OLD stops gracefully (in-flight requests finish), NEW enabled at boot instead of OLD
+  record       /var/lib/gatekit/live.json: port, secret versions, fingerprints, time
+Any failure: upstream back to OLD, NEW stopped, previous credentials restored, exit 1 naming the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+CREDS = "/etc/gatekit/creds"
+STATE = "/var/lib/gatekit"
+JOURNAL = f"{STATE}/rotation.json"
+LIVE = f"{STATE}/live.json"
+UPSTREAM = "/etc/nginx/gatekit/upstream.conf"
+ENV_FILE = "/etc/litellm/litellm.env"
+STEPS = ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx", "drain", "record"]
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, reason: str):
+        super().__init__(f"step {step}: {reason}")
+        self.step = step
+
+
+def log(msg: str, err: bool = False):
+    # The controller may be gone (killed pyinfra, dropped SSH): losing output must not stop the rotation.
+    try:
+        print(f"gatekit-rotate: {msg}", file=sys.stderr if err else sys.stdout, flush=True)
+    except OSError:
+        pass
+
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {(proc.stderr or proc.stdout).strip()[-500:]}")
+    return proc
+
+
+def write_atomic(path: str, text: str, mode: int = 0o644):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict | None:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return None
+
+
+# ---- nginx upstream --------------------------------------------------------------------------------
+def upstream_port() -> int:
+    with open(UPSTREAM) as fh:
+        m = re.search(r"server\s+[\d.]+:(\d+)", fh.read())
+    if not m:
+        raise RuntimeError(f"{UPSTREAM}: no upstream server line")
+    return int(m.group(1))
+
+
+def set_upstream(port: int):
+    with open(UPSTREAM) as fh:
+        text = fh.read()
+    new = re.sub(r"(server\s+[\d.]+:)\d+", rf"\g<1>{port}", text, count=1)
+    if new == text:
+        return
+    write_atomic(UPSTREAM + ".candidate", new)
+    os.replace(UPSTREAM, UPSTREAM + ".before")
+    os.replace(UPSTREAM + ".candidate", UPSTREAM)
+    test = run("nginx", "-t", "-q", check=False)
+    if test.returncode != 0:
+        os.replace(UPSTREAM + ".before", UPSTREAM)
+        raise RuntimeError(f"nginx -t refused the new upstream: {test.stderr.strip()[-300:]}")
+    os.unlink(UPSTREAM + ".before")
+    run("systemctl", "reload", "nginx.service")  # graceful: old workers finish their requests
+
+
+# ---- credentials -----------------------------------------------------------------------------------
+def swap_creds(names: list[str]):
+    for n in names:
+        base = f"{CREDS}/{n}"
+        if not os.path.exists(base + ".cred.next"):
+            raise RuntimeError(f"{base}.cred.next missing (nothing staged)")
+    for n in names:
+        base = f"{CREDS}/{n}"
+        for ext in ("cred", "fp"):
+            if os.path.exists(f"{base}.{ext}"):
+                shutil.copy2(f"{base}.{ext}", f"{base}.{ext}.prev")
+        os.replace(base + ".cred.next", base + ".cred")
+        os.replace(base + ".fp.next", base + ".fp")
+
+
+def restore_creds(names: list[str]):
+    for n in names:
+        base = f"{CREDS}/{n}"
+        for ext in ("cred", "fp"):
+            if os.path.exists(f"{base}.{ext}.prev"):
+                os.replace(f"{base}.{ext}.prev", f"{base}.{ext}")
+        for leftover in (".cred.next", ".fp.next"):
+            if os.path.exists(base + leftover):
+                os.unlink(base + leftover)
+
+
+def fingerprint_of(name: str) -> str:
+    with open(f"{CREDS}/{name}.fp") as fh:
+        return fh.read().strip()
+
+
+def unit_secret(port: int, name: str) -> str:
+    # Root reads the running instance's own credential: the canary authenticates like a client.
+    with open(f"/run/credentials/litellm@{port}.service/{name}") as fh:
+        return fh.read().strip()
+
+
+# ---- LiteLLM ---------------------------------------------------------------------------------------
+def http(url: str, body: dict | None, headers: dict, timeout: float = 30) -> tuple[int, dict, str]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **headers})
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # our own self-signed front, on loopback
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read().decode(errors="replace")
+
+
+def wait_ready(port: int, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if run("systemctl", "is-failed", "--quiet", f"litellm@{port}.service", check=False).returncode == 0:
+            raise RuntimeError(f"litellm@{port} failed to start (journalctl -u litellm@{port})")
+        try:
+            if http(f"http://127.0.0.1:{port}/health/readiness", None, {}, timeout=5)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"litellm@{port} not ready after {timeout:.0f}s")
+
+
+def canary(base_url: str, master_key: str, deployment_ids: list[str], check_header: bool):
+    for dep in deployment_ids:
+        body = {
+            "model": dep,  # a deployment id routes to exactly that deployment
+            "messages": [{"role": "user", "content": "ping"}],
+            "max_tokens": 1,
+            "disable_fallbacks": True,
+            "num_retries": 0,
+        }
+        status, headers, text = http(f"{base_url}/v1/chat/completions", body, {"Authorization": f"Bearer {master_key}"})
+        if status != 200:
+            raise RuntimeError(f"{dep}: HTTP {status}: {text[:200]}")
+        if check_header and headers.get("x-litellm-model-id") != dep:
+            raise RuntimeError(f"{dep}: answered by {headers.get('x-litellm-model-id')!r}, not the rotated deployment")
+        if check_header and headers.get("x-litellm-attempted-fallbacks", "0") not in ("0", ""):
+            raise RuntimeError(f"{dep}: answered through a fallback")
+
+
+def purge_redis(port: int, deployment_ids: list[str]) -> int:
+    env = {}
+    with open(ENV_FILE) as fh:
+        for line in fh:
+            if "=" in line and not line.startswith("#"):
+                k, v = line.strip().split("=", 1)
+                env[k] = v
+    if "REDIS_HOST" not in env:
+        return 0
+    import redis  # from LiteLLM's venv
+
+    r = redis.Redis(host=env["REDIS_HOST"], port=int(env["REDIS_PORT"]), db=int(env.get("REDIS_DB", 0)),
+                    password=unit_secret(port, "redis_password"), socket_timeout=5)
+    deleted = 0
+    for dep in deployment_ids:
+        # Only this deployment's keys in LiteLLM's own DB: cooldowns, failure and usage counters.
+        for key in r.scan_iter(match=f"*{dep}*", count=500):
+            deleted += r.delete(key)
+    return deleted
+
+
+def stop_instance(port: int):
+    run("systemctl", "stop", f"litellm@{port}.service", check=False)
+
+
+# ---- the transaction -------------------------------------------------------------------------------
+def recover(journal: dict, drain_timeout: float):
+    """A previous run was interrupted: return the host to one consistent state."""
+    old, new, names = journal["old_port"], journal["new_port"], journal["secrets"]
+    live = upstream_port()
+    if live == new:
+        # Traffic already moved to the proven new instance: finish forward.
+        log(f"recovering an interrupted rotation forward (nginx already on {new})")
+        stop_instance(old)
+        run("systemctl", "enable", f"litellm@{new}.service", check=False)
+        run("systemctl", "disable", f"litellm@{old}.service", check=False)
+        record(new, names, journal)
+        cleanup_prev(names)
+    else:
+        log(f"rolling back an interrupted rotation (nginx still on {old})")
+        stop_instance(new)
+        if journal.get("swapped"):
+            restore_creds(names)
+    os.unlink(JOURNAL)
+
+
+def cleanup_prev(names: list[str]):
+    # The previous encrypted credential is kept (as .cred.prev) until the rotation is recorded.
+    for n in names:
+        for ext in ("cred.prev", "fp.prev"):
+            path = f"{CREDS}/{n}.{ext}"
+            if os.path.exists(path):
+                os.replace(path, path.replace(".prev", ".retired"))
+
+
+def record(port: int, names: list[str], journal: dict):
+    live = read_json(LIVE) or {"secrets": {}}
+    live["port"] = port
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for n in names:
+        prev = live["secrets"].get(n, {})
+        live["secrets"][n] = {"fingerprint": fingerprint_of(n), "version": prev.get("version", 1) + 1, "rotated_at": now}
+    live["rotated_at"] = now
+    write_atomic(LIVE, json.dumps(live, indent=1, sort_keys=True) + "\n", 0o644)
+
+
+def fault(step: str, args):
+    if args.fail_after == step:
+        log(f"fault injection: dying after step {step}")
+        os.kill(os.getpid(), signal.SIGKILL)
+    if args.fail_at == step:
+        raise RuntimeError("fault injection")
+
+
+def rotate(args) -> int:
+    names, ids = args.secrets.split(","), [i for i in args.deployments.split(",") if i]
+    ports = [int(p) for p in args.ports.split(",")]
+    os.makedirs(STATE, exist_ok=True)
+
+    journal = read_json(JOURNAL)
+    if journal:
+        recover(journal, args.drain_timeout)
+    staged = [n for n in names if os.path.exists(f"{CREDS}/{n}.cred.next")]
+    if not staged:
+        log("nothing staged: nothing to rotate")
+        return 0
+
+    old = upstream_port()
+    new = ports[1] if old == ports[0] else ports[0]
+    journal = {"old_port": old, "new_port": new, "secrets": staged, "started": time.time(), "swapped": False}
+    write_atomic(JOURNAL, json.dumps(journal))
+    step = "swap-creds"
+    try:
+        swap_creds(staged)
+        journal["swapped"] = True
+        write_atomic(JOURNAL, json.dumps(journal))
+        fault(step, args)
+
+        step = "start"
+        stop_instance(new)  # a leftover from an earlier attempt must not keep old credentials
+        run("systemctl", "reset-failed", f"litellm@{new}.service", check=False)
+        run("systemctl", "start", "--no-block", f"litellm@{new}.service")
+        fault(step, args)
+
+        step = "ready"
+        wait_ready(new, args.ready_timeout)
+        fault(step, args)
+
+        step = "canary"
+        master = unit_secret(new, "litellm_master_key")
+        canary(f"http://127.0.0.1:{new}", master, ids, check_header=True)
+        fault(step, args)
+
+        step = "switch"
+        set_upstream(new)
+        fault(step, args)
+
+        step = "purge"
+        deleted = purge_redis(new, ids)
+        fault(step, args)
+
+        step = "canary-nginx"
+        canary(f"https://127.0.0.1:{args.https_port}", master, ids, check_header=False)
+        fault(step, args)
+    except Exception as exc:  # noqa: BLE001 - every failure rolls back the same way
+        log(f"FAILED at step {step}: {exc}; rolling back")
+        try:
+            if upstream_port() != old:
+                set_upstream(old)
+        finally:
+            stop_instance(new)
+            restore_creds(staged)
+            os.unlink(JOURNAL)
+        log(f"step {step} failed: {exc}", err=True)
+        return 1
+
+    # Past the switch the new key is proven through nginx: from here on only forward.
+    step = "drain"
+    time.sleep(args.settle)  # nginx's old workers hand their last requests to OLD before it stops
+    stop_instance(old)  # SIGTERM: LiteLLM finishes in-flight requests first
+    run("systemctl", "enable", f"litellm@{new}.service", check=False)
+    run("systemctl", "disable", f"litellm@{old}.service", check=False)
+    fault(step, args)
+
+    step = "record"
+    record(new, staged, journal)
+    cleanup_prev(staged)
+    os.unlink(JOURNAL)
+    log(f"rotated {','.join(staged)}: litellm@{old} -> litellm@{new}; {len(ids)} canaries passed; "
+        f"{deleted} Redis keys purged")
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(prog="gatekit-rotate")
+    ap.add_argument("--secrets", required=True, help="comma-separated secret names staged as NAME.cred.next")
+    ap.add_argument("--deployments", default="", help="comma-separated LiteLLM deployment ids using them")
+    ap.add_argument("--ports", required=True, help="the blue/green pair, e.g. 4001,4002")
+    ap.add_argument("--https-port", type=int, default=443)
+    ap.add_argument("--ready-timeout", type=float, default=120)
+    ap.add_argument("--drain-timeout", type=float, default=45)
+    ap.add_argument("--settle", type=float, default=1.0)
+    ap.add_argument("--fail-after", default="", help=argparse.SUPPRESS)  # tests: SIGKILL self after a step
+    ap.add_argument("--fail-at", default="", help=argparse.SUPPRESS)  # tests: fail inside a step
+    args = ap.parse_args()
+    sys.exit(rotate(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Rotate provider keys on the gateways: one host at a time, stop at the first failure.
+
+Which secrets: pyinfra data `rotate` ("openai_key,anthropic_key") or env GATEKIT_ROTATE. Their new values
+are already in the vault (`gatekit secrets set`). For each gateway, in inventory order, one operation:
+stage the new credentials encrypted on the host (NAME.cred.next), then run gatekit-rotate there, which
+does the blue/green switch with canaries and rolls back by itself on failure (see gatekit/onhost/rotate.py).
+A gateway whose live credentials already match the vault is skipped: a second run changes nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, deploy, operation
+from pyinfra.api.exceptions import PyinfraError
+
+from gatekit.hoststate import ROTATION_JOURNAL, Desired
+from gatekit.inventory import context
+from roles.litellm import CREDS_DIR, ROTATE_SCRIPT, STAGE_DIR, fingerprint, secrets_for_gateway
+
+# Rotation operations of the hosts before this one (same process, hosts collected in inventory order).
+_EARLIER: list = []
+
+
+def requested() -> list[str]:
+    raw = host.data.get("rotate") or os.environ.get("GATEKIT_ROTATE", "")
+    names = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+    return sorted({n.strip() for n in names if n and n.strip()})
+
+
+def deployment_ids(spec, names: set[str]) -> list[str]:
+    """The LiteLLM deployment ids (model_info.id, see render.py) whose key is one of `names`."""
+    return [f"{m.name}--{i}" for m in spec.models for i, d in enumerate(m.deployments) if d.secret in names]
+
+
+@operation()
+def rotate_gateway(secrets: dict, deployment_ids: list, ports: list, https_port: int, ready_timeout: int,
+                   settle: float, venv: str, script: str, fail_after: str = "", fail_at: str = ""):
+    """Stage encrypted credentials and run gatekit-rotate on this host (inside a transient unit, so a
+    dropped SSH session or a killed controller cannot stop it half-way)."""
+    yield f"install -d -m 700 {STAGE_DIR}"
+    for name, value in secrets.items():
+        staged = f"{STAGE_DIR}/{name}"
+        yield FileUploadCommand(io.StringIO(value), staged, remote_temp_filename=f"{STAGE_DIR}/.upload-{name}")
+        yield (
+            f"chmod 600 {staged}; systemd-creds encrypt --name={name} {staged} {CREDS_DIR}/{name}.cred.next; "
+            f"rc=$?; rm -f {staged}; [ $rc -eq 0 ] && chmod 600 {CREDS_DIR}/{name}.cred.next && "
+            f"echo {fingerprint(value)} > {CREDS_DIR}/{name}.fp.next"
+        )
+    args = [
+        "--secrets", ",".join(secrets) or "-",
+        "--deployments", ",".join(deployment_ids),
+        "--ports", ",".join(str(p) for p in ports),
+        "--https-port", str(https_port),
+        "--ready-timeout", str(ready_timeout),
+        "--settle", str(settle),
+    ]
+    if fail_after:
+        args += ["--fail-after", fail_after]
+    if fail_at:
+        args += ["--fail-at", fail_at]
+    # One rotation per host at a time: wait for an earlier one (e.g. from a killed controller) to end.
+    yield "while systemctl is-active --quiet gatekit-rotate.service; do sleep 1; done"
+    yield (
+        "systemd-run --quiet --wait --pipe --collect --unit=gatekit-rotate --property=TimeoutStopSec=120 "
+        f"{venv}/bin/python3 {script} " + " ".join(shlex.quote(a) for a in args)
+    )
+
+
+@deploy("Rotate provider keys")
+def rotation():
+    names = requested()
+    if not names:
+        raise PyinfraError(
+            "rotate_keys.py: which secrets? Fix: --data rotate=openai_key[,other] (or GATEKIT_ROTATE=...)."
+        )
+    if "gateways" not in host.groups:
+        return
+    ctx = context(host)
+    s = ctx.settings
+    used = secrets_for_gateway(ctx)
+    unknown = [n for n in names if n not in used]
+    if unknown:
+        raise PyinfraError(
+            f"rotate: {', '.join(unknown)} not used by the gateways. Fix: rotate one of {sorted(used)}."
+        )
+
+    want = Desired(texts=[ROTATION_JOURNAL, *(f"{CREDS_DIR}/{n}.fp" for n in names)])
+    want.read()
+    todo = {n: ctx.secret(n) for n in names if want.text(f"{CREDS_DIR}/{n}.fp") != fingerprint(ctx.secret(n))}
+    interrupted = ROTATION_JOURNAL in want.state["texts"]
+    if not todo and not interrupted:
+        return  # this host already serves the vault's keys
+
+    earlier = list(_EARLIER)
+    op = rotate_gateway(
+        name=f"Rotate {', '.join(todo) or 'interrupted rotation'} (blue/green + canary)",
+        secrets=todo,
+        deployment_ids=deployment_ids(ctx.spec, set(todo)),
+        ports=list(s["litellm_ports"]),
+        https_port=s["nginx_https_port"],
+        ready_timeout=s["litellm_ready_timeout"],
+        settle=s["rotation_settle_sec"],
+        venv=f"{s['litellm_home']}/venv",
+        script=ROTATE_SCRIPT.format(home=s["litellm_home"]),
+        fail_after=str(host.data.get("gatekit_rotate_fail_after") or ""),
+        fail_at=str(host.data.get("gatekit_rotate_fail_at") or ""),
+        _serial=True,
+        # Stop at the first failure: hosts after a failed one are left untouched.
+        _if=lambda: not any(m.did_error() for m in earlier),
+    )
+    _EARLIER.append(op)

@@ -1,0 +1,17 @@
+"""gatekit: rotate provider API keys without a failed request.
+
+    gatekit secrets set openai_key --vault inventories/prod.secrets.enc.yaml   # new value on stdin
+    pyinfra inventories/prod.py rotate_keys.py --data rotate=openai_key
+
+Gateways are rotated one at a time (blue/green instance, canary, nginx switch, drain, record); the first
+failure rolls that host back and leaves later hosts untouched. See roles/rotation.py.
+"""
+
+from pyinfra import host
+
+from gatekit.inventory import context
+from roles.rotation import rotation
+
+if "gateways" in host.groups:
+    context(host)  # validate spec, settings and vault before any operation is collected
+rotation()
