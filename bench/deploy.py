@@ -22,23 +22,18 @@ from gatekit import sandbox as sb  # noqa: E402
 from gatekit.lab import KIT_PACKAGES, Lab  # noqa: E402
 
 
-def topology(n: int) -> tuple[list[str], dict]:
+def topology(n: int) -> dict:
     if n == 1:
-        return ["gw1"], {"gateways": ["gw1"], "redis": ["gw1"], "postgres": ["gw1"]}
-    gws = [f"gw{i}" for i in range(1, n)]
-    return ["data1", *gws], {"gateways": gws, "redis": ["data1"], "postgres": ["data1"]}
+        return {"gateways": ["gw1"], "redis": ["gw1"], "postgres": ["gw1"]}
+    return {"gateways": [f"gw{i}" for i in range(1, n)], "redis": ["data1"], "postgres": ["data1"]}
 
 
 def measure(n: int, base: Path, reruns: int) -> dict:
-    names, groups = topology(n)
+    groups = topology(n)
     with tempfile.TemporaryDirectory(prefix="gk-bench-") as tmp:
         lab = Lab.create(Path(tmp), base=base)
         try:
-            lab.start_services()
-            lab.write_vault()
-            lab.write_spec()
-            lab.boot(names)
-            lab.write_inventory(groups)
+            lab.setup(groups)
             fresh = lab.deploy()
             times = []
             for _ in range(reruns):

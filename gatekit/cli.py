@@ -290,16 +290,10 @@ def up(single: bool, exit_after: bool):
         _fail("the sandbox boots systemd-nspawn hosts and needs root", 2)
     lab = Lab.create(SANDBOX_DIR, run_id="sandbox")
     try:
-        click.echo("starting the fake LLM provider and the wheelhouse ...")
-        lab.start_services()
-        lab.write_vault()
-        lab.write_spec()
-        names = ["gw1"] if single else ["data1", "gw1", "gw2"]
-        click.echo(f"booting {', '.join(names)} ...")
-        lab.boot(names)
         groups = ({"gateways": ["gw1"], "redis": ["gw1"], "postgres": ["gw1"]} if single
                   else {"gateways": ["gw1", "gw2"], "redis": ["data1"], "postgres": ["data1"]})
-        lab.write_inventory(groups)
+        click.echo("starting the fake LLM provider and the wheelhouse, booting hosts ...")
+        lab.setup(groups)
         click.echo(f"deploying: pyinfra {lab.inventory_path} deploy.py ...")
         result = lab.deploy(check=False)
         if not result.ok:

@@ -97,6 +97,7 @@ class Desired:
     texts: list[str] = field(default_factory=list)
     paths_to_check: list[str] = field(default_factory=list)  # read, not managed (e.g. to remove)
     state: dict | None = None
+    installing: bool = False
 
     def read(self) -> dict:
         self.state = host.get_fact(
@@ -121,6 +122,7 @@ class Desired:
         missing = [p for p in self.packages if p not in self.state["packages"]]
         if not missing:
             return UNCHANGED
+        self.installing = True  # packages may create paths the snapshot saw as absent
         apt.update(name="Refresh package lists (at most hourly)", cache_time=3600)
         return apt.packages(name=name, packages=self.packages, no_recommends=True)
 
@@ -141,8 +143,11 @@ class Desired:
 
     def ensure_absent(self, name: str, path: str):
         """`path` must have been declared with dir()/file() or be in paths_to_check."""
-        if path not in self.state["paths"]:
+        if path not in self.state["paths"] and not self.installing:
             return UNCHANGED
+        if self.installing:
+            # The package being installed in this run may create it: remove whatever is there then.
+            return server.shell(name=name, commands=[f"rm -f {shlex.quote(path)}"])
         return files.file(name=name, path=path, present=False) if self.state["paths"][path][0] != "l" else files.link(
             name=name, path=path, present=False
         )

@@ -12,12 +12,15 @@ import json
 import os
 import secrets as pysecrets
 import shutil
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import yaml
 
 from gatekit import sandbox as sb
@@ -172,6 +175,14 @@ class Lab:
         }
         self.spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
 
+    def setup(self, groups: dict[str, list[str]]):
+        """Everything before the first deploy: provider + wheelhouse, vault, spec, hosts, inventory."""
+        self.start_services()
+        self.write_vault()
+        self.write_spec()
+        self.boot(list(dict.fromkeys(n for names in groups.values() for n in names)))
+        self.write_inventory(groups)
+
     def boot(self, names: list[str]) -> list[sb.Host]:
         booted = self.sandbox.boot(names)
         for h in booted:
@@ -258,6 +269,71 @@ class DeployResult:
 
     def changed_ops(self, host_address: str) -> list[str]:
         return [op["name"] for op in self.data["results"]["operations"] if host_address in op["success"]]
+
+
+class Load:
+    """Constant client traffic through nginx (plain and streamed), recording every failure."""
+
+    def __init__(self, lab, gateways: list[str], models=("fast", "claude"), threads_per_gateway: int = 2):
+        self.lab, self.gateways, self.models = lab, gateways, models
+        self.stop_event = threading.Event()
+        self.results: list[tuple[float, str, bool, str, float]] = []  # (start, gateway, ok, detail, seconds)
+        self.lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self._run, args=(gw, i % 2 == 1), daemon=True)
+            for gw in gateways
+            for i in range(threads_per_gateway)
+        ]
+
+    def _run(self, gw: str, stream: bool):
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        headers = {"Authorization": f"Bearer {self.lab.secret_values['litellm_master_key']}"}
+        url = f"{self.lab.gateway_url(gw)}/v1/chat/completions"
+        n = 0
+        with httpx.Client(verify=ctx, headers=headers, timeout=60, trust_env=False) as c:
+            while not self.stop_event.is_set():
+                model = self.models[n % len(self.models)]
+                n += 1
+                body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+                t0 = time.monotonic()
+                try:
+                    if stream:
+                        body["stream"] = True
+                        with c.stream("POST", url, json=body) as r:
+                            lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
+                        ok = r.status_code == 200 and lines and lines[-1] == "data: [DONE]" and len(lines) >= 3
+                        detail = f"{model} stream {r.status_code} {len(lines)} events"
+                    else:
+                        r = c.post(url, json=body)
+                        ok = r.status_code == 200 and "fake-answer" in r.text
+                        detail = f"{model} {r.status_code} {r.text[:120]}"
+                except Exception as exc:  # noqa: BLE001 - a client-side failure is a failed request
+                    ok, detail = False, f"{model} {type(exc).__name__}: {exc}"
+                with self.lock:
+                    self.results.append((t0, gw, bool(ok), detail, time.monotonic() - t0))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(90)
+
+    @property
+    def failures(self):
+        return [r for r in self.results if not r[2]]
+
+    def summary(self) -> dict:
+        """Requests, failures and latency percentiles (plain and streamed together, whole responses)."""
+        lat = sorted(r[4] for r in self.results)
+        pct = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 1) if lat else None  # noqa: E731
+        return {"requests": len(self.results), "failed": len(self.failures), "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
+
 
 
 def _wait_http(url: str, timeout: float = 30):

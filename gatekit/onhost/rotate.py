@@ -129,9 +129,14 @@ def restore_creds(names: list[str]):
         for ext in ("cred", "fp"):
             if os.path.exists(f"{base}.{ext}.prev"):
                 os.replace(f"{base}.{ext}.prev", f"{base}.{ext}")
+
+
+def discard_staged(names: list[str]):
+    # Only on this run's own failure: a recovery must keep what the current run has just staged.
+    for n in names:
         for leftover in (".cred.next", ".fp.next"):
-            if os.path.exists(base + leftover):
-                os.unlink(base + leftover)
+            if os.path.exists(f"{CREDS}/{n}{leftover}"):
+                os.unlink(f"{CREDS}/{n}{leftover}")
 
 
 def fingerprint_of(name: str) -> str:
@@ -253,6 +258,8 @@ def record(port: int, names: list[str], journal: dict):
         prev = live["secrets"].get(n, {})
         live["secrets"][n] = {"fingerprint": fingerprint_of(n), "version": prev.get("version", 1) + 1, "rotated_at": now}
     live["rotated_at"] = now
+    if "started" in journal:
+        live["last_rotation_seconds"] = round(time.time() - journal["started"], 1)
     write_atomic(LIVE, json.dumps(live, indent=1, sort_keys=True) + "\n", 0o644)
 
 
@@ -321,7 +328,9 @@ def rotate(args) -> int:
                 set_upstream(old)
         finally:
             stop_instance(new)
-            restore_creds(staged)
+            if journal["swapped"]:
+                restore_creds(staged)
+            discard_staged(staged)
             os.unlink(JOURNAL)
         log(f"step {step} failed: {exc}", err=True)
         return 1

@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fakeprovider import FakeProviderClient  # noqa: E402
 
-from gatekit.lab import Lab  # noqa: E402
+from gatekit.lab import Lab, Load  # noqa: E402,F401 - Load re-exported for the tests
 
 GROUPS = {"gateways": ["gw1", "gw2"], "redis": ["data1"], "postgres": ["data1"]}
 
@@ -36,11 +36,7 @@ def lab(tmp_path_factory):
         pytest.fail("the end-to-end tests boot systemd-nspawn hosts and need root")
     lab = Lab.create(tmp_path_factory.mktemp("lab"))
     try:
-        lab.start_services()
-        lab.write_vault()
-        lab.write_spec()
-        lab.boot(["data1", "gw1", "gw2"])
-        lab.write_inventory(GROUPS)
+        lab.setup(GROUPS)
         lab.first_deploy = lab.deploy()
         yield lab
     finally:
@@ -79,3 +75,32 @@ def wait_until(fn, timeout: float, interval: float = 1.0, what: str = "condition
             last = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def secret_locations(lab, values) -> list[str]:
+    """Every place on any host where one of `values` appears in plaintext (files outside the services'
+    runtime credentials, process command lines, the journal)."""
+    patterns = "\n".join(values) + "\n"
+    found = []
+    for name, host in lab.hosts.items():
+        host.put("/root/.gk-patterns", patterns, mode="0600")
+        try:
+            files = host.run(
+                "grep -rlsF -f /root/.gk-patterns --exclude=.gk-patterns --exclude-dir=proc --exclude-dir=sys "
+                "--exclude-dir=credentials --exclude-dir=dev / ; true",
+                timeout=300,
+            ).stdout.split()
+            found += [f"{name}:{f}" for f in files]
+            cmdlines = host.run(
+                "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done | grep -cF -f /root/.gk-patterns; true"
+            ).stdout.strip()
+            if cmdlines != "0":
+                found.append(f"{name}: process command line")
+            journal = host.run(
+                "journalctl --no-pager -o export | grep -caF -f /root/.gk-patterns; true", timeout=120
+            ).stdout.strip()
+            if journal != "0":
+                found.append(f"{name}: journal")
+        finally:
+            host.run("rm -f /root/.gk-patterns", check=False)
+    return found

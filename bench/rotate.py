@@ -1,0 +1,81 @@
+"""Key rotation benchmark on the example topology (data1 + 2 gateways), under constant client load
+through nginx (plain and streamed requests, models on the rotated key and on another key).
+
+gatekit: `pyinfra INVENTORY rotate_keys.py --data rotate=openai_key` (blue/green, canary, switch, drain).
+naive:   the same new key written and the live instance restarted (`systemctl restart`), host by host
+         (deploy with litellm_restart_on_secret_change: true, pyinfra --serial).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gatekit import sandbox as sb  # noqa: E402
+from gatekit.lab import KIT_PACKAGES, Lab, Load, test_key  # noqa: E402
+from gatekit.vault import resolve_key, set_secret  # noqa: E402
+
+GATEWAYS = ["gw1", "gw2"]
+
+
+def new_key(lab: Lab, label: str):
+    value = test_key(label)
+    set_secret(lab.vault_path, resolve_key(lab.vault_path, key_file=lab.key_file), "openai_key", value)
+    lab.secret_values["openai_key"] = value
+
+
+def loaded(lab: Lab, seconds: float | None = None, action=None) -> tuple[dict, object]:
+    with Load(lab, GATEWAYS, threads_per_gateway=2) as load:
+        out = action() if action else time.sleep(seconds)
+        time.sleep(1)
+    return load.summary(), out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline-seconds", type=float, default=20)
+    args = ap.parse_args()
+    base = sb.ensure_base(seed_debs=KIT_PACKAGES)
+    with tempfile.TemporaryDirectory(prefix="gk-bench-rotate-") as tmp:
+        lab = Lab.create(Path(tmp), base=base)
+        try:
+            lab.setup({"gateways": GATEWAYS, "redis": ["data1"], "postgres": ["data1"]})
+            lab.deploy()
+            rows = {}
+
+            rows["before (no rotation)"], _ = loaded(lab, args.baseline_seconds)
+
+            new_key(lab, "bench-gatekit")
+            summary, result = loaded(lab, action=lambda: lab.deploy("rotate_keys.py", extra=["--data", "rotate=openai_key"]))
+            per_host = {gw: json.loads(lab.hosts[gw].run("cat /var/lib/gatekit/live.json").stdout).get("last_rotation_seconds")
+                        for gw in GATEWAYS}
+            rows["gatekit rotate_keys.py"] = {**summary, "total_s": round(result.seconds, 1), "per_host_s": per_host}
+
+            # Baseline: allow the deploy to rewrite the key and restart the live instance, host by host.
+            spec = yaml.safe_load(lab.spec_path.read_text())
+            spec["settings"]["litellm_restart_on_secret_change"] = True
+            lab.spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+            new_key(lab, "bench-naive")
+            summary, result = loaded(lab, action=lambda: lab.deploy(extra=["--serial"]))
+            rows["naive rewrite + restart"] = {**summary, "total_s": round(result.seconds, 1),
+                                               "per_host_s": round(result.seconds / len(GATEWAYS), 1)}
+        finally:
+            lab.stop()
+
+    Path(__file__).with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"\n{'phase':28}{'requests':>9}{'failed':>8}{'p50 ms':>9}{'p99 ms':>9}  rotation time")
+    for name, r in rows.items():
+        extra = f"total {r['total_s']}s, per host {r['per_host_s']}" if "total_s" in r else ""
+        print(f"{name:28}{r['requests']:>9}{r['failed']:>8}{r['p50_ms']:>9}{r['p99_ms']:>9}  {extra}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Key rotation on the deployed stack (runs after test_stack.py, same session and hosts).
+
+The fake provider sees the fingerprint of every key; revoking a fingerprint there makes it answer 401.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from gatekit.lab import PYINFRA, REPO, test_key
+from gatekit.vault import fingerprint, resolve_key, set_secret
+from tests.e2e.conftest import Load, completion, secret_locations, wait_until
+
+OPENAI_MODELS = {"fake-fast", "fake-smart"}
+
+
+def set_vault(lab, name: str, value: str):
+    set_secret(lab.vault_path, resolve_key(lab.vault_path, key_file=lab.key_file), name, value)
+    if not hasattr(lab, "rotated_out"):
+        lab.rotated_out = []
+    lab.rotated_out.append(lab.secret_values[name])
+    lab.secret_values[name] = value
+
+
+def rotate(lab, *extra: str, check: bool = False):
+    return lab.deploy("rotate_keys.py", extra=["--data", "rotate=openai_key", *extra], check=check)
+
+
+def live(lab, gw: str) -> dict:
+    return json.loads(lab.hosts[gw].run("cat /var/lib/gatekit/live.json").stdout)
+
+
+def openai_fps(provider, since: float) -> set[str]:
+    return {r["fingerprint"] for r in provider.requests(since=since) if r.get("model") in OPENAI_MODELS}
+
+
+def gateways(lab) -> list[str]:
+    return list(lab.groups["gateways"])
+
+
+def test_rotate_under_load_zero_failed_requests(lab, client, provider):
+    old, new = lab.secret_values["openai_key"], test_key("openai-rot")
+    set_vault(lab, "openai_key", new)
+    with Load(lab, gateways(lab)) as load:
+        result = rotate(lab)
+        switched = time.time()
+        time.sleep(3)
+    assert result.ok, result.stderr[-4000:]
+    assert len(load.results) > 50, f"too little load to prove anything: {len(load.results)}"
+    assert load.failures == [], load.failures[:10]
+    for gw in gateways(lab):
+        assert live(lab, gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(new)
+    # After the switch only the new key reaches the provider...
+    since = time.time()
+    for gw in gateways(lab):
+        assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
+    assert openai_fps(provider, since) == {fingerprint(new)}
+    assert fingerprint(old) not in openai_fps(provider, switched + 2)
+    # ...so revoking the old key at the provider breaks nothing.
+    provider.revoke(fingerprint(old))
+    with Load(lab, gateways(lab)) as load:
+        time.sleep(5)
+    assert load.results and load.failures == [], load.failures[:10]
+    lab.rotation_seconds = result.seconds
+
+
+def test_second_rotate_run_changes_nothing(lab):
+    again = rotate(lab)
+    assert again.ok and again.changes == 0
+    redeploy = lab.deploy()
+    assert redeploy.ok and redeploy.changes == 0
+
+
+def test_rotate_to_rejected_key_rolls_back(lab, client, provider):
+    current = lab.secret_values["openai_key"]
+    bad = test_key("openai-rejected")
+    provider.revoke(fingerprint(bad))  # the provider will answer 401 for it
+    set_vault(lab, "openai_key", bad)
+    first, *others = gateways(lab)
+    before = {gw: live(lab, gw) for gw in gateways(lab)}
+    try:
+        with Load(lab, gateways(lab)) as load:
+            result = rotate(lab)
+        assert not result.ok
+        assert "step canary failed" in result.stderr, result.stderr[-3000:]
+        assert load.failures == [], load.failures[:10]
+        # The first gateway rolled back; the later ones were never touched.
+        for gw in gateways(lab):
+            assert live(lab, gw) == before[gw], gw
+            files = lab.hosts[gw].run("ls /etc/gatekit/creds").stdout.split()
+            assert not [f for f in files if f.endswith((".next", ".prev"))], (gw, files)
+        assert result.changed_ops(lab.hosts[first].address) == []
+        for gw in others:
+            assert result.changed_ops(lab.hosts[gw].address) == []
+        since = time.time()
+        for gw in gateways(lab):
+            assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
+        assert openai_fps(provider, since) == {fingerprint(current)}
+    finally:
+        set_vault(lab, "openai_key", current)
+
+
+# Each step of gatekit-rotate, killed (SIGKILL of the on-host rotation process) right after it.
+STEPS = ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx", "drain"]
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_killed_rotation_keeps_one_key_and_rerun_completes(lab, client, provider, step):
+    gw = gateways(lab)[0]
+    old = lab.secret_values["openai_key"]
+    new = test_key(f"openai-kill-{step}")
+    set_vault(lab, "openai_key", new)
+    with Load(lab, [gw], threads_per_gateway=2) as load:
+        crashed = rotate(lab, "--limit", lab.hosts[gw].address, "--data", f"gatekit_rotate_fail_after={step}")
+        after_crash = time.time()
+        time.sleep(2)
+    assert not crashed.ok
+    assert load.failures == [], load.failures[:10]
+    # The host serves, with one key: every request since the crash used the same fingerprint.
+    for _ in range(3):
+        assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
+    used = openai_fps(provider, after_crash)
+    assert len(used) == 1 and used <= {fingerprint(old), fingerprint(new)}, used
+    # A re-run completes the rotation.
+    with Load(lab, [gw], threads_per_gateway=2) as load:
+        done = rotate(lab, "--limit", lab.hosts[gw].address)
+    assert done.ok, done.stderr[-3000:]
+    assert load.failures == [], load.failures[:10]
+    assert live(lab, gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(new)
+    assert lab.hosts[gw].run("test ! -e /var/lib/gatekit/rotation.json", check=False).returncode == 0
+    since = time.time()
+    assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
+    assert openai_fps(provider, since) == {fingerprint(new)}
+
+
+def test_kill_9_of_the_controller_mid_rotation(lab, provider):
+    gw = gateways(lab)[0]
+    new = test_key("openai-kill-controller")
+    set_vault(lab, "openai_key", new)
+    cmd = [PYINFRA, "-y", str(lab.inventory_path), str(REPO / "rotate_keys.py"), "--data", "rotate=openai_key",
+           "--limit", lab.hosts[gw].address]
+    with Load(lab, [gw], threads_per_gateway=2) as load:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=lab.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        # Kill once the on-host rotation has started its new instance.
+        wait_until(lambda: lab.hosts[gw].run("test -e /var/lib/gatekit/rotation.json", check=False).returncode == 0,
+                   60, interval=0.3, what="the rotation to start")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        # The on-host rotation runs in its own unit: it finishes or rolls back by itself.
+        wait_until(lambda: lab.hosts[gw].run("systemctl is-active --quiet gatekit-rotate.service",
+                                             check=False).returncode != 0, 120, what="gatekit-rotate to end")
+    assert load.failures == [], load.failures[:10]
+    done = rotate(lab, "--limit", lab.hosts[gw].address)
+    assert done.ok, done.stderr[-3000:]
+    assert live(lab, gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(new)
+
+
+def test_all_gateways_converge_and_no_plaintext_anywhere(lab, provider):
+    final = rotate(lab)
+    assert final.ok
+    for gw in gateways(lab):
+        assert live(lab, gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(lab.secret_values["openai_key"])
+    assert rotate(lab).changes == 0
+    assert lab.deploy().changes == 0
+    # Every key this session used (current and rotated-out ones) is absent from hosts and outputs.
+    values = set(lab.secret_values.values()) | set(getattr(lab, "rotated_out", []))
+    for text in (final.stdout, final.stderr):
+        assert not [v for v in values if v in text]
+    assert secret_locations(lab, values) == []

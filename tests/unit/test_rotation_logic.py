@@ -1,0 +1,796 @@
+"""Unit tests for key rotation: roles.rotation.deployment_ids and the on-host transaction of
+gatekit/onhost/rotate.py, run on a temporary directory with systemd, nginx, LiteLLM and Redis faked."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import types
+from itertools import chain, combinations
+from pathlib import Path
+
+import pytest
+import yaml
+
+import gatekit.onhost.rotate as R
+from gatekit.defaults import DEFAULTS
+from gatekit.render import litellm_config
+from gatekit.spec import parse_spec
+from roles.rotation import deployment_ids
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "inventories" / "example.gateway.yaml"
+
+# --- deployment_ids ----------------------------------------------------------------------------------------
+
+
+def _spec():
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data = copy.deepcopy(data)
+    # A second deployment for `fast`, with its own key.
+    data["models"][0]["deployments"].append(
+        {"provider": "openai", "model": "gpt-4o-mini", "api_base": "https://backup.openai.example/v1",
+         "secret": "openai_backup_key", "weight": 1}
+    )
+    return parse_spec(data, Path("inv/example.gateway.yaml"))
+
+
+def _config_ids(spec, names):
+    cfg = litellm_config(spec, {**DEFAULTS, **spec.settings}, None)
+    return [e["model_info"]["id"] for e in cfg["model_list"] if e["model_info"]["gatekit_secret"] in names]
+
+
+def test_deployment_ids_of_the_example_spec():
+    spec = _spec()
+    assert deployment_ids(spec, {"openai_key"}) == ["fast--0", "smart--0"]
+    assert deployment_ids(spec, {"openai_backup_key"}) == ["fast--1"]
+    assert deployment_ids(spec, {"anthropic_key"}) == ["claude--0"]
+    assert deployment_ids(spec, {"openai_key", "anthropic_key"}) == ["fast--0", "smart--0", "claude--0"]
+    assert deployment_ids(spec, set()) == []
+    assert deployment_ids(spec, {"litellm_master_key"}) == []  # no deployment uses it
+
+
+def test_deployment_ids_match_the_rendered_model_info_ids():
+    spec = _spec()
+    secrets = sorted(spec.secrets_used() | {"litellm_master_key"})
+    all_ids = _config_ids(spec, set(secrets))
+    assert len(all_ids) == len(set(all_ids)) == 4  # ids are unique across the config
+    for subset in chain.from_iterable(combinations(secrets, k) for k in range(len(secrets) + 1)):
+        names = set(subset)
+        assert deployment_ids(spec, names) == _config_ids(spec, names), names
+
+
+# --- the on-host transaction: a fake host ---------------------------------------------------------------
+
+UPSTREAM_TEXT = """# Rendered by gatekit: the LiteLLM instance(s) nginx sends traffic to.
+upstream litellm {
+    server 127.0.0.1:%d max_fails=0;
+    keepalive 32;
+}
+"""
+
+
+class FakeHost:
+    """Files in tmp_path; systemd, nginx, LiteLLM and Redis as recorded fakes."""
+
+    def __init__(self, tmp_path: Path, monkeypatch, live: int = 4001):
+        self.root = tmp_path
+        self.creds = tmp_path / "creds"
+        self.state = tmp_path / "state"
+        self.nginx = tmp_path / "nginx"
+        for d in (self.creds, self.nginx):
+            d.mkdir()
+        self.upstream = self.nginx / "upstream.conf"
+        self.upstream.write_text(UPSTREAM_TEXT % live)
+        monkeypatch.setattr(R, "CREDS", str(self.creds))
+        monkeypatch.setattr(R, "STATE", str(self.state))
+        monkeypatch.setattr(R, "JOURNAL", str(self.state / "rotation.json"))
+        monkeypatch.setattr(R, "LIVE", str(self.state / "live.json"))
+        monkeypatch.setattr(R, "UPSTREAM", str(self.upstream))
+        monkeypatch.setattr(R, "ENV_FILE", str(tmp_path / "litellm.env"))
+        self.running = {live}
+        self.events: list[tuple] = []
+        self.calls: list[tuple] = []
+        self.nginx_ok = True
+        self.fail: dict[str, Exception] = {}  # "ready" | "canary" | "canary-nginx" | "purge" -> raised
+        monkeypatch.setattr(R, "run", self.run)
+        monkeypatch.setattr(R, "stop_instance", self.stop_instance)
+        monkeypatch.setattr(R, "wait_ready", self.wait_ready)
+        monkeypatch.setattr(R, "canary", self.canary)
+        monkeypatch.setattr(R, "purge_redis", self.purge_redis)
+        monkeypatch.setattr(R, "unit_secret", self.unit_secret)
+        monkeypatch.setattr(R.time, "sleep", lambda s: self.events.append(("sleep", s)))
+
+    # -- fakes --
+    def run(self, *argv, check=True):
+        self.calls.append(argv)
+        rc, err = 0, ""
+        if argv[:2] == ("nginx", "-t"):
+            self.events.append(("nginx -t", R.upstream_port()))
+            if not self.nginx_ok:
+                rc, err = 1, "nginx: [emerg] host not found in upstream"
+        elif argv[:2] == ("systemctl", "reload"):
+            self.events.append(("reload", R.upstream_port()))
+        elif argv[:2] == ("systemctl", "start"):
+            port = int(re.search(r"litellm@(\d+)\.service", argv[-1]).group(1))
+            self.events.append(("start", port))
+            self.running.add(port)
+        elif argv[:2] in (("systemctl", "enable"), ("systemctl", "disable")):
+            self.events.append((argv[1], argv[2]))
+        if check and rc:
+            raise RuntimeError(f"{' '.join(argv)}: {err}")
+        return subprocess.CompletedProcess(argv, rc, "", err)
+
+    def stop_instance(self, port):
+        self.events.append(("stop", port))
+        self.running.discard(port)
+
+    def wait_ready(self, port, timeout):
+        self.events.append(("ready", port))
+        assert port in self.running, "waiting for an instance that was never started"
+        if "ready" in self.fail:
+            raise self.fail["ready"]
+
+    def canary(self, base_url, master_key, ids, check_header):
+        step = "canary" if check_header else "canary-nginx"
+        self.events.append((step, base_url, master_key, list(ids), self.cred_text("openai_key"), R.upstream_port()))
+        if step in self.fail:
+            raise self.fail[step]
+
+    def purge_redis(self, port, ids):
+        self.events.append(("purge", port, list(ids)))
+        if "purge" in self.fail:
+            raise self.fail["purge"]
+        return 3
+
+    def unit_secret(self, port, name):
+        self.events.append(("unit_secret", port, name))
+        return "sk-master-fake"
+
+    # -- helpers --
+    def put(self, name, cred, fp, suffix=""):
+        for ext, text in (("cred", cred), ("fp", fp + "\n")):
+            p = self.creds / f"{name}.{ext}{suffix}"
+            p.write_text(text)
+            p.chmod(0o600)
+
+    def stage(self, name, cred, fp):
+        self.put(name, cred, fp, ".next")
+
+    def cred_text(self, name, suffix=""):
+        p = self.creds / f"{name}.cred{suffix}"
+        return p.read_text() if p.exists() else None
+
+    def fp_text(self, name, suffix=""):
+        p = self.creds / f"{name}.fp{suffix}"
+        return p.read_text().strip() if p.exists() else None
+
+    def files(self):
+        return sorted(p.name for p in self.creds.iterdir())
+
+    def snapshot(self):
+        return {p.name: p.read_text() for p in sorted(self.creds.iterdir())}
+
+    def live(self):
+        p = self.state / "live.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def journal(self):
+        p = self.state / "rotation.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def write_journal(self, **journal):
+        self.state.mkdir(exist_ok=True)
+        (self.state / "rotation.json").write_text(json.dumps(journal))
+
+    def kinds(self):
+        return [e[0] for e in self.events]
+
+    def of(self, kind):
+        return [e for e in self.events if e[0] == kind]
+
+
+@pytest.fixture
+def gw(tmp_path, monkeypatch):
+    return FakeHost(tmp_path, monkeypatch)
+
+
+def args(**over):
+    base = dict(secrets="openai_key", deployments="fast--0,smart--0", ports="4001,4002", https_port=443,
+                ready_timeout=5.0, drain_timeout=5.0, settle=0.25, fail_after="", fail_at="")
+    base.update(over)
+    return argparse.Namespace(**base)
+
+
+# --- credentials ----------------------------------------------------------------------------------------
+
+
+def test_swap_creds_moves_next_into_place_and_keeps_prev(gw):
+    gw.put("openai_key", "OLD-cred", "oldfp")
+    gw.stage("openai_key", "NEW-cred", "newfp")
+    gw.stage("fresh_key", "FRESH-cred", "freshfp")  # no current credential yet
+    R.swap_creds(["openai_key", "fresh_key"])
+    assert gw.cred_text("openai_key") == "NEW-cred" and gw.fp_text("openai_key") == "newfp"
+    assert gw.cred_text("openai_key", ".prev") == "OLD-cred" and gw.fp_text("openai_key", ".prev") == "oldfp"
+    assert gw.cred_text("fresh_key") == "FRESH-cred"
+    assert gw.files() == sorted(["openai_key.cred", "openai_key.fp", "openai_key.cred.prev", "openai_key.fp.prev",
+                                 "fresh_key.cred", "fresh_key.fp"])
+    # The kept copy is as private as the original.
+    assert stat.S_IMODE(os.stat(gw.creds / "openai_key.cred.prev").st_mode) == 0o600
+
+
+def test_swap_creds_refuses_and_changes_nothing_when_one_name_is_not_staged(gw):
+    gw.put("openai_key", "OLD-cred", "oldfp")
+    gw.stage("openai_key", "NEW-cred", "newfp")
+    gw.put("anthropic_key", "OLD-ant", "oldant")
+    before = gw.snapshot()
+    with pytest.raises(RuntimeError, match=r"anthropic_key\.cred\.next missing"):
+        R.swap_creds(["openai_key", "anthropic_key"])
+    assert gw.snapshot() == before
+
+
+def test_restore_creds_puts_prev_back_and_leaves_next_alone(gw):
+    gw.put("openai_key", "OLD-cred", "oldfp")
+    gw.stage("openai_key", "NEW-cred", "newfp")
+    R.swap_creds(["openai_key"])
+    gw.stage("openai_key", "NEWER-cred", "newerfp")  # staged again by a later run
+    R.restore_creds(["openai_key"])
+    assert gw.cred_text("openai_key") == "OLD-cred" and gw.fp_text("openai_key") == "oldfp"
+    assert gw.cred_text("openai_key", ".next") == "NEWER-cred"
+    assert gw.files() == ["openai_key.cred", "openai_key.cred.next", "openai_key.fp", "openai_key.fp.next"]
+
+
+def test_restore_creds_without_prev_changes_nothing(gw):
+    gw.put("openai_key", "CUR", "curfp")
+    before = gw.snapshot()
+    R.restore_creds(["openai_key", "never_seen"])
+    assert gw.snapshot() == before
+
+
+def test_discard_staged_removes_only_next_files_of_the_named_secrets(gw):
+    gw.put("openai_key", "CUR", "curfp")
+    gw.put("openai_key", "PREV", "prevfp", ".prev")
+    gw.stage("openai_key", "NEXT", "nextfp")
+    gw.stage("anthropic_key", "ANT-NEXT", "antfp")
+    R.discard_staged(["openai_key", "not_there"])
+    assert gw.files() == sorted(["openai_key.cred", "openai_key.fp", "openai_key.cred.prev", "openai_key.fp.prev",
+                                 "anthropic_key.cred.next", "anthropic_key.fp.next"])
+
+
+def test_cleanup_prev_renames_prev_to_retired(gw):
+    gw.put("openai_key", "CUR", "curfp")
+    gw.put("openai_key", "PREV", "prevfp", ".prev")
+    gw.put("openai_key", "ANCIENT", "ancientfp", ".retired")  # an earlier rotation's leftover is replaced
+    R.cleanup_prev(["openai_key", "not_there"])
+    assert gw.files() == ["openai_key.cred", "openai_key.cred.retired", "openai_key.fp", "openai_key.fp.retired"]
+    assert gw.cred_text("openai_key", ".retired") == "PREV" and gw.fp_text("openai_key", ".retired") == "prevfp"
+    assert gw.cred_text("openai_key") == "CUR"
+
+
+# --- record ---------------------------------------------------------------------------------------------
+
+
+def test_record_writes_live_json_and_counts_versions(gw):
+    gw.state.mkdir()
+    gw.put("openai_key", "C1", "fp-one")
+    R.record(4002, ["openai_key"], {})
+    first = gw.live()
+    assert first["port"] == 4002
+    assert first["secrets"]["openai_key"]["fingerprint"] == "fp-one"  # NAME.fp, without its newline
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", first["rotated_at"])
+    assert first["secrets"]["openai_key"]["rotated_at"] == first["rotated_at"]
+
+    gw.put("openai_key", "C2", "fp-two")
+    R.record(4001, ["openai_key"], {})
+    gw.put("anthropic_key", "A1", "ant-one")
+    gw.put("openai_key", "C3", "fp-three")
+    R.record(4002, ["openai_key", "anthropic_key"], {})
+    third = gw.live()
+    # Each rotation is one version more; the deployed key counts as version 1, so the first rotation is 2.
+    assert first["secrets"]["openai_key"]["version"] == 2
+    assert third["secrets"]["openai_key"]["version"] == 4
+    assert third["port"] == 4002
+    assert third["secrets"]["openai_key"]["fingerprint"] == "fp-three"
+    assert third["secrets"]["anthropic_key"] == {"fingerprint": "ant-one", "version": 2,
+                                                 "rotated_at": third["rotated_at"]}
+
+
+def test_record_increments_one_at_a_time(gw):
+    gw.state.mkdir()
+    gw.put("openai_key", "C", "fp")
+    seen = []
+    for port in (4002, 4001, 4002):
+        R.record(port, ["openai_key"], {})
+        seen.append((gw.live()["port"], gw.live()["secrets"]["openai_key"]["version"]))
+    assert seen == [(4002, 2), (4001, 3), (4002, 4)]
+
+
+def test_record_keeps_secrets_it_did_not_rotate(gw):
+    gw.state.mkdir()
+    (gw.state / "live.json").write_text(json.dumps(
+        {"port": 4001, "secrets": {"anthropic_key": {"fingerprint": "a", "version": 5, "rotated_at": "x"}}}))
+    gw.put("openai_key", "C", "fp")
+    R.record(4002, ["openai_key"], {})
+    live = gw.live()
+    assert live["secrets"]["anthropic_key"] == {"fingerprint": "a", "version": 5, "rotated_at": "x"}
+    assert live["secrets"]["openai_key"]["version"] == 2 and live["port"] == 4002
+
+
+# --- nginx upstream -------------------------------------------------------------------------------------
+
+
+def test_upstream_port_parses_the_server_line(gw):
+    assert R.upstream_port() == 4001
+    gw.upstream.write_text("upstream litellm {\n    server 127.0.0.1:4002 max_fails=0;\n}\n")
+    assert R.upstream_port() == 4002
+    gw.upstream.write_text("server 127.0.0.1:4002 max_fails=0;")
+    assert R.upstream_port() == 4002
+
+
+def test_upstream_port_without_server_line_raises(gw):
+    gw.upstream.write_text("upstream litellm {\n    keepalive 32;\n}\n")
+    with pytest.raises(RuntimeError, match="no upstream server line"):
+        R.upstream_port()
+
+
+def test_set_upstream_rewrites_only_the_port_and_reloads(gw):
+    R.set_upstream(4002)
+    assert gw.upstream.read_text() == UPSTREAM_TEXT % 4002
+    assert gw.events == [("nginx -t", 4002), ("reload", 4002)]
+    assert ("systemctl", "reload", "nginx.service") in gw.calls
+    assert sorted(p.name for p in gw.nginx.iterdir()) == ["upstream.conf"]  # no .before / .candidate left
+
+
+def test_set_upstream_to_the_same_port_does_nothing(gw):
+    R.set_upstream(4001)
+    assert gw.upstream.read_text() == UPSTREAM_TEXT % 4001
+    assert gw.calls == [] and gw.events == []
+
+
+def test_set_upstream_refused_by_nginx_restores_the_file(gw):
+    gw.nginx_ok = False
+    original = gw.upstream.read_text()
+    with pytest.raises(RuntimeError, match="nginx -t refused the new upstream"):
+        R.set_upstream(4002)
+    assert gw.upstream.read_text() == original
+    assert gw.of("reload") == []  # never reloaded with a refused configuration
+    assert gw.of("nginx -t") == [("nginx -t", 4002)]  # nginx checked the candidate, not the old file
+    assert sorted(p.name for p in gw.nginx.iterdir()) == ["upstream.conf"]
+
+
+# --- rotate(): the whole transaction -----------------------------------------------------------------------
+
+
+def _ready(gw):
+    gw.put("openai_key", "OLD-cred", "oldfp")
+    gw.put("anthropic_key", "ANT-cred", "antfp")
+    gw.stage("openai_key", "NEW-cred", "newfp")
+
+
+def assert_rolled_back(gw, old=4001, new=4002, live_before=None):
+    assert R.upstream_port() == old
+    assert gw.upstream.read_text() == UPSTREAM_TEXT % old
+    assert gw.running == {old}
+    assert ("stop", new) in gw.events
+    assert ("stop", old) not in gw.events
+    assert gw.cred_text("openai_key") == "OLD-cred" and gw.fp_text("openai_key") == "oldfp"
+    assert gw.cred_text("anthropic_key") == "ANT-cred"
+    assert gw.files() == ["anthropic_key.cred", "anthropic_key.fp", "openai_key.cred", "openai_key.fp"]
+    assert gw.journal() is None
+    assert gw.live() == live_before
+    assert gw.of("enable") == [] and gw.of("disable") == []
+
+
+def test_rotate_success(gw, capsys):
+    _ready(gw)
+    assert R.rotate(args()) == 0
+
+    assert R.upstream_port() == 4002
+    assert gw.upstream.read_text() == UPSTREAM_TEXT % 4002
+    assert gw.running == {4002}
+    assert gw.journal() is None
+    live = gw.live()
+    assert live["port"] == 4002
+    assert live["secrets"]["openai_key"]["fingerprint"] == "newfp"
+    assert set(live["secrets"]) == {"openai_key"}
+    assert gw.cred_text("openai_key") == "NEW-cred" and gw.fp_text("openai_key") == "newfp"
+    assert gw.cred_text("openai_key", ".retired") == "OLD-cred"
+    assert gw.files() == sorted(["anthropic_key.cred", "anthropic_key.fp", "openai_key.cred", "openai_key.fp",
+                                 "openai_key.cred.retired", "openai_key.fp.retired"])
+
+    # The order of the steps, and what each saw.
+    assert gw.kinds() == ["stop", "start", "ready", "unit_secret", "canary", "nginx -t", "reload", "purge",
+                          "canary-nginx", "sleep", "stop", "enable", "disable"]
+    assert gw.of("stop") == [("stop", 4002), ("stop", 4001)]  # leftover NEW first, OLD only after the switch
+    assert gw.of("start") == [("start", 4002)]
+    assert gw.of("unit_secret") == [("unit_secret", 4002, "litellm_master_key")]
+    # Direct canary: NEW instance, new credential already in place, traffic still on OLD.
+    assert gw.of("canary") == [("canary", "http://127.0.0.1:4002", "sk-master-fake", ["fast--0", "smart--0"],
+                                "NEW-cred", 4001)]
+    assert gw.of("reload") == [("reload", 4002)]
+    assert gw.of("purge") == [("purge", 4002, ["fast--0", "smart--0"])]
+    # Canary through nginx, after the switch.
+    assert gw.of("canary-nginx") == [("canary-nginx", "https://127.0.0.1:443", "sk-master-fake",
+                                      ["fast--0", "smart--0"], "NEW-cred", 4002)]
+    assert gw.of("sleep") == [("sleep", 0.25)]
+    assert gw.of("enable") == [("enable", "litellm@4002.service")]
+    assert gw.of("disable") == [("disable", "litellm@4001.service")]
+    out = capsys.readouterr().out
+    assert "litellm@4001 -> litellm@4002" in out and "3 Redis keys purged" in out
+
+
+def test_rotate_journal_during_the_run(gw, monkeypatch):
+    _ready(gw)
+    seen = []
+    real_canary = gw.canary
+
+    def canary(*a, **kw):
+        seen.append(gw.journal())
+        return real_canary(*a, **kw)
+
+    monkeypatch.setattr(R, "canary", canary)
+    assert R.rotate(args()) == 0
+    assert seen[0]["old_port"] == 4001 and seen[0]["new_port"] == 4002
+    assert seen[0]["secrets"] == ["openai_key"] and seen[0]["swapped"] is True
+    assert gw.journal() is None
+
+
+def test_rotate_twice_alternates_ports_and_counts_versions(gw):
+    _ready(gw)
+    assert R.rotate(args()) == 0
+    gw.stage("openai_key", "NEWER-cred", "newerfp")
+    gw.events.clear()
+    assert R.rotate(args()) == 0
+    assert R.upstream_port() == 4001
+    assert gw.running == {4001}
+    assert gw.of("stop") == [("stop", 4001), ("stop", 4002)]
+    live = gw.live()
+    assert live["port"] == 4001
+    assert live["secrets"]["openai_key"]["fingerprint"] == "newerfp"
+    assert live["secrets"]["openai_key"]["version"] == 3
+    assert gw.cred_text("openai_key", ".retired") == "NEW-cred"
+
+
+def test_rotate_with_nothing_staged_does_nothing(gw, capsys):
+    gw.put("openai_key", "OLD-cred", "oldfp")
+    before = gw.snapshot()
+    assert R.rotate(args()) == 0
+    assert gw.snapshot() == before
+    assert gw.calls == [] and gw.events == []
+    assert gw.journal() is None and gw.live() is None
+    assert "nothing staged" in capsys.readouterr().out
+
+
+def test_rotate_only_the_staged_secrets(gw):
+    _ready(gw)  # anthropic_key is asked for but not staged
+    assert R.rotate(args(secrets="openai_key,anthropic_key", deployments="fast--0,smart--0,claude--0")) == 0
+    assert set(gw.live()["secrets"]) == {"openai_key"}
+    assert gw.cred_text("anthropic_key") == "ANT-cred"
+    assert not (gw.creds / "anthropic_key.cred.retired").exists()
+
+
+def test_rotate_from_an_upstream_outside_the_pair_goes_to_the_first_port(gw):
+    gw.upstream.write_text(UPSTREAM_TEXT % 5000)
+    gw.running = {5000}
+    _ready(gw)
+    assert R.rotate(args()) == 0
+    assert R.upstream_port() == 4001
+    assert gw.live()["port"] == 4001
+    assert ("stop", 5000) in gw.events
+
+
+def test_rotate_failure_in_canary_rolls_back(gw, capsys):
+    _ready(gw)
+    gw.fail["canary"] = RuntimeError("fast--0: HTTP 401: invalid api key")
+    assert R.rotate(args()) == 1
+    assert_rolled_back(gw)
+    assert gw.of("nginx -t") == [] and gw.of("reload") == []  # traffic never moved
+    assert gw.of("purge") == [] and gw.of("canary-nginx") == []
+    err = capsys.readouterr().err
+    assert "step canary failed" in err and "HTTP 401" in err
+
+
+def test_rotate_failure_of_swap_creds_itself_discards_the_staged_files(gw, monkeypatch, capsys):
+    _ready(gw)
+    gw.stage("anthropic_key", "ANT-NEW", "antnewfp")
+
+    def swap_fails(names):
+        assert sorted(names) == ["anthropic_key", "openai_key"]
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(R, "swap_creds", swap_fails)
+    assert R.rotate(args(secrets="openai_key,anthropic_key")) == 1
+    assert_rolled_back(gw)  # also: no .next file of either secret is left
+    assert gw.of("start") == []
+    assert "step swap-creds failed: No space left on device" in capsys.readouterr().err
+
+
+def test_rotate_failure_in_ready_rolls_back(gw, capsys):
+    _ready(gw)
+    gw.fail["ready"] = RuntimeError("litellm@4002 not ready after 5s")
+    assert R.rotate(args()) == 1
+    assert_rolled_back(gw)
+    assert gw.of("canary") == []
+    assert "step ready failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["purge", "canary-nginx"])
+def test_rotate_failure_after_the_switch_switches_back(gw, capsys, where):
+    _ready(gw)
+    gw.fail[where] = RuntimeError("boom")
+    assert R.rotate(args()) == 1
+    assert_rolled_back(gw)
+    # Traffic had moved to NEW: it is moved back to OLD (nginx -t + graceful reload both ways).
+    assert gw.of("reload") == [("reload", 4002), ("reload", 4001)]
+    assert gw.kinds().index("stop", 1) > gw.kinds().index("reload", gw.kinds().index("reload") + 1)
+    assert f"step {where} failed" in capsys.readouterr().err
+
+
+def test_rotate_nginx_refusing_the_switch_rolls_back(gw, capsys):
+    _ready(gw)
+    gw.nginx_ok = False
+    assert R.rotate(args()) == 1
+    assert_rolled_back(gw)
+    assert gw.of("reload") == []
+    assert "step switch failed" in capsys.readouterr().err
+
+
+def test_rotate_rollback_keeps_an_existing_live_json(gw):
+    gw.state.mkdir()
+    before = {"port": 4001, "rotated_at": "2020-01-01T00:00:00Z",
+              "secrets": {"openai_key": {"fingerprint": "oldfp", "version": 2, "rotated_at": "2020-01-01T00:00:00Z"}}}
+    (gw.state / "live.json").write_text(json.dumps(before))
+    _ready(gw)
+    gw.fail["canary-nginx"] = RuntimeError("boom")
+    assert R.rotate(args()) == 1
+    assert_rolled_back(gw, live_before=before)
+
+
+ROLLED_BACK_STEPS = ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx"]
+
+
+@pytest.mark.parametrize("step", ROLLED_BACK_STEPS)
+def test_rotate_fail_at_each_step_up_to_canary_nginx_rolls_back(gw, capsys, step):
+    _ready(gw)
+    assert R.rotate(args(fail_at=step)) == 1
+    assert_rolled_back(gw)
+    moved = ROLLED_BACK_STEPS.index(step) >= ROLLED_BACK_STEPS.index("switch")
+    assert gw.of("reload") == ([("reload", 4002), ("reload", 4001)] if moved else [])
+    err = capsys.readouterr().err
+    assert f"step {step} failed: fault injection" in err
+
+
+def test_rotate_fail_at_drain_is_finished_forward_by_the_next_run(gw):
+    # Past the switch (and canary-nginx) the rotation only goes forward: a failure in drain is not rolled back,
+    # the journal stays, and the next run completes the rotation.
+    _ready(gw)
+    with pytest.raises(RuntimeError, match="fault injection"):
+        R.rotate(args(fail_at="drain"))
+    assert R.upstream_port() == 4002
+    assert gw.running == {4002}
+    assert gw.journal()["swapped"] is True and gw.journal()["new_port"] == 4002
+    assert gw.live() is None
+    assert gw.cred_text("openai_key") == "NEW-cred" and gw.cred_text("openai_key", ".prev") == "OLD-cred"
+
+    gw.events.clear()
+    assert R.rotate(args()) == 0  # nothing staged: only the recovery runs
+    assert gw.journal() is None
+    assert gw.live()["port"] == 4002 and gw.live()["secrets"]["openai_key"]["fingerprint"] == "newfp"
+    assert gw.cred_text("openai_key") == "NEW-cred" and gw.cred_text("openai_key", ".retired") == "OLD-cred"
+    assert R.upstream_port() == 4002
+    assert gw.of("reload") == []
+
+
+def test_rotate_fail_at_record_has_no_injection_point(gw):
+    # rotate() calls fault() after every step but `record`: --fail-at record changes nothing.
+    _ready(gw)
+    assert R.rotate(args(fail_at="record")) == 0
+    assert gw.live()["port"] == 4002 and gw.journal() is None
+
+
+# --- recover() ------------------------------------------------------------------------------------------
+
+
+def _interrupted(gw, upstream, swapped=True):
+    """A rotation 4001 -> 4002 cut off: creds swapped (or not), NEW started, upstream where given."""
+    gw.upstream.write_text(UPSTREAM_TEXT % upstream)
+    gw.running = {4001, 4002} if upstream == 4002 or swapped else {4001}
+    if swapped:
+        gw.put("openai_key", "NEW-cred", "newfp")
+        gw.put("openai_key", "OLD-cred", "oldfp", ".prev")
+    else:
+        gw.put("openai_key", "OLD-cred", "oldfp")
+        gw.stage("openai_key", "NEW-cred", "newfp")
+    journal = {"old_port": 4001, "new_port": 4002, "secrets": ["openai_key"], "started": 1.0, "swapped": swapped}
+    gw.write_journal(**journal)
+    return journal
+
+
+def test_recover_forward_when_nginx_is_already_on_new(gw):
+    journal = _interrupted(gw, upstream=4002)
+    R.recover(journal, 5.0)
+    assert gw.journal() is None
+    assert gw.of("stop") == [("stop", 4001)]
+    assert gw.running == {4002}
+    assert gw.of("enable") == [("enable", "litellm@4002.service")]
+    assert gw.of("disable") == [("disable", "litellm@4001.service")]
+    assert gw.live()["port"] == 4002
+    assert gw.live()["secrets"]["openai_key"]["fingerprint"] == "newfp"
+    assert gw.cred_text("openai_key") == "NEW-cred"
+    assert gw.files() == ["openai_key.cred", "openai_key.cred.retired", "openai_key.fp", "openai_key.fp.retired"]
+    assert R.upstream_port() == 4002 and gw.of("reload") == []
+
+
+def test_recover_back_when_nginx_is_still_on_old(gw):
+    journal = _interrupted(gw, upstream=4001, swapped=True)
+    R.recover(journal, 5.0)
+    assert gw.journal() is None
+    assert gw.of("stop") == [("stop", 4002)]
+    assert gw.running == {4001}
+    assert gw.cred_text("openai_key") == "OLD-cred" and gw.fp_text("openai_key") == "oldfp"
+    assert gw.files() == ["openai_key.cred", "openai_key.fp"]
+    assert gw.live() is None
+    assert R.upstream_port() == 4001 and gw.of("reload") == []
+    assert gw.of("enable") == [] and gw.of("disable") == []
+
+
+def test_recover_back_before_the_swap_leaves_creds_alone(gw):
+    journal = _interrupted(gw, upstream=4001, swapped=False)
+    before = gw.snapshot()
+    R.recover(journal, 5.0)
+    assert gw.journal() is None
+    assert gw.of("stop") == [("stop", 4002)]
+    assert gw.snapshot() == before  # including the staged .next files
+
+
+def test_recover_keeps_freshly_staged_credentials(gw):
+    journal = _interrupted(gw, upstream=4001, swapped=True)
+    gw.stage("openai_key", "NEWEST-cred", "newestfp")  # the re-run staged before gatekit-rotate ran
+    R.recover(journal, 5.0)
+    assert gw.cred_text("openai_key") == "OLD-cred"
+    assert gw.cred_text("openai_key", ".next") == "NEWEST-cred" and gw.fp_text("openai_key", ".next") == "newestfp"
+
+
+def test_recover_forward_keeps_freshly_staged_credentials(gw):
+    journal = _interrupted(gw, upstream=4002, swapped=True)
+    gw.stage("openai_key", "NEWEST-cred", "newestfp")
+    R.recover(journal, 5.0)
+    assert gw.cred_text("openai_key") == "NEW-cred"
+    assert gw.cred_text("openai_key", ".next") == "NEWEST-cred"
+
+
+def test_rerun_after_an_interrupted_rotation_rolls_back_then_rotates_the_fresh_key(gw):
+    _interrupted(gw, upstream=4001, swapped=True)
+    gw.stage("openai_key", "NEWEST-cred", "newestfp")
+    assert R.rotate(args()) == 0
+    assert R.upstream_port() == 4002
+    assert gw.running == {4002}
+    assert gw.journal() is None
+    assert gw.cred_text("openai_key") == "NEWEST-cred"
+    assert gw.cred_text("openai_key", ".retired") == "OLD-cred"  # the key live before the cut-off run
+    assert gw.live()["port"] == 4002 and gw.live()["secrets"]["openai_key"]["fingerprint"] == "newestfp"
+    # The canary tested the freshly staged key.
+    assert gw.of("canary")[0][4] == "NEWEST-cred"
+
+
+def test_rerun_after_an_interrupted_rotation_finishes_forward_then_rotates_the_fresh_key(gw):
+    _interrupted(gw, upstream=4002, swapped=True)
+    gw.stage("openai_key", "NEWEST-cred", "newestfp")
+    assert R.rotate(args()) == 0
+    assert R.upstream_port() == 4001  # forward to 4002, then the new rotation 4002 -> 4001
+    assert gw.running == {4001}
+    assert gw.cred_text("openai_key") == "NEWEST-cred"
+    assert gw.cred_text("openai_key", ".retired") == "NEW-cred"
+    live = gw.live()
+    assert live["port"] == 4001
+    assert live["secrets"]["openai_key"] == {"fingerprint": "newestfp", "version": 3,
+                                             "rotated_at": live["rotated_at"]}
+
+
+# --- canary, wait_ready, purge_redis with only HTTP/systemd/Redis faked --------------------------------------
+
+
+@pytest.fixture
+def http_calls(monkeypatch):
+    calls, answers = [], []
+
+    def http(url, body, headers, timeout=30):
+        calls.append((url, body, headers))
+        return answers.pop(0)
+
+    monkeypatch.setattr(R, "http", http)
+    return calls, answers
+
+
+def test_canary_asks_each_deployment_without_fallbacks_or_retries(http_calls):
+    calls, answers = http_calls
+    answers += [(200, {"x-litellm-model-id": "fast--0"}, "{}"), (200, {"x-litellm-model-id": "smart--0"}, "{}")]
+    R.canary("http://127.0.0.1:4002", "sk-m", ["fast--0", "smart--0"], check_header=True)
+    assert [c[0] for c in calls] == ["http://127.0.0.1:4002/v1/chat/completions"] * 2
+    assert [c[1]["model"] for c in calls] == ["fast--0", "smart--0"]
+    for _, body, headers in calls:
+        assert body["max_tokens"] == 1 and body["disable_fallbacks"] is True and body["num_retries"] == 0
+        assert headers == {"Authorization": "Bearer sk-m"}
+
+
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        ((401, {}, '{"error": "invalid key"}'), "fast--0: HTTP 401"),
+        ((200, {"x-litellm-model-id": "fast--1"}, "{}"), "answered by 'fast--1'"),
+        ((200, {}, "{}"), "answered by None"),
+        ((200, {"x-litellm-model-id": "fast--0", "x-litellm-attempted-fallbacks": "1"}, "{}"), "through a fallback"),
+    ],
+)
+def test_canary_refuses_a_wrong_answer(http_calls, answer, message):
+    _, answers = http_calls
+    answers.append(answer)
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        R.canary("http://127.0.0.1:4002", "sk-m", ["fast--0"], check_header=True)
+
+
+def test_canary_through_nginx_checks_only_the_status(http_calls):
+    _, answers = http_calls
+    answers += [(200, {}, "{}")]  # nginx strips x-litellm-* headers
+    R.canary("https://127.0.0.1:443", "sk-m", ["fast--0"], check_header=False)
+    answers += [(502, {}, "bad gateway")]
+    with pytest.raises(RuntimeError, match="HTTP 502"):
+        R.canary("https://127.0.0.1:443", "sk-m", ["fast--0"], check_header=False)
+
+
+def test_wait_ready_stops_at_a_failed_unit(monkeypatch, http_calls):
+    calls, _ = http_calls
+    monkeypatch.setattr(R, "run", lambda *argv, check=True: subprocess.CompletedProcess(argv, 0, "", ""))
+    with pytest.raises(RuntimeError, match=r"litellm@4002 failed to start"):
+        R.wait_ready(4002, 30)
+    assert calls == []
+
+
+def test_wait_ready_returns_when_readiness_answers_200(monkeypatch, http_calls):
+    calls, answers = http_calls
+    monkeypatch.setattr(R, "run", lambda *argv, check=True: subprocess.CompletedProcess(argv, 1, "", ""))
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    answers += [(503, {}, ""), (200, {}, "")]
+    R.wait_ready(4002, 30)
+    assert [c[0] for c in calls] == ["http://127.0.0.1:4002/health/readiness"] * 2
+
+
+def test_purge_redis_without_redis_configured_deletes_nothing(tmp_path, monkeypatch):
+    env = tmp_path / "litellm.env"
+    env.write_text("# no redis\nLITELLM_LOG=INFO\n")
+    monkeypatch.setattr(R, "ENV_FILE", str(env))
+    monkeypatch.setitem(sys.modules, "redis", None)  # importing it would fail
+    assert R.purge_redis(4002, ["fast--0"]) == 0
+
+
+def test_purge_redis_deletes_only_the_rotated_deployments_keys(tmp_path, monkeypatch):
+    env = tmp_path / "litellm.env"
+    env.write_text("LITELLM_LOG=INFO\nREDIS_HOST=10.0.0.5\nREDIS_PORT=6380\nREDIS_DB=1\n")
+    monkeypatch.setattr(R, "ENV_FILE", str(env))
+    monkeypatch.setattr(R, "unit_secret", lambda port, name: f"secret-of-{name}@{port}")
+    made = {}
+
+    class FakeRedis:
+        def __init__(self, **kw):
+            made.update(kw)
+            self.keys = {"fast--0_cooldown", "deployment:fast--0:rpm", "smart--0_cooldown", "claude--0:tpm"}
+            self.deleted = []
+
+        def scan_iter(self, match, count):
+            assert match.startswith("*") and match.endswith("*")
+            return [k for k in sorted(self.keys) if match.strip("*") in k]
+
+        def delete(self, key):
+            self.deleted.append(key)
+            return 1
+
+    monkeypatch.setitem(sys.modules, "redis", types.SimpleNamespace(Redis=FakeRedis))
+    assert R.purge_redis(4002, ["fast--0", "smart--0"]) == 3
+    assert made["host"] == "10.0.0.5" and made["port"] == 6380 and made["db"] == 1
+    assert made["password"] == "secret-of-redis_password@4002"

@@ -1,0 +1,88 @@
+"""Unit tests for the blue/green port pair and single-worker recycling checks of gatekit.spec.check_settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from gatekit.defaults import DEFAULTS
+from gatekit.spec import check_settings
+
+WHERE = "inv/x.yaml"
+
+
+def test_defaults_are_accepted():
+    assert check_settings({}, WHERE) == []
+    assert DEFAULTS["litellm_ports"] == [4001, 4002]
+
+
+@pytest.mark.parametrize("ports", [[4001, 4002], [4002, 4001], [5001, 6001], [1024, 65535]])
+def test_two_distinct_ports_are_accepted(ports):
+    assert check_settings({"litellm_ports": ports}, WHERE) == []
+
+
+@pytest.mark.parametrize("ports", [[4001], [4001, 4002, 4003], [], [4001, 4002, 4003, 4004]])
+def test_not_exactly_two_ports_refused(ports):
+    problems = check_settings({"litellm_ports": ports}, WHERE)
+    assert len(problems) == 1, problems
+    (p,) = problems
+    assert p.startswith(f"{WHERE}: settings.litellm_ports: ")
+    assert "exactly two ports" in p
+    assert repr(ports) in p
+    assert "Fix:" in p
+
+
+def test_duplicate_ports_refused_as_duplicates():
+    problems = check_settings({"litellm_ports": [4001, 4001]}, WHERE)
+    assert len(problems) == 1, problems
+    assert "settings.litellm_ports" in problems[0] and "duplicate port" in problems[0]
+    assert "Fix:" in problems[0]
+
+
+def test_port_4000_refused():
+    problems = check_settings({"litellm_ports": [4000, 4001]}, WHERE)
+    assert len(problems) == 1, problems
+    assert "settings.litellm_ports" in problems[0] and "4000" in problems[0] and "Fix:" in problems[0]
+
+
+@pytest.mark.parametrize("ports", [[80, 4001], [4001, 70000], [4001, "4002"], [4001, True]])
+def test_ports_out_of_range_or_not_int_refused(ports):
+    problems = check_settings({"litellm_ports": ports}, WHERE)
+    assert len(problems) == 1, problems
+    assert "settings.litellm_ports" in problems[0] and "Fix:" in problems[0]
+
+
+def test_ports_not_a_list_refused():
+    problems = check_settings({"litellm_ports": 4001}, WHERE)
+    assert len(problems) == 1, problems
+    assert "settings.litellm_ports" in problems[0] and "Fix:" in problems[0]
+
+
+def test_one_worker_with_default_recycling_refused():
+    assert DEFAULTS["litellm_max_requests_before_restart"] > 0
+    problems = check_settings({"litellm_workers": 1}, WHERE)
+    assert len(problems) == 1, problems
+    (p,) = problems
+    assert p.startswith(f"{WHERE}: settings.litellm_workers: ")
+    assert "Fix:" in p
+    assert "litellm_max_requests_before_restart" in p
+
+
+def test_one_worker_with_explicit_recycling_refused():
+    problems = check_settings({"litellm_workers": 1, "litellm_max_requests_before_restart": 500}, WHERE)
+    assert len(problems) == 1 and "settings.litellm_workers" in problems[0] and "Fix:" in problems[0]
+
+
+def test_one_worker_without_recycling_accepted():
+    assert check_settings({"litellm_workers": 1, "litellm_max_requests_before_restart": 0}, WHERE) == []
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_several_workers_with_recycling_accepted(workers):
+    assert check_settings({"litellm_workers": workers}, WHERE) == []
+
+
+def test_both_problems_reported_together():
+    problems = check_settings({"litellm_ports": [4001], "litellm_workers": 1}, WHERE)
+    assert len(problems) == 2, problems
+    assert any("exactly two ports" in p for p in problems)
+    assert any(p.startswith(f"{WHERE}: settings.litellm_workers: ") for p in problems)
