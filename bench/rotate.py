@@ -20,14 +20,14 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gatekit import sandbox as sb  # noqa: E402
-from gatekit.lab import KIT_PACKAGES, Lab, Load, test_key  # noqa: E402
+from gatekit.lab import KIT_PACKAGES, Lab, Load, fake_key  # noqa: E402
 from gatekit.vault import resolve_key, set_secret  # noqa: E402
 
 GATEWAYS = ["gw1", "gw2"]
 
 
 def new_key(lab: Lab, label: str):
-    value = test_key(label)
+    value = fake_key(label)
     set_secret(lab.vault_path, resolve_key(lab.vault_path, key_file=lab.key_file), "openai_key", value)
     lab.secret_values["openai_key"] = value
 

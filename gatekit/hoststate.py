@@ -24,14 +24,15 @@ class HostState(FactBase):
     users -> exists?; texts -> content of small files; meminfo -> MemTotal in MB."""
 
     def command(self, paths=(), packages=(), units=(), users=(), texts=()):
+        # printf, never echo: dash's echo rewrites backslashes. Every name is shell-quoted.
         q = shlex.quote
         parts = ["awk '/^MemTotal:/ {print \"mem \" int($2/1024)}' /proc/meminfo"]
         for p in paths:
             parts.append(
-                f"if [ -L {q(p)} ]; then echo \"path l - - - - \"{q(p)}; "
-                f"elif [ -d {q(p)} ]; then echo \"path d $(stat -c '%a %U %G' {q(p)}) - \"{q(p)}; "
-                f"elif [ -f {q(p)} ]; then echo \"path f $(stat -c '%a %U %G' {q(p)}) "
-                f"$(sha1sum < {q(p)} | cut -d' ' -f1) \"{q(p)}; fi"
+                f"if [ -L {q(p)} ]; then printf 'path l - - - - %s\\n' {q(p)}; "
+                f"elif [ -d {q(p)} ]; then printf 'path d %s - %s\\n' \"$(stat -c '%a %U %G' {q(p)})\" {q(p)}; "
+                f"elif [ -f {q(p)} ]; then printf 'path f %s %s %s\\n' \"$(stat -c '%a %U %G' {q(p)})\" "
+                f"\"$(sha1sum < {q(p)} | cut -d' ' -f1)\" {q(p)}; fi"
             )
         if packages:
             parts.append(
@@ -40,11 +41,17 @@ class HostState(FactBase):
                 + " 2>/dev/null"
             )
         for u in units:
-            parts.append(f"echo \"unit {u} $(systemctl is-active {q(u)}) $(systemctl is-enabled {q(u)} 2>/dev/null)\"")
+            parts.append(
+                f"printf 'unit %s %s %s\\n' {q(u)} \"$(systemctl is-active {q(u)})\" "
+                f"\"$(systemctl is-enabled {q(u)} 2>/dev/null)\""
+            )
         for u in users:
-            parts.append(f"id -u {q(u)} >/dev/null 2>&1 && echo \"user {u}\"")
+            parts.append(f"id -u {q(u)} >/dev/null 2>&1 && printf 'user %s\\n' {q(u)}")
         for t in texts:
-            parts.append(f"[ -f {q(t)} ] && echo \"text {t} $(head -c 4096 {q(t)} | tr '\\n' ' ')\"")
+            # The path goes last-but-one, length-prefixed, so paths with spaces parse back exactly.
+            parts.append(
+                f"[ -f {q(t)} ] && printf 'text %s %s %s\\n' {len(t)} {q(t)} \"$(head -c 4096 {q(t)} | tr '\\n' ' ')\""
+            )
         return " ; ".join(parts) + " ; true"
 
     def process(self, output):
@@ -66,7 +73,8 @@ class HostState(FactBase):
             elif kind == "user":
                 state["users"].add(rest)
             elif kind == "text":
-                path, _, text = rest.partition(" ")
+                size, _, rest = rest.partition(" ")
+                path, text = rest[: int(size)], rest[int(size) + 1 :]
                 state["texts"][path] = text.strip()
         return state
 
@@ -179,9 +187,10 @@ def live_port(live_json: str, ports: list[int]) -> int:
     import json
 
     try:
-        port = json.loads(live_json).get("port") if live_json else None
+        data = json.loads(live_json) if live_json else None
     except ValueError:
-        port = None
+        data = None
+    port = data.get("port") if isinstance(data, dict) else None
     return port if port in ports else ports[0]
 
 

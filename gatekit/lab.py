@@ -57,7 +57,7 @@ def wheelhouse(lock: Path = REPO / "requirements" / "litellm.lock") -> Path:
     return target
 
 
-def test_key(label: str) -> str:
+def fake_key(label: str) -> str:
     # Obviously fake, unique per run: never shaped like a real provider key.
     return f"gk-test-{label}-{pysecrets.token_hex(16)}"
 
@@ -132,8 +132,8 @@ class Lab:
         from gatekit import vault
 
         self.secret_values = values or {
-            "openai_key": test_key("openai"),
-            "anthropic_key": test_key("anthropic"),
+            "openai_key": fake_key("openai"),
+            "anthropic_key": fake_key("anthropic"),
             "litellm_master_key": "sk-gk-master-" + pysecrets.token_hex(16),
             "redis_password": pysecrets.token_urlsafe(24),
             "postgres_password": pysecrets.token_urlsafe(24),

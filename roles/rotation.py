@@ -38,7 +38,8 @@ def deployment_ids(spec, names: set[str]) -> list[str]:
 
 @operation()
 def rotate_gateway(secrets: dict, deployment_ids: list, ports: list, https_port: int, ready_timeout: int,
-                   settle: float, venv: str, script: str, fail_after: str = "", fail_at: str = ""):
+                   settle: float, venv: str, script: str, master_cred: str, redis_cred: str,
+                   fail_after: str = "", fail_at: str = ""):
     """Stage encrypted credentials and run gatekit-rotate on this host (inside a transient unit, so a
     dropped SSH session or a killed controller cannot stop it half-way)."""
     yield f"install -d -m 700 {STAGE_DIR}"
@@ -55,6 +56,8 @@ def rotate_gateway(secrets: dict, deployment_ids: list, ports: list, https_port:
         "--deployments", ",".join(deployment_ids),
         "--ports", ",".join(str(p) for p in ports),
         "--https-port", str(https_port),
+        "--master-cred", master_cred,
+        "--redis-cred", redis_cred,
         "--ready-timeout", str(ready_timeout),
         "--settle", str(settle),
     ]
@@ -106,6 +109,8 @@ def rotation():
         settle=s["rotation_settle_sec"],
         venv=f"{s['litellm_home']}/venv",
         script=ROTATE_SCRIPT.format(home=s["litellm_home"]),
+        master_cred=s["litellm_master_key_secret"],
+        redis_cred=s["redis_password_secret"],
         fail_after=str(host.data.get("gatekit_rotate_fail_after") or ""),
         fail_at=str(host.data.get("gatekit_rotate_fail_at") or ""),
         _serial=True,

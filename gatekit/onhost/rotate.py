@@ -40,6 +40,7 @@ JOURNAL = f"{STATE}/rotation.json"
 LIVE = f"{STATE}/live.json"
 UPSTREAM = "/etc/nginx/gatekit/upstream.conf"
 ENV_FILE = "/etc/litellm/litellm.env"
+KEEP_PREFIXES = ("deployment_spend:", "deployment_budget_start_time:")
 STEPS = ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx", "drain", "record"]
 
 
@@ -112,8 +113,9 @@ def set_upstream(port: int):
 def swap_creds(names: list[str]):
     for n in names:
         base = f"{CREDS}/{n}"
-        if not os.path.exists(base + ".cred.next"):
-            raise RuntimeError(f"{base}.cred.next missing (nothing staged)")
+        for staged in (".cred.next", ".fp.next"):
+            if not os.path.exists(base + staged):
+                raise RuntimeError(f"{base}{staged} missing (staging incomplete); nothing swapped")
     for n in names:
         base = f"{CREDS}/{n}"
         for ext in ("cred", "fp"):
@@ -195,7 +197,7 @@ def canary(base_url: str, master_key: str, deployment_ids: list[str], check_head
             raise RuntimeError(f"{dep}: answered through a fallback")
 
 
-def purge_redis(port: int, deployment_ids: list[str]) -> int:
+def purge_redis(port: int, deployment_ids: list[str], redis_cred: str = "redis_password") -> int:
     env = {}
     with open(ENV_FILE) as fh:
         for line in fh:
@@ -207,12 +209,16 @@ def purge_redis(port: int, deployment_ids: list[str]) -> int:
     import redis  # from LiteLLM's venv
 
     r = redis.Redis(host=env["REDIS_HOST"], port=int(env["REDIS_PORT"]), db=int(env.get("REDIS_DB", 0)),
-                    password=unit_secret(port, "redis_password"), socket_timeout=5)
+                    password=unit_secret(port, redis_cred), socket_timeout=5)
     deleted = 0
     for dep in deployment_ids:
         # Only this deployment's keys in LiteLLM's own DB: cooldowns, failure and usage counters.
         for key in r.scan_iter(match=f"*{dep}*", count=500):
-            deleted += r.delete(key)
+            name = key.decode(errors="replace") if isinstance(key, bytes) else key
+            # LiteLLM's keys name a deployment as one ':'-separated segment (deployment:<id>:cooldown,
+            # <id>:fails, <id>:<name>:rpm:<minute>); spend/budget counters are money, not failures: kept.
+            if dep in name.split(":") and not name.startswith(KEEP_PREFIXES):
+                deleted += r.delete(key)
     return deleted
 
 
@@ -228,6 +234,13 @@ def recover(journal: dict, drain_timeout: float):
     if live == new:
         # Traffic already moved to the proven new instance: finish forward.
         log(f"recovering an interrupted rotation forward (nginx already on {new})")
+        ids = journal.get("deployments", [])
+        try:
+            purge_redis(new, ids, journal.get("redis_cred", "redis_password"))
+            canary(f"https://127.0.0.1:{journal.get('https_port', 443)}",
+                   unit_secret(new, journal.get("master_cred", "litellm_master_key")), ids, check_header=False)
+        except Exception as exc:  # noqa: BLE001 - old instance may be gone: report, keep the proven new one
+            log(f"warning: post-switch checks after recovery failed: {exc}", err=True)
         stop_instance(old)
         run("systemctl", "enable", f"litellm@{new}.service", check=False)
         run("systemctl", "disable", f"litellm@{old}.service", check=False)
@@ -286,13 +299,16 @@ def rotate(args) -> int:
 
     old = upstream_port()
     new = ports[1] if old == ports[0] else ports[0]
-    journal = {"old_port": old, "new_port": new, "secrets": staged, "started": time.time(), "swapped": False}
+    journal = {"old_port": old, "new_port": new, "secrets": staged, "deployments": ids, "started": time.time(),
+               "swapped": False, "https_port": args.https_port, "master_cred": args.master_cred,
+               "redis_cred": args.redis_cred}
     write_atomic(JOURNAL, json.dumps(journal))
     step = "swap-creds"
     try:
-        swap_creds(staged)
+        # Recorded before the swap: a crash in the middle of it must still restore the previous files.
         journal["swapped"] = True
         write_atomic(JOURNAL, json.dumps(journal))
+        swap_creds(staged)
         fault(step, args)
 
         step = "start"
@@ -306,7 +322,7 @@ def rotate(args) -> int:
         fault(step, args)
 
         step = "canary"
-        master = unit_secret(new, "litellm_master_key")
+        master = unit_secret(new, args.master_cred)
         canary(f"http://127.0.0.1:{new}", master, ids, check_header=True)
         fault(step, args)
 
@@ -315,7 +331,7 @@ def rotate(args) -> int:
         fault(step, args)
 
         step = "purge"
-        deleted = purge_redis(new, ids)
+        deleted = purge_redis(new, ids, args.redis_cred)
         fault(step, args)
 
         step = "canary-nginx"
@@ -358,6 +374,8 @@ def main():
     ap.add_argument("--deployments", default="", help="comma-separated LiteLLM deployment ids using them")
     ap.add_argument("--ports", required=True, help="the blue/green pair, e.g. 4001,4002")
     ap.add_argument("--https-port", type=int, default=443)
+    ap.add_argument("--master-cred", default="litellm_master_key", help="credential name of the master key")
+    ap.add_argument("--redis-cred", default="redis_password", help="credential name of the Redis password")
     ap.add_argument("--ready-timeout", type=float, default=120)
     ap.add_argument("--drain-timeout", type=float, default=45)
     ap.add_argument("--settle", type=float, default=1.0)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from gatekit.lab import PYINFRA, REPO, test_key
+from gatekit.lab import PYINFRA, REPO, fake_key
 from gatekit.vault import fingerprint, resolve_key, set_secret
 from tests.e2e.conftest import Load, completion, secret_locations, wait_until
 
@@ -45,7 +45,7 @@ def gateways(lab) -> list[str]:
 
 
 def test_rotate_under_load_zero_failed_requests(lab, client, provider):
-    old, new = lab.secret_values["openai_key"], test_key("openai-rot")
+    old, new = lab.secret_values["openai_key"], fake_key("openai-rot")
     set_vault(lab, "openai_key", new)
     with Load(lab, gateways(lab)) as load:
         result = rotate(lab)
@@ -79,7 +79,7 @@ def test_second_rotate_run_changes_nothing(lab):
 
 def test_rotate_to_rejected_key_rolls_back(lab, client, provider):
     current = lab.secret_values["openai_key"]
-    bad = test_key("openai-rejected")
+    bad = fake_key("openai-rejected")
     provider.revoke(fingerprint(bad))  # the provider will answer 401 for it
     set_vault(lab, "openai_key", bad)
     first, *others = gateways(lab)
@@ -114,7 +114,7 @@ STEPS = ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-ng
 def test_killed_rotation_keeps_one_key_and_rerun_completes(lab, client, provider, step):
     gw = gateways(lab)[0]
     old = lab.secret_values["openai_key"]
-    new = test_key(f"openai-kill-{step}")
+    new = fake_key(f"openai-kill-{step}")
     set_vault(lab, "openai_key", new)
     with Load(lab, [gw], threads_per_gateway=2) as load:
         crashed = rotate(lab, "--limit", lab.hosts[gw].address, "--data", f"gatekit_rotate_fail_after={step}")
@@ -141,7 +141,7 @@ def test_killed_rotation_keeps_one_key_and_rerun_completes(lab, client, provider
 
 def test_kill_9_of_the_controller_mid_rotation(lab, provider):
     gw = gateways(lab)[0]
-    new = test_key("openai-kill-controller")
+    new = fake_key("openai-kill-controller")
     set_vault(lab, "openai_key", new)
     cmd = [PYINFRA, "-y", str(lab.inventory_path), str(REPO / "rotate_keys.py"), "--data", "rotate=openai_key",
            "--limit", lab.hosts[gw].address]

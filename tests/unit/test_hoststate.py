@@ -103,9 +103,9 @@ def test_process_user_lines():
 def test_process_text_lines_keep_inner_spaces_and_strip_the_end():
     live = '{"port": 4002,  "secrets": {"openai_key": {"fingerprint": "abc", "version": 2}}} '
     state = parse(
-        f"text {LIVE_FILE} {live}",
-        "text /etc/gatekit/creds/openai_key.fp 0123456789abcdef ",
-        f"text {ROTATION_JOURNAL} ",  # empty file
+        f"text {len(LIVE_FILE)} {LIVE_FILE} {live}",
+        "text 32 /etc/gatekit/creds/openai_key.fp 0123456789abcdef ",
+        f"text {len(ROTATION_JOURNAL)} {ROTATION_JOURNAL} ",  # empty file
     )
     assert state["texts"][LIVE_FILE] == live.strip()
     assert json.loads(state["texts"][LIVE_FILE])["port"] == 4002
@@ -127,7 +127,7 @@ def test_process_everything_together():
         "pkg nginx ii ",
         "unit nginx.service active enabled",
         "user litellm",
-        "text /var/lib/gatekit/live.json {}",
+        "text 26 /var/lib/gatekit/live.json {}",
     )
     assert state["mem_mb"] == 3900
     assert state["paths"]["/etc/gatekit/creds/openai_key.cred"][0] == "f"
@@ -168,7 +168,7 @@ def test_live_port_follows_the_pair_order():
 def test_live_port_of_live_json_as_read_by_hoststate():
     # live.json is written with indent=1; HostState turns its newlines into spaces.
     text = json.dumps({"port": 4002, "secrets": {"k": {"version": 3}}}, indent=1).replace("\n", " ")
-    state = parse(f"text {LIVE_FILE} {text} ")
+    state = parse(f"text {len(LIVE_FILE)} {LIVE_FILE} {text} ")
     assert live_port(state["texts"][LIVE_FILE], [4001, 4002]) == 4002
 
 
@@ -334,3 +334,9 @@ def test_command_exit_status_is_zero_even_when_the_last_check_fails(tmp_path):
     result = sh(HostState().command(paths=(str(tmp_path / "nope"),), texts=(str(tmp_path / "nope"),)))
     assert result.returncode == 0
     assert [line for line in lines_of(result.stdout) if not line.startswith("mem ")] == []
+
+
+def test_process_text_path_with_spaces_round_trips():
+    path = "/tmp/a dir/with spaces.json"
+    state = parse(f"text {len(path)} {path} {{\"port\": 4002}} ")
+    assert state["texts"] == {path: '{"port": 4002}'}

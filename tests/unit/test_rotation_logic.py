@@ -143,7 +143,7 @@ class FakeHost:
         if step in self.fail:
             raise self.fail[step]
 
-    def purge_redis(self, port, ids):
+    def purge_redis(self, port, ids, redis_cred="redis_password"):
         self.events.append(("purge", port, list(ids)))
         if "purge" in self.fail:
             raise self.fail["purge"]
@@ -203,7 +203,8 @@ def gw(tmp_path, monkeypatch):
 
 def args(**over):
     base = dict(secrets="openai_key", deployments="fast--0,smart--0", ports="4001,4002", https_port=443,
-                ready_timeout=5.0, drain_timeout=5.0, settle=0.25, fail_after="", fail_at="")
+                ready_timeout=5.0, drain_timeout=5.0, settle=0.25, fail_after="", fail_at="",
+                master_cred="litellm_master_key", redis_cred="redis_password")
     base.update(over)
     return argparse.Namespace(**base)
 
@@ -779,18 +780,22 @@ def test_purge_redis_deletes_only_the_rotated_deployments_keys(tmp_path, monkeyp
     class FakeRedis:
         def __init__(self, **kw):
             made.update(kw)
-            self.keys = {"fast--0_cooldown", "deployment:fast--0:rpm", "smart--0_cooldown", "claude--0:tpm"}
+            # LiteLLM's real key shapes (router.py / cooldown_cache.py), as bytes like redis-py returns.
+            self.keys = {b"deployment:fast--0:cooldown", b"fast--0:fails", b"fast--0:gpt-4o-mini:rpm:12-30",
+                         b"smart--0:successes", b"claude--0:fails", b"fast--10:fails", b"superfast--0:fails",
+                         b"deployment_spend:fast--0:1d", b"deployment_budget_start_time:fast--0"}
             self.deleted = []
 
         def scan_iter(self, match, count):
             assert match.startswith("*") and match.endswith("*")
-            return [k for k in sorted(self.keys) if match.strip("*") in k]
+            return [k for k in sorted(self.keys) if match.strip("*").encode() in k]
 
         def delete(self, key):
             self.deleted.append(key)
             return 1
 
     monkeypatch.setitem(sys.modules, "redis", types.SimpleNamespace(Redis=FakeRedis))
-    assert R.purge_redis(4002, ["fast--0", "smart--0"]) == 3
+    r = R.purge_redis(4002, ["fast--0", "smart--0"])
+    assert r == 4
     assert made["host"] == "10.0.0.5" and made["port"] == 6380 and made["db"] == 1
     assert made["password"] == "secret-of-redis_password@4002"
