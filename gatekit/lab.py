@@ -279,6 +279,7 @@ class Load:
         self.stop_event = threading.Event()
         self.results: list[tuple[float, str, bool, str, float]] = []  # (start, gateway, ok, detail, seconds)
         self.lock = threading.Lock()
+        self.retries = 0
         self.threads = [
             threading.Thread(target=self._run, args=(gw, i % 2 == 1), daemon=True)
             for gw in gateways
@@ -297,21 +298,33 @@ class Load:
                 n += 1
                 body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
                 t0 = time.monotonic()
-                try:
-                    if stream:
-                        body["stream"] = True
-                        with c.stream("POST", url, json=body) as r:
-                            lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
-                        ok = r.status_code == 200 and lines and lines[-1] == "data: [DONE]" and len(lines) >= 3
-                        detail = f"{model} stream {r.status_code} {len(lines)} events"
-                    else:
-                        r = c.post(url, json=body)
-                        ok = r.status_code == 200 and "fake-answer" in r.text
-                        detail = f"{model} {r.status_code} {r.text[:120]}"
-                except Exception as exc:  # noqa: BLE001 - a client-side failure is a failed request
-                    ok, detail = False, f"{model} {type(exc).__name__}: {exc}"
+                for attempt in range(3):
+                    ok, detail, retry = self._one(c, url, body, model, stream)
+                    if not retry or attempt == 2:
+                        break
+                    # Like the OpenAI/Anthropic SDKs: a request lost on a keepalive connection the server
+                    # closed (nginx reload) is sent again, at most twice. Counted, never hidden.
+                    with self.lock:
+                        self.retries += 1
                 with self.lock:
                     self.results.append((t0, gw, bool(ok), detail, time.monotonic() - t0))
+
+    @staticmethod
+    def _one(c, url: str, body: dict, model: str, stream: bool) -> tuple[bool, str, bool]:
+        """(ok, detail, retryable): retryable only when no response at all came back."""
+        try:
+            if stream:
+                with c.stream("POST", url, json={**body, "stream": True}) as r:
+                    lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
+                ok = r.status_code == 200 and bool(lines) and lines[-1] == "data: [DONE]" and len(lines) >= 3
+                return ok, f"{model} stream {r.status_code} {len(lines)} events", False
+            r = c.post(url, json=body)
+            return r.status_code == 200 and "fake-answer" in r.text, f"{model} {r.status_code} {r.text[:120]}", False
+        except (httpx.RemoteProtocolError, httpx.ConnectError) as exc:
+            no_response = "without sending a response" in str(exc) or isinstance(exc, httpx.ConnectError)
+            return False, f"{model} {type(exc).__name__}: {exc}", no_response
+        except Exception as exc:  # noqa: BLE001 - a client-side failure is a failed request
+            return False, f"{model} {type(exc).__name__}: {exc}", False
 
     def __enter__(self):
         for t in self.threads:
@@ -332,7 +345,8 @@ class Load:
         """Requests, failures and latency percentiles (plain and streamed together, whole responses)."""
         lat = sorted(r[4] for r in self.results)
         pct = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 1) if lat else None  # noqa: E731
-        return {"requests": len(self.results), "failed": len(self.failures), "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
+        return {"requests": len(self.results), "failed": len(self.failures), "retried": self.retries,
+                "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
 
 
 

@@ -32,8 +32,17 @@ def secret_env(name: str) -> str:
     return "GK_SECRET_" + name.upper()
 
 
-def litellm_config(spec: GatewaySpec, settings: dict, redis: dict | None) -> dict:
-    """LiteLLM's config.yaml as data. Secrets appear only as os.environ/... references."""
+def deployment_id(model: str, index: int, key_fingerprint: str | None = None) -> str:
+    """LiteLLM model_info.id. With the key's fingerprint in it, router state in the shared Redis
+    (cooldowns, failure and usage counters) belongs to one key: a canary failing with a new key can
+    never cool down the deployment live instances serve with the old key, and the old key's failures
+    never follow the new one."""
+    return f"{model}--{index}" + (f"--{key_fingerprint[:8]}" if key_fingerprint else "")
+
+
+def litellm_config(spec: GatewaySpec, settings: dict, redis: dict | None, fingerprints: dict | None = None) -> dict:
+    """LiteLLM's config.yaml as data. Secrets appear only as os.environ/... references.
+    fingerprints: {secret name: fingerprint} of the keys this config will run with."""
     model_list = []
     for m in spec.models:
         for i, d in enumerate(m.deployments):
@@ -53,7 +62,7 @@ def litellm_config(spec: GatewaySpec, settings: dict, redis: dict | None) -> dic
                     "litellm_params": params,
                     "model_info": {
                         # Stable ids let a canary tell which deployment answered (x-litellm-model-id).
-                        "id": f"{m.name}--{i}",
+                        "id": deployment_id(m.name, i, (fingerprints or {}).get(d.secret)),
                         "gatekit_secret": d.secret,
                         "input_cost_per_token": m.price.input_per_1m / 1e6,
                         "output_cost_per_token": m.price.output_per_1m / 1e6,
@@ -99,8 +108,8 @@ def litellm_config(spec: GatewaySpec, settings: dict, redis: dict | None) -> dic
     }
 
 
-def litellm_config_yaml(spec: GatewaySpec, settings: dict, redis: dict | None) -> str:
-    body = yaml.safe_dump(litellm_config(spec, settings, redis), sort_keys=False, default_flow_style=False)
+def litellm_config_yaml(spec: GatewaySpec, settings: dict, redis: dict | None, fingerprints: dict | None = None) -> str:
+    body = yaml.safe_dump(litellm_config(spec, settings, redis, fingerprints), sort_keys=False, default_flow_style=False)
     return "# Rendered by gatekit from " + spec.path.name + "; edits are overwritten on the next deploy.\n" + body
 
 

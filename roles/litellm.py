@@ -69,7 +69,7 @@ def _pip_args(s: dict) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-def _redis_target(s: dict) -> dict | None:
+def redis_target_for(s: dict) -> dict | None:
     redis_hosts = group_hosts(inventory, "redis")
     if not redis_hosts:
         return None
@@ -98,7 +98,7 @@ def litellm():
     env_for = secrets_for_gateway(ctx)
     lock = _lock_file(s)
     stamp = hashlib.sha256((lock.read_text() + _pip_args(s)).encode()).hexdigest()
-    redis_target = _redis_target(s)
+    redis_target = redis_target_for(s)
     pg = group_hosts(inventory, "postgres")
 
     # --- describe everything this role manages, then read the host once -------------------------
@@ -131,7 +131,7 @@ def litellm():
     ):
         want.dir(path, owner, group, mode)
     want.file(f"{home}/requirements.lock", lock.read_text())
-    want.file(f"{conf_dir}/config.yaml", litellm_config_yaml(ctx.spec, s, redis_target), "root", svc, "640")
+    want.file(f"{conf_dir}/config.yaml", render_config(ctx, redis_target), "root", svc, "640")
     want.file(
         f"{conf_dir}/litellm.env",
         template("litellm/litellm.env.j2", redis=redis_target, extra_env=s["litellm_extra_env"]),
@@ -206,6 +206,15 @@ def litellm():
     want.ensure_running(f"Enable and start {instance}", instance)
     systemd.service(name=f"Restart {instance} for its new inputs", service=instance, restarted=True, _if=inputs_changed)
     wait_ready(port, s, _if=inputs_changed)
+
+
+def key_fingerprints(ctx) -> dict[str, str]:
+    return {d.secret: fingerprint(ctx.secret(d.secret)) for m in ctx.spec.models for d in m.deployments}
+
+
+def render_config(ctx, redis_target: dict | None) -> str:
+    """config.yaml for the keys in the vault (deployment ids carry each key's fingerprint)."""
+    return litellm_config_yaml(ctx.spec, ctx.settings, redis_target, key_fingerprints(ctx))
 
 
 def install_credentials(ctx, env_for: dict[str, str], want: Desired) -> list:

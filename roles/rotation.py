@@ -19,10 +19,13 @@ from pyinfra.api.exceptions import PyinfraError
 
 from gatekit.hoststate import ROTATION_JOURNAL, Desired
 from gatekit.inventory import context
-from roles.litellm import CREDS_DIR, ROTATE_SCRIPT, STAGE_DIR, fingerprint, secrets_for_gateway
+from gatekit.render import deployment_id
+from roles.litellm import (CREDS_DIR, ROTATE_SCRIPT, STAGE_DIR, fingerprint, key_fingerprints, redis_target_for,
+                           render_config, secrets_for_gateway)
 
-# Rotation operations of the hosts before this one (same process, hosts collected in inventory order).
-_EARLIER: list = []
+# Every host's rotation operation. Hosts are collected in no fixed order but executed serially, so
+# "an earlier host failed" = one of these already ran and errored.
+_ROTATIONS: list = []
 
 
 def requested() -> list[str]:
@@ -31,15 +34,17 @@ def requested() -> list[str]:
     return sorted({n.strip() for n in names if n and n.strip()})
 
 
-def deployment_ids(spec, names: set[str]) -> list[str]:
+def deployment_ids(spec, names: set[str], fingerprints: dict[str, str] | None = None) -> list[str]:
     """The LiteLLM deployment ids (model_info.id, see render.py) whose key is one of `names`."""
-    return [f"{m.name}--{i}" for m in spec.models for i, d in enumerate(m.deployments) if d.secret in names]
+    fps = fingerprints or {}
+    return [deployment_id(m.name, i, fps.get(d.secret)) for m in spec.models for i, d in enumerate(m.deployments)
+            if d.secret in names]
 
 
 @operation()
-def rotate_gateway(secrets: dict, deployment_ids: list, ports: list, https_port: int, ready_timeout: int,
-                   settle: float, venv: str, script: str, master_cred: str, redis_cred: str,
-                   fail_after: str = "", fail_at: str = ""):
+def rotate_gateway(secrets: dict, config: str, config_path: str, service_group: str, deployment_ids: list,
+                   purge_ids: list, ports: list, https_port: int, ready_timeout: int, settle: float, venv: str,
+                   script: str, master_cred: str, redis_cred: str, fail_after: str = "", fail_at: str = ""):
     """Stage encrypted credentials and run gatekit-rotate on this host (inside a transient unit, so a
     dropped SSH session or a killed controller cannot stop it half-way)."""
     yield f"install -d -m 700 {STAGE_DIR}"
@@ -51,9 +56,13 @@ def rotate_gateway(secrets: dict, deployment_ids: list, ports: list, https_port:
             f"rc=$?; rm -f {staged}; [ $rc -eq 0 ] && chmod 600 {CREDS_DIR}/{name}.cred.next && "
             f"echo {fingerprint(value)} > {CREDS_DIR}/{name}.fp.next"
         )
+    # The config whose deployment ids carry the new keys' fingerprints; swapped in with the credentials.
+    yield FileUploadCommand(io.StringIO(config), f"{config_path}.next", remote_temp_filename=f"{STAGE_DIR}/.upload-config")
+    yield f"chown root:{service_group} {config_path}.next && chmod 640 {config_path}.next"
     args = [
         "--secrets", ",".join(secrets) or "-",
         "--deployments", ",".join(deployment_ids),
+        "--purge-deployments", ",".join(purge_ids),
         "--ports", ",".join(str(p) for p in ports),
         "--https-port", str(https_port),
         "--master-cred", master_cred,
@@ -93,16 +102,24 @@ def rotation():
 
     want = Desired(texts=[ROTATION_JOURNAL, *(f"{CREDS_DIR}/{n}.fp" for n in names)])
     want.read()
-    todo = {n: ctx.secret(n) for n in names if want.text(f"{CREDS_DIR}/{n}.fp") != fingerprint(ctx.secret(n))}
     interrupted = ROTATION_JOURNAL in want.state["texts"]
+    # After an interruption the fingerprint files may already show the new key while the host still
+    # serves the old one: stage everything requested; gatekit-rotate skips what recovery proves is live.
+    todo = {n: ctx.secret(n) for n in names
+            if interrupted or want.text(f"{CREDS_DIR}/{n}.fp") != fingerprint(ctx.secret(n))}
     if not todo and not interrupted:
         return  # this host already serves the vault's keys
 
-    earlier = list(_EARLIER)
+    new_fps = key_fingerprints(ctx)
+    host_fps = {n: want.text(f"{CREDS_DIR}/{n}.fp") for n in todo}
     op = rotate_gateway(
         name=f"Rotate {', '.join(todo) or 'interrupted rotation'} (blue/green + canary)",
         secrets=todo,
-        deployment_ids=deployment_ids(ctx.spec, set(todo)),
+        config=render_config(ctx, redis_target_for(s)),
+        config_path=f"{s['litellm_config_dir']}/config.yaml",
+        service_group=s["litellm_user"],
+        deployment_ids=deployment_ids(ctx.spec, set(todo), new_fps),
+        purge_ids=deployment_ids(ctx.spec, set(todo), host_fps),
         ports=list(s["litellm_ports"]),
         https_port=s["nginx_https_port"],
         ready_timeout=s["litellm_ready_timeout"],
@@ -115,6 +132,6 @@ def rotation():
         fail_at=str(host.data.get("gatekit_rotate_fail_at") or ""),
         _serial=True,
         # Stop at the first failure: hosts after a failed one are left untouched.
-        _if=lambda: not any(m.did_error() for m in earlier),
+        _if=lambda: not any(m.is_complete() and m.did_error() for m in _ROTATIONS),
     )
-    _EARLIER.append(op)
+    _ROTATIONS.append(op)

@@ -6,13 +6,15 @@ Why not reload: LiteLLM has no working in-process config reload, so fresh proces
 new credential, be proven by a canary, and only then receive traffic.
 
 Steps (each recorded in a journal so an interrupted run is recovered on the next run):
-  swap-creds   the staged NAME.cred.next becomes NAME.cred (previous kept as NAME.cred.prev)
+  swap-creds   the staged NAME.cred.next and config.yaml.next become live (previous kept as .prev); the
+               config's deployment ids carry the new key's fingerprint, so nothing the new key does
+               in the shared Redis (a failing canary's cooldown) touches the old key's deployments
   start        litellm@NEW starts from it (the live instance keeps the old key in memory)
   ready        /health/readiness of NEW
   canary       a 1-token completion per rotated deployment, sent to NEW directly, answered by that
                deployment (x-litellm-model-id), fallbacks and retries disabled
   switch       nginx upstream -> NEW (nginx -t, graceful reload)
-  purge        Redis keys of the rotated deployments in LiteLLM's DB (cooldowns, counters); never FLUSH*
+  purge        Redis keys of the old key's deployments in LiteLLM's DB (cooldowns, counters); never FLUSH*
   canary-nginx the same canary through nginx over TLS
   drain        OLD stops gracefully (in-flight requests finish), NEW enabled at boot instead of OLD
   record       /var/lib/gatekit/live.json: port, secret versions, fingerprints, time
@@ -40,6 +42,7 @@ JOURNAL = f"{STATE}/rotation.json"
 LIVE = f"{STATE}/live.json"
 UPSTREAM = "/etc/nginx/gatekit/upstream.conf"
 ENV_FILE = "/etc/litellm/litellm.env"
+CONFIG = "/etc/litellm/config.yaml"
 KEEP_PREFIXES = ("deployment_spend:", "deployment_budget_start_time:")
 STEPS = ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx", "drain", "record"]
 
@@ -110,35 +113,44 @@ def set_upstream(port: int):
 
 
 # ---- credentials -----------------------------------------------------------------------------------
+def staged_files(names: list[str]) -> list[str]:
+    return [f"{CREDS}/{n}.{ext}" for n in names for ext in ("cred", "fp")]
+
+
 def swap_creds(names: list[str]):
-    for n in names:
-        base = f"{CREDS}/{n}"
-        for staged in (".cred.next", ".fp.next"):
-            if not os.path.exists(base + staged):
-                raise RuntimeError(f"{base}{staged} missing (staging incomplete); nothing swapped")
-    for n in names:
-        base = f"{CREDS}/{n}"
-        for ext in ("cred", "fp"):
-            if os.path.exists(f"{base}.{ext}"):
-                shutil.copy2(f"{base}.{ext}", f"{base}.{ext}.prev")
-        os.replace(base + ".cred.next", base + ".cred")
-        os.replace(base + ".fp.next", base + ".fp")
+    """NAME.cred/.fp (and config.yaml when staged) <- their .next; the previous ones kept as .prev.
+    Renames, not copies: owners and modes stay exactly as the deploy set them."""
+    files = staged_files(names)
+    missing = [f + ".next" for f in files if not os.path.exists(f + ".next")]
+    if missing:
+        raise RuntimeError(f"{', '.join(missing)} missing (staging incomplete); nothing swapped")
+    if os.path.exists(CONFIG + ".next"):
+        files.append(CONFIG)
+    for f in files:
+        if os.path.exists(f):
+            os.replace(f, f + ".prev")
+        os.replace(f + ".next", f)
 
 
 def restore_creds(names: list[str]):
-    for n in names:
-        base = f"{CREDS}/{n}"
-        for ext in ("cred", "fp"):
-            if os.path.exists(f"{base}.{ext}.prev"):
-                os.replace(f"{base}.{ext}.prev", f"{base}.{ext}")
+    for f in [*staged_files(names), CONFIG]:
+        if os.path.exists(f + ".prev"):
+            os.replace(f + ".prev", f)
 
 
 def discard_staged(names: list[str]):
     # Only on this run's own failure: a recovery must keep what the current run has just staged.
-    for n in names:
-        for leftover in (".cred.next", ".fp.next"):
-            if os.path.exists(f"{CREDS}/{n}{leftover}"):
-                os.unlink(f"{CREDS}/{n}{leftover}")
+    for f in [*staged_files(names), CONFIG]:
+        if os.path.exists(f + ".next"):
+            os.unlink(f + ".next")
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except FileNotFoundError:
+        return None
 
 
 def fingerprint_of(name: str) -> str:
@@ -236,7 +248,7 @@ def recover(journal: dict, drain_timeout: float):
         log(f"recovering an interrupted rotation forward (nginx already on {new})")
         ids = journal.get("deployments", [])
         try:
-            purge_redis(new, ids, journal.get("redis_cred", "redis_password"))
+            purge_redis(new, journal.get("purge", []), journal.get("redis_cred", "redis_password"))
             canary(f"https://127.0.0.1:{journal.get('https_port', 443)}",
                    unit_secret(new, journal.get("master_cred", "litellm_master_key")), ids, check_header=False)
         except Exception as exc:  # noqa: BLE001 - old instance may be gone: report, keep the proven new one
@@ -255,12 +267,10 @@ def recover(journal: dict, drain_timeout: float):
 
 
 def cleanup_prev(names: list[str]):
-    # The previous encrypted credential is kept (as .cred.prev) until the rotation is recorded.
-    for n in names:
-        for ext in ("cred.prev", "fp.prev"):
-            path = f"{CREDS}/{n}.{ext}"
-            if os.path.exists(path):
-                os.replace(path, path.replace(".prev", ".retired"))
+    # The previous encrypted credential is kept (as .prev) until the rotation is recorded, then retired.
+    for f in [*staged_files(names), CONFIG]:
+        if os.path.exists(f + ".prev"):
+            os.replace(f + ".prev", f + ".retired")
 
 
 def record(port: int, names: list[str], journal: dict):
@@ -286,6 +296,7 @@ def fault(step: str, args):
 
 def rotate(args) -> int:
     names, ids = args.secrets.split(","), [i for i in args.deployments.split(",") if i]
+    old_ids = [i for i in args.purge_deployments.split(",") if i]
     ports = [int(p) for p in args.ports.split(",")]
     os.makedirs(STATE, exist_ok=True)
 
@@ -293,13 +304,19 @@ def rotate(args) -> int:
     if journal:
         recover(journal, args.drain_timeout)
     staged = [n for n in names if os.path.exists(f"{CREDS}/{n}.cred.next")]
+    live_already = [n for n in staged if _read(f"{CREDS}/{n}.fp.next") == _read(f"{CREDS}/{n}.fp")]
+    if live_already:
+        # Re-staged after an interruption that recovery finished forward: that key is already live.
+        discard_staged(live_already)
+        staged = [n for n in staged if n not in live_already]
     if not staged:
         log("nothing staged: nothing to rotate")
         return 0
 
     old = upstream_port()
     new = ports[1] if old == ports[0] else ports[0]
-    journal = {"old_port": old, "new_port": new, "secrets": staged, "deployments": ids, "started": time.time(),
+    journal = {"old_port": old, "new_port": new, "secrets": staged, "deployments": ids, "purge": old_ids,
+               "started": time.time(),
                "swapped": False, "https_port": args.https_port, "master_cred": args.master_cred,
                "redis_cred": args.redis_cred}
     write_atomic(JOURNAL, json.dumps(journal))
@@ -331,7 +348,7 @@ def rotate(args) -> int:
         fault(step, args)
 
         step = "purge"
-        deleted = purge_redis(new, ids, args.redis_cred)
+        deleted = purge_redis(new, old_ids, args.redis_cred)
         fault(step, args)
 
         step = "canary-nginx"
@@ -371,7 +388,8 @@ def rotate(args) -> int:
 def main():
     ap = argparse.ArgumentParser(prog="gatekit-rotate")
     ap.add_argument("--secrets", required=True, help="comma-separated secret names staged as NAME.cred.next")
-    ap.add_argument("--deployments", default="", help="comma-separated LiteLLM deployment ids using them")
+    ap.add_argument("--deployments", default="", help="LiteLLM deployment ids with the new keys (canaried)")
+    ap.add_argument("--purge-deployments", default="", help="deployment ids of the old keys (Redis state purged)")
     ap.add_argument("--ports", required=True, help="the blue/green pair, e.g. 4001,4002")
     ap.add_argument("--https-port", type=int, default=443)
     ap.add_argument("--master-cred", default="litellm_master_key", help="credential name of the master key")

@@ -204,7 +204,7 @@ def gw(tmp_path, monkeypatch):
 def args(**over):
     base = dict(secrets="openai_key", deployments="fast--0,smart--0", ports="4001,4002", https_port=443,
                 ready_timeout=5.0, drain_timeout=5.0, settle=0.25, fail_after="", fail_at="",
-                master_cred="litellm_master_key", redis_cred="redis_password")
+                master_cred="litellm_master_key", redis_cred="redis_password", purge_deployments="fast--0,smart--0")
     base.update(over)
     return argparse.Namespace(**base)
 
@@ -231,7 +231,7 @@ def test_swap_creds_refuses_and_changes_nothing_when_one_name_is_not_staged(gw):
     gw.stage("openai_key", "NEW-cred", "newfp")
     gw.put("anthropic_key", "OLD-ant", "oldant")
     before = gw.snapshot()
-    with pytest.raises(RuntimeError, match=r"anthropic_key\.cred\.next missing"):
+    with pytest.raises(RuntimeError, match=r"anthropic_key\.cred\.next.*missing"):
         R.swap_creds(["openai_key", "anthropic_key"])
     assert gw.snapshot() == before
 
@@ -692,6 +692,18 @@ def test_rerun_after_an_interrupted_rotation_finishes_forward_then_rotates_the_f
     assert live["port"] == 4001
     assert live["secrets"]["openai_key"] == {"fingerprint": "newestfp", "version": 3,
                                              "rotated_at": live["rotated_at"]}
+
+
+def test_rerun_restaging_the_key_recovery_already_made_live_rotates_nothing_more(gw):
+    # Interrupted after the switch: recovery finishes forward to NEW. The controller could not tell from
+    # the fingerprint files and re-staged the same key: it must be discarded, not rotated a second time.
+    _interrupted(gw, upstream=4002, swapped=True)
+    gw.stage("openai_key", "NEW-cred", "newfp")
+    assert R.rotate(args()) == 0
+    assert R.upstream_port() == 4002
+    assert not os.path.exists(os.path.join(R.CREDS, "openai_key.cred.next"))
+    assert not os.path.exists(os.path.join(R.CREDS, "openai_key.fp.next"))
+    assert gw.live()["secrets"]["openai_key"]["version"] == 2
 
 
 # --- canary, wait_ready, purge_redis with only HTTP/systemd/Redis faked --------------------------------------
