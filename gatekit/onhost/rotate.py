@@ -209,6 +209,20 @@ def canary(base_url: str, master_key: str, deployment_ids: list[str], check_head
             raise RuntimeError(f"{dep}: answered through a fallback")
 
 
+def canary_through_nginx(https_port: int, master_key: str, deployment_ids: list[str], timeout: float = 10.0):
+    """`systemctl reload nginx` returns before the old workers stop taking connections; until then a
+    request may still reach the old instance (which does not know the new deployment ids). Wait for
+    the switch to take effect; only a failure that outlasts it counts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return canary(f"https://127.0.0.1:{https_port}", master_key, deployment_ids, check_header=False)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
 def purge_redis(port: int, deployment_ids: list[str], redis_cred: str = "redis_password") -> int:
     env = {}
     with open(ENV_FILE) as fh:
@@ -249,8 +263,8 @@ def recover(journal: dict, drain_timeout: float):
         ids = journal.get("deployments", [])
         try:
             purge_redis(new, journal.get("purge", []), journal.get("redis_cred", "redis_password"))
-            canary(f"https://127.0.0.1:{journal.get('https_port', 443)}",
-                   unit_secret(new, journal.get("master_cred", "litellm_master_key")), ids, check_header=False)
+            canary_through_nginx(journal.get("https_port", 443),
+                                 unit_secret(new, journal.get("master_cred", "litellm_master_key")), ids)
         except Exception as exc:  # noqa: BLE001 - old instance may be gone: report, keep the proven new one
             log(f"warning: post-switch checks after recovery failed: {exc}", err=True)
         stop_instance(old)
@@ -352,7 +366,7 @@ def rotate(args) -> int:
         fault(step, args)
 
         step = "canary-nginx"
-        canary(f"https://127.0.0.1:{args.https_port}", master, ids, check_header=False)
+        canary_through_nginx(args.https_port, master, ids)
         fault(step, args)
     except Exception as exc:  # noqa: BLE001 - every failure rolls back the same way
         log(f"FAILED at step {step}: {exc}; rolling back")

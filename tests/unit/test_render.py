@@ -702,3 +702,21 @@ def test_defaults_render_every_template(settings):
     """Each template renders with the default settings (StrictUndefined catches a missing name)."""
     assert set(settings) == set(DEFAULTS) and settings["litellm_ports"] == [4001, 4002]
     assert nginx(settings) and unit(settings) and launcher(False)
+
+
+def test_deployment_ids_carry_the_key_fingerprint():
+    from gatekit.render import deployment_id
+
+    assert deployment_id("fast", 0) == "fast--0"
+    assert deployment_id("fast", 2, "0123456789abcdef") == "fast--2--01234567"
+    from gatekit.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "inventories" / "example.gateway.yaml", check_secrets=False)
+    settings = settings_for(spec, {})
+    fps = {"openai_key": "aaaaaaaa11112222", "anthropic_key": "bbbbbbbb33334444"}
+    ids = {e["model_name"]: e["model_info"]["id"] for e in litellm_config(spec, settings, None, fps)["model_list"]}
+    assert ids == {"fast": "fast--0--aaaaaaaa", "smart": "smart--0--aaaaaaaa", "claude": "claude--0--bbbbbbbb"}
+    # A new key for one provider changes exactly the ids of that provider's deployments.
+    fps2 = {**fps, "openai_key": "cccccccc55556666"}
+    ids2 = {e["model_name"]: e["model_info"]["id"] for e in litellm_config(spec, settings, None, fps2)["model_list"]}
+    assert ids2["claude"] == ids["claude"] and ids2["fast"] != ids["fast"] and ids2["smart"] != ids["smart"]

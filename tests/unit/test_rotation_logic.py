@@ -226,6 +226,31 @@ def test_swap_creds_moves_next_into_place_and_keeps_prev(gw):
     assert stat.S_IMODE(os.stat(gw.creds / "openai_key.cred.prev").st_mode) == 0o600
 
 
+def test_config_is_swapped_restored_and_retired_with_the_credentials(gw, tmp_path, monkeypatch):
+    config = tmp_path / "config.yaml"
+    monkeypatch.setattr(R, "CONFIG", str(config))
+    config.write_text("ids: old\n")
+    config.chmod(0o640)
+    (tmp_path / "config.yaml.next").write_text("ids: new\n")
+    gw.put("openai_key", "OLD-cred", "oldfp")
+    gw.stage("openai_key", "NEW-cred", "newfp")
+    R.swap_creds(["openai_key"])
+    assert config.read_text() == "ids: new\n" and (tmp_path / "config.yaml.prev").read_text() == "ids: old\n"
+    # The previous file is moved, not copied: its mode (and owner) are exactly what the deploy set.
+    assert stat.S_IMODE(os.stat(tmp_path / "config.yaml.prev").st_mode) == 0o640
+    R.restore_creds(["openai_key"])
+    assert config.read_text() == "ids: old\n" and gw.cred_text("openai_key") == "OLD-cred"
+    (tmp_path / "config.yaml.next").write_text("ids: new\n")
+    R.discard_staged(["openai_key"])
+    assert not (tmp_path / "config.yaml.next").exists()
+    gw.stage("openai_key", "NEW-cred", "newfp")
+    (tmp_path / "config.yaml.next").write_text("ids: new\n")
+    R.swap_creds(["openai_key"])
+    R.cleanup_prev(["openai_key"])
+    assert (tmp_path / "config.yaml.retired").read_text() == "ids: old\n"
+    assert not (tmp_path / "config.yaml.prev").exists()
+
+
 def test_swap_creds_refuses_and_changes_nothing_when_one_name_is_not_staged(gw):
     gw.put("openai_key", "OLD-cred", "oldfp")
     gw.stage("openai_key", "NEW-cred", "newfp")
