@@ -19,10 +19,6 @@ from gatekit.spec import GatewaySpec, SpecError, check_settings, load_spec
 GROUPS = ("gateways", "redis", "postgres")
 
 
-class InventoryError(Exception):
-    pass
-
-
 def _error(problems: list[str]) -> Exception:
     # pyinfra prints PyinfraError messages cleanly (no traceback) and executes nothing.
     from pyinfra.api.exceptions import PyinfraError
@@ -128,7 +124,3 @@ def context(host) -> Context:
 
 def group_hosts(inventory, group: str):
     return list(inventory.get_group(group, default=[]))
-
-
-def private_address(host) -> str:
-    return host.data.get("private_address")

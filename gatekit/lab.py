@@ -33,7 +33,6 @@ WHEELHOUSE_PORT = 18081
 # Every Debian package the kit installs (roles/*), for a "warm package cache" sandbox base.
 KIT_PACKAGES = ["ca-certificates", "openssl", "procps", "python3", "python3-venv", "redis-server", "postgresql",
                 "nginx", "libnginx-mod-http-headers-more-filter"]
-SECRET_NAMES = ("openai_key", "anthropic_key", "litellm_master_key", "redis_password", "postgres_password")
 
 
 def wheelhouse(lock: Path = REPO / "requirements" / "litellm.lock") -> Path:

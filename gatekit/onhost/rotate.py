@@ -253,7 +253,7 @@ def stop_instance(port: int):
 
 
 # ---- the transaction -------------------------------------------------------------------------------
-def recover(journal: dict, drain_timeout: float):
+def recover(journal: dict):
     """A previous run was interrupted: return the host to one consistent state."""
     old, new, names = journal["old_port"], journal["new_port"], journal["secrets"]
     live = upstream_port()
@@ -316,7 +316,7 @@ def rotate(args) -> int:
 
     journal = read_json(JOURNAL)
     if journal:
-        recover(journal, args.drain_timeout)
+        recover(journal)
     staged = [n for n in names if os.path.exists(f"{CREDS}/{n}.cred.next")]
     live_already = [n for n in staged if _read(f"{CREDS}/{n}.fp.next") == _read(f"{CREDS}/{n}.fp")]
     if live_already:
@@ -409,7 +409,6 @@ def main():
     ap.add_argument("--master-cred", default="litellm_master_key", help="credential name of the master key")
     ap.add_argument("--redis-cred", default="redis_password", help="credential name of the Redis password")
     ap.add_argument("--ready-timeout", type=float, default=120)
-    ap.add_argument("--drain-timeout", type=float, default=45)
     ap.add_argument("--settle", type=float, default=1.0)
     ap.add_argument("--fail-after", default="", help=argparse.SUPPRESS)  # tests: SIGKILL self after a step
     ap.add_argument("--fail-at", default="", help=argparse.SUPPRESS)  # tests: fail inside a step

@@ -640,7 +640,7 @@ def _interrupted(gw, upstream, swapped=True):
 
 def test_recover_forward_when_nginx_is_already_on_new(gw):
     journal = _interrupted(gw, upstream=4002)
-    R.recover(journal, 5.0)
+    R.recover(journal)
     assert gw.journal() is None
     assert gw.of("stop") == [("stop", 4001)]
     assert gw.running == {4002}
@@ -655,7 +655,7 @@ def test_recover_forward_when_nginx_is_already_on_new(gw):
 
 def test_recover_back_when_nginx_is_still_on_old(gw):
     journal = _interrupted(gw, upstream=4001, swapped=True)
-    R.recover(journal, 5.0)
+    R.recover(journal)
     assert gw.journal() is None
     assert gw.of("stop") == [("stop", 4002)]
     assert gw.running == {4001}
@@ -669,7 +669,7 @@ def test_recover_back_when_nginx_is_still_on_old(gw):
 def test_recover_back_before_the_swap_leaves_creds_alone(gw):
     journal = _interrupted(gw, upstream=4001, swapped=False)
     before = gw.snapshot()
-    R.recover(journal, 5.0)
+    R.recover(journal)
     assert gw.journal() is None
     assert gw.of("stop") == [("stop", 4002)]
     assert gw.snapshot() == before  # including the staged .next files
@@ -678,7 +678,7 @@ def test_recover_back_before_the_swap_leaves_creds_alone(gw):
 def test_recover_keeps_freshly_staged_credentials(gw):
     journal = _interrupted(gw, upstream=4001, swapped=True)
     gw.stage("openai_key", "NEWEST-cred", "newestfp")  # the re-run staged before gatekit-rotate ran
-    R.recover(journal, 5.0)
+    R.recover(journal)
     assert gw.cred_text("openai_key") == "OLD-cred"
     assert gw.cred_text("openai_key", ".next") == "NEWEST-cred" and gw.fp_text("openai_key", ".next") == "newestfp"
 
@@ -686,7 +686,7 @@ def test_recover_keeps_freshly_staged_credentials(gw):
 def test_recover_forward_keeps_freshly_staged_credentials(gw):
     journal = _interrupted(gw, upstream=4002, swapped=True)
     gw.stage("openai_key", "NEWEST-cred", "newestfp")
-    R.recover(journal, 5.0)
+    R.recover(journal)
     assert gw.cred_text("openai_key") == "NEW-cred"
     assert gw.cred_text("openai_key", ".next") == "NEWEST-cred"
 
