@@ -33,7 +33,7 @@ def new_key(lab: Lab, label: str):
 
 
 def loaded(lab: Lab, seconds: float | None = None, action=None) -> tuple[dict, object]:
-    with Load(lab, GATEWAYS, threads_per_gateway=2) as load:
+    with Load(lab, GATEWAYS, threads_per_gateway=2, think=0.0) as load:
         out = action() if action else time.sleep(seconds)
         time.sleep(1)
     return load.summary(), out

@@ -166,6 +166,8 @@ class Lab:
             "budgets": {"providers": {"openai": {"max_usd": 1000, "duration": "1d"}}},
             "settings": {
                 "litellm_pip_find_links": f"http://{self.bridge_ip}:{WHEELHOUSE_PORT}/",
+                # Every sandbox host shares this machine's 2 cores: starting LiteLLM under load is slow.
+                "litellm_ready_timeout": 300,
                 "litellm_workers": 2,
                 "litellm_memory_high": "1400M",
                 "litellm_memory_max": "1600M",
@@ -273,19 +275,20 @@ class DeployResult:
 class Load:
     """Constant client traffic through nginx (plain and streamed), recording every failure."""
 
-    def __init__(self, lab, gateways: list[str], models=("fast", "claude"), threads_per_gateway: int = 2):
-        self.lab, self.gateways, self.models = lab, gateways, models
+    def __init__(self, lab, gateways: list[str], models=("fast", "claude"), threads_per_gateway: int = 1,
+                 think: float = 0.05):
+        self.lab, self.gateways, self.models, self.think = lab, gateways, models, think
         self.stop_event = threading.Event()
         self.results: list[tuple[float, str, bool, str, float]] = []  # (start, gateway, ok, detail, seconds)
         self.lock = threading.Lock()
         self.retries = 0
         self.threads = [
-            threading.Thread(target=self._run, args=(gw, i % 2 == 1), daemon=True)
+            threading.Thread(target=self._run, args=(gw,), daemon=True)
             for gw in gateways
             for i in range(threads_per_gateway)
         ]
 
-    def _run(self, gw: str, stream: bool):
+    def _run(self, gw: str):
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         headers = {"Authorization": f"Bearer {self.lab.secret_values['litellm_master_key']}"}
@@ -294,6 +297,7 @@ class Load:
         with httpx.Client(verify=ctx, headers=headers, timeout=60, trust_env=False) as c:
             while not self.stop_event.is_set():
                 model = self.models[n % len(self.models)]
+                stream = (n // len(self.models)) % 2 == 1  # every model both plain and streamed
                 n += 1
                 body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
                 t0 = time.monotonic()
@@ -307,6 +311,8 @@ class Load:
                         self.retries += 1
                 with self.lock:
                     self.results.append((t0, gw, bool(ok), detail, time.monotonic() - t0))
+                # Constant traffic, not a CPU-saturating flood: a 2-core machine runs all hosts at once.
+                self.stop_event.wait(self.think)
 
     @staticmethod
     def _one(c, url: str, body: dict, model: str, stream: bool) -> tuple[bool, str, bool]:

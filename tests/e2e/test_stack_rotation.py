@@ -52,7 +52,8 @@ def test_rotate_under_load_zero_failed_requests(lab, client, provider):
         switched = time.time()
         time.sleep(3)
     assert result.ok, result.stderr[-4000:]
-    assert len(load.results) > 50, f"too little load to prove anything: {len(load.results)}"
+    assert len(load.results) > 30, f"too little load to prove anything: {len(load.results)}"
+    assert {r[3].split()[1] == "stream" for r in load.results} == {True, False}  # plain and streamed
     assert load.failures == [], load.failures[:10]
     for gw in gateways(lab):
         assert live(lab, gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(new)
@@ -116,7 +117,7 @@ def test_killed_rotation_keeps_one_key_and_rerun_completes(lab, client, provider
     old = lab.secret_values["openai_key"]
     new = fake_key(f"openai-kill-{step}")
     set_vault(lab, "openai_key", new)
-    with Load(lab, [gw], threads_per_gateway=2) as load:
+    with Load(lab, [gw], threads_per_gateway=1) as load:
         crashed = rotate(lab, "--limit", lab.hosts[gw].address, "--data", f"gatekit_rotate_fail_after={step}")
         after_crash = time.time()
         time.sleep(2)
@@ -128,7 +129,7 @@ def test_killed_rotation_keeps_one_key_and_rerun_completes(lab, client, provider
     used = openai_fps(provider, after_crash)
     assert len(used) == 1 and used <= {fingerprint(old), fingerprint(new)}, used
     # A re-run completes the rotation.
-    with Load(lab, [gw], threads_per_gateway=2) as load:
+    with Load(lab, [gw], threads_per_gateway=1) as load:
         done = rotate(lab, "--limit", lab.hosts[gw].address)
     assert done.ok, done.stderr[-3000:]
     assert load.failures == [], load.failures[:10]
@@ -145,7 +146,7 @@ def test_kill_9_of_the_controller_mid_rotation(lab, provider):
     set_vault(lab, "openai_key", new)
     cmd = [PYINFRA, "-y", str(lab.inventory_path), str(REPO / "rotate_keys.py"), "--data", "rotate=openai_key",
            "--limit", lab.hosts[gw].address]
-    with Load(lab, [gw], threads_per_gateway=2) as load:
+    with Load(lab, [gw], threads_per_gateway=1) as load:
         proc = subprocess.Popen(cmd, cwd=REPO, env=lab.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         # Kill once the on-host rotation has started its new instance.
