@@ -39,7 +39,8 @@ DEFAULTS: dict[str, object] = {
     "litellm_bind": "127.0.0.1",  # LiteLLM listens here; nginx is the only way in
     "litellm_workers": 2,  # uvicorn worker processes per instance (spawned, so no fork-after-threads hangs)
     "litellm_max_requests_before_restart": 10000,  # recycle a worker after this many requests (slow leaks); 0 = off
-    "litellm_max_requests_jitter": 1000,  # spread worker recycling so they never restart together
+    "litellm_max_requests_jitter": 1000,
+    "litellm_worker_healthcheck_timeout": 120,  # seconds uvicorn's supervisor waits for a worker before killing it (its default 5 s kills workers starting on a busy CPU, in a loop)  # spread worker recycling so they never restart together
     "litellm_memory_high": "1280M",  # systemd MemoryHigh: throttling + reclaim start here
     "litellm_memory_max": "1536M",  # systemd MemoryMax: the kernel kills the instance above this
     "litellm_restart_sec": 2,  # RestartSec: pause before systemd restarts a dead instance

@@ -153,6 +153,7 @@ def litellm():
             config_path=f"{conf_dir}/config.yaml",
             bind=s["litellm_bind"],
             workers=s["litellm_workers"],
+            healthcheck_timeout=s["litellm_worker_healthcheck_timeout"],
             max_requests=s["litellm_max_requests_before_restart"],
             max_requests_jitter=s["litellm_max_requests_jitter"],
         ),

@@ -474,6 +474,7 @@ def launcher(database: bool, venv: str = "/opt/litellm/venv") -> str:
         config_path="/etc/litellm/config.yaml",
         bind="127.0.0.1",
         workers=2,
+        healthcheck_timeout=120,
         max_requests=10000,
         max_requests_jitter=1000,
     )
