@@ -23,7 +23,7 @@ from tests.fakeprovider import (
     split_pieces,
 )
 
-KEY = "sk-unit-test-PLAINTEXT-9f8e7d6c5b4a"
+KEY = "fake-unit-test-PLAINTEXT-9f8e7d6c5b4a"
 OTHER_KEY = "sk-other-PLAINTEXT-0a1b2c3d"
 MODULE = Path(__file__).resolve().parents[1] / "fakeprovider.py"
 

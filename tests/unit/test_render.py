@@ -23,8 +23,8 @@ SPEC_PATH = Path("inv/render.gateway.yaml")
 # Fake secret values: they must never appear in anything rendered.
 SECRET_VALUES = {
     "openai_key": "sk-FAKE-openai-PLAINTEXT-1111aaaa",
-    "openai_backup_key": "sk-FAKE-openai-backup-PLAINTEXT-2222bbbb",
-    "anthropic_key": "sk-ant-FAKE-PLAINTEXT-3333cccc",
+    "openai_backup_key": "fake-openai-backup-PLAINTEXT-2222bbbb",
+    "anthropic_key": "fake-anthropic-PLAINTEXT-3333cccc",
     "litellm_master_key": "sk-master-FAKE-PLAINTEXT-4444dddd",
     "redis_password": "redis-FAKE-PLAINTEXT-5555eeee",
     "postgres_password": "pg-FAKE-PLAINTEXT-6666ffff",
