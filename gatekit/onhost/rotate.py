@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import ssl
 import subprocess
