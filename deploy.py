@@ -1,6 +1,9 @@
 """gatekit: the whole gateway stack, idempotent. `pyinfra inventories/<env>.py deploy.py`
 
-Data hosts first (their services must be up before gateways connect), then the gateways.
+Each host runs its roles in this order; pyinfra runs the hosts side by side, one operation at a time,
+so a data host's few operations are done long before any gateway starts LiteLLM. The slow steps
+overlap the rest: the LiteLLM venv installs in the background from the gateway's first operations,
+and nginx is configured while LiteLLM starts.
 Each role is also runnable alone: `pyinfra inventories/<env>.py roles/run.py --data role=nginx`.
 """
 
@@ -8,7 +11,7 @@ from pyinfra import host
 
 from gatekit.inventory import context
 from roles.base import base
-from roles.litellm import litellm
+from roles.litellm import litellm_ready, litellm_setup, litellm_start
 from roles.nginx import nginx
 from roles.postgres import postgres
 from roles.redis import redis
@@ -21,5 +24,7 @@ if "redis" in host.groups:
 if "postgres" in host.groups:
     postgres()
 if "gateways" in host.groups:
-    litellm()
-    nginx()
+    gateway = litellm_setup()  # starts the venv install in the background, then configures
+    litellm_start(gateway)  # waits for the venv, (re)starts LiteLLM without waiting for it
+    nginx()  # configured while LiteLLM starts
+    litellm_ready(gateway)

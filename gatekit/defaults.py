@@ -33,14 +33,15 @@ DEFAULTS: dict[str, object] = {
     "litellm_home": "/opt/litellm",  # venv, launcher and state live here
     "litellm_config_dir": "/etc/litellm",  # rendered config.yaml (no secrets in it)
     "litellm_requirements": "requirements/litellm.lock",  # hash-locked requirements file (relative to the repo)
-    "litellm_pip_index_url": "",  # pip index URL for offline/mirrored installs; empty = pip's default
-    "litellm_pip_find_links": "",  # wheelhouse URL or host path for pip --find-links; with it pip uses --no-index
+    "litellm_installer": "uv",  # "uv" (hash-locked in requirements/uv.lock; installs and compiles on all cores) or "pip"
+    "litellm_pip_index_url": "",  # package index URL (pip and uv) for mirrored installs; empty = PyPI
+    "litellm_pip_find_links": "",  # wheelhouse URL or host path (--find-links); with it no index is used
     "litellm_ports": [4001, 4002],  # blue/green pair of litellm@PORT instances; one is live, the other takes over on rotation; never 4000
     "litellm_bind": "127.0.0.1",  # LiteLLM listens here; nginx is the only way in
     "litellm_workers": 2,  # uvicorn worker processes per instance (spawned, so no fork-after-threads hangs)
     "litellm_max_requests_before_restart": 10000,  # recycle a worker after this many requests (slow leaks); 0 = off
-    "litellm_max_requests_jitter": 1000,
-    "litellm_worker_healthcheck_timeout": 120,  # seconds uvicorn's supervisor waits for a worker before killing it (its default 5 s kills workers starting on a busy CPU, in a loop)  # spread worker recycling so they never restart together
+    "litellm_max_requests_jitter": 1000,  # spread worker recycling so they never restart together
+    "litellm_worker_healthcheck_timeout": 120,  # seconds uvicorn's supervisor waits for a worker before killing it (its default 5 s kills workers starting on a busy CPU, in a loop)
     "litellm_memory_high": "1280M",  # systemd MemoryHigh: throttling + reclaim start here
     "litellm_memory_max": "1536M",  # systemd MemoryMax: the kernel kills the instance above this
     "litellm_restart_sec": 2,  # RestartSec: pause before systemd restarts a dead instance
@@ -48,6 +49,7 @@ DEFAULTS: dict[str, object] = {
     "litellm_start_limit_interval": 300,  # StartLimitIntervalSec
     "litellm_graceful_timeout": 30,  # longest in-flight request drained on SIGTERM (stop, rotation)
     "litellm_timeout_stop_sec": 45,  # TimeoutStopSec: must exceed the graceful timeout
+    "litellm_install_timeout": 1200,  # seconds the background venv install may take before it is stopped and the deploy fails
     "litellm_ready_timeout": 120,  # seconds the deploy waits for /health/readiness after a (re)start
     "litellm_request_timeout": 600,  # LiteLLM's upstream request timeout in seconds
     "litellm_master_key_secret": "litellm_master_key",  # vault secret holding the proxy master key

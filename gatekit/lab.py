@@ -35,9 +35,12 @@ KIT_PACKAGES = ["ca-certificates", "openssl", "procps", "python3", "python3-venv
                 "nginx", "libnginx-mod-http-headers-more-filter"]
 
 
-def wheelhouse(lock: Path = REPO / "requirements" / "litellm.lock") -> Path:
-    """Every wheel of the lock, downloaded once into the sandbox cache (keyed by the lock's hash)."""
-    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:12]
+LOCKS = (REPO / "requirements" / "litellm.lock", REPO / "requirements" / "uv.lock")
+
+
+def wheelhouse(locks: tuple[Path, ...] = LOCKS) -> Path:
+    """Every wheel of the locks, downloaded once into the sandbox cache (keyed by the locks' hash)."""
+    digest = hashlib.sha256(b"".join(lock.read_bytes() for lock in locks)).hexdigest()[:12]
     target = sb.BASE_CACHE / f"wheelhouse-{digest}"
     if (target / ".complete").exists():
         return target
@@ -47,7 +50,7 @@ def wheelhouse(lock: Path = REPO / "requirements" / "litellm.lock") -> Path:
         [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--require-hashes",
          "--no-deps", "--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux2014_x86_64",
          "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64", "--platform", "linux_x86_64",
-         "--implementation", "cp", "-r", str(lock), "-d", str(tmp)],
+         "--implementation", "cp", *(a for lock in locks for a in ("-r", str(lock))), "-d", str(tmp)],
         check=True,
     )
     (tmp / ".complete").write_text(digest)

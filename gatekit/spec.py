@@ -10,6 +10,7 @@ import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -253,6 +254,19 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
         )
     if merged["litellm_workers"] < 1:
         problems.append(f"{where}: settings.litellm_workers: must be at least 1. Fix: set 1 or more.")
+    if merged["litellm_installer"] not in ("uv", "pip"):
+        problems.append(
+            f"{where}: settings.litellm_installer: {merged['litellm_installer']!r}. "
+            "Fix: use \"uv\" (default) or \"pip\"."
+        )
+    for key in ("litellm_pip_index_url", "litellm_pip_find_links"):
+        url = merged[key]
+        if "://" in url and urlsplit(url).password is not None:
+            problems.append(
+                f"{where}: settings.{key}: the URL carries a password; it would sit in pip's process arguments, "
+                "the install script and the journal. Fix: drop it from the URL and put the credentials in "
+                "/root/.netrc on the hosts (pip reads it)."
+            )
     if bool(merged["nginx_tls_cert"]) != bool(merged["nginx_tls_key"]):
         problems.append(
             f"{where}: settings.nginx_tls_cert/nginx_tls_key: give both or neither "

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import io
 import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pyinfra import host, inventory
-from pyinfra.api import deploy
+from pyinfra.api import FileUploadCommand, deploy, operation
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import files, server, systemd
 
@@ -28,9 +30,12 @@ REPO = Path(__file__).resolve().parent.parent
 CREDS_DIR = "/etc/gatekit/creds"
 STATE_DIR = "/var/lib/litellm"
 UNIT_FILE = "/etc/systemd/system/litellm@.service"
+INSTALL_UNIT = "gatekit-venv-install.service"
+INSTALL_SCRIPT = "{home}/bin/gatekit-venv-install"
 LAUNCHER = "{home}/bin/gatekit-litellm-launch"
 ROTATE_SCRIPT = "{home}/bin/gatekit-rotate"
 ROTATE_SOURCE = REPO / "gatekit" / "onhost" / "rotate.py"
+UV_LOCK = REPO / "requirements" / "uv.lock"
 # Staging for plaintext on its way into systemd-creds: tmpfs (RAM), root-only, removed at once.
 STAGE_DIR = "/run/gatekit"
 
@@ -54,19 +59,30 @@ def _lock_file(s: dict) -> Path:
     return path
 
 
-def _pip_args(s: dict) -> str:
-    args = ["--disable-pip-version-check", "-q", "--require-hashes", "--no-deps", "--only-binary=:all:"]
-    url = ""
+def _index_args(s: dict, tool: str) -> list[str]:
+    args, url = [], ""
     if s["litellm_pip_find_links"]:
         url = s["litellm_pip_find_links"]
         args += ["--no-index", "--find-links", url]
     elif s["litellm_pip_index_url"]:
         url = s["litellm_pip_index_url"]
         args += ["--index-url", url]
-    if url.startswith("http://"):
-        # The operator chose a plain-HTTP mirror; --require-hashes still pins every byte.
+    if url.startswith("http://") and tool == "pip":
+        # The operator chose a plain-HTTP mirror; --require-hashes still pins every byte. (uv needs no flag.)
         args += ["--trusted-host", urlsplit(url).hostname]
-    return " ".join(shlex.quote(a) for a in args)
+    return args
+
+
+def _pip_args(s: dict) -> str:
+    args = ["--disable-pip-version-check", "-q", "--require-hashes", "--no-deps", "--only-binary=:all:"]
+    return " ".join(shlex.quote(a) for a in args + _index_args(s, "pip"))
+
+
+def _uv_args(s: dict) -> str:
+    # uv compiles bytecode on all cores (the service cannot write .pyc files under ProtectSystem=strict,
+    # so without them every start would compile LiteLLM again); no cache left behind on the host.
+    args = ["-q", "--require-hashes", "--no-deps", "--only-binary", ":all:", "--compile-bytecode", "--no-cache"]
+    return " ".join(shlex.quote(a) for a in args + _index_args(s, "uv"))
 
 
 def redis_target_for(s: dict) -> dict | None:
@@ -90,14 +106,44 @@ def secrets_for_gateway(ctx) -> dict[str, str]:
     return names
 
 
-@deploy("LiteLLM Proxy")
+@dataclass
+class Gateway:
+    """What litellm_setup found and changed on one gateway, for litellm_start and litellm_ready."""
+
+    settings: dict
+    port: int
+    venv: str
+    stamp: str
+    install_started: bool  # the venv install runs in the background (gatekit-venv-install)
+    credentials: list[str]
+    unit_changed: object  # did_change() of the unit file operation
+    was_active: bool
+    running_enabled: bool
+    inputs_changed: Callable[[], bool]
+
+    @property
+    def instance(self) -> str:
+        return f"litellm@{self.port}.service"
+
+
 def litellm():
+    """The whole role, for running it alone. deploy.py puts nginx between start and readiness."""
+    gw = litellm_setup()
+    litellm_start(gw)
+    litellm_ready(gw)
+
+
+@deploy("LiteLLM Proxy")
+def litellm_setup() -> Gateway:
+    """install (packages, venv started in the background) + configure (files, credentials, unit)."""
     ctx = context(host)
     s = ctx.settings
     home, venv, conf_dir, svc = s["litellm_home"], f"{s['litellm_home']}/venv", s["litellm_config_dir"], s["litellm_user"]
     env_for = secrets_for_gateway(ctx)
     lock = _lock_file(s)
-    stamp = hashlib.sha256((lock.read_text() + _pip_args(s)).encode()).hexdigest()
+    installer = (s["litellm_installer"], _pip_args(s), _uv_args(s))
+    # Everything that decides what ends up in the venv: the locks, the installer and its arguments.
+    stamp = hashlib.sha256("\n".join((lock.read_text(), UV_LOCK.read_text(), *installer)).encode()).hexdigest()
     redis_target = redis_target_for(s)
     pg = group_hosts(inventory, "postgres")
 
@@ -130,7 +176,6 @@ def litellm():
         ("/var/lib/gatekit", "root", "root", "755"),
     ):
         want.dir(path, owner, group, mode)
-    want.file(f"{home}/requirements.lock", lock.read_text())
     want.file(f"{conf_dir}/config.yaml", render_config(ctx, redis_target), "root", svc, "640")
     want.file(
         f"{conf_dir}/litellm.env",
@@ -173,23 +218,33 @@ def litellm():
             f"({mem_mb} MB), so it never protects the host. Fix: lower litellm_memory_max for this host."
         )
 
-    # --- install ------------------------------------------------------------------------------
+    # --- install: the venv first, in the background (the longest step: it overlaps everything else) ---
+    # pyinfra runs the hosts' n-th operations together, so this comes within the gateway's first few
+    # operations, before a data host's long package installs.
     want.ensure_packages("Install Python venv support")
+    venv_changed = want.text(f"{venv}/.gatekit-stamp") != stamp
+    if venv_changed:
+        script = template(
+            "litellm/venv-install.sh.j2",
+            venv=venv,
+            installer=installer[0],
+            pip_args=installer[1],
+            uv_args=installer[2],
+            lock=f"{home}/requirements.lock",
+            uv_lock=f"{home}/uv.lock",
+            stamp=stamp,
+        )
+        start_venv_install(
+            name=f"Start the LiteLLM venv install in the background ({installer[0]} --require-hashes)",
+            home=home,
+            uploads={f"{home}/requirements.lock": lock.read_text(), f"{home}/uv.lock": UV_LOCK.read_text(),
+                     INSTALL_SCRIPT.format(home=home): script},
+            script=INSTALL_SCRIPT.format(home=home),
+            timeout=s["litellm_install_timeout"],
+        )
     want.ensure_user("Create the litellm system user", svc, STATE_DIR)
     for path in want.dirs:
         want.ensure_dir(f"Directory {path}", path)
-    lock_put = want.ensure_file("Upload the hash-locked requirements", f"{home}/requirements.lock")
-    venv_changed = want.text(f"{venv}/.gatekit-stamp") != stamp
-    if venv_changed:
-        server.shell(
-            name="Install LiteLLM into its venv (pip --require-hashes)",
-            commands=[
-                f"test -x {venv}/bin/python3 || python3 -m venv {venv}",
-                f"{venv}/bin/pip install {_pip_args(s)} -r {home}/requirements.lock",
-                f"{venv}/bin/python3 -c 'import litellm.proxy.proxy_server' >/dev/null",
-                f"echo {stamp} > {venv}/.gatekit-stamp",
-            ],
-        )
 
     # --- configure ----------------------------------------------------------------------------
     config = want.ensure_file("Render LiteLLM config.yaml (secrets only as os.environ references)", f"{conf_dir}/config.yaml")
@@ -198,15 +253,81 @@ def litellm():
     want.ensure_file("Install gatekit-rotate (blue/green key rotation)", ROTATE_SCRIPT.format(home=home))
     creds_changed = install_credentials(ctx, env_for, want)
     unit = want.ensure_file("Install the litellm@.service template unit", UNIT_FILE)
-    if s["litellm_database"]:
-        prisma_setup(s, venv, venv_changed, sorted(env_for))
+    return Gateway(
+        settings=s,
+        port=port,
+        venv=venv,
+        stamp=stamp,
+        install_started=venv_changed,
+        credentials=sorted(env_for),
+        unit_changed=unit,
+        was_active=want.state["units"].get(instance, ("", ""))[0] == "active",
+        running_enabled=want.state["units"].get(instance) == ("active", "enabled"),
+        inputs_changed=lambda: venv_changed
+        or any(op.did_change() for op in (config, env_file, launcher, unit, *creds_changed)),
+    )
 
-    # --- activate -----------------------------------------------------------------------------
-    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-    inputs_changed = lambda: venv_changed or any(op.did_change() for op in (config, env_file, launcher, unit, lock_put, *creds_changed))  # noqa: E731
-    want.ensure_running(f"Enable and start {instance}", instance)
-    systemd.service(name=f"Restart {instance} for its new inputs", service=instance, restarted=True, _if=inputs_changed)
-    wait_ready(port, s, _if=inputs_changed)
+
+@deploy("LiteLLM Proxy")
+def litellm_start(gw: Gateway):
+    """activate: wait for the venv install, then start the live instance, or restart it for new inputs."""
+    if gw.install_started:
+        wait_venv_install(gw)
+    if gw.settings["litellm_database"]:
+        prisma_setup(gw.settings, gw.venv, gw.install_started, gw.credentials)
+    systemd.daemon_reload(name="Reload systemd units", _if=gw.unit_changed.did_change)
+    if not gw.running_enabled:
+        systemd.service(name=f"Enable and start {gw.instance}", service=gw.instance, running=True, enabled=True)
+    # A unit that was not running has just started with the new inputs; only a running one needs a restart.
+    systemd.service(
+        name=f"Restart {gw.instance} for its new inputs",
+        service=gw.instance,
+        restarted=True,
+        _if=lambda: gw.was_active and gw.inputs_changed(),
+    )
+
+
+@deploy("LiteLLM Proxy")
+def litellm_ready(gw: Gateway):
+    """After a (re)start, wait for /health/readiness (deploy.py configures nginx in the meantime)."""
+    wait_ready(gw.port, gw.settings, _if=lambda: gw.inputs_changed() or not gw.was_active)
+
+
+@operation()
+def start_venv_install(home: str, uploads: dict, script: str, timeout: int):
+    """Upload the locks and the install script, run it as a transient unit and return at once.
+
+    One operation (not one per file) so that it is among the gateway's first operations.
+    """
+    u = INSTALL_UNIT
+    yield f"install -d -m 755 {home} {home}/bin"
+    for dest, content in uploads.items():
+        yield FileUploadCommand(io.StringIO(content), dest)
+        yield f"chown root:root {dest} && chmod {'700' if dest == script else '644'} {dest}"
+    # A run cut off earlier may still be going: stop it (the script then rebuilds its half-done venv).
+    yield f"systemctl stop {u} 2>/dev/null || true; systemctl reset-failed {u} 2>/dev/null || true"
+    # Lowest CPU priority: the install must not starve what runs beside it (a live LiteLLM during an
+    # upgrade; the deploy's own package installs on a fresh host).
+    yield (
+        f"systemd-run --no-block --quiet --unit={u} --description='gatekit: install LiteLLM into its venv' "
+        f"--service-type=oneshot -p RemainAfterExit=yes -p TimeoutStartSec={timeout} -p Nice=19 -p IOSchedulingPriority=7 {script}"
+    )
+
+
+def wait_venv_install(gw: Gateway):
+    u = INSTALL_UNIT
+    server.shell(
+        name="Wait for the LiteLLM venv install",
+        commands=[
+            f"while [ \"$(systemctl show -P ActiveState {u})\" = activating ]; do sleep 0.5; done; "
+            f"result=$(systemctl show -P Result {u}); inv=$(systemctl show -P InvocationID {u}); "
+            f"systemctl stop {u} 2>/dev/null || true; systemctl reset-failed {u} 2>/dev/null || true; "
+            f"if [ \"$(cat {gw.venv}/.gatekit-stamp 2>/dev/null)\" != {gw.stamp} ]; then "
+            f"[ -n \"$inv\" ] && journalctl _SYSTEMD_INVOCATION_ID=$inv -o cat -n 30 --no-pager >&2; "
+            f"echo \"LiteLLM venv install failed (result: $result). Fix: see the lines above "
+            f"(journalctl -u {u}); re-run the deploy to retry.\" >&2; exit 1; fi",
+        ],
+    )
 
 
 def key_fingerprints(ctx) -> dict[str, str]:
@@ -275,15 +396,19 @@ def install_credentials(ctx, env_for: dict[str, str], want: Desired) -> list:
 
 def wait_ready(port: int, s: dict, **kwargs):
     url = f"http://{s['litellm_bind']}:{port}/health/readiness"
+    unit = f"litellm@{port}.service"
     probe = (
-        "import sys, time, urllib.request\n"
+        "import subprocess, sys, time, urllib.request\n"
         f"deadline = time.time() + {s['litellm_ready_timeout']}\n"
         "while time.time() < deadline:\n"
         "    try:\n"
         f"        if urllib.request.urlopen({url!r}, timeout=5).status == 200: sys.exit(0)\n"
         "    except Exception: pass\n"
-        "    time.sleep(1)\n"
-        f"sys.exit('litellm@{port} not ready after {s['litellm_ready_timeout']}s: see journalctl -u litellm@{port}')\n"
+        # Restart= gives up after the start limit: no point waiting out the timeout then.
+        f"    if subprocess.run(['systemctl', 'is-failed', '--quiet', {unit!r}]).returncode == 0:\n"
+        f"        sys.exit('{unit} failed to start: see journalctl -u {unit}')\n"
+        "    time.sleep(0.5)\n"
+        f"sys.exit('{unit} not ready after {s['litellm_ready_timeout']}s: see journalctl -u {unit}')\n"
     )
     server.shell(name=f"Wait for litellm@{port} /health/readiness", commands=[f"python3 -c {shlex.quote(probe)}"], **kwargs)
 
