@@ -227,6 +227,7 @@ def litellm_setup() -> Gateway:
         script = template(
             "litellm/venv-install.sh.j2",
             venv=venv,
+            new=venv_dir(home, stamp),
             installer=installer[0],
             pip_args=installer[1],
             uv_args=installer[2],
@@ -314,20 +315,35 @@ def start_venv_install(home: str, uploads: dict, script: str, timeout: int):
     )
 
 
+def venv_dir(home: str, stamp: str) -> str:
+    """Where the venv for this stamp is built; `{home}/venv` is a symlink to the live one."""
+    return f"{home}/venvs/{stamp[:16]}"
+
+
 def wait_venv_install(gw: Gateway):
-    u = INSTALL_UNIT
     server.shell(
-        name="Wait for the LiteLLM venv install",
-        commands=[
-            f"while [ \"$(systemctl show -P ActiveState {u})\" = activating ]; do sleep 0.5; done; "
-            f"result=$(systemctl show -P Result {u}); inv=$(systemctl show -P InvocationID {u}); "
-            f"systemctl stop {u} 2>/dev/null || true; systemctl reset-failed {u} 2>/dev/null || true; "
-            f"if [ \"$(cat {gw.venv}/.gatekit-stamp 2>/dev/null)\" != {gw.stamp} ]; then "
-            f"[ -n \"$inv\" ] && journalctl _SYSTEMD_INVOCATION_ID=$inv -o cat -n 30 --no-pager >&2; "
-            f"echo \"LiteLLM venv install failed (result: $result). Fix: see the lines above "
-            f"(journalctl -u {u}); re-run the deploy to retry.\" >&2; exit 1; fi",
-        ],
+        name="Wait for the LiteLLM venv install, then switch to it",
+        commands=switch_venv_commands(gw.venv, venv_dir(gw.settings["litellm_home"], gw.stamp), gw.stamp),
     )
+
+
+def switch_venv_commands(venv: str, new: str, stamp: str, unit: str = INSTALL_UNIT) -> list[str]:
+    """Wait for the background build; on success make it the live venv (symlink switch), keeping the
+    previous one for a manual rollback; on failure show the build's log, leave the live venv alone and fail."""
+    return [
+        f"while [ \"$(systemctl show -P ActiveState {unit})\" = activating ]; do sleep 0.5; done; "
+        f"result=$(systemctl show -P Result {unit}); inv=$(systemctl show -P InvocationID {unit}); "
+        f"systemctl stop {unit} 2>/dev/null || true; systemctl reset-failed {unit} 2>/dev/null || true; "
+        f"if [ \"$(cat {new}/.gatekit-stamp 2>/dev/null)\" != {stamp} ]; then "
+        f"[ -n \"$inv\" ] && journalctl _SYSTEMD_INVOCATION_ID=$inv -o cat -n 30 --no-pager >&2; "
+        f"echo \"LiteLLM venv install failed (result: $result); the live venv is unchanged. Fix: see the "
+        f"lines above (journalctl -u {unit}); re-run the deploy to retry.\" >&2; exit 1; fi",
+        # Hosts deployed before venvs were versioned hold a plain directory here.
+        f"if [ -d {venv} ] && [ ! -L {venv} ]; then rm -rf {venv}.old && mv {venv} {venv}.old; fi",
+        f"prev=$(readlink {venv} || true); ln -sfn {new} {venv}.next && mv -T {venv}.next {venv}; "
+        f"for d in $(dirname {new})/*; do [ \"$d\" = {new} ] || [ \"$d\" = \"$prev\" ] || rm -rf \"$d\"; done; "
+        f"rm -rf {venv}.old",
+    ]
 
 
 def key_fingerprints(ctx) -> dict[str, str]:

@@ -1,8 +1,8 @@
 """The venv install script (templates/litellm/venv-install.sh.j2), run for real with fake python3/pip/uv.
 
-What must hold: the stamp appears only after a complete install; a failed or cut-off install leaves a marker
-and the next run starts from an empty venv; uv comes from its own hash-locked file and is removed afterwards;
-the index arguments reach the installer.
+What must hold: a build goes into its own directory and its stamp appears only once it is complete; a failed or
+cut-off build is redone from scratch; uv comes from its own hash-locked file and is removed afterwards; the index
+arguments reach the installer; the live venv (a symlink) moves only to a complete build, keeping one previous.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from gatekit import render
 from gatekit.defaults import DEFAULTS
-from roles.litellm import _pip_args, _uv_args
+from roles.litellm import _pip_args, _uv_args, switch_venv_commands
 
 FAKE_PYTHON = """#!/bin/sh
 # fake `python3 -m venv DIR`: a venv whose pip appends its arguments to $LOG
@@ -61,6 +61,7 @@ def script(tmp_path, installer: str, settings: dict | None = None, stamp: str = 
     text = render.template(
         "litellm/venv-install.sh.j2",
         venv=str(tmp_path / "venv"),
+        new=str(tmp_path / "venvs" / stamp),
         installer=installer,
         pip_args=_pip_args(s),
         uv_args=_uv_args(s),
@@ -68,7 +69,7 @@ def script(tmp_path, installer: str, settings: dict | None = None, stamp: str = 
         uv_lock="/opt/litellm/uv.lock",
         stamp=stamp,
     )
-    path = tmp_path / "gatekit-venv-install"
+    path = tmp_path / f"gatekit-venv-install-{stamp}"
     path.write_text(text)
     path.chmod(0o700)
     return path
@@ -83,18 +84,18 @@ def run(path: Path, fakes: Path, **env) -> tuple[subprocess.CompletedProcess, li
 
 
 @pytest.mark.parametrize("installer", ["uv", "pip"])
-def test_fresh_install_writes_the_stamp_last(tmp_path, fakes, installer):
+def test_fresh_build_writes_the_stamp_last(tmp_path, fakes, installer):
     res, log = run(script(tmp_path, installer), fakes)
     assert res.returncode == 0, res.stderr
-    venv = tmp_path / "venv"
-    assert log[0] == f"venv {venv}"
-    assert (venv / ".gatekit-stamp").read_text() == "abc123\n"
-    assert not (venv / ".gatekit-installing").exists()
+    new = tmp_path / "venvs" / "abc123"
+    assert log[0] == f"venv {new}"
+    assert (new / ".gatekit-stamp").read_text() == "abc123\n"
+    assert not (tmp_path / "venv").exists()  # the live symlink is the deploy's to switch, not the build's
     if installer == "uv":
         assert log[1].startswith("pip ") and "--target" in log[1] and "-r /opt/litellm/uv.lock" in log[1]
         assert "--require-hashes" in log[1]
         uv = log[2]
-        assert uv.startswith("uv pip install --python " + str(venv / "bin" / "python3"))
+        assert uv.startswith("uv pip install --python " + str(new / "bin" / "python3"))
         assert "--require-hashes" in uv and "--compile-bytecode" in uv and "-r /opt/litellm/requirements.lock" in uv
         assert uv.endswith("link=copy")
         assert not Path((fakes / "uv-dir").read_text().strip()).exists()  # the throwaway uv is gone
@@ -103,35 +104,96 @@ def test_fresh_install_writes_the_stamp_last(tmp_path, fakes, installer):
 
 
 @pytest.mark.parametrize("installer,fail", [("uv", "UV_FAIL"), ("pip", "PIP_FAIL")])
-def test_failed_install_leaves_no_stamp_and_the_next_run_starts_clean(tmp_path, fakes, installer, fail):
+def test_failed_build_leaves_no_stamp_and_the_next_run_starts_clean(tmp_path, fakes, installer, fail):
     path = script(tmp_path, installer)
-    venv = tmp_path / "venv"
+    new = tmp_path / "venvs" / "abc123"
     res, _ = run(path, fakes, **{fail: "1"})
     assert res.returncode != 0
-    assert not (venv / ".gatekit-stamp").exists()
-    assert (venv / ".gatekit-installing").exists()
-    (venv / "half-written").write_text("x")  # what a cut-off install leaves behind
+    assert not (new / ".gatekit-stamp").exists()
+    (new / "half-written").write_text("x")  # what a cut-off build leaves behind
     if installer == "uv":
         assert not Path((fakes / "uv-dir").read_text().strip()).exists()  # removed even on failure
 
     res, log = run(path, fakes)
     assert res.returncode == 0, res.stderr
-    assert log[0] == f"venv {venv}"  # recreated from scratch
-    assert not (venv / "half-written").exists()
-    assert (venv / ".gatekit-stamp").read_text() == "abc123\n"
+    assert log[0] == f"venv {new}"  # rebuilt from scratch
+    assert not (new / "half-written").exists()
+    assert (new / ".gatekit-stamp").read_text() == "abc123\n"
 
 
-def test_upgrade_keeps_the_venv_and_drops_the_old_stamp_first(tmp_path, fakes):
-    venv = tmp_path / "venv"
-    run(script(tmp_path, "uv", stamp="old"), fakes)
-    (venv / "site-packages-marker").write_text("x")
-    path = script(tmp_path, "uv", stamp="new")
-    res, log = run(path, fakes, UV_FAIL="1")
-    assert res.returncode != 0
-    assert not (venv / ".gatekit-stamp").exists()  # never the old stamp over a half-upgraded venv
-    assert not any(line.startswith("venv ") for line in log)  # the existing venv was upgraded in place
+def test_a_finished_build_is_not_redone(tmp_path, fakes):
+    path = script(tmp_path, "uv")
+    run(path, fakes)
     res, log = run(path, fakes)
-    assert (venv / ".gatekit-stamp").read_text() == "new\n"
+    assert res.returncode == 0 and log == []
+
+
+# --- the switch: wait for the build, then point the live symlink at it ---------------------------------------------
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+# systemctl show -P X UNIT -> the unit finished; the build's result comes from $RESULT
+case "$1 $2 $3" in
+    "show -P ActiveState") echo "${STATE:-active}";;
+    "show -P Result") echo "${RESULT:-success}";;
+    "show -P InvocationID") echo 0123abcd;;
+    *) echo "systemctl $*" >> "$LOG";;
+esac
+"""
+FAKE_JOURNALCTL = """#!/bin/sh
+echo "journal: uv: no wheel for foo==1.0"
+"""
+
+
+def switch(tmp_path, fakes, stamp: str, **env) -> subprocess.CompletedProcess:
+    (fakes / "bin" / "systemctl").write_text(FAKE_SYSTEMCTL)
+    (fakes / "bin" / "journalctl").write_text(FAKE_JOURNALCTL)
+    for name in ("systemctl", "journalctl"):
+        (fakes / "bin" / name).chmod(0o755)
+    venv, new = str(tmp_path / "venv"), str(tmp_path / "venvs" / stamp)
+    full = {"PATH": f"{fakes / 'bin'}:/usr/bin:/bin", "LOG": str(fakes / "log"), **env}
+    for cmd in switch_venv_commands(venv, new, stamp):
+        res = subprocess.run(["sh", "-c", cmd], env=full, capture_output=True, text=True, timeout=30)
+        if res.returncode != 0:
+            return res
+    return res
+
+
+def build(tmp_path, stamp: str):
+    d = tmp_path / "venvs" / stamp
+    (d / "bin").mkdir(parents=True)
+    (d / ".gatekit-stamp").write_text(stamp + "\n")
+
+
+def test_switch_points_the_live_venv_at_the_build_and_keeps_one_previous(tmp_path, fakes):
+    venv = tmp_path / "venv"
+    for stamp in ("s1", "s2", "s3"):
+        build(tmp_path, stamp)
+        res = switch(tmp_path, fakes, stamp)
+        assert res.returncode == 0, res.stderr
+        assert venv.is_symlink() and os.readlink(venv) == str(tmp_path / "venvs" / stamp)
+        assert (venv / ".gatekit-stamp").read_text() == stamp + "\n"
+    assert sorted(p.name for p in (tmp_path / "venvs").iterdir()) == ["s2", "s3"]  # live + previous
+
+
+def test_failed_build_leaves_the_live_venv_alone_and_shows_why(tmp_path, fakes):
+    venv = tmp_path / "venv"
+    build(tmp_path, "s1")
+    switch(tmp_path, fakes, "s1")
+    (tmp_path / "venvs" / "s2").mkdir()  # a build that never finished: no stamp
+    res = switch(tmp_path, fakes, "s2", RESULT="exit-code")
+    assert res.returncode != 0
+    assert "venv install failed (result: exit-code)" in res.stderr and "live venv is unchanged" in res.stderr
+    assert "no wheel for foo" in res.stderr  # the build's own log, for the operator
+    assert os.readlink(venv) == str(tmp_path / "venvs" / "s1")
+
+
+def test_switch_replaces_a_plain_venv_directory_from_older_deploys(tmp_path, fakes):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    build(tmp_path, "s1")
+    res = switch(tmp_path, fakes, "s1")
+    assert res.returncode == 0, res.stderr
+    assert venv.is_symlink() and not (tmp_path / "venv.old").exists()
 
 
 @pytest.mark.parametrize(
