@@ -1,9 +1,10 @@
 """gatekit: the whole gateway stack, idempotent. `pyinfra inventories/<env>.py deploy.py`
 
 Each host runs its roles in this order; pyinfra runs the hosts side by side, one operation at a time,
-so a data host's few operations are done long before any gateway starts LiteLLM. The slow steps
-overlap the rest: the LiteLLM venv installs in the background from the gateway's first operations,
-and nginx is configured while LiteLLM starts.
+so a data host's few operations are done long before any gateway starts LiteLLM (and on a host that
+is both, Redis and PostgreSQL come before the start). The slow steps overlap the rest: the LiteLLM
+venv builds in the background from a gateway's first operations, and nginx is configured while
+LiteLLM starts.
 Each role is also runnable alone: `pyinfra inventories/<env>.py roles/run.py --data role=nginx`.
 """
 
@@ -19,12 +20,13 @@ from roles.redis import redis
 context(host)  # validate spec, host settings and vault before any operation is collected
 
 base()
+if "gateways" in host.groups:
+    gateway = litellm_setup()  # starts the venv build in the background, then writes config and credentials
 if "redis" in host.groups:
     redis()
 if "postgres" in host.groups:
     postgres()
 if "gateways" in host.groups:
-    gateway = litellm_setup()  # starts the venv install in the background, then configures
-    litellm_start(gateway)  # waits for the venv, (re)starts LiteLLM without waiting for it
+    litellm_start(gateway)  # waits for the venv build, (re)starts LiteLLM without waiting for it
     nginx()  # configured while LiteLLM starts
     litellm_ready(gateway)

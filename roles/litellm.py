@@ -308,10 +308,10 @@ def start_venv_install(home: str, uploads: dict, script: str, timeout: int):
     # A run cut off earlier may still be going: stop it (the script then rebuilds its half-done venv).
     yield f"systemctl stop {u} 2>/dev/null || true; systemctl reset-failed {u} 2>/dev/null || true"
     # Lowest CPU priority: the install must not starve what runs beside it (a live LiteLLM during an
-    # upgrade; the deploy's own package installs on a fresh host).
+    # upgrade; the deploy's own package installs on a fresh host). User=root gives it HOME (/root/.netrc).
     yield (
         f"systemd-run --no-block --quiet --unit={u} --description='gatekit: install LiteLLM into its venv' "
-        f"--service-type=oneshot -p RemainAfterExit=yes -p TimeoutStartSec={timeout} -p Nice=19 -p IOSchedulingPriority=7 {script}"
+        f"--service-type=oneshot -p RemainAfterExit=yes -p TimeoutStartSec={timeout} -p Nice=19 -p IOSchedulingPriority=7 -p User=root {script}"
     )
 
 

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from gatekit.lab import WHEELHOUSE_PORT
 from tests.e2e.conftest import completion, secret_locations, wait_until
 
 PORT = 4001
@@ -94,6 +95,35 @@ def test_second_run_changes_nothing(lab):
     assert again.ok
     assert again.changes == 0, {h: again.changed_ops(lab.hosts[h].address) for h in lab.hosts}
     lab.rerun_seconds = again.seconds
+
+
+def test_failed_venv_build_stops_the_deploy_and_leaves_the_live_venv(lab, client):
+    """An install that cannot complete (here: a wheelhouse URL with nothing behind it) fails the deploy with
+    the build's own log; the live venv, the running instance and traffic are untouched."""
+    gws = [lab.hosts[n] for n in lab.groups["gateways"]]
+    live = {gw.name: gw.run("readlink /opt/litellm/venv").stdout.strip() for gw in gws}
+    assert all(v.startswith("/opt/litellm/venvs/") for v in live.values()), live
+    pids = {gw.name: _show(gw, "MainPID") for gw in gws}
+    saved = dict(lab.settings)
+    lab.settings["litellm_pip_find_links"] = f"http://{lab.bridge_ip}:{WHEELHOUSE_PORT}/missing/"
+    lab.write_spec()
+    try:
+        failed = lab.deploy(check=False)
+    finally:
+        lab.settings.clear()
+        lab.settings.update(saved)
+        lab.write_spec()
+    assert not failed.ok
+    assert "LiteLLM venv install failed" in failed.stderr and "the live venv is unchanged" in failed.stderr
+    for gw in gws:
+        assert gw.run("readlink /opt/litellm/venv").stdout.strip() == live[gw.name]
+        assert _show(gw, "MainPID") == pids[gw.name]  # not restarted
+        assert gw.run("systemctl is-active gatekit-venv-install.service", check=False).stdout.strip() != "active"
+        r = completion(client, lab.gateway_url(gw.name))
+        assert r.status_code == 200, r.text
+    # Back to the working settings: the live venv matches them again, so nothing is left to do.
+    again = lab.deploy()
+    assert again.ok and again.changes == 0, {h: again.changed_ops(lab.hosts[h].address) for h in lab.hosts}
 
 
 def test_litellm_unit_settings(lab):
