@@ -191,7 +191,10 @@ def test_down_removes_everything_and_is_idempotent():
 
 
 _OWNER = textwrap.dedent("""\
-    import json, sys, time
+    import json, signal, sys, time
+    # An interactive owner: a suite started as a background job inherits SIGINT ignored, and the
+    # sandbox (rightly) leaves an ignored signal ignored, which would make the SIGINT case untestable.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from gatekit.sandbox import Sandbox
     sb = Sandbox().up()
     sb.boot(["victim"])
