@@ -140,10 +140,11 @@ def litellm_setup() -> Gateway:
     s = ctx.settings
     home, venv, conf_dir, svc = s["litellm_home"], f"{s['litellm_home']}/venv", s["litellm_config_dir"], s["litellm_user"]
     env_for = secrets_for_gateway(ctx)
-    lock = _lock_file(s)
+    # On the host: the LiteLLM lock and uv's, read once for the stamp and the upload.
+    locks = {f"{home}/requirements.lock": _lock_file(s).read_text(), f"{home}/uv.lock": UV_LOCK.read_text()}
     installer = (s["litellm_installer"], _pip_args(s), _uv_args(s))
     # Everything that decides what ends up in the venv: the locks, the installer and its arguments.
-    stamp = hashlib.sha256("\n".join((lock.read_text(), UV_LOCK.read_text(), *installer)).encode()).hexdigest()
+    stamp = hashlib.sha256("\n".join((*locks.values(), *installer)).encode()).hexdigest()
     redis_target = redis_target_for(s)
     pg = group_hosts(inventory, "postgres")
 
@@ -238,8 +239,7 @@ def litellm_setup() -> Gateway:
         start_venv_install(
             name=f"Start the LiteLLM venv install in the background ({installer[0]} --require-hashes)",
             home=home,
-            uploads={f"{home}/requirements.lock": lock.read_text(), f"{home}/uv.lock": UV_LOCK.read_text(),
-                     INSTALL_SCRIPT.format(home=home): script},
+            uploads={**locks, INSTALL_SCRIPT.format(home=home): script},
             script=INSTALL_SCRIPT.format(home=home),
             timeout=s["litellm_install_timeout"],
         )
