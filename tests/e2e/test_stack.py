@@ -144,6 +144,57 @@ def test_litellm_unit_settings(lab):
     assert f"127.0.0.1:{PORT}" in listen and f"0.0.0.0:{PORT}" not in listen
 
 
+RECORD_UVICORN = (
+    "import json, os\n"
+    "import uvicorn\n"
+    "def _record(*args, **kwargs):\n"
+    "    with open(os.environ['GK_RECORD'], 'w') as fh:\n"
+    "        json.dump({'args': list(args), 'kwargs': kwargs, 'env': dict(os.environ)}, fh, default=repr)\n"
+    "    raise SystemExit(0)\n"
+    "uvicorn.run = _record\n"
+)
+
+
+def test_direct_uvicorn_launch_matches_litellm_cli(lab):
+    """Without a database the launcher runs uvicorn itself instead of through LiteLLM's CLI (whose
+    supervisor imports the whole proxy and then serves nothing). Pin that both hand uvicorn the same
+    arguments and the workers the same environment, with the locked LiteLLM on a deployed gateway."""
+    gw = lab.hosts["gw1"]
+    unit = gw.run(f"systemctl cat {UNIT}").stdout
+    names = re.findall(r"^LoadCredentialEncrypted=([^:]+):", unit, re.M)
+    assert names, unit
+    gw.put("/root/gk-hook/sitecustomize.py", RECORD_UVICORN)
+    creds = " ".join(f"echo not-a-secret > /root/gk-creds/{n};" for n in names)
+    gw.run(f"mkdir -p /root/gk-creds && {creds}")
+    seen = {}
+    for mode, switch in (("direct", ""), ("cli", "GK_LITELLM_VIA_CLI=1")):
+        gw.run(
+            f"set -a; . /etc/litellm/litellm.env; set +a; rm -rf /root/gk-run-{mode}; "
+            f"CREDENTIALS_DIRECTORY=/root/gk-creds GK_PORT=4011 RUNTIME_DIRECTORY=/root/gk-run-{mode} "
+            f"PYTHONPATH=/root/gk-hook GK_RECORD=/root/gk-{mode}.json {switch} /opt/litellm/bin/gatekit-litellm-launch",
+            timeout=180,
+        )
+        seen[mode] = json.loads(gw.run(f"cat /root/gk-{mode}.json").stdout)
+    direct, cli = seen["direct"], seen["cli"]
+    assert direct["kwargs"]["app"] == "litellm.proxy.proxy_server:app"
+    assert direct["kwargs"]["workers"] == lab.settings.get("litellm_workers", 2)
+    assert (direct["args"], direct["kwargs"]) == (cli["args"], cli["kwargs"])
+    ours = {"GK_LITELLM_VIA_CLI", "GK_RECORD", "RUNTIME_DIRECTORY", "PROMETHEUS_MULTIPROC_DIR"}
+    differ = {k for k in set(direct["env"]) | set(cli["env"]) if k not in ours
+              and direct["env"].get(k) != cli["env"].get(k)}
+    assert not differ, {k: (direct["env"].get(k), cli["env"].get(k)) for k in differ}
+    assert "WORKER_CONFIG" in direct["env"] and "NUM_WORKERS" in direct["env"]
+    # The running instance: its main process (the uvicorn supervisor) has not loaded the proxy (no
+    # pydantic-core in its mappings), its workers have.
+    main = _show(gw, "MainPID")
+    assert "gatekit-litellm-launch" in gw.run(f"tr '\\0' ' ' < /proc/{main}/cmdline").stdout
+    assert gw.run(f"grep -c pydantic_core /proc/{main}/maps", check=False).stdout.strip() == "0"
+    workers = gw.run(f"cat /proc/{main}/task/*/children").stdout.split()
+    loaded = [w for w in workers if gw.run(f"grep -c pydantic_core /proc/{w}/maps", check=False).stdout.strip() != "0"]
+    assert len(loaded) == lab.settings.get("litellm_workers", 2), (workers, loaded)
+    gw.run("rm -rf /root/gk-hook /root/gk-creds /root/gk-run-* /root/gk-direct.json /root/gk-cli.json")
+
+
 def _show(host, prop: str) -> str:
     return host.run(f"systemctl show {UNIT} -p {prop} --value").stdout.strip()
 

@@ -537,6 +537,72 @@ def test_launcher_maps_credentials_to_environment(tmp_path):
     assert_no_secret_values(json.dumps(args))  # nothing secret on the command line
 
 
+def _run_dbless_launcher(tmp_path, extra_env: dict, args: tuple = ()) -> dict:
+    """Run the DB-less launcher with a fake `uvicorn` module and a fake `litellm` CLI; returns what ran."""
+    import json
+    import subprocess
+    import sys
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    record = tmp_path / "record.json"
+    fake_cli = venv / "bin" / "litellm"
+    fake_cli.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        f"open({str(record)!r}, 'w').write(json.dumps({{'cli': sys.argv, 'env': dict(os.environ)}}))\n"
+    )
+    fake_cli.chmod(0o755)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "uvicorn.py").write_text(
+        "import json, os\n"
+        "def run(**kwargs):\n"
+        f"    open({str(record)!r}, 'w').write(json.dumps({{'uvicorn': kwargs, 'env': dict(os.environ)}}))\n"
+    )
+    script = tmp_path / "gatekit-litellm-launch"
+    script.write_text(launcher(database=False, venv=str(venv)))
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    for name in ENV_FOR:
+        (creds / name).write_text(f"value-of-{name}\n")
+    env = {"CREDENTIALS_DIRECTORY": str(creds), "GK_PORT": "4002", "RUNTIME_DIRECTORY": str(tmp_path / "run"),
+           "PATH": "/usr/bin:/bin", "PYTHONPATH": str(hook), **extra_env}
+    subprocess.run([sys.executable, str(script), *args], env=env, check=True, timeout=60)
+    return json.loads(record.read_text())
+
+
+def test_dbless_launcher_runs_uvicorn_directly(tmp_path):
+    import json
+
+    seen = _run_dbless_launcher(tmp_path, {"LITELLM_LOG": "warning"})
+    assert seen["uvicorn"] == {
+        "app": "litellm.proxy.proxy_server:app", "host": "127.0.0.1", "port": 4002, "server_header": False,
+        "loop": "uvloop", "workers": 2, "timeout_worker_healthcheck": 120, "limit_max_requests": 10000,
+        "limit_max_requests_jitter": 1000, "log_level": 30,
+    }
+    env = seen["env"]
+    assert env["NUM_WORKERS"] == "2"
+    assert json.loads(env["WORKER_CONFIG"])["config"] == "/etc/litellm/config.yaml"
+    assert env["LITELLM_MASTER_KEY"] == "value-of-litellm_master_key"
+    assert "DATABASE_URL" not in env
+    assert env["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path / "run" / "prometheus")
+
+
+@pytest.mark.parametrize("extra_env, args", [
+    ({"GK_LITELLM_VIA_CLI": "1"}, ()),  # the operator's escape hatch
+    ({"JSON_LOGS": "True"}, ()),  # the CLI sets up uvicorn's JSON log config
+    ({}, ("--skip_server_startup",)),
+])
+def test_dbless_launcher_takes_the_cli_when_asked(tmp_path, extra_env, args):
+    seen = _run_dbless_launcher(tmp_path, extra_env, args)
+    assert "uvicorn" not in seen
+    cli = seen["cli"]
+    assert cli[cli.index("--num_workers") + 1] == "2"
+    assert cli[cli.index("--port") + 1] == "4002"
+    assert cli[len(cli) - len(args):] == list(args)
+
+
 def test_launcher_refuses_to_run_outside_systemd(tmp_path):
     import subprocess
     import sys
