@@ -555,9 +555,17 @@ def _run_dbless_launcher(tmp_path, extra_env: dict, args: tuple = ()) -> dict:
     fake_cli.chmod(0o755)
     hook = tmp_path / "hook"
     hook.mkdir()
+    # Like uvicorn's supervisor, the fake spawns a worker: a spawned child re-runs the launcher as its main
+    # module, which must not launch again.
     (hook / "uvicorn.py").write_text(
-        "import json, os\n"
+        "import json, multiprocessing, os\n"
+        "def _worker(path):\n"
+        "    open(path, 'w').write('worker ran')\n"
         "def run(**kwargs):\n"
+        f"    child = multiprocessing.get_context('spawn').Process(target=_worker, args=({str(tmp_path / 'worker')!r},))\n"
+        "    child.start()\n"
+        "    child.join(30)\n"
+        "    kwargs['worker_exit'] = child.exitcode\n"
         f"    open({str(record)!r}, 'w').write(json.dumps({{'uvicorn': kwargs, 'env': dict(os.environ)}}))\n"
     )
     script = tmp_path / "gatekit-litellm-launch"
@@ -576,6 +584,8 @@ def test_dbless_launcher_runs_uvicorn_directly(tmp_path):
     import json
 
     seen = _run_dbless_launcher(tmp_path, {"LITELLM_LOG": "warning"})
+    assert (tmp_path / "worker").read_text() == "worker ran"
+    assert seen["uvicorn"].pop("worker_exit") == 0
     assert seen["uvicorn"] == {
         "app": "litellm.proxy.proxy_server:app", "host": "127.0.0.1", "port": 4002, "server_header": False,
         "loop": "uvloop", "workers": 2, "timeout_worker_healthcheck": 120, "limit_max_requests": 10000,
