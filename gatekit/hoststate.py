@@ -89,6 +89,14 @@ class Unchanged:
 UNCHANGED = Unchanged()
 
 
+@dataclass(frozen=True)
+class PackageWave:
+    """One operation that installs the packages of all of a host's roles at once (roles/packages.py)."""
+
+    op: object
+    packages: frozenset[str]
+
+
 def _mode(m: str) -> int:
     return int(str(m), 8)
 
@@ -126,11 +134,14 @@ class Desired:
         self.files[dest] = (content, user, group, mode)
 
     # ---- operations, yielded only when the host differs ------------------------------------------
-    def ensure_packages(self, name: str):
+    def ensure_packages(self, name: str, installed_by: PackageWave | None = None):
+        """Install what is missing; `installed_by`: a deploy-wide wave that already installs it this run."""
         missing = [p for p in self.packages if p not in self.state["packages"]]
         if not missing:
             return UNCHANGED
         self.installing = True  # packages may create paths the snapshot saw as absent
+        if installed_by is not None and set(missing) <= installed_by.packages:
+            return installed_by.op
         apt.update(name="Refresh package lists (at most hourly)", cache_time=3600)
         return apt.packages(name=name, packages=self.packages, no_recommends=True)
 

@@ -21,7 +21,7 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import files, server, systemd
 
 from gatekit.defaults import COMPROMISED_LITELLM_VERSIONS
-from gatekit.hoststate import LIVE_FILE, ROTATION_JOURNAL, Desired, gateway_probe, live_port
+from gatekit.hoststate import LIVE_FILE, ROTATION_JOURNAL, Desired, PackageWave, gateway_probe, live_port
 from gatekit.inventory import context, group_hosts
 from gatekit.render import litellm_config_yaml, secret_env, template
 from gatekit.spec import parse_size
@@ -36,6 +36,7 @@ LAUNCHER = "{home}/bin/gatekit-litellm-launch"
 ROTATE_SCRIPT = "{home}/bin/gatekit-rotate"
 ROTATE_SOURCE = REPO / "gatekit" / "onhost" / "rotate.py"
 UV_LOCK = REPO / "requirements" / "uv.lock"
+PACKAGES = ["python3", "python3-venv"]  # the venv build needs them (python3-venv: ensurepip)
 # Staging for plaintext on its way into systemd-creds: tmpfs (RAM), root-only, removed at once.
 STAGE_DIR = "/run/gatekit"
 
@@ -134,8 +135,10 @@ def litellm():
 
 
 @deploy("LiteLLM Proxy")
-def litellm_setup() -> Gateway:
-    """install (packages, venv started in the background) + configure (files, credentials, unit)."""
+def litellm_setup(packages: PackageWave | None = None) -> Gateway:
+    """install (packages, venv started in the background) + configure (files, credentials, unit).
+
+    `packages`: the deploy-wide wave that installs PACKAGES (deploy.py); alone, the role installs them."""
     ctx = context(host)
     s = ctx.settings
     home, venv, conf_dir, svc = s["litellm_home"], f"{s['litellm_home']}/venv", s["litellm_config_dir"], s["litellm_user"]
@@ -160,7 +163,7 @@ def litellm_setup() -> Gateway:
     instance = f"litellm@{port}.service"
 
     want = Desired(
-        packages=["python3", "python3-venv"],
+        packages=PACKAGES,
         units=[instance],
         users=[svc],
         texts=[f"{venv}/.gatekit-stamp", *(f"{CREDS_DIR}/{name}.fp" for name in env_for)],
@@ -222,7 +225,7 @@ def litellm_setup() -> Gateway:
     # --- install: the venv first, in the background (the longest step: it overlaps everything else) ---
     # pyinfra runs the hosts' n-th operations together, so this comes within the gateway's first few
     # operations, before a data host's long package installs.
-    want.ensure_packages("Install Python venv support")
+    want.ensure_packages("Install Python venv support", installed_by=packages)
     venv_changed = want.text(f"{venv}/.gatekit-stamp") != stamp
     if venv_changed:
         script = template(

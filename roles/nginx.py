@@ -8,7 +8,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import server, systemd
 
-from gatekit.hoststate import LIVE_FILE, Desired, any_changed, gateway_probe, live_port
+from gatekit.hoststate import LIVE_FILE, Desired, PackageWave, any_changed, gateway_probe, live_port
 from gatekit.inventory import context
 from gatekit.render import template
 
@@ -17,8 +17,12 @@ SITE_FILE = "/etc/nginx/conf.d/gatekit.conf"
 DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 
 
+PACKAGES = ["nginx", "libnginx-mod-http-headers-more-filter", "openssl"]
+
+
 @deploy("nginx")
-def nginx():
+def nginx(packages: PackageWave | None = None):
+    """`packages`: the deploy-wide wave that installs PACKAGES (deploy.py); alone, the role installs them."""
     ctx = context(host)
     s = ctx.settings
     unit = "nginx.service"
@@ -30,7 +34,7 @@ def nginx():
         cert, key = f"{d}/gateway.crt", f"{d}/gateway.key"
 
     want = Desired(
-        packages=["nginx", "libnginx-mod-http-headers-more-filter", "openssl"],
+        packages=PACKAGES,
         units=[unit],
         paths_to_check=[cert, DEFAULT_SITE],
     )
@@ -50,7 +54,7 @@ def nginx():
     want.file(SITE_FILE, template("nginx/gatekit.conf.j2", s=s, tls_cert=cert, tls_key=key))
     want.read()
 
-    install = want.ensure_packages("Install nginx (+ headers-more to strip upstream headers)")
+    install = want.ensure_packages("Install nginx (+ headers-more to strip upstream headers)", installed_by=packages)
     if selfsigned:
         want.ensure_dir(f"Directory {s['nginx_selfsigned_dir']}", s["nginx_selfsigned_dir"])
         # Generated on the host so the private key never leaves it; only when missing (idempotent).

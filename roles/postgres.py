@@ -7,9 +7,12 @@ from pyinfra.api import deploy
 from pyinfra.operations import server, systemd
 
 from gatekit.facts import PostgresLitellmState
-from gatekit.hoststate import Desired, any_changed
+from gatekit.hoststate import Desired, PackageWave, any_changed
 from gatekit.inventory import context, group_hosts
 from gatekit.render import scram_sha256_verifier, template
+
+
+PACKAGES = ["postgresql"]
 
 
 def _psql(sql: str) -> str:
@@ -17,14 +20,15 @@ def _psql(sql: str) -> str:
 
 
 @deploy("PostgreSQL")
-def postgres():
+def postgres(packages: PackageWave | None = None):
+    """`packages`: the deploy-wide wave that installs PACKAGES (deploy.py); alone, the role installs them."""
     ctx = context(host)
     s = ctx.settings
     conf_dir = f"/etc/postgresql/{s['postgres_version']}/main"
     gateway_addresses = sorted({h.data.private_address for h in group_hosts(inventory, "gateways")})
     unit = "postgresql.service"
 
-    want = Desired(packages=["postgresql"], units=[unit])
+    want = Desired(packages=PACKAGES, units=[unit])
     want.file(
         f"{conf_dir}/conf.d/gatekit.conf",
         template("postgres/gatekit.conf.j2", s=s, private_address=host.data.private_address),
@@ -41,7 +45,7 @@ def postgres():
     )
     want.read()
 
-    install = want.ensure_packages("Install PostgreSQL")
+    install = want.ensure_packages("Install PostgreSQL", installed_by=packages)
     conf = want.ensure_file("Render PostgreSQL listen/auth settings", f"{conf_dir}/conf.d/gatekit.conf")
     hba = want.ensure_file("Render pg_hba.conf (only gateway hosts admitted)", f"{conf_dir}/pg_hba.conf")
     want.ensure_running("Enable and start PostgreSQL", unit)

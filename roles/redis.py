@@ -4,7 +4,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import systemd
 
-from gatekit.hoststate import Desired, any_changed
+from gatekit.hoststate import Desired, PackageWave, any_changed
 from gatekit.inventory import context
 from gatekit.render import redis_acl_hash, template
 
@@ -12,12 +12,16 @@ CONF = "/etc/redis/redis.conf"
 UNIT = "redis-server.service"
 
 
+PACKAGES = ["redis-server"]
+
+
 @deploy("Redis")
-def redis():
+def redis(packages: PackageWave | None = None):
+    """`packages`: the deploy-wide wave that installs PACKAGES (deploy.py); alone, the role installs them."""
     ctx = context(host)
     s = ctx.settings
 
-    want = Desired(packages=["redis-server"], units=[UNIT])
+    want = Desired(packages=PACKAGES, units=[UNIT])
     want.file(
         CONF,
         template(
@@ -32,7 +36,7 @@ def redis():
     )
     want.read()
 
-    install = want.ensure_packages("Install Redis")
+    install = want.ensure_packages("Install Redis", installed_by=packages)
     conf = want.ensure_file("Render /etc/redis/redis.conf", CONF)
     want.ensure_running("Enable and start Redis", UNIT)
     # Restart (Redis has no reload) only when the config or the package changed.
