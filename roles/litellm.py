@@ -20,6 +20,7 @@ from pyinfra.api import FileUploadCommand, deploy, operation
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import files, server, systemd
 
+from gatekit import background
 from gatekit.defaults import COMPROMISED_LITELLM_VERSIONS
 from gatekit.hoststate import LIVE_FILE, ROTATION_JOURNAL, Desired, PackageWave, gateway_probe, live_port
 from gatekit.inventory import context, group_hosts
@@ -303,18 +304,16 @@ def start_venv_install(home: str, uploads: dict, script: str, timeout: int):
 
     One operation (not one per file) so that it is among the gateway's first operations.
     """
-    u = INSTALL_UNIT
     yield f"install -d -m 755 {home} {home}/bin"
     for dest, content in uploads.items():
         yield FileUploadCommand(io.StringIO(content), dest)
         yield f"chown root:root {dest} && chmod {'700' if dest == script else '644'} {dest}"
-    # A run cut off earlier may still be going: stop it (the script then rebuilds its half-done venv).
-    yield f"systemctl stop {u} 2>/dev/null || true; systemctl reset-failed {u} 2>/dev/null || true"
+    # (A run cut off earlier is stopped first: the script then rebuilds its half-done venv.)
     # Lowest CPU priority: the install must not starve what runs beside it (a live LiteLLM during an
     # upgrade; the deploy's own package installs on a fresh host). User=root gives it HOME (/root/.netrc).
-    yield (
-        f"systemd-run --no-block --quiet --unit={u} --description='gatekit: install LiteLLM into its venv' "
-        f"--service-type=oneshot -p RemainAfterExit=yes -p TimeoutStartSec={timeout} -p Nice=19 -p IOSchedulingPriority=7 -p User=root {script}"
+    yield from background.start_commands(
+        INSTALL_UNIT, "gatekit: install LiteLLM into its venv", script, timeout,
+        ("Nice=19", "IOSchedulingPriority=7", "User=root"),
     )
 
 
@@ -334,13 +333,12 @@ def switch_venv_commands(venv: str, new: str, stamp: str, unit: str = INSTALL_UN
     """Wait for the background build; on success make it the live venv (symlink switch), keeping the
     previous one for a manual rollback; on failure show the build's log, leave the live venv alone and fail."""
     return [
-        f"while [ \"$(systemctl show -P ActiveState {unit})\" = activating ]; do sleep 0.5; done; "
-        f"result=$(systemctl show -P Result {unit}); inv=$(systemctl show -P InvocationID {unit}); "
-        f"systemctl stop {unit} 2>/dev/null || true; systemctl reset-failed {unit} 2>/dev/null || true; "
-        f"if [ \"$(cat {new}/.gatekit-stamp 2>/dev/null)\" != {stamp} ]; then "
-        f"[ -n \"$inv\" ] && journalctl _SYSTEMD_INVOCATION_ID=$inv -o cat -n 30 --no-pager >&2; "
-        f"echo \"LiteLLM venv install failed (result: $result); the live venv is unchanged. Fix: see the "
-        f"lines above (journalctl -u {unit}); re-run the deploy to retry.\" >&2; exit 1; fi",
+        background.wait_command(
+            unit,
+            done=f"[ \"$(cat {new}/.gatekit-stamp 2>/dev/null)\" = {stamp} ]",
+            failure=f"LiteLLM venv install failed (result: $result); the live venv is unchanged. Fix: see the "
+            f"lines above (journalctl -u {unit}); re-run the deploy to retry.",
+        ),
         # Hosts deployed before venvs were versioned hold a plain directory here.
         f"if [ -d {venv} ] && [ ! -L {venv} ]; then rm -rf {venv}.old && mv {venv} {venv}.old; fi",
         f"prev=$(readlink {venv} || true); ln -sfn {new} {venv}.next && mv -T {venv}.next {venv}; "
