@@ -378,37 +378,34 @@ def install_credentials(ctx, env_for: dict[str, str], want: Desired) -> list:
             f"Fix: rotate without downtime: pyinfra INVENTORY rotate_keys.py --data rotate={','.join(changed)} "
             "(or set litellm_restart_on_secret_change: true to accept a restart)."
         )
-    ops = []
-    if todo:
-        files.directory(name="Staging directory for credentials (tmpfs)", path=STAGE_DIR, user="root", group="root", mode="700")
-    for name, value in todo.items():
-        fp = fingerprint(value)
-        staged = f"{STAGE_DIR}/{name}"
-        ops.append(
-            files.put(
-                name=f"Stage credential {name} on tmpfs",
-                src=io.StringIO(value),
-                dest=staged,
-                user="root",
-                group="root",
-                mode="600",
-                _temp_dir=STAGE_DIR,
-            )
-        )
-        ops.append(
-            server.shell(
-                name=f"Encrypt credential {name} (fingerprint {fp})",
-                commands=[
-                    f"systemd-creds encrypt --name={name} {staged} {CREDS_DIR}/{name}.cred.new; rc=$?; "
-                    f"rm -f {staged}; [ $rc -eq 0 ] || exit $rc",
-                    f"chmod 600 {CREDS_DIR}/{name}.cred.new",
-                    f"test -f {CREDS_DIR}/{name}.cred && cp -p {CREDS_DIR}/{name}.cred {CREDS_DIR}/{name}.cred.prev || true",
-                    f"mv {CREDS_DIR}/{name}.cred.new {CREDS_DIR}/{name}.cred",
-                    f"echo {fp} > {CREDS_DIR}/{name}.fp",
-                ],
-            )
-        )
-    return ops
+    if not todo:
+        return []
+    fps = ", ".join(f"{name} ({fingerprint(value)})" for name, value in todo.items())
+    return [encrypt_credentials(name=f"Encrypt credentials {fps}", secrets=todo)]
+
+
+def encrypt_credential_commands(name: str, value: str, suffix: str):
+    """Upload `value` to tmpfs (root-only), encrypt it with the host's credential key into
+    {CREDS_DIR}/{name}.cred{suffix} (its fingerprint into .fp{suffix}) and remove the plaintext in the same
+    command: systemd-creds reads the file, so the value is never in a command line. Shared with rotation."""
+    staged = f"{STAGE_DIR}/{name}"
+    cred = f"{CREDS_DIR}/{name}.cred{suffix}"
+    yield FileUploadCommand(io.StringIO(value), staged, remote_temp_filename=f"{STAGE_DIR}/.upload-{name}")
+    yield (
+        f"chmod 600 {staged}; systemd-creds encrypt --name={name} {staged} {cred}; rc=$?; rm -f {staged}; "
+        f"[ $rc -eq 0 ] && chmod 600 {cred} && echo {fingerprint(value)} > {CREDS_DIR}/{name}.fp{suffix}"
+    )
+
+
+@operation()
+def encrypt_credentials(secrets: dict[str, str]):
+    """One operation for all changed secrets: each is encrypted beside the live one, then swapped in
+    (the previous kept as .cred.prev)."""
+    yield f"install -d -m 700 {STAGE_DIR}"
+    for name, value in secrets.items():
+        yield from encrypt_credential_commands(name, value, ".new")
+        c = f"{CREDS_DIR}/{name}"
+        yield f"if [ -f {c}.cred ]; then cp -p {c}.cred {c}.cred.prev; fi; mv {c}.cred.new {c}.cred && mv {c}.fp.new {c}.fp"
 
 
 def wait_ready(port: int, s: dict, **kwargs):

@@ -20,8 +20,9 @@ from pyinfra.api.exceptions import PyinfraError
 from gatekit.hoststate import ROTATION_JOURNAL, Desired
 from gatekit.inventory import context
 from gatekit.render import deployment_id
-from roles.litellm import (CREDS_DIR, ROTATE_SCRIPT, STAGE_DIR, fingerprint, key_fingerprints, redis_target_for,
-                           render_config, secrets_for_gateway)
+from roles.litellm import (CREDS_DIR, ROTATE_SCRIPT, STAGE_DIR, encrypt_credential_commands, fingerprint,
+                           key_fingerprints,
+                           redis_target_for, render_config, secrets_for_gateway)
 
 # Every host's rotation operation. Hosts are collected in no fixed order but executed serially, so
 # "an earlier host failed" = one of these already ran and errored.
@@ -49,13 +50,7 @@ def rotate_gateway(secrets: dict, config: str, config_path: str, service_group: 
     dropped SSH session or a killed controller cannot stop it half-way)."""
     yield f"install -d -m 700 {STAGE_DIR}"
     for name, value in secrets.items():
-        staged = f"{STAGE_DIR}/{name}"
-        yield FileUploadCommand(io.StringIO(value), staged, remote_temp_filename=f"{STAGE_DIR}/.upload-{name}")
-        yield (
-            f"chmod 600 {staged}; systemd-creds encrypt --name={name} {staged} {CREDS_DIR}/{name}.cred.next; "
-            f"rc=$?; rm -f {staged}; [ $rc -eq 0 ] && chmod 600 {CREDS_DIR}/{name}.cred.next && "
-            f"echo {fingerprint(value)} > {CREDS_DIR}/{name}.fp.next"
-        )
+        yield from encrypt_credential_commands(name, value, ".next")
     # The config whose deployment ids carry the new keys' fingerprints; swapped in with the credentials.
     yield FileUploadCommand(io.StringIO(config), f"{config_path}.next", remote_temp_filename=f"{STAGE_DIR}/.upload-config")
     yield f"chown root:{service_group} {config_path}.next && chmod 640 {config_path}.next"
