@@ -16,6 +16,7 @@ DEFAULTS: dict[str, object] = {
     "nginx_send_timeout": 600,  # seconds nginx waits between two writes to LiteLLM
     "nginx_client_max_body_size": "20m",  # largest request body (prompts with images/files)
     "nginx_upstream_keepalive": 32,  # idle keepalive connections kept open to LiteLLM per worker
+    "nginx_upstream_keepalive_timeout": 60,  # seconds nginx keeps an idle connection to LiteLLM; must be below litellm_keepalive_timeout
     # --- redis -------------------------------------------------------------------------------
     "redis_port": 6379,  # TCP port Redis listens on (loopback + private address only)
     "redis_maxmemory": "256mb",  # Redis memory ceiling
@@ -41,6 +42,7 @@ DEFAULTS: dict[str, object] = {
     "litellm_workers": 2,  # uvicorn worker processes per instance (spawned, so no fork-after-threads hangs)
     "litellm_max_requests_before_restart": 10000,  # recycle a worker after this many requests (slow leaks); 0 = off
     "litellm_max_requests_jitter": 1000,  # spread worker recycling so they never restart together
+    "litellm_keepalive_timeout": 75,  # seconds uvicorn keeps an idle connection open; above nginx's so nginx always closes first (uvicorn's default 5 s races nginx's reuse: sporadic 502s)
     "litellm_worker_healthcheck_timeout": 120,  # seconds uvicorn's supervisor waits for a worker before killing it (its default 5 s kills workers starting on a busy CPU, in a loop)
     "litellm_memory_high": "1280M",  # systemd MemoryHigh: throttling + reclaim start here
     "litellm_memory_max": "1536M",  # systemd MemoryMax: the kernel kills the instance above this

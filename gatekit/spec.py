@@ -225,6 +225,13 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
             f"host's memory ({host_memory_mb} MB), so it never protects the host. "
             "Fix: set litellm_memory_max below the host's memory."
         )
+    if merged["nginx_upstream_keepalive_timeout"] >= merged["litellm_keepalive_timeout"]:
+        problems.append(
+            f"{where}: settings.nginx_upstream_keepalive_timeout: {merged['nginx_upstream_keepalive_timeout']} s must "
+            f"be below litellm_keepalive_timeout ({merged['litellm_keepalive_timeout']} s): when LiteLLM closes an idle "
+            "connection first, a request nginx sends on it at that moment fails with 502. "
+            "Fix: lower nginx_upstream_keepalive_timeout or raise litellm_keepalive_timeout."
+        )
     ports = merged["litellm_ports"]
     if not isinstance(ports, list) or not all(isinstance(p, int) and 1024 <= p <= 65535 for p in ports):
         problems.append(f"{where}: settings.litellm_ports: {ports!r}. Fix: list two ports between 1024 and 65535.")

@@ -204,6 +204,7 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
             bind=s["litellm_bind"],
             workers=s["litellm_workers"],
             healthcheck_timeout=s["litellm_worker_healthcheck_timeout"],
+            keepalive_timeout=s["litellm_keepalive_timeout"],
             max_requests=s["litellm_max_requests_before_restart"],
             max_requests_jitter=s["litellm_max_requests_jitter"],
         ),

@@ -49,6 +49,7 @@ def nginx(packages: PackageWave | None = None):
             ports=[live_port(gateway_probe().text(LIVE_FILE), s["litellm_ports"])],
             bind=s["litellm_bind"],
             keepalive=s["nginx_upstream_keepalive"],
+            keepalive_timeout=s["nginx_upstream_keepalive_timeout"],
         ),
     )
     want.file(SITE_FILE, template("nginx/gatekit.conf.j2", s=s, tls_cert=cert, tls_key=key))

@@ -168,10 +168,12 @@ def test_direct_uvicorn_launch_matches_litellm_cli(lab):
     gw.run(f"mkdir -p /root/gk-creds && {creds}")
     seen = {}
     for mode, switch in (("direct", ""), ("cli", "GK_LITELLM_VIA_CLI=1")):
+        # A clean environment, like systemd's: only the unit's variables (litellm.env and the ones it sets).
         gw.run(
-            f"set -a; . /etc/litellm/litellm.env; set +a; rm -rf /root/gk-run-{mode}; "
-            f"CREDENTIALS_DIRECTORY=/root/gk-creds GK_PORT=4011 RUNTIME_DIRECTORY=/root/gk-run-{mode} "
-            f"PYTHONPATH=/root/gk-hook GK_RECORD=/root/gk-{mode}.json {switch} /opt/litellm/bin/gatekit-litellm-launch",
+            f"rm -rf /root/gk-run-{mode}; env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin sh -c 'set -a; "
+            f". /etc/litellm/litellm.env; set +a; CREDENTIALS_DIRECTORY=/root/gk-creds GK_PORT=4011 "
+            f"RUNTIME_DIRECTORY=/root/gk-run-{mode} PYTHONPATH=/root/gk-hook GK_RECORD=/root/gk-{mode}.json {switch} "
+            "exec /opt/litellm/bin/gatekit-litellm-launch'",
             timeout=180,
         )
         seen[mode] = json.loads(gw.run(f"cat /root/gk-{mode}.json").stdout)

@@ -345,16 +345,18 @@ def test_nginx_needs_its_inputs(settings):
 
 
 def test_upstream_lists_every_port():
-    conf = render.template("nginx/upstream.conf.j2", ports=[4001, 4002, 4005], bind="127.0.0.1", keepalive=48)
+    conf = render.template("nginx/upstream.conf.j2", ports=[4001, 4002, 4005], bind="127.0.0.1", keepalive=48,
+                           keepalive_timeout=60)
     lines = directives(conf)
     servers = [line for line in lines if line.startswith("server ")]
     assert servers == [f"server 127.0.0.1:{p} max_fails=0;" for p in (4001, 4002, 4005)]
-    assert "keepalive 48;" in lines
+    assert "keepalive 48;" in lines and "keepalive_timeout 60s;" in lines
     assert lines[0] == "upstream litellm {" and lines[-1] == "}"
 
 
 def test_upstream_single_port():
-    conf = render.template("nginx/upstream.conf.j2", ports=[4001], bind="127.0.0.1", keepalive=32)
+    conf = render.template("nginx/upstream.conf.j2", ports=[4001], bind="127.0.0.1", keepalive=32,
+                           keepalive_timeout=60)
     assert [line for line in directives(conf) if line.startswith("server ")] == ["server 127.0.0.1:4001 max_fails=0;"]
     assert "keepalive 32;" in directives(conf)
 
@@ -475,6 +477,7 @@ def launcher(database: bool, venv: str = "/opt/litellm/venv") -> str:
         bind="127.0.0.1",
         workers=2,
         healthcheck_timeout=120,
+        keepalive_timeout=75,
         max_requests=10000,
         max_requests_jitter=1000,
     )
@@ -588,7 +591,8 @@ def test_dbless_launcher_runs_uvicorn_directly(tmp_path):
     assert seen["uvicorn"].pop("worker_exit") == 0
     assert seen["uvicorn"] == {
         "app": "litellm.proxy.proxy_server:app", "host": "127.0.0.1", "port": 4002, "server_header": False,
-        "loop": "uvloop", "workers": 2, "timeout_worker_healthcheck": 120, "limit_max_requests": 10000,
+        "loop": "uvloop", "workers": 2, "timeout_worker_healthcheck": 120, "timeout_keep_alive": 75,
+        "limit_max_requests": 10000,
         "limit_max_requests_jitter": 1000, "log_level": 30,
     }
     env = seen["env"]
