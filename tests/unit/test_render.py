@@ -495,10 +495,8 @@ def test_launcher_is_valid_python_without_secrets(database):
     assert '"--num_workers", "2"' in text
 
 
-def test_launcher_maps_credentials_to_environment(tmp_path):
-    """Run the launcher for real; a fake `litellm` records the environment and arguments it is exec'd with."""
-    import json
-    import subprocess
+def _fake_litellm_cli(tmp_path):
+    """A venv whose `litellm` records the arguments and environment it is exec'd with in record.json."""
     import sys
 
     venv = tmp_path / "venv"
@@ -508,9 +506,19 @@ def test_launcher_maps_credentials_to_environment(tmp_path):
     fake.write_text(
         f"#!{sys.executable}\n"
         "import json, os, sys\n"
-        f"open({str(record)!r}, 'w').write(json.dumps({{'argv': sys.argv, 'env': dict(os.environ)}}))\n"
+        f"open({str(record)!r}, 'w').write(json.dumps({{'cli': sys.argv, 'env': dict(os.environ)}}))\n"
     )
     fake.chmod(0o755)
+    return venv, record
+
+
+def test_launcher_maps_credentials_to_environment(tmp_path):
+    """Run the launcher for real; a fake `litellm` records the environment and arguments it is exec'd with."""
+    import json
+    import subprocess
+    import sys
+
+    venv, record = _fake_litellm_cli(tmp_path)
     script = tmp_path / "gatekit-litellm-launch"
     script.write_text(launcher(database=True, venv=str(venv)))
     creds = tmp_path / "creds"
@@ -527,7 +535,7 @@ def test_launcher_maps_credentials_to_environment(tmp_path):
            "PATH": "/usr/bin:/bin"}
     subprocess.run([sys.executable, str(script), "--skip_server_startup"], env=env, check=True, timeout=60)
     seen = json.loads(record.read_text())
-    args, got = seen["argv"], seen["env"]
+    args, got = seen["cli"], seen["env"]
     assert args[args.index("--port") + 1] == "4001"
     assert args[args.index("--config") + 1] == "/etc/litellm/config.yaml"
     assert args[-1] == "--skip_server_startup"
@@ -546,16 +554,7 @@ def _run_dbless_launcher(tmp_path, extra_env: dict, args: tuple = ()) -> dict:
     import subprocess
     import sys
 
-    venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
-    record = tmp_path / "record.json"
-    fake_cli = venv / "bin" / "litellm"
-    fake_cli.write_text(
-        f"#!{sys.executable}\n"
-        "import json, os, sys\n"
-        f"open({str(record)!r}, 'w').write(json.dumps({{'cli': sys.argv, 'env': dict(os.environ)}}))\n"
-    )
-    fake_cli.chmod(0o755)
+    venv, record = _fake_litellm_cli(tmp_path)
     hook = tmp_path / "hook"
     hook.mkdir()
     # Like uvicorn's supervisor, the fake spawns a worker: a spawned child re-runs the launcher as its main
