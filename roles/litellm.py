@@ -37,7 +37,8 @@ LAUNCHER = "{home}/bin/gatekit-litellm-launch"
 ROTATE_SCRIPT = "{home}/bin/gatekit-rotate"
 ROTATE_SOURCE = REPO / "gatekit" / "onhost" / "rotate.py"
 UV_LOCK = REPO / "requirements" / "uv.lock"
-PACKAGES = ["python3", "python3-venv"]  # the venv build needs them (python3-venv: ensurepip)
+PACKAGES = ["python3", "python3-venv"]  # the venv build needs them (python3-venv: ensurepip, Debian's pip wheel)
+PIP_WHEELS = "/usr/share/python-wheels"  # python3-pip-whl: the pip that fetches uv for the build
 # Staging for plaintext on its way into systemd-creds: tmpfs (RAM), root-only, removed at once.
 STAGE_DIR = "/run/gatekit"
 
@@ -239,6 +240,7 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
             uv_args=installer[2],
             lock=f"{home}/requirements.lock",
             uv_lock=f"{home}/uv.lock",
+            pip_wheels=PIP_WHEELS,
             stamp=stamp,
         )
         start_venv_install(

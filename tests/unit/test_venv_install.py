@@ -18,12 +18,17 @@ from gatekit.defaults import DEFAULTS
 from roles.litellm import _pip_args, _uv_args, switch_venv_commands
 
 FAKE_PYTHON = """#!/bin/sh
-# fake `python3 -m venv DIR`: a venv whose pip appends its arguments to $LOG
+# fake python3. `-m venv [--without-pip] DIR`: a venv whose pip (unless --without-pip) appends its arguments
+# to $LOG. `python3 WHEEL/pip ARGS`: pip run from its wheel, the same fake pip.
+case "$1" in
+    */pip) echo "pip-from $1" >> "$LOG"; shift; exec "$FAKE_DIR/fake-pip" "$@";;
+esac
 [ "$1" = -m ] && [ "$2" = venv ] || exit 2
-mkdir -p "$3/bin"
-cp "$FAKE_DIR/fake-venv-python" "$3/bin/python3"
-cp "$FAKE_DIR/fake-pip" "$3/bin/pip"
-echo "venv $3" >> "$LOG"
+if [ "$3" = --without-pip ]; then dir=$4; note=" without-pip"; else dir=$3; note=""; fi
+mkdir -p "$dir/bin"
+cp "$FAKE_DIR/fake-venv-python" "$dir/bin/python3"
+[ -n "$note" ] || cp "$FAKE_DIR/fake-pip" "$dir/bin/pip"
+echo "venv $dir$note" >> "$LOG"
 """
 
 FAKE_PIP = """#!/bin/sh
@@ -58,6 +63,10 @@ def fakes(tmp_path):
 
 def script(tmp_path, installer: str, settings: dict | None = None, stamp: str = "abc123") -> Path:
     s = {**DEFAULTS, **(settings or {})}
+    wheels = tmp_path / "python-wheels"  # like python3-pip-whl: the newest pip wheel is used
+    wheels.mkdir(exist_ok=True)
+    for name in ("pip-9.0.1-py2.py3-none-any.whl", "pip-23.0.1-py3-none-any.whl", "setuptools-66.1.1-py3-none-any.whl"):
+        (wheels / name).write_text("")
     text = render.template(
         "litellm/venv-install.sh.j2",
         venv=str(tmp_path / "venv"),
@@ -67,6 +76,7 @@ def script(tmp_path, installer: str, settings: dict | None = None, stamp: str = 
         uv_args=_uv_args(s),
         lock="/opt/litellm/requirements.lock",
         uv_lock="/opt/litellm/uv.lock",
+        pip_wheels=str(wheels),
         stamp=stamp,
     )
     path = tmp_path / f"gatekit-venv-install-{stamp}"
@@ -88,18 +98,20 @@ def test_fresh_build_writes_the_stamp_last(tmp_path, fakes, installer):
     res, log = run(script(tmp_path, installer), fakes)
     assert res.returncode == 0, res.stderr
     new = tmp_path / "venvs" / "abc123"
-    assert log[0] == f"venv {new}"
     assert (new / ".gatekit-stamp").read_text() == "abc123\n"
     assert not (tmp_path / "venv").exists()  # the live symlink is the deploy's to switch, not the build's
     if installer == "uv":
-        assert log[1].startswith("pip ") and "--target" in log[1] and "-r /opt/litellm/uv.lock" in log[1]
-        assert "--require-hashes" in log[1]
-        uv = log[2]
+        assert log[0] == f"venv {new} without-pip"  # uv fills it: no pip of its own
+        assert log[1] == f"pip-from {tmp_path / 'python-wheels' / 'pip-23.0.1-py3-none-any.whl'}/pip"
+        assert log[2].startswith("pip ") and "--target" in log[2] and "-r /opt/litellm/uv.lock" in log[2]
+        assert "--require-hashes" in log[2]
+        uv = log[3]
         assert uv.startswith("uv pip install --python " + str(new / "bin" / "python3"))
         assert "--require-hashes" in uv and "--compile-bytecode" in uv and "-r /opt/litellm/requirements.lock" in uv
         assert uv.endswith("link=copy")
         assert not Path((fakes / "uv-dir").read_text().strip()).exists()  # the throwaway uv is gone
     else:
+        assert log[0] == f"venv {new}"
         assert len(log) == 2 and "-r /opt/litellm/requirements.lock" in log[1] and "--require-hashes" in log[1]
 
 
@@ -116,7 +128,7 @@ def test_failed_build_leaves_no_stamp_and_the_next_run_starts_clean(tmp_path, fa
 
     res, log = run(path, fakes)
     assert res.returncode == 0, res.stderr
-    assert log[0] == f"venv {new}"  # rebuilt from scratch
+    assert log[0].startswith(f"venv {new}")  # rebuilt from scratch
     assert not (new / "half-written").exists()
     assert (new / ".gatekit-stamp").read_text() == "abc123\n"
 
@@ -211,7 +223,7 @@ def test_switch_replaces_a_plain_venv_directory_from_older_deploys(tmp_path, fak
 def test_index_settings_reach_both_installers(tmp_path, fakes, settings, pip_has, uv_has, uv_lacks):
     res, log = run(script(tmp_path, "uv", settings), fakes)
     assert res.returncode == 0, res.stderr
-    pip_line, uv_line = log[1], log[2]
+    pip_line, uv_line = log[2], log[3]
     for part in pip_has:
         assert part in pip_line
     for part in uv_has:
@@ -225,3 +237,12 @@ def test_script_is_valid_sh_for_both_installers(tmp_path):
         path = script(tmp_path, installer)
         assert subprocess.run(["sh", "-n", str(path)]).returncode == 0
         assert os.access(path, os.X_OK)
+
+
+def test_uv_build_without_debians_pip_wheel_fails_clearly(tmp_path, fakes):
+    path = script(tmp_path, "uv")
+    for wheel in (tmp_path / "python-wheels").glob("pip-*.whl"):
+        wheel.unlink()
+    res, _ = run(path, fakes)
+    assert res.returncode != 0 and "install python3-pip-whl" in res.stderr
+    assert not (tmp_path / "venvs" / "abc123" / ".gatekit-stamp").exists()
