@@ -75,6 +75,9 @@ def main():
     for name, r in rows.items():
         extra = f"total {r['total_s']}s, per host {r['per_host_s']}" if "total_s" in r else ""
         print(f"{name:28}{r['requests']:>9}{r['failed']:>8}{r['p50_ms']:>9}{r['p99_ms']:>9}  {extra}")
+    for name, r in rows.items():
+        for line in r.get("failures", [])[:3] if name != "naive rewrite + restart" else []:
+            print(f"  {name}: failed: {line}")
 
 
 if __name__ == "__main__":

@@ -354,7 +354,9 @@ class Load:
         lat = sorted(r[4] for r in self.results)
         pct = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 1) if lat else None  # noqa: E731
         return {"requests": len(self.results), "failed": len(self.failures), "retried": self.retries,
-                "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
+                "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+                # What went wrong, not only how often: the first few failures, one line each.
+                "failures": [f"{gw}: {' '.join(str(detail).split())[:160]}" for _, gw, _, detail, _ in self.failures[:5]]}
 
 
 
