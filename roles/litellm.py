@@ -226,8 +226,8 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
         )
 
     # --- install: the venv first, in the background (the longest step: it overlaps everything else) ---
-    # pyinfra runs the hosts' n-th operations together, so this comes within the gateway's first few
-    # operations, before a data host's long package installs.
+    # In deploy.py python3-venv comes with the first package wave, so the build starts right after it,
+    # before the second wave's long installs (PostgreSQL) that it then overlaps.
     want.ensure_packages("Install Python venv support", installed_by=packages)
     venv_changed = want.text(f"{venv}/.gatekit-stamp") != stamp
     if venv_changed:

@@ -21,8 +21,7 @@ from gatekit.hoststate import ROTATION_JOURNAL, Desired
 from gatekit.inventory import context
 from gatekit.render import deployment_id
 from roles.litellm import (CREDS_DIR, ROTATE_SCRIPT, STAGE_DIR, encrypt_credential_commands, fingerprint,
-                           key_fingerprints,
-                           redis_target_for, render_config, secrets_for_gateway)
+                           key_fingerprints, redis_target_for, render_config, secrets_for_gateway)
 
 # Every host's rotation operation. Hosts are collected in no fixed order but executed serially, so
 # "an earlier host failed" = one of these already ran and errored.
