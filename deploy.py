@@ -13,11 +13,11 @@ Each role is also runnable alone: `pyinfra inventories/<env>.py roles/run.py --d
 from pyinfra import host
 
 from gatekit.inventory import context
-from roles.litellm import litellm_ready, litellm_setup, litellm_start
-from roles.nginx import nginx
-from roles.packages import FIRST_WAVE, SECOND_WAVE, install_packages, start_packages, wait_packages
-from roles.postgres import postgres
-from roles.redis import redis
+from gatekit.roles.litellm import litellm_ready, litellm_setup, litellm_start
+from gatekit.roles.nginx import nginx
+from gatekit.roles.packages import FIRST_WAVE, SECOND_WAVE, install_packages, start_packages, wait_packages
+from gatekit.roles.postgres import postgres
+from gatekit.roles.redis import redis
 
 ctx = context(host)  # validate spec, host settings and vault before any operation is collected
 gateway = "gateways" in host.groups

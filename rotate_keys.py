@@ -10,7 +10,7 @@ failure rolls that host back and leaves later hosts untouched. See roles/rotatio
 from pyinfra import host
 
 from gatekit.inventory import context
-from roles.rotation import rotation
+from gatekit.roles.rotation import rotation
 
 if "gateways" in host.groups:
     context(host)  # validate spec, settings and vault before any operation is collected

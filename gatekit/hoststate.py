@@ -18,6 +18,8 @@ from pyinfra import host
 from pyinfra.api import FactBase
 from pyinfra.operations import apt, files, server, systemd
 
+from gatekit.onhost.layout import Layout
+
 
 class HostState(FactBase):
     """paths -> "type mode user group sha1"; packages -> installed?; units -> active/enabled;
@@ -101,9 +103,16 @@ def _mode(m: str) -> int:
     return int(str(m), 8)
 
 
+def _signals(notify) -> tuple[str, ...]:
+    return (notify,) if isinstance(notify, str) else tuple(notify or ())
+
+
 @dataclass
 class Desired:
-    """What one role manages on one host; `read()` fetches the host's state for all of it at once."""
+    """What one role manages on one host, each file and directory declared once with what its change
+    triggers (`notify="restart"`, in the style of geerlingguy's handlers). `read()` fetches the host's
+    state for all of it at once; `apply()` yields operations only for what differs; `changed(signal)` is
+    the `_if` of the handler (reload, restart, ...) that those changes trigger."""
 
     packages: list[str] = field(default_factory=list)
     files: dict[str, tuple] = field(default_factory=dict)  # dest -> (content, user, group, mode)
@@ -114,11 +123,15 @@ class Desired:
     paths_to_check: list[str] = field(default_factory=list)  # read, not managed (e.g. to remove)
     state: dict | None = None
     installing: bool = False
+    # path -> (operation name, signals), in declaration order: apply() follows it.
+    declared: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    absent: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    signals: dict[str, list] = field(default_factory=dict)  # signal -> operations that raise it
 
     def read(self) -> dict:
         self.state = host.get_fact(
             HostState,
-            paths=tuple(sorted({*self.files, *self.dirs, *self.paths_to_check})),
+            paths=tuple(sorted({*self.files, *self.dirs, *self.absent, *self.paths_to_check})),
             packages=tuple(self.packages),
             units=tuple(self.units),
             users=tuple(self.users),
@@ -127,23 +140,53 @@ class Desired:
         return self.state
 
     # ---- declare before read() ------------------------------------------------------------------
-    def dir(self, path: str, user="root", group="root", mode="755"):
+    def dir(self, path: str, user="root", group="root", mode="755", notify=(), name: str = ""):
         self.dirs[path] = (user, group, mode)
+        self.declared[path] = (name or f"Directory {path}", _signals(notify))
 
-    def file(self, dest: str, content: str, user="root", group="root", mode="644"):
+    def file(self, dest: str, content: str, user="root", group="root", mode="644", notify=(), name: str = ""):
         self.files[dest] = (content, user, group, mode)
+        self.declared[dest] = (name or f"File {dest}", _signals(notify))
+
+    def remove(self, path: str, notify=(), name: str = ""):
+        self.absent[path] = (name or f"Remove {path}", _signals(notify))
+
+    # ---- change signals ---------------------------------------------------------------------------
+    def notify(self, signal, *ops):
+        for s in _signals(signal):
+            self.signals.setdefault(s, []).extend(ops)
+        return ops[0] if len(ops) == 1 else ops
+
+    def changed(self, signal: str, unless: str = ""):
+        """`_if` for the handler of `signal`: true once an operation that raises it changed the host
+        (and, with `unless`, none raising that stronger signal did: a restart covers a reload)."""
+        ops, stronger = self.signals.get(signal, []), self.signals.get(unless, []) if unless else []
+        return lambda: any(op.did_change() for op in ops) and not any(op.did_change() for op in stronger)
+
+    def pending(self, signal: str) -> bool:
+        """Whether a change raising `signal` is already known before execution (an operation was yielded)."""
+        return any(op is not UNCHANGED for op in self.signals.get(signal, []))
 
     # ---- operations, yielded only when the host differs ------------------------------------------
-    def ensure_packages(self, name: str, installed_by: PackageWave | None = None):
+    def apply(self):
+        """Directories and files in declaration order, then removals; each raises its signals."""
+        for path, (name, signals) in self.declared.items():
+            op = self.ensure_dir(name, path) if path in self.dirs else self.ensure_file(name, path)
+            self.notify(signals, op)
+        for path, (name, signals) in self.absent.items():
+            self.notify(signals, self.ensure_absent(name, path))
+
+    def ensure_packages(self, name: str, installed_by: PackageWave | None = None, notify=()):
         """Install what is missing; `installed_by`: a deploy-wide wave that already installs it this run."""
         missing = [p for p in self.packages if p not in self.state["packages"]]
         if not missing:
             return UNCHANGED
         self.installing = True  # packages may create paths the snapshot saw as absent
         if installed_by is not None and set(missing) <= installed_by.packages:
-            return installed_by.op
+            return self.notify(notify, installed_by.op) if notify else installed_by.op
         apt.update(name="Refresh package lists (at most hourly)", cache_time=3600)
-        return apt.packages(name=name, packages=self.packages, no_recommends=True)
+        op = apt.packages(name=name, packages=self.packages, no_recommends=True)
+        return self.notify(notify, op) if notify else op
 
     def ensure_dir(self, name: str, path: str):
         user, group, mode = self.dirs[path]
@@ -161,7 +204,7 @@ class Desired:
         return files.put(name=name, src=io.StringIO(content), dest=dest, user=user, group=group, mode=mode, **kwargs)
 
     def ensure_absent(self, name: str, path: str):
-        """`path` must have been declared with dir()/file() or be in paths_to_check."""
+        """`path` must have been declared with remove() or be in paths_to_check."""
         if path not in self.state["paths"] and not self.installing:
             return UNCHANGED
         if self.installing:
@@ -189,8 +232,9 @@ class Desired:
         return self.state["texts"].get(path, "")
 
 
-LIVE_FILE = "/var/lib/gatekit/live.json"  # written by gatekit-rotate: which instance port is live
-ROTATION_JOURNAL = "/var/lib/gatekit/rotation.json"  # present while a rotation is running or was cut off
+_FIXED = Layout()
+LIVE_FILE = _FIXED.live_file  # written by gatekit-rotate: which instance port is live
+ROTATION_JOURNAL = _FIXED.journal_file  # present while a rotation is running or was cut off
 
 
 def live_port(live_json: str, ports: list[int]) -> int:
@@ -210,7 +254,3 @@ def gateway_probe() -> Desired:
     probe = Desired(texts=[LIVE_FILE, ROTATION_JOURNAL])
     probe.read()
     return probe
-
-
-def any_changed(*ops):
-    return lambda: any(op.did_change() for op in ops)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from pathlib import Path
-
 import jinja2
 import yaml
 
 from gatekit.spec import GatewaySpec
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+from gatekit.resources import templates_dir
+
+TEMPLATES = templates_dir()
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATES)),

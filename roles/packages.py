@@ -27,14 +27,33 @@ from pyinfra.operations import apt, server
 
 from gatekit import background
 from gatekit.hoststate import UNCHANGED, Desired, PackageWave
-from roles import base, litellm, nginx, postgres, redis
+from gatekit.onhost.layout import Layout
+from gatekit.roles import litellm, nginx, postgres, redis
 
-# group -> packages; "all" is every host.
-FIRST_WAVE = {"all": base.BASE_PACKAGES, "gateways": litellm.PACKAGES, "redis": redis.PACKAGES}
+# Minimal Debian lacks these; the kit runs them (openssl for certificates, procps for ops debugging).
+BASE_PACKAGES = ["ca-certificates", "openssl", "procps", "python3"]
+
+# group -> packages, each role's list read from its module; "all" is every host.
+FIRST_WAVE = {"all": BASE_PACKAGES, "gateways": litellm.PACKAGES, "redis": redis.PACKAGES}
 SECOND_WAVE = {"postgres": postgres.PACKAGES, "gateways": nginx.PACKAGES}
+ROLE_GROUPS = ("gateways", "redis", "postgres")
 
-UNIT = "gatekit-packages.service"
+UNIT = Layout.packages_unit
 INSTALL_TIMEOUT = 1800  # seconds; a slow mirror, not a hung dpkg (apt waits up to 300 s for the dpkg lock)
+
+
+def all_packages() -> list[str]:
+    """Every package any host of the kit may need (the lab pre-installs them into its base image)."""
+    return sorted({*wanted(FIRST_WAVE, ROLE_GROUPS), *wanted(SECOND_WAVE, ROLE_GROUPS)})
+
+
+@deploy("gatekit base")
+def base():
+    """What every host needs before a role run alone (roles/run.py); deploy.py installs it in the first wave."""
+    want = Desired(packages=BASE_PACKAGES)
+    want.read()
+    # Package lists are refreshed only when something is missing: a converged host costs one round trip.
+    want.ensure_packages("Install base packages")
 
 
 def wanted(wave: dict[str, list[str]], groups) -> list[str]:

@@ -2,14 +2,16 @@
 
 import shlex
 
-from pyinfra import host, inventory
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import server, systemd
 
 from gatekit.facts import PostgresLitellmState
-from gatekit.hoststate import Desired, PackageWave, any_changed
-from gatekit.inventory import context, group_hosts
+from gatekit.hoststate import Desired, PackageWave
+from gatekit.inventory import context
+from gatekit.onhost.layout import Layout
 from gatekit.render import scram_sha256_verifier, template
+from gatekit.roles import topology
 
 
 PACKAGES = ["postgresql"]
@@ -24,41 +26,30 @@ def postgres(packages: PackageWave | None = None):
     """`packages`: the deploy-wide wave that installs PACKAGES (deploy.py); alone, the role installs them."""
     ctx = context(host)
     s = ctx.settings
-    conf_dir = f"/etc/postgresql/{s['postgres_version']}/main"
-    gateway_addresses = sorted({h.data.private_address for h in group_hosts(inventory, "gateways")})
-    unit = "postgresql.service"
+    L = Layout.from_settings(s)
+    unit = L.postgres_unit
 
     want = Desired(packages=PACKAGES, units=[unit])
+    # listen_addresses needs a restart; pg_hba only a reload.
     want.file(
-        f"{conf_dir}/conf.d/gatekit.conf",
+        f"{L.postgres_conf_dir}/conf.d/gatekit.conf",
         template("postgres/gatekit.conf.j2", s=s, private_address=host.data.private_address),
-        user="postgres",
-        group="postgres",
-        mode="644",
+        user="postgres", group="postgres", mode="644", notify="restart", name="Render PostgreSQL listen/auth settings",
     )
     want.file(
-        f"{conf_dir}/pg_hba.conf",
-        template("postgres/pg_hba.conf.j2", s=s, gateway_addresses=gateway_addresses),
-        user="postgres",
-        group="postgres",
-        mode="640",
+        f"{L.postgres_conf_dir}/pg_hba.conf",
+        template("postgres/pg_hba.conf.j2", s=s, gateway_addresses=topology.gateway_addresses()),
+        user="postgres", group="postgres", mode="640", notify="reload", name="Render pg_hba.conf (only gateway hosts admitted)",
     )
     want.read()
 
-    install = want.ensure_packages("Install PostgreSQL", installed_by=packages)
-    conf = want.ensure_file("Render PostgreSQL listen/auth settings", f"{conf_dir}/conf.d/gatekit.conf")
-    hba = want.ensure_file("Render pg_hba.conf (only gateway hosts admitted)", f"{conf_dir}/pg_hba.conf")
+    want.ensure_packages("Install PostgreSQL", installed_by=packages, notify="restart")
+    want.apply()
     want.ensure_running("Enable and start PostgreSQL", unit)
-    # listen_addresses needs a restart; pg_hba only a reload.
-    systemd.service(
-        name="Restart PostgreSQL for new listen settings", service=unit, restarted=True, _if=any_changed(conf, install)
-    )
-    systemd.service(
-        name="Reload PostgreSQL for new pg_hba",
-        service=unit,
-        reloaded=True,
-        _if=lambda: hba.did_change() and not (conf.did_change() or install.did_change()),
-    )
+    systemd.service(name="Restart PostgreSQL for new listen settings", service=unit, restarted=True, _if=want.changed("restart"))
+    # A restart also reads pg_hba.
+    systemd.service(name="Reload PostgreSQL for new pg_hba", service=unit, reloaded=True,
+                    _if=want.changed("reload", unless="restart"))
 
     role, db = s["postgres_user"], s["postgres_db"]
     state = host.get_fact(PostgresLitellmState, role=role, database=db)

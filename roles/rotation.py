@@ -4,6 +4,7 @@ Which secrets: pyinfra data `rotate` ("openai_key,anthropic_key") or env GATEKIT
 are already in the vault (`gatekit secrets set`). For each gateway, in inventory order, one operation:
 stage the new credentials encrypted on the host (NAME.cred.next), then run gatekit-rotate there, which
 does the blue/green switch with canaries and rolls back by itself on failure (see gatekit/onhost/rotate.py).
+Every path, unit and port the host program uses comes from the layout.json the deploy put beside it.
 A gateway whose live credentials already match the vault is skipped: a second run changes nothing.
 """
 
@@ -17,11 +18,13 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, deploy, operation
 from pyinfra.api.exceptions import PyinfraError
 
-from gatekit.hoststate import ROTATION_JOURNAL, Desired
+from gatekit.hoststate import Desired
 from gatekit.inventory import context
+from gatekit.onhost.instance import fingerprint
+from gatekit.onhost.layout import Layout
 from gatekit.render import deployment_id
-from roles.litellm import (CREDS_DIR, ROTATE_SCRIPT, STAGE_DIR, encrypt_credential_commands, fingerprint,
-                           key_fingerprints, redis_target_for, render_config, secrets_for_gateway)
+from gatekit.roles.credentials import encrypt_commands, key_fingerprints, secrets_for_gateway
+from gatekit.roles.litellm import render_config
 
 # Every host's rotation operation. Hosts are collected in no fixed order but executed serially, so
 # "an earlier host failed" = one of these already ran and errored.
@@ -42,23 +45,21 @@ def deployment_ids(spec, names: set[str], fingerprints: dict[str, str] | None = 
 
 
 @operation()
-def rotate_gateway(secrets: dict, config: str, config_path: str, service_group: str, deployment_ids: list,
-                   purge_ids: list, ports: list, https_port: int, ready_timeout: int, settle: float, venv: str,
-                   script: str, master_cred: str, redis_cred: str, fail_after: str = "", fail_at: str = ""):
+def rotate_gateway(layout: Layout, secrets: dict, config: str, deployment_ids: list, purge_ids: list,
+                   ready_timeout: int, settle: float, master_cred: str, redis_cred: str, fail_after: str = "",
+                   fail_at: str = ""):
     """Stage encrypted credentials and run gatekit-rotate on this host (inside a transient unit, so a
     dropped SSH session or a killed controller cannot stop it half-way)."""
-    yield f"install -d -m 700 {STAGE_DIR}"
+    yield f"install -d -m 700 {layout.stage_dir}"
     for name, value in secrets.items():
-        yield from encrypt_credential_commands(name, value, ".next")
+        yield from encrypt_commands(layout, name, value, ".next")
     # The config whose deployment ids carry the new keys' fingerprints; swapped in with the credentials.
-    yield FileUploadCommand(io.StringIO(config), f"{config_path}.next", remote_temp_filename=f"{STAGE_DIR}/.upload-config")
-    yield f"chown root:{service_group} {config_path}.next && chmod 640 {config_path}.next"
+    yield FileUploadCommand(io.StringIO(config), f"{layout.config}.next", remote_temp_filename=f"{layout.stage_dir}/.upload-config")
+    yield f"chown root:{layout.litellm_user} {layout.config}.next && chmod 640 {layout.config}.next"
     args = [
         "--secrets", ",".join(secrets) or "-",
         "--deployments", ",".join(deployment_ids),
         "--purge-deployments", ",".join(purge_ids),
-        "--ports", ",".join(str(p) for p in ports),
-        "--https-port", str(https_port),
         "--master-cred", master_cred,
         "--redis-cred", redis_cred,
         "--ready-timeout", str(ready_timeout),
@@ -69,10 +70,11 @@ def rotate_gateway(secrets: dict, config: str, config_path: str, service_group: 
     if fail_at:
         args += ["--fail-at", fail_at]
     # One rotation per host at a time: wait for an earlier one (e.g. from a killed controller) to end.
-    yield "while systemctl is-active --quiet gatekit-rotate.service; do sleep 1; done"
+    unit = layout.rotate_unit
+    yield f"while systemctl is-active --quiet {unit}; do sleep 1; done"
     yield (
-        "systemd-run --quiet --wait --pipe --collect --unit=gatekit-rotate --property=TimeoutStopSec=120 "
-        f"{venv}/bin/python3 {script} " + " ".join(shlex.quote(a) for a in args)
+        f"systemd-run --quiet --wait --pipe --collect --unit={unit} --property=TimeoutStopSec=120 "
+        f"{layout.venv}/bin/python3 {layout.program('rotate.py')} " + " ".join(shlex.quote(a) for a in args)
     )
 
 
@@ -94,32 +96,28 @@ def rotation():
             f"rotate: {', '.join(unknown)} not used by the gateways. Fix: rotate one of {sorted(used)}."
         )
 
-    want = Desired(texts=[ROTATION_JOURNAL, *(f"{CREDS_DIR}/{n}.fp" for n in names)])
+    L = Layout.from_settings(s)
+    want = Desired(texts=[L.journal_file, *(L.cred_fingerprint(n) for n in names)])
     want.read()
-    interrupted = ROTATION_JOURNAL in want.state["texts"]
+    interrupted = L.journal_file in want.state["texts"]
     # After an interruption the fingerprint files may already show the new key while the host still
     # serves the old one: stage everything requested; gatekit-rotate skips what recovery proves is live.
     todo = {n: ctx.secret(n) for n in names
-            if interrupted or want.text(f"{CREDS_DIR}/{n}.fp") != fingerprint(ctx.secret(n))}
+            if interrupted or want.text(L.cred_fingerprint(n)) != fingerprint(ctx.secret(n))}
     if not todo and not interrupted:
         return  # this host already serves the vault's keys
 
     new_fps = key_fingerprints(ctx)
-    host_fps = {n: want.text(f"{CREDS_DIR}/{n}.fp") for n in todo}
+    host_fps = {n: want.text(L.cred_fingerprint(n)) for n in todo}
     op = rotate_gateway(
         name=f"Rotate {', '.join(todo) or 'interrupted rotation'} (blue/green + canary)",
+        layout=L,
         secrets=todo,
-        config=render_config(ctx, redis_target_for(s)),
-        config_path=f"{s['litellm_config_dir']}/config.yaml",
-        service_group=s["litellm_user"],
+        config=render_config(ctx, L),
         deployment_ids=deployment_ids(ctx.spec, set(todo), new_fps),
         purge_ids=deployment_ids(ctx.spec, set(todo), host_fps),
-        ports=list(s["litellm_ports"]),
-        https_port=s["nginx_https_port"],
         ready_timeout=s["litellm_ready_timeout"],
         settle=s["rotation_settle_sec"],
-        venv=f"{s['litellm_home']}/venv",
-        script=ROTATE_SCRIPT.format(home=s["litellm_home"]),
         master_cred=s["litellm_master_key_secret"],
         redis_cred=s["redis_password_secret"],
         fail_after=str(host.data.get("gatekit_rotate_fail_after") or ""),

@@ -2,11 +2,11 @@
 
 from pyinfra import host
 
-from roles.base import base
-from roles.litellm import litellm
-from roles.nginx import nginx
-from roles.postgres import postgres
-from roles.redis import redis
+from gatekit.roles.packages import base
+from gatekit.roles.litellm import litellm
+from gatekit.roles.nginx import nginx
+from gatekit.roles.postgres import postgres
+from gatekit.roles.redis import redis
 
 ROLES = {"redis": ("redis", redis), "postgres": ("postgres", postgres), "litellm": ("gateways", litellm), "nginx": ("gateways", nginx)}
 wanted = host.data.get("role")

@@ -1,5 +1,6 @@
-"""gatekit-rotate: blue/green provider-key rotation on ONE gateway host. Installed by the deploy as
-/opt/litellm/bin/gatekit-rotate and run (as root, inside a transient systemd unit so a dropped SSH
+"""gatekit-rotate: blue/green provider-key rotation on ONE gateway host. Installed by the deploy in
+{litellm_home}/lib/gatekit/ beside layout.py, instance.py and the host's layout.json (every path, unit and
+port it touches comes from there), and run (as root, inside a transient systemd unit so a dropped SSH
 session cannot cut it in half) by rotate_keys.py. Python stdlib + the `redis` package of LiteLLM's venv.
 
 Why not reload: LiteLLM has no working in-process config reload, so fresh processes must start from the
@@ -28,20 +29,18 @@ import json
 import os
 import re
 import signal
-import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
-CREDS = "/etc/gatekit/creds"
-STATE = "/var/lib/gatekit"
-JOURNAL = f"{STATE}/rotation.json"
-LIVE = f"{STATE}/live.json"
-UPSTREAM = "/etc/nginx/gatekit/upstream.conf"
-ENV_FILE = "/etc/litellm/litellm.env"
-CONFIG = "/etc/litellm/config.yaml"
+if __package__:
+    from . import instance
+    from .layout import Layout
+else:  # on the host: uploaded beside this program
+    import instance
+    from layout import Layout
+
+LAYOUT = Layout.beside(__file__)
 KEEP_PREFIXES = ("deployment_spend:", "deployment_budget_start_time:")
 STEPS = ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx", "drain", "record"]
 
@@ -87,33 +86,33 @@ def read_json(path: str) -> dict | None:
 
 # ---- nginx upstream --------------------------------------------------------------------------------
 def upstream_port() -> int:
-    with open(UPSTREAM) as fh:
-        m = re.search(r"server\s+[\d.]+:(\d+)", fh.read())
+    with open(LAYOUT.nginx_upstream) as fh:
+        m = re.search(r"server\s+\S+:(\d+)\b", fh.read())
     if not m:
-        raise RuntimeError(f"{UPSTREAM}: no upstream server line")
+        raise RuntimeError(f"{LAYOUT.nginx_upstream}: no upstream server line")
     return int(m.group(1))
 
 
 def set_upstream(port: int):
-    with open(UPSTREAM) as fh:
+    with open(LAYOUT.nginx_upstream) as fh:
         text = fh.read()
-    new = re.sub(r"(server\s+[\d.]+:)\d+", rf"\g<1>{port}", text, count=1)
+    new = re.sub(r"(server\s+\S+:)\d+\b", rf"\g<1>{port}", text, count=1)
     if new == text:
         return
-    write_atomic(UPSTREAM + ".candidate", new)
-    os.replace(UPSTREAM, UPSTREAM + ".before")
-    os.replace(UPSTREAM + ".candidate", UPSTREAM)
+    write_atomic(LAYOUT.nginx_upstream + ".candidate", new)
+    os.replace(LAYOUT.nginx_upstream, LAYOUT.nginx_upstream + ".before")
+    os.replace(LAYOUT.nginx_upstream + ".candidate", LAYOUT.nginx_upstream)
     test = run("nginx", "-t", "-q", check=False)
     if test.returncode != 0:
-        os.replace(UPSTREAM + ".before", UPSTREAM)
+        os.replace(LAYOUT.nginx_upstream + ".before", LAYOUT.nginx_upstream)
         raise RuntimeError(f"nginx -t refused the new upstream: {test.stderr.strip()[-300:]}")
-    os.unlink(UPSTREAM + ".before")
+    os.unlink(LAYOUT.nginx_upstream + ".before")
     run("systemctl", "reload", "nginx.service")  # graceful: old workers finish their requests
 
 
 # ---- credentials -----------------------------------------------------------------------------------
 def staged_files(names: list[str]) -> list[str]:
-    return [f"{CREDS}/{n}.{ext}" for n in names for ext in ("cred", "fp")]
+    return [f"{LAYOUT.creds_dir}/{n}.{ext}" for n in names for ext in ("cred", "fp")]
 
 
 def swap_creds(names: list[str]):
@@ -123,8 +122,8 @@ def swap_creds(names: list[str]):
     missing = [f + ".next" for f in files if not os.path.exists(f + ".next")]
     if missing:
         raise RuntimeError(f"{', '.join(missing)} missing (staging incomplete); nothing swapped")
-    if os.path.exists(CONFIG + ".next"):
-        files.append(CONFIG)
+    if os.path.exists(LAYOUT.config + ".next"):
+        files.append(LAYOUT.config)
     for f in files:
         if os.path.exists(f):
             os.replace(f, f + ".prev")
@@ -132,14 +131,14 @@ def swap_creds(names: list[str]):
 
 
 def restore_creds(names: list[str]):
-    for f in [*staged_files(names), CONFIG]:
+    for f in [*staged_files(names), LAYOUT.config]:
         if os.path.exists(f + ".prev"):
             os.replace(f + ".prev", f)
 
 
 def discard_staged(names: list[str]):
     # Only on this run's own failure: a recovery must keep what the current run has just staged.
-    for f in [*staged_files(names), CONFIG]:
+    for f in [*staged_files(names), LAYOUT.config]:
         if os.path.exists(f + ".next"):
             os.unlink(f + ".next")
 
@@ -153,41 +152,22 @@ def _read(path: str) -> str | None:
 
 
 def fingerprint_of(name: str) -> str:
-    with open(f"{CREDS}/{name}.fp") as fh:
+    with open(f"{LAYOUT.creds_dir}/{name}.fp") as fh:
         return fh.read().strip()
 
 
 def unit_secret(port: int, name: str) -> str:
     # Root reads the running instance's own credential: the canary authenticates like a client.
-    with open(f"/run/credentials/litellm@{port}.service/{name}") as fh:
+    with open(LAYOUT.runtime_credential(port, name)) as fh:
         return fh.read().strip()
 
 
 # ---- LiteLLM ---------------------------------------------------------------------------------------
-def http(url: str, body: dict | None, headers: dict, timeout: float = 30) -> tuple[int, dict, str]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **headers})
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # our own self-signed front, on loopback
-    try:
-        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
-            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read().decode(errors="replace")
-    except urllib.error.HTTPError as e:
-        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read().decode(errors="replace")
+http = instance.http
 
 
 def wait_ready(port: int, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if run("systemctl", "is-failed", "--quiet", f"litellm@{port}.service", check=False).returncode == 0:
-            raise RuntimeError(f"litellm@{port} failed to start (journalctl -u litellm@{port})")
-        try:
-            if http(f"http://127.0.0.1:{port}/health/readiness", None, {}, timeout=5)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"litellm@{port} not ready after {timeout:.0f}s")
+    instance.wait_ready(LAYOUT, port, timeout)
 
 
 def canary(base_url: str, master_key: str, deployment_ids: list[str], check_header: bool):
@@ -224,7 +204,7 @@ def canary_through_nginx(https_port: int, master_key: str, deployment_ids: list[
 
 def purge_redis(port: int, deployment_ids: list[str], redis_cred: str = "redis_password") -> int:
     env = {}
-    with open(ENV_FILE) as fh:
+    with open(LAYOUT.env_file) as fh:
         for line in fh:
             if "=" in line and not line.startswith("#"):
                 k, v = line.strip().split("=", 1)
@@ -248,7 +228,7 @@ def purge_redis(port: int, deployment_ids: list[str], redis_cred: str = "redis_p
 
 
 def stop_instance(port: int):
-    run("systemctl", "stop", f"litellm@{port}.service", check=False)
+    run("systemctl", "stop", LAYOUT.instance(port), check=False)
 
 
 # ---- the transaction -------------------------------------------------------------------------------
@@ -262,13 +242,13 @@ def recover(journal: dict):
         ids = journal.get("deployments", [])
         try:
             purge_redis(new, journal.get("purge", []), journal.get("redis_cred", "redis_password"))
-            canary_through_nginx(journal.get("https_port", 443),
+            canary_through_nginx(journal.get("https_port", LAYOUT.nginx_https_port),
                                  unit_secret(new, journal.get("master_cred", "litellm_master_key")), ids)
         except Exception as exc:  # noqa: BLE001 - old instance may be gone: report, keep the proven new one
             log(f"warning: post-switch checks after recovery failed: {exc}", err=True)
         stop_instance(old)
-        run("systemctl", "enable", f"litellm@{new}.service", check=False)
-        run("systemctl", "disable", f"litellm@{old}.service", check=False)
+        run("systemctl", "enable", LAYOUT.instance(new), check=False)
+        run("systemctl", "disable", LAYOUT.instance(old), check=False)
         record(new, names, journal)
         cleanup_prev(names)
     else:
@@ -276,18 +256,18 @@ def recover(journal: dict):
         stop_instance(new)
         if journal.get("swapped"):
             restore_creds(names)
-    os.unlink(JOURNAL)
+    os.unlink(LAYOUT.journal_file)
 
 
 def cleanup_prev(names: list[str]):
     # The previous encrypted credential is kept (as .prev) until the rotation is recorded, then retired.
-    for f in [*staged_files(names), CONFIG]:
+    for f in [*staged_files(names), LAYOUT.config]:
         if os.path.exists(f + ".prev"):
             os.replace(f + ".prev", f + ".retired")
 
 
 def record(port: int, names: list[str], journal: dict):
-    live = read_json(LIVE) or {"secrets": {}}
+    live = read_json(LAYOUT.live_file) or {"secrets": {}}
     live["port"] = port
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for n in names:
@@ -296,7 +276,7 @@ def record(port: int, names: list[str], journal: dict):
     live["rotated_at"] = now
     if "started" in journal:
         live["last_rotation_seconds"] = round(time.time() - journal["started"], 1)
-    write_atomic(LIVE, json.dumps(live, indent=1, sort_keys=True) + "\n", 0o644)
+    write_atomic(LAYOUT.live_file, json.dumps(live, indent=1, sort_keys=True) + "\n", 0o644)
 
 
 def fault(step: str, args):
@@ -310,14 +290,15 @@ def fault(step: str, args):
 def rotate(args) -> int:
     names, ids = args.secrets.split(","), [i for i in args.deployments.split(",") if i]
     old_ids = [i for i in args.purge_deployments.split(",") if i]
-    ports = [int(p) for p in args.ports.split(",")]
-    os.makedirs(STATE, exist_ok=True)
+    ports = [int(p) for p in args.ports.split(",")] if args.ports else list(LAYOUT.litellm_ports)
+    https_port = args.https_port or LAYOUT.nginx_https_port
+    os.makedirs(LAYOUT.gatekit_state_dir, exist_ok=True)
 
-    journal = read_json(JOURNAL)
+    journal = read_json(LAYOUT.journal_file)
     if journal:
         recover(journal)
-    staged = [n for n in names if os.path.exists(f"{CREDS}/{n}.cred.next")]
-    live_already = [n for n in staged if _read(f"{CREDS}/{n}.fp.next") == _read(f"{CREDS}/{n}.fp")]
+    staged = [n for n in names if os.path.exists(f"{LAYOUT.creds_dir}/{n}.cred.next")]
+    live_already = [n for n in staged if _read(f"{LAYOUT.creds_dir}/{n}.fp.next") == _read(f"{LAYOUT.creds_dir}/{n}.fp")]
     if live_already:
         # Re-staged after an interruption that recovery finished forward: that key is already live.
         discard_staged(live_already)
@@ -330,21 +311,21 @@ def rotate(args) -> int:
     new = ports[1] if old == ports[0] else ports[0]
     journal = {"old_port": old, "new_port": new, "secrets": staged, "deployments": ids, "purge": old_ids,
                "started": time.time(),
-               "swapped": False, "https_port": args.https_port, "master_cred": args.master_cred,
+               "swapped": False, "https_port": https_port, "master_cred": args.master_cred,
                "redis_cred": args.redis_cred}
-    write_atomic(JOURNAL, json.dumps(journal))
+    write_atomic(LAYOUT.journal_file, json.dumps(journal))
     step = "swap-creds"
     try:
         # Recorded before the swap: a crash in the middle of it must still restore the previous files.
         journal["swapped"] = True
-        write_atomic(JOURNAL, json.dumps(journal))
+        write_atomic(LAYOUT.journal_file, json.dumps(journal))
         swap_creds(staged)
         fault(step, args)
 
         step = "start"
         stop_instance(new)  # a leftover from an earlier attempt must not keep old credentials
-        run("systemctl", "reset-failed", f"litellm@{new}.service", check=False)
-        run("systemctl", "start", "--no-block", f"litellm@{new}.service")
+        run("systemctl", "reset-failed", LAYOUT.instance(new), check=False)
+        run("systemctl", "start", "--no-block", LAYOUT.instance(new))
         fault(step, args)
 
         step = "ready"
@@ -353,7 +334,7 @@ def rotate(args) -> int:
 
         step = "canary"
         master = unit_secret(new, args.master_cred)
-        canary(f"http://127.0.0.1:{new}", master, ids, check_header=True)
+        canary(f"http://{LAYOUT.litellm_bind}:{new}", master, ids, check_header=True)
         fault(step, args)
 
         step = "switch"
@@ -365,7 +346,7 @@ def rotate(args) -> int:
         fault(step, args)
 
         step = "canary-nginx"
-        canary_through_nginx(args.https_port, master, ids)
+        canary_through_nginx(https_port, master, ids)
         fault(step, args)
     except Exception as exc:  # noqa: BLE001 - every failure rolls back the same way
         log(f"FAILED at step {step}: {exc}; rolling back")
@@ -377,7 +358,7 @@ def rotate(args) -> int:
             if journal["swapped"]:
                 restore_creds(staged)
             discard_staged(staged)
-            os.unlink(JOURNAL)
+            os.unlink(LAYOUT.journal_file)
         log(f"step {step} failed: {exc}", err=True)
         return 1
 
@@ -385,14 +366,14 @@ def rotate(args) -> int:
     step = "drain"
     time.sleep(args.settle)  # nginx's old workers hand their last requests to OLD before it stops
     stop_instance(old)  # SIGTERM: LiteLLM finishes in-flight requests first
-    run("systemctl", "enable", f"litellm@{new}.service", check=False)
-    run("systemctl", "disable", f"litellm@{old}.service", check=False)
+    run("systemctl", "enable", LAYOUT.instance(new), check=False)
+    run("systemctl", "disable", LAYOUT.instance(old), check=False)
     fault(step, args)
 
     step = "record"
     record(new, staged, journal)
     cleanup_prev(staged)
-    os.unlink(JOURNAL)
+    os.unlink(LAYOUT.journal_file)
     log(f"rotated {','.join(staged)}: litellm@{old} -> litellm@{new}; {len(ids)} canaries passed; "
         f"{deleted} Redis keys purged")
     return 0
@@ -403,8 +384,8 @@ def main():
     ap.add_argument("--secrets", required=True, help="comma-separated secret names staged as NAME.cred.next")
     ap.add_argument("--deployments", default="", help="LiteLLM deployment ids with the new keys (canaried)")
     ap.add_argument("--purge-deployments", default="", help="deployment ids of the old keys (Redis state purged)")
-    ap.add_argument("--ports", required=True, help="the blue/green pair, e.g. 4001,4002")
-    ap.add_argument("--https-port", type=int, default=443)
+    ap.add_argument("--ports", default="", help="the blue/green pair, e.g. 4001,4002 (default: layout.json)")
+    ap.add_argument("--https-port", type=int, default=0, help="nginx's TLS port (default: layout.json)")
     ap.add_argument("--master-cred", default="litellm_master_key", help="credential name of the master key")
     ap.add_argument("--redis-cred", default="redis_password", help="credential name of the Redis password")
     ap.add_argument("--ready-timeout", type=float, default=120)

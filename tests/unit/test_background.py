@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from gatekit import background
-from roles import packages
+from gatekit.roles import packages
 
 # ActiveState: "activating" for the first $BUSY calls (counted in a file), then $FINAL; list-jobs shows the
 # unit as queued for the first $QUEUED calls.
@@ -96,7 +96,7 @@ def test_each_host_gets_the_packages_of_its_groups():
 
 
 def test_every_roles_packages_are_in_a_wave():
-    from roles import litellm, nginx, postgres, redis
+    from gatekit.roles import litellm, nginx, postgres, redis
 
     waves = {p for wave in (packages.FIRST_WAVE, packages.SECOND_WAVE) for names in wave.values() for p in names}
     assert {*litellm.PACKAGES, *nginx.PACKAGES, *postgres.PACKAGES, *redis.PACKAGES} <= waves

@@ -1,4 +1,4 @@
-"""Credential staging (roles/litellm.py), shared by deploy and rotation: the commands run for real under sh
+"""Credential staging (roles/credentials.py), shared by deploy and rotation: the commands run for real under sh
 with a fake systemd-creds; uploads are written as pyinfra would write them.
 
 What must hold: the plaintext never outlives the command that encrypts it (also when encryption fails); the
@@ -13,7 +13,9 @@ import subprocess
 import pytest
 from pyinfra.api import FileUploadCommand
 
-from roles import litellm
+from gatekit.onhost.instance import fingerprint
+from gatekit.onhost.layout import Layout
+from gatekit.roles import credentials
 
 SECRET = "sk-test-credential-9f8e7d6c5b4a"
 
@@ -31,9 +33,11 @@ def host_dirs(tmp_path, monkeypatch):
     bin_dir.mkdir()
     (bin_dir / "systemd-creds").write_text(FAKE_CREDS)
     (bin_dir / "systemd-creds").chmod(0o755)
-    monkeypatch.setattr(litellm, "CREDS_DIR", str(creds))
-    monkeypatch.setattr(litellm, "STAGE_DIR", str(stage))
     return tmp_path
+
+
+def layout(tmp_path) -> Layout:
+    return Layout(gatekit_etc=str(tmp_path), stage_dir=str(tmp_path / "run"))
 
 
 def run(commands, tmp_path, **env) -> tuple[int, list[str]]:
@@ -55,12 +59,12 @@ def run(commands, tmp_path, **env) -> tuple[int, list[str]]:
 def test_deploy_encrypts_swaps_in_and_keeps_the_previous(host_dirs):
     creds = host_dirs / "creds"
     (creds / "openai_key.cred").write_text("old")
-    rc, shown = run(litellm.encrypt_credentials._inner({"openai_key": SECRET}), host_dirs)
+    rc, shown = run(credentials.encrypt_credentials._inner(layout(host_dirs), {"openai_key": SECRET}), host_dirs)
     assert rc == 0
     assert (creds / "openai_key.cred").read_text().startswith("ENCRYPTED(--name=openai_key)")
     assert (creds / "openai_key.cred").stat().st_mode & 0o777 == 0o600
     assert (creds / "openai_key.cred.prev").read_text() == "old"
-    assert (creds / "openai_key.fp").read_text().strip() == litellm.fingerprint(SECRET)
+    assert (creds / "openai_key.fp").read_text().strip() == fingerprint(SECRET)
     assert not list((host_dirs / "run").iterdir())  # the plaintext is gone
     assert not [c for c in shown if SECRET in c]
 
@@ -69,7 +73,7 @@ def test_failed_encryption_removes_the_plaintext_and_changes_nothing(host_dirs):
     creds = host_dirs / "creds"
     (creds / "openai_key.cred").write_text("old")
     (creds / "openai_key.fp").write_text("oldfp\n")
-    rc, _ = run(litellm.encrypt_credentials._inner({"openai_key": SECRET}), host_dirs, CREDS_FAIL="1")
+    rc, _ = run(credentials.encrypt_credentials._inner(layout(host_dirs), {"openai_key": SECRET}), host_dirs, CREDS_FAIL="1")
     assert rc != 0
     assert not list((host_dirs / "run").iterdir())
     assert (creds / "openai_key.cred").read_text() == "old" and (creds / "openai_key.fp").read_text() == "oldfp\n"
@@ -79,9 +83,10 @@ def test_failed_encryption_removes_the_plaintext_and_changes_nothing(host_dirs):
 def test_rotation_stages_beside_the_live_credential(host_dirs):
     creds = host_dirs / "creds"
     (creds / "openai_key.cred").write_text("live")
-    cmds = [f"install -d -m 700 {litellm.STAGE_DIR}", *litellm.encrypt_credential_commands("openai_key", SECRET, ".next")]
+    L = layout(host_dirs)
+    cmds = [f"install -d -m 700 {L.stage_dir}", *credentials.encrypt_commands(L, "openai_key", SECRET, ".next")]
     rc, _ = run(cmds, host_dirs)
     assert rc == 0
     assert (creds / "openai_key.cred").read_text() == "live"  # swapped later by gatekit-rotate
     assert (creds / "openai_key.cred.next").read_text().startswith("ENCRYPTED(--name=openai_key)")
-    assert (creds / "openai_key.fp.next").read_text().strip() == litellm.fingerprint(SECRET)
+    assert (creds / "openai_key.fp.next").read_text().strip() == fingerprint(SECRET)

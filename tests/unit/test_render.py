@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from gatekit import render
+from gatekit.onhost.layout import Layout
 from gatekit.defaults import DEFAULTS
 from gatekit.inventory import settings_for
 from gatekit.render import litellm_config, litellm_config_yaml, redis_acl_hash, scram_sha256_verifier, secret_env
@@ -368,10 +369,9 @@ CREDS = ["gk_secret_anthropic_key", "gk_secret_openai_key", "litellm_master_key"
 
 def unit(settings, credentials=CREDS):
     return render.template(
-        "systemd/litellm@.service.j2",
+        "litellm/litellm@.service.j2",
         s=settings,
-        state_dir="/var/lib/litellm",
-        creds_dir="/etc/gatekit/credentials",
+        layout=Layout.from_settings(settings),
         credentials=credentials,
     )
 
@@ -427,9 +427,9 @@ def test_unit_hardening(settings):
 def test_unit_credentials(settings):
     text = unit(settings)
     v = unit_values(text)
-    assert v["LoadCredentialEncrypted"] == [f"{c}:/etc/gatekit/credentials/{c}.cred" for c in CREDS]
+    assert v["LoadCredentialEncrypted"] == [f"{c}:/etc/gatekit/creds/{c}.cred" for c in CREDS]
     one = unit_values(unit(settings, credentials=["litellm_master_key"]))
-    assert one["LoadCredentialEncrypted"] == ["litellm_master_key:/etc/gatekit/credentials/litellm_master_key.cred"]
+    assert one["LoadCredentialEncrypted"] == ["litellm_master_key:/etc/gatekit/creds/litellm_master_key.cred"]
 
 
 def test_unit_has_no_secret_in_environment(settings):
@@ -800,3 +800,25 @@ def test_deployment_ids_carry_the_key_fingerprint():
     fps2 = {**fps, "openai_key": "cccccccc55556666"}
     ids2 = {e["model_name"]: e["model_info"]["id"] for e in litellm_config(spec, settings, None, fps2)["model_list"]}
     assert ids2["claude"] == ids["claude"] and ids2["fast"] != ids["fast"] and ids2["smart"] != ids["smart"]
+
+
+def test_unit_follows_non_default_paths(settings):
+    s = {**settings, "litellm_home": "/srv/gk", "litellm_config_dir": "/srv/gk-etc"}
+    v = unit_values(unit(s))
+    assert v["ExecStart"] == ["/srv/gk/bin/gatekit-litellm-launch"]
+    assert v["EnvironmentFile"] == ["/srv/gk-etc/litellm.env"]
+    assert v["WorkingDirectory"] == ["/var/lib/litellm/%i"]
+
+
+def test_migration_unit_follows_the_layout(settings):
+    s = {**settings, "litellm_home": "/srv/gk", "litellm_config_dir": "/srv/gk-etc"}
+    text = render.template("litellm/litellm-migrate.service.j2", layout=Layout.from_settings(s),
+                           credentials=["litellm_master_key"], prisma_engines_mirror="https://mirror.example/prisma")
+    v = unit_values(text)
+    assert v["ExecStart"] == [
+        "/srv/gk/venv/bin/python3 -m prisma generate --schema /srv/gk/venv/lib/python3.11/site-packages/litellm/proxy/schema.prisma",
+        "/srv/gk/bin/gatekit-litellm-launch --skip_server_startup",
+    ]
+    assert v["EnvironmentFile"] == ["/srv/gk-etc/litellm.env"]
+    assert "PRISMA_ENGINES_MIRROR=https://mirror.example/prisma" in v["Environment"]
+    assert v["LoadCredentialEncrypted"] == ["litellm_master_key:/etc/gatekit/creds/litellm_master_key.cred"]

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+import gatekit.onhost.instance as I
 import gatekit.onhost.rotate as R
+from gatekit.onhost.layout import Layout
 from gatekit.defaults import DEFAULTS
 from gatekit.render import litellm_config
 from gatekit.spec import parse_spec
@@ -83,17 +85,16 @@ class FakeHost:
         self.root = tmp_path
         self.creds = tmp_path / "creds"
         self.state = tmp_path / "state"
-        self.nginx = tmp_path / "nginx"
+        self.nginx = tmp_path / "nginx" / "gatekit"
         for d in (self.creds, self.nginx):
-            d.mkdir()
+            d.mkdir(parents=True)
         self.upstream = self.nginx / "upstream.conf"
         self.upstream.write_text(UPSTREAM_TEXT % live)
-        monkeypatch.setattr(R, "CREDS", str(self.creds))
-        monkeypatch.setattr(R, "STATE", str(self.state))
-        monkeypatch.setattr(R, "JOURNAL", str(self.state / "rotation.json"))
-        monkeypatch.setattr(R, "LIVE", str(self.state / "live.json"))
-        monkeypatch.setattr(R, "UPSTREAM", str(self.upstream))
-        monkeypatch.setattr(R, "ENV_FILE", str(tmp_path / "litellm.env"))
+        # Every path the program touches comes from its layout: here all of them under tmp_path.
+        monkeypatch.setattr(R, "LAYOUT", Layout(
+            gatekit_etc=str(tmp_path), gatekit_state_dir=str(self.state), nginx_dir=str(tmp_path / "nginx"),
+            litellm_config_dir=str(tmp_path), litellm_home=str(tmp_path / "home"),
+        ))
         self.running = {live}
         self.events: list[tuple] = []
         self.calls: list[tuple] = []
@@ -228,7 +229,7 @@ def test_swap_creds_moves_next_into_place_and_keeps_prev(gw):
 
 def test_config_is_swapped_restored_and_retired_with_the_credentials(gw, tmp_path, monkeypatch):
     config = tmp_path / "config.yaml"
-    monkeypatch.setattr(R, "CONFIG", str(config))
+    assert R.LAYOUT.config == str(config)
     config.write_text("ids: old\n")
     config.chmod(0o640)
     (tmp_path / "config.yaml.next").write_text("ids: new\n")
@@ -726,8 +727,8 @@ def test_rerun_restaging_the_key_recovery_already_made_live_rotates_nothing_more
     gw.stage("openai_key", "NEW-cred", "newfp")
     assert R.rotate(args()) == 0
     assert R.upstream_port() == 4002
-    assert not os.path.exists(os.path.join(R.CREDS, "openai_key.cred.next"))
-    assert not os.path.exists(os.path.join(R.CREDS, "openai_key.fp.next"))
+    assert not os.path.exists(os.path.join(R.LAYOUT.creds_dir, "openai_key.cred.next"))
+    assert not os.path.exists(os.path.join(R.LAYOUT.creds_dir, "openai_key.fp.next"))
     assert gw.live()["secrets"]["openai_key"]["version"] == 2
 
 
@@ -743,6 +744,7 @@ def http_calls(monkeypatch):
         return answers.pop(0)
 
     monkeypatch.setattr(R, "http", http)
+    monkeypatch.setattr(I, "http", http)
     return calls, answers
 
 
@@ -784,16 +786,16 @@ def test_canary_through_nginx_checks_only_the_status(http_calls):
 
 def test_wait_ready_stops_at_a_failed_unit(monkeypatch, http_calls):
     calls, _ = http_calls
-    monkeypatch.setattr(R, "run", lambda *argv, check=True: subprocess.CompletedProcess(argv, 0, "", ""))
-    with pytest.raises(RuntimeError, match=r"litellm@4002 failed to start"):
+    monkeypatch.setattr(I, "unit_failed", lambda unit: True)
+    with pytest.raises(RuntimeError, match=r"litellm@4002.service failed to start"):
         R.wait_ready(4002, 30)
     assert calls == []
 
 
 def test_wait_ready_returns_when_readiness_answers_200(monkeypatch, http_calls):
     calls, answers = http_calls
-    monkeypatch.setattr(R, "run", lambda *argv, check=True: subprocess.CompletedProcess(argv, 1, "", ""))
-    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    monkeypatch.setattr(I, "unit_failed", lambda unit: False)
+    monkeypatch.setattr(I.time, "sleep", lambda s: None)
     answers += [(503, {}, ""), (200, {}, "")]
     R.wait_ready(4002, 30)
     assert [c[0] for c in calls] == ["http://127.0.0.1:4002/health/readiness"] * 2
@@ -802,7 +804,7 @@ def test_wait_ready_returns_when_readiness_answers_200(monkeypatch, http_calls):
 def test_purge_redis_without_redis_configured_deletes_nothing(tmp_path, monkeypatch):
     env = tmp_path / "litellm.env"
     env.write_text("# no redis\nLITELLM_LOG=INFO\n")
-    monkeypatch.setattr(R, "ENV_FILE", str(env))
+    monkeypatch.setattr(R, "LAYOUT", Layout(litellm_config_dir=str(tmp_path)))
     monkeypatch.setitem(sys.modules, "redis", None)  # importing it would fail
     assert R.purge_redis(4002, ["fast--0"]) == 0
 
@@ -810,7 +812,7 @@ def test_purge_redis_without_redis_configured_deletes_nothing(tmp_path, monkeypa
 def test_purge_redis_deletes_only_the_rotated_deployments_keys(tmp_path, monkeypatch):
     env = tmp_path / "litellm.env"
     env.write_text("LITELLM_LOG=INFO\nREDIS_HOST=10.0.0.5\nREDIS_PORT=6380\nREDIS_DB=1\n")
-    monkeypatch.setattr(R, "ENV_FILE", str(env))
+    monkeypatch.setattr(R, "LAYOUT", Layout(litellm_config_dir=str(tmp_path)))
     monkeypatch.setattr(R, "unit_secret", lambda port, name: f"secret-of-{name}@{port}")
     made = {}
 

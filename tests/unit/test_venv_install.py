@@ -15,7 +15,7 @@ import pytest
 
 from gatekit import render
 from gatekit.defaults import DEFAULTS
-from roles.litellm import _pip_args, _uv_args, switch_venv_commands
+from gatekit.roles.venv import pip_args as _pip_args, switch_venv_commands, uv_args as _uv_args
 
 FAKE_PYTHON = """#!/bin/sh
 # fake python3. `-m venv [--without-pip] DIR`: a venv whose pip (unless --without-pip) appends its arguments

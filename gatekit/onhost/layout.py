@@ -1,0 +1,199 @@
+"""Every on-host path, unit and port gatekit manages, in one place.
+
+Shared by the controller (the roles render and check these paths) and the programs that run on the
+host (rotate.py, instance.py): the deploy uploads this module beside them with the host's values in
+layout.json, so a non-default `litellm_home`, `litellm_config_dir` or port reaches the host program
+exactly as the roles used it. Python stdlib only: it runs in LiteLLM's venv on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+
+LAYOUT_JSON = "layout.json"  # beside this module on the host
+
+
+@dataclass(frozen=True)
+class Layout:
+    # From the settings of the same name (gatekit/defaults.py explains each).
+    litellm_home: str = "/opt/litellm"
+    litellm_config_dir: str = "/etc/litellm"
+    litellm_user: str = "litellm"
+    litellm_ports: tuple[int, ...] = (4001, 4002)
+    litellm_bind: str = "127.0.0.1"
+    nginx_https_port: int = 443
+    nginx_tls_cert: str = ""
+    nginx_tls_key: str = ""
+    nginx_selfsigned_dir: str = "/etc/gatekit/tls"
+    postgres_version: int = 15
+    # Fixed locations (no setting); fields only so that tests can point them into a temporary directory.
+    gatekit_etc: str = "/etc/gatekit"
+    gatekit_state_dir: str = "/var/lib/gatekit"
+    litellm_state_dir: str = "/var/lib/litellm"
+    stage_dir: str = "/run/gatekit"  # tmpfs, root-only: plaintext on its way into systemd-creds
+    credentials_runtime_dir: str = "/run/credentials"  # where systemd decrypts a unit's credentials
+    systemd_dir: str = "/etc/systemd/system"
+    nginx_dir: str = "/etc/nginx"
+    redis_dir: str = "/etc/redis"
+    postgres_dir: str = "/etc/postgresql"
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> Layout:
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in settings.items() if k in names}
+        if "litellm_ports" in values:
+            values["litellm_ports"] = tuple(int(p) for p in values["litellm_ports"])
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Layout:
+        data = json.loads(text)
+        data["litellm_ports"] = tuple(data["litellm_ports"])
+        return cls(**data)
+
+    @classmethod
+    def beside(cls, module_file: str) -> Layout:
+        """The host's layout, from layout.json next to the program; the defaults when there is none."""
+        path = os.path.join(os.path.dirname(os.path.abspath(module_file)), LAYOUT_JSON)
+        try:
+            with open(path) as fh:
+                return cls.from_json(fh.read())
+        except FileNotFoundError:
+            return cls()
+
+    # ---- LiteLLM: code ------------------------------------------------------------------------------
+    @property
+    def venv(self) -> str:  # a symlink to the live build under venvs/
+        return f"{self.litellm_home}/venv"
+
+    @property
+    def venvs_dir(self) -> str:
+        return f"{self.litellm_home}/venvs"
+
+    def venv_build(self, stamp: str) -> str:
+        return f"{self.venvs_dir}/{stamp[:16]}"
+
+    @property
+    def venv_stamp(self) -> str:
+        return f"{self.venv}/.gatekit-stamp"
+
+    @property
+    def bin_dir(self) -> str:
+        return f"{self.litellm_home}/bin"
+
+    @property
+    def lib_dir(self) -> str:  # the on-host programs and this module
+        return f"{self.litellm_home}/lib/gatekit"
+
+    @property
+    def launcher(self) -> str:
+        return f"{self.bin_dir}/gatekit-litellm-launch"
+
+    @property
+    def install_script(self) -> str:
+        return f"{self.bin_dir}/gatekit-venv-install"
+
+    @property
+    def requirements_lock(self) -> str:
+        return f"{self.litellm_home}/requirements.lock"
+
+    @property
+    def uv_lock(self) -> str:
+        return f"{self.litellm_home}/uv.lock"
+
+    def program(self, name: str) -> str:
+        return f"{self.lib_dir}/{name}"
+
+    # ---- LiteLLM: configuration and state -----------------------------------------------------------
+    @property
+    def config(self) -> str:
+        return f"{self.litellm_config_dir}/config.yaml"
+
+    @property
+    def env_file(self) -> str:
+        return f"{self.litellm_config_dir}/litellm.env"
+
+    def instance_dir(self, port: int) -> str:
+        return f"{self.litellm_state_dir}/{port}"
+
+    @property
+    def creds_dir(self) -> str:
+        return f"{self.gatekit_etc}/creds"
+
+    def cred(self, name: str) -> str:
+        return f"{self.creds_dir}/{name}.cred"
+
+    def cred_fingerprint(self, name: str) -> str:
+        return f"{self.creds_dir}/{name}.fp"
+
+    def runtime_credential(self, port: int, name: str) -> str:
+        return f"{self.credentials_runtime_dir}/{self.instance(port)}/{name}"
+
+    @property
+    def live_file(self) -> str:  # written by rotate.py: which instance port is live
+        return f"{self.gatekit_state_dir}/live.json"
+
+    @property
+    def journal_file(self) -> str:  # present while a rotation runs or was cut off
+        return f"{self.gatekit_state_dir}/rotation.json"
+
+    # ---- systemd ------------------------------------------------------------------------------------
+    @staticmethod
+    def instance(port: int) -> str:
+        return f"litellm@{port}.service"
+
+    @property
+    def unit_file(self) -> str:
+        return f"{self.systemd_dir}/litellm@.service"
+
+    migrate_unit = "litellm-migrate.service"
+    venv_install_unit = "gatekit-venv-install.service"
+    packages_unit = "gatekit-packages.service"
+    rotate_unit = "gatekit-rotate.service"
+
+    @property
+    def migrate_unit_file(self) -> str:
+        return f"{self.systemd_dir}/{self.migrate_unit}"
+
+    # ---- nginx --------------------------------------------------------------------------------------
+    nginx_unit = "nginx.service"
+
+    @property
+    def nginx_include_dir(self) -> str:
+        return f"{self.nginx_dir}/gatekit"
+
+    @property
+    def nginx_upstream(self) -> str:
+        return f"{self.nginx_include_dir}/upstream.conf"
+
+    @property
+    def nginx_site(self) -> str:
+        return f"{self.nginx_dir}/conf.d/gatekit.conf"
+
+    @property
+    def nginx_default_site(self) -> str:
+        return f"{self.nginx_dir}/sites-enabled/default"
+
+    @property
+    def tls_pair(self) -> tuple[str, str]:
+        """(certificate, key): the operator's, or the self-signed pair generated on the host."""
+        if self.nginx_tls_cert:
+            return self.nginx_tls_cert, self.nginx_tls_key
+        return f"{self.nginx_selfsigned_dir}/gateway.crt", f"{self.nginx_selfsigned_dir}/gateway.key"
+
+    # ---- Redis, PostgreSQL --------------------------------------------------------------------------
+    redis_unit = "redis-server.service"
+    postgres_unit = "postgresql.service"
+
+    @property
+    def redis_conf(self) -> str:
+        return f"{self.redis_dir}/redis.conf"
+
+    @property
+    def postgres_conf_dir(self) -> str:
+        return f"{self.postgres_dir}/{self.postgres_version}/main"

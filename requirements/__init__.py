@@ -1,0 +1,1 @@
+"""Hash-locked requirements the kit installs on gateways (shipped as package data)."""

@@ -1,0 +1,149 @@
+"""LiteLLM's hash-locked venv: built in the background beside the live one, switched in by a symlink.
+
+Everything that decides what ends up in the venv (the locks, the installer and its arguments) makes up
+its stamp; a venv is rebuilt only when the stamp differs, into venvs/STAMP, and `venv` is switched to it
+once the build succeeded. The previous build is kept for a manual rollback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pyinfra.api import FileUploadCommand, operation
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.operations import server
+
+from gatekit import background
+from gatekit.defaults import COMPROMISED_LITELLM_VERSIONS
+from gatekit.onhost.layout import Layout
+from gatekit.render import template
+from gatekit.resources import requirements_file
+
+PACKAGES = ["python3", "python3-venv"]  # the venv build needs them (python3-venv: ensurepip, Debian's pip wheel)
+PIP_WHEELS = "/usr/share/python-wheels"  # python3-pip-whl: the pip that fetches uv for the build
+DEFAULT_LOCK, DATABASE_LOCK, UV_LOCK = "requirements/litellm.lock", "requirements/litellm-db.lock", "requirements/uv.lock"
+
+
+def lock_file(s: dict) -> Path:
+    """The LiteLLM lock to install, refused when it pins a compromised release or carries no hashes."""
+    name = s["litellm_requirements"]
+    if s["litellm_database"] and name == DEFAULT_LOCK:
+        name = DATABASE_LOCK
+    path = requirements_file(name)
+    text = path.read_text()
+    for bad in COMPROMISED_LITELLM_VERSIONS:
+        if f"litellm=={bad}" in text:
+            raise PyinfraError(f"{path}: pins litellm=={bad}, a compromised release. Fix: use {DEFAULT_LOCK}.")
+    if "--hash=sha256:" not in text:
+        raise PyinfraError(f"{path}: no hashes. Fix: generate it with --generate-hashes (see its header).")
+    return path
+
+
+def _index_args(s: dict, tool: str) -> list[str]:
+    args, url = [], ""
+    if s["litellm_pip_find_links"]:
+        url = s["litellm_pip_find_links"]
+        args += ["--no-index", "--find-links", url]
+    elif s["litellm_pip_index_url"]:
+        url = s["litellm_pip_index_url"]
+        args += ["--index-url", url]
+    if url.startswith("http://") and tool == "pip":
+        # The operator chose a plain-HTTP mirror; --require-hashes still pins every byte. (uv needs no flag.)
+        args += ["--trusted-host", urlsplit(url).hostname]
+    return args
+
+
+def pip_args(s: dict) -> str:
+    args = ["--disable-pip-version-check", "-q", "--require-hashes", "--no-deps", "--only-binary=:all:"]
+    return " ".join(shlex.quote(a) for a in args + _index_args(s, "pip"))
+
+
+def uv_args(s: dict) -> str:
+    # uv compiles bytecode on all cores (the service cannot write .pyc files under ProtectSystem=strict,
+    # so without them every start would compile LiteLLM again); no cache left behind on the host.
+    args = ["-q", "--require-hashes", "--no-deps", "--only-binary", ":all:", "--compile-bytecode", "--no-cache"]
+    return " ".join(shlex.quote(a) for a in args + _index_args(s, "uv"))
+
+
+@dataclass(frozen=True)
+class VenvBuild:
+    """What a venv build for one host's settings consists of."""
+
+    layout: Layout
+    locks: dict  # host path -> lock text
+    installer: tuple[str, str, str]  # installer, pip arguments, uv arguments
+    stamp: str
+
+    @classmethod
+    def for_settings(cls, layout: Layout, s: dict) -> VenvBuild:
+        locks = {layout.requirements_lock: lock_file(s).read_text(), layout.uv_lock: requirements_file(UV_LOCK).read_text()}
+        installer = (s["litellm_installer"], pip_args(s), uv_args(s))
+        stamp = hashlib.sha256("\n".join((*locks.values(), *installer)).encode()).hexdigest()
+        return cls(layout, locks, installer, stamp)
+
+    def script(self) -> str:
+        L = self.layout
+        return template(
+            "litellm/venv-install.sh.j2", venv=L.venv, new=L.venv_build(self.stamp), installer=self.installer[0],
+            pip_args=self.installer[1], uv_args=self.installer[2], lock=L.requirements_lock, uv_lock=L.uv_lock,
+            pip_wheels=PIP_WHEELS, stamp=self.stamp,
+        )
+
+    def start(self, timeout: int):
+        start_venv_install(
+            name=f"Start the LiteLLM venv install in the background ({self.installer[0]} --require-hashes)",
+            home=self.layout.litellm_home,
+            uploads={**self.locks, self.layout.install_script: self.script()},
+            script=self.layout.install_script,
+            unit=self.layout.venv_install_unit,
+            timeout=timeout,
+        )
+
+    def wait(self):
+        L = self.layout
+        return server.shell(
+            name="Wait for the LiteLLM venv install, then switch to it",
+            commands=switch_venv_commands(L.venv, L.venv_build(self.stamp), self.stamp, L.venv_install_unit),
+        )
+
+
+@operation()
+def start_venv_install(home: str, uploads: dict, script: str, unit: str, timeout: int):
+    """Upload the locks and the install script, run it as a transient unit and return at once.
+
+    One operation (not one per file) so that it is among the gateway's first operations.
+    """
+    yield f"install -d -m 755 {home} {home}/bin"
+    for dest, content in uploads.items():
+        yield FileUploadCommand(io.StringIO(content), dest)
+        yield f"chown root:root {dest} && chmod {'700' if dest == script else '644'} {dest}"
+    # (A run cut off earlier is stopped first: the script then rebuilds its half-done venv.)
+    # Lowest CPU priority: the install must not starve what runs beside it (a live LiteLLM during an
+    # upgrade; the deploy's own package installs on a fresh host). User=root gives it HOME (/root/.netrc).
+    yield from background.start_commands(
+        unit, "gatekit: install LiteLLM into its venv", script, timeout,
+        ("Nice=19", "IOSchedulingPriority=7", "User=root"),
+    )
+
+
+def switch_venv_commands(venv: str, new: str, stamp: str, unit: str = Layout.venv_install_unit) -> list[str]:
+    """Wait for the background build; on success make it the live venv (symlink switch), keeping the
+    previous one for a manual rollback; on failure show the build's log, leave the live venv alone and fail."""
+    return [
+        background.wait_command(
+            unit,
+            done=f"[ \"$(cat {new}/.gatekit-stamp 2>/dev/null)\" = {stamp} ]",
+            failure=f"LiteLLM venv install failed (result: $result); the live venv is unchanged. Fix: see the "
+            f"lines above (journalctl -u {unit}); re-run the deploy to retry.",
+        ),
+        # Hosts deployed before venvs were versioned hold a plain directory here.
+        f"if [ -d {venv} ] && [ ! -L {venv} ]; then rm -rf {venv}.old && mv {venv} {venv}.old; fi",
+        f"prev=$(readlink {venv} || true); ln -sfn {new} {venv}.next && mv -T {venv}.next {venv}; "
+        f"for d in $(dirname {new})/*; do [ \"$d\" = {new} ] || [ \"$d\" = \"$prev\" ] || rm -rf \"$d\"; done; "
+        f"rm -rf {venv}.old",
+    ]
