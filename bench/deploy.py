@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gatekit import sandbox as sb  # noqa: E402
-from gatekit.lab import KIT_PACKAGES, Lab  # noqa: E402
+from lab import sandbox as sb  # noqa: E402
+from lab.env import KIT_PACKAGES, Lab  # noqa: E402
 
 
 def topology(n: int) -> dict:

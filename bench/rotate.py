@@ -19,8 +19,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gatekit import sandbox as sb  # noqa: E402
-from gatekit.lab import KIT_PACKAGES, Lab, Load, fake_key  # noqa: E402
+from lab import sandbox as sb  # noqa: E402
+from lab.env import KIT_PACKAGES, Lab, fake_key  # noqa: E402
+from lab.load import Load  # noqa: E402
 from gatekit.vault import resolve_key, set_secret  # noqa: E402
 
 GATEWAYS = ["gw1", "gw2"]

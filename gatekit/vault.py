@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from gatekit.onhost.instance import fingerprint  # noqa: F401 - names a secret without revealing it
+
 FORMAT_VERSION = 1
 # fullmatch, not ^...$: "$" also matches before a trailing newline.
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -55,11 +57,6 @@ class _Doc:
     kdf: dict | None
     secrets: dict[str, str]  # name -> base64 text exactly as stored, so untouched lines stay identical
     mac: bytes = b""
-
-
-def fingerprint(value: str) -> str:
-    """Names a secret in logs and diffs without revealing it."""
-    return hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
 def key_id(key: bytes) -> str:

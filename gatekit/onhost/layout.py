@@ -58,13 +58,15 @@ class Layout:
 
     @classmethod
     def beside(cls, module_file: str) -> Layout:
-        """The host's layout, from layout.json next to the program; the defaults when there is none."""
+        """The host's layout, from layout.json next to the program. Never guessed: a default path on a
+        host deployed with other settings would act on the wrong files."""
         path = os.path.join(os.path.dirname(os.path.abspath(module_file)), LAYOUT_JSON)
         try:
             with open(path) as fh:
                 return cls.from_json(fh.read())
         except FileNotFoundError:
-            return cls()
+            raise SystemExit(f"gatekit: {path} missing. Fix: re-run the deploy; it installs the host's layout "
+                             "beside the on-host programs.") from None
 
     # ---- LiteLLM: code ------------------------------------------------------------------------------
     @property

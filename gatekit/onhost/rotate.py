@@ -40,7 +40,7 @@ else:  # on the host: uploaded beside this program
     import instance
     from layout import Layout
 
-LAYOUT = Layout.beside(__file__)
+LAYOUT = Layout()  # main() reads the host's own from layout.json beside this program
 KEEP_PREFIXES = ("deployment_spend:", "deployment_budget_start_time:")
 STEPS = ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx", "drain", "record"]
 
@@ -393,6 +393,8 @@ def main():
     ap.add_argument("--fail-after", default="", help=argparse.SUPPRESS)  # tests: SIGKILL self after a step
     ap.add_argument("--fail-at", default="", help=argparse.SUPPRESS)  # tests: fail inside a step
     args = ap.parse_args()
+    global LAYOUT
+    LAYOUT = Layout.beside(__file__)
     sys.exit(rotate(args))
 
 

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import os
 import ssl
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fakeprovider import FakeProviderClient  # noqa: E402
-
-from gatekit.lab import Lab, Load  # noqa: E402,F401 - Load re-exported for the tests
+from lab.env import Lab
+from lab.fakeprovider import FakeProviderClient
 
 GROUPS = {"gateways": ["gw1", "gw2"], "redis": ["data1"], "postgres": ["data1"]}
+# gw1 runs with the default paths and ports, gw2 with other values of every setting that moves a path or
+# a port (host data overrides the spec's settings), so deploy, re-run and rotation are tested with both.
+NON_DEFAULT = {"litellm_home": "/srv/gk-litellm", "litellm_config_dir": "/srv/gk-etc/litellm",
+               "litellm_ports": [4301, 4302], "nginx_https_port": 8443, "nginx_selfsigned_dir": "/srv/gk-etc/tls"}
+HOST_SETTINGS = {"gw2": NON_DEFAULT}
 
 
 def pytest_collection_modifyitems(items):
@@ -36,7 +36,7 @@ def lab(tmp_path_factory):
         pytest.fail("the end-to-end tests boot systemd-nspawn hosts and need root")
     lab = Lab.create(tmp_path_factory.mktemp("lab"))
     try:
-        lab.setup(GROUPS)
+        lab.setup(GROUPS, host_settings=HOST_SETTINGS)
         lab.first_deploy = lab.deploy()
         yield lab
     finally:
@@ -56,51 +56,3 @@ def client(lab) -> httpx.Client:
     headers = {"Authorization": f"Bearer {lab.secret_values['litellm_master_key']}"}
     with httpx.Client(verify=ctx, headers=headers, timeout=60, trust_env=False) as c:
         yield c
-
-
-def completion(client: httpx.Client, url: str, model: str = "fast", **extra) -> httpx.Response:
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, **extra}
-    return client.post(f"{url}/v1/chat/completions", json=body)
-
-
-def wait_until(fn, timeout: float, interval: float = 1.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-
-
-def secret_locations(lab, values) -> list[str]:
-    """Every place on any host where one of `values` appears in plaintext (files outside the services'
-    runtime credentials, process command lines, the journal)."""
-    patterns = "\n".join(values) + "\n"
-    found = []
-    for name, host in lab.hosts.items():
-        host.put("/root/.gk-patterns", patterns, mode="0600")
-        try:
-            files = host.run(
-                "grep -rlsF -f /root/.gk-patterns --exclude=.gk-patterns --exclude-dir=proc --exclude-dir=sys "
-                "--exclude-dir=credentials --exclude-dir=dev / ; true",
-                timeout=300,
-            ).stdout.split()
-            found += [f"{name}:{f}" for f in files]
-            cmdlines = host.run(
-                "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done | grep -cF -f /root/.gk-patterns; true"
-            ).stdout.strip()
-            if cmdlines != "0":
-                found.append(f"{name}: process command line")
-            journal = host.run(
-                "journalctl --no-pager -o export | grep -caF -f /root/.gk-patterns; true", timeout=120
-            ).stdout.strip()
-            if journal != "0":
-                found.append(f"{name}: journal")
-        finally:
-            host.run("rm -f /root/.gk-patterns", check=False)
-    return found

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gatekit import sandbox as sbx
-from gatekit.sandbox import Sandbox
+from lab import sandbox as sbx
+from lab.sandbox import Sandbox
 
 pytestmark = [
     pytest.mark.e2e,
@@ -195,7 +195,7 @@ _OWNER = textwrap.dedent("""\
     # An interactive owner: a suite started as a background job inherits SIGINT ignored, and the
     # sandbox (rightly) leaves an ignored signal ignored, which would make the SIGINT case untestable.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    from gatekit.sandbox import Sandbox
+    from lab.sandbox import Sandbox
     sb = Sandbox().up()
     sb.boot(["victim"])
     st = sb._state
@@ -236,7 +236,7 @@ def test_signal_to_the_owner_tears_everything_down(sig):
 
 @pytest.mark.timeout(180)
 def test_cleanup_command_line():
-    out = subprocess.run([sys.executable, "-m", "gatekit.sandbox", "cleanup"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "lab", "down"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("removed:")

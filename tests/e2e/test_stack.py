@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from gatekit.lab import WHEELHOUSE_PORT
-from tests.e2e.conftest import completion, secret_locations, wait_until
+from lab.env import WHEELHOUSE_PORT
+from lab.checks import completion, secret_locations, wait_until
 
 PORT = 4001
 UNIT = f"litellm@{PORT}.service"
@@ -101,8 +101,9 @@ def test_failed_venv_build_stops_the_deploy_and_leaves_the_live_venv(lab, client
     """An install that cannot complete (here: a wheelhouse URL with nothing behind it) fails the deploy with
     the build's own log; the live venv, the running instance and traffic are untouched."""
     gws = [lab.hosts[n] for n in lab.groups["gateways"]]
-    live = {gw.name: gw.run("readlink /opt/litellm/venv").stdout.strip() for gw in gws}
-    assert all(v.startswith("/opt/litellm/venvs/") for v in live.values()), live
+    venv = {gw.name: lab.layout(gw.name).venv for gw in gws}
+    live = {gw.name: gw.run(f"readlink {venv[gw.name]}").stdout.strip() for gw in gws}
+    assert all(v.startswith(lab.layout(n).venvs_dir + "/") for n, v in live.items()), live
     pids = {gw.name: _show(gw, "MainPID") for gw in gws}
     saved = dict(lab.settings)
     lab.settings["litellm_pip_find_links"] = f"http://{lab.bridge_ip}:{WHEELHOUSE_PORT}/missing/"
@@ -116,7 +117,7 @@ def test_failed_venv_build_stops_the_deploy_and_leaves_the_live_venv(lab, client
     assert not failed.ok
     assert "LiteLLM venv install failed" in failed.stderr and "the live venv is unchanged" in failed.stderr
     for gw in gws:
-        assert gw.run("readlink /opt/litellm/venv").stdout.strip() == live[gw.name]
+        assert gw.run(f"readlink {venv[gw.name]}").stdout.strip() == live[gw.name]
         assert _show(gw, "MainPID") == pids[gw.name]  # not restarted
         assert gw.run("systemctl is-active gatekit-venv-install.service", check=False).stdout.strip() != "active"
         r = completion(client, lab.gateway_url(gw.name))
@@ -335,3 +336,27 @@ def test_added_host_is_provisioned_existing_unchanged(lab, client):
     assert r.status_code == 200, r.text
     final = lab.deploy()
     assert final.ok and final.changes == 0
+
+
+def test_non_default_paths_and_ports_are_used_everywhere(lab, client):
+    """gw2 is deployed with another litellm_home, litellm_config_dir, instance ports, HTTPS port and TLS
+    directory (conftest.NON_DEFAULT): every file, unit and listener is where its settings say, and
+    nothing lands in the default places."""
+    gw, L = lab.hosts["gw2"], lab.layout("gw2")
+    assert L.litellm_home != "/opt/litellm" and L.litellm_config_dir != "/etc/litellm"
+    port = L.litellm_ports[0]
+    unit = gw.run(f"systemctl cat {L.instance(port)}").stdout
+    assert f"ExecStart={L.launcher}" in unit and f"EnvironmentFile={L.env_file}" in unit
+    for path in (L.config, L.env_file, L.launcher, L.program("rotate.py"), L.program("instance.py"),
+                 L.program("layout.py"), L.program("layout.json"), *L.tls_pair):
+        assert gw.run(f"test -f {path}", check=False).returncode == 0, path
+    # The on-host programs read exactly this layout.
+    on_host = gw.run(f"cat {L.program('layout.json')}").stdout
+    assert json.loads(on_host)["litellm_config_dir"] == L.litellm_config_dir
+    assert json.loads(on_host)["litellm_ports"] == list(L.litellm_ports)
+    assert gw.run("test -e /opt/litellm || test -e /etc/litellm", check=False).returncode != 0
+    listen = gw.run("ss -Hltn").stdout
+    assert f"127.0.0.1:{port}" in listen and f":{L.nginx_https_port} " in listen and ":443 " not in listen
+    assert gw.run(f"python3 {L.program('instance.py')} wait-ready {port} --timeout 30", check=False).returncode == 0
+    r = completion(client, lab.gateway_url("gw2"))
+    assert r.status_code == 200, r.text

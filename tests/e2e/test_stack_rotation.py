@@ -13,9 +13,10 @@ import time
 
 import pytest
 
-from gatekit.lab import PYINFRA, REPO, fake_key
+from lab.env import PYINFRA, REPO, fake_key
 from gatekit.vault import fingerprint, resolve_key, set_secret
-from tests.e2e.conftest import Load, completion, secret_locations, wait_until
+from lab.load import Load
+from lab.checks import completion, secret_locations, wait_until
 
 OPENAI_MODELS = {"fake-fast", "fake-smart"}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fakeprovider import (
+from lab.fakeprovider import (
     FakeProviderClient,
     FakeProviderError,
     answer_text,
@@ -25,7 +25,7 @@ from tests.fakeprovider import (
 
 KEY = "fake-unit-test-PLAINTEXT-9f8e7d6c5b4a"
 OTHER_KEY = "sk-other-PLAINTEXT-0a1b2c3d"
-MODULE = Path(__file__).resolve().parents[1] / "fakeprovider.py"
+MODULE = Path(__file__).resolve().parents[2] / "lab" / "fakeprovider.py"
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gatekit import sandbox as sb
+from lab import sandbox as sb
 
 # ---------------------------------------------------------------------------------------------- names
 

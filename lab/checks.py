@@ -1,0 +1,56 @@
+"""Checks the end-to-end tests and benchmarks share: a completion through a gateway, waiting for a
+condition, and where a secret's plaintext appears on the lab's hosts."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+
+def completion(client: httpx.Client, url: str, model: str = "fast", **extra) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, **extra}
+    return client.post(f"{url}/v1/chat/completions", json=body)
+
+
+def wait_until(fn, timeout: float, interval: float = 1.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def secret_locations(lab, values) -> list[str]:
+    """Every place on any host where one of `values` appears in plaintext (files outside the services'
+    runtime credentials, process command lines, the journal)."""
+    patterns = "\n".join(values) + "\n"
+    found = []
+    for name, host in lab.hosts.items():
+        host.put("/root/.gk-patterns", patterns, mode="0600")
+        try:
+            files = host.run(
+                "grep -rlsF -f /root/.gk-patterns --exclude=.gk-patterns --exclude-dir=proc --exclude-dir=sys "
+                "--exclude-dir=credentials --exclude-dir=dev / ; true",
+                timeout=300,
+            ).stdout.split()
+            found += [f"{name}:{f}" for f in files]
+            cmdlines = host.run(
+                "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done | grep -cF -f /root/.gk-patterns; true"
+            ).stdout.strip()
+            if cmdlines != "0":
+                found.append(f"{name}: process command line")
+            journal = host.run(
+                "journalctl --no-pager -o export | grep -caF -f /root/.gk-patterns; true", timeout=120
+            ).stdout.strip()
+            if journal != "0":
+                found.append(f"{name}: journal")
+        finally:
+            host.run("rm -f /root/.gk-patterns", check=False)
+    return found

@@ -1,0 +1,93 @@
+"""Constant client traffic through the gateways' nginx, every request's outcome recorded."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+
+import httpx
+
+
+class Load:
+    """Constant client traffic through nginx (plain and streamed), recording every failure."""
+
+    def __init__(self, lab, gateways: list[str], models=("fast", "claude"), threads_per_gateway: int = 1,
+                 think: float = 0.05):
+        self.lab, self.gateways, self.models, self.think = lab, gateways, models, think
+        self.stop_event = threading.Event()
+        self.results: list[tuple[float, str, bool, str, float]] = []  # (start, gateway, ok, detail, seconds)
+        self.lock = threading.Lock()
+        self.retries = 0
+        self.threads = [
+            threading.Thread(target=self._run, args=(gw,), daemon=True)
+            for gw in gateways
+            for i in range(threads_per_gateway)
+        ]
+
+    def _run(self, gw: str):
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        headers = {"Authorization": f"Bearer {self.lab.secret_values['litellm_master_key']}"}
+        url = f"{self.lab.gateway_url(gw)}/v1/chat/completions"
+        n = 0
+        with httpx.Client(verify=ctx, headers=headers, timeout=60, trust_env=False) as c:
+            while not self.stop_event.is_set():
+                model = self.models[n % len(self.models)]
+                stream = (n // len(self.models)) % 2 == 1  # every model both plain and streamed
+                n += 1
+                body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+                t0 = time.monotonic()
+                for attempt in range(3):
+                    ok, detail, retry = self._one(c, url, body, model, stream)
+                    if not retry or attempt == 2:
+                        break
+                    # Like the OpenAI/Anthropic SDKs: a request lost on a keepalive connection the server
+                    # closed (nginx reload) is sent again, at most twice. Counted, never hidden.
+                    with self.lock:
+                        self.retries += 1
+                with self.lock:
+                    self.results.append((t0, gw, bool(ok), detail, time.monotonic() - t0))
+                # Constant traffic, not a CPU-saturating flood: a 2-core machine runs all hosts at once.
+                self.stop_event.wait(self.think)
+
+    @staticmethod
+    def _one(c, url: str, body: dict, model: str, stream: bool) -> tuple[bool, str, bool]:
+        """(ok, detail, retryable): retryable only when no response at all came back."""
+        try:
+            if stream:
+                with c.stream("POST", url, json={**body, "stream": True}) as r:
+                    lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
+                ok = r.status_code == 200 and bool(lines) and lines[-1] == "data: [DONE]" and len(lines) >= 3
+                return ok, f"{model} stream {r.status_code} {len(lines)} events", False
+            r = c.post(url, json=body)
+            return r.status_code == 200 and "fake-answer" in r.text, f"{model} {r.status_code} {r.text[:120]}", False
+        except (httpx.RemoteProtocolError, httpx.ConnectError) as exc:
+            no_response = "without sending a response" in str(exc) or isinstance(exc, httpx.ConnectError)
+            return False, f"{model} {type(exc).__name__}: {exc}", no_response
+        except Exception as exc:  # noqa: BLE001 - a client-side failure is a failed request
+            return False, f"{model} {type(exc).__name__}: {exc}", False
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(90)
+
+    @property
+    def failures(self):
+        return [r for r in self.results if not r[2]]
+
+    def summary(self) -> dict:
+        """Requests, failures and latency percentiles (plain and streamed together, whole responses)."""
+        lat = sorted(r[4] for r in self.results)
+        pct = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 1) if lat else None  # noqa: E731
+        return {"requests": len(self.results), "failed": len(self.failures), "retried": self.retries,
+                "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+                # What went wrong, not only how often: the first few failures, one line each.
+                "failures": [f"{gw}: {' '.join(str(detail).split())[:160]}" for _, gw, _, detail, _ in self.failures[:5]]}

@@ -1,0 +1,74 @@
+"""The on-host layout: one description of every path, unit and port, the same on the controller and on
+the host (where the programs read it from layout.json beside them, with no gatekit installed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from gatekit.defaults import DEFAULTS
+from gatekit.onhost.layout import Layout
+from gatekit.resources import onhost_source
+
+NON_DEFAULT = {**DEFAULTS, "litellm_home": "/srv/gk", "litellm_config_dir": "/srv/gk-etc", "litellm_ports": [4301, 4302],
+               "nginx_https_port": 8443, "litellm_bind": "127.0.0.2", "postgres_version": 16, "litellm_user": "gk"}
+
+
+def test_layout_defaults_are_the_settings_defaults():
+    # Layout() (what a program without layout.json assumes) must not drift from gatekit/defaults.py.
+    assert Layout.from_settings(DEFAULTS) == Layout()
+    for f in fields(Layout):
+        if f.name in DEFAULTS:
+            default = DEFAULTS[f.name]
+            assert getattr(Layout(), f.name) == (tuple(default) if isinstance(default, list) else default), f.name
+
+
+def test_every_path_follows_its_setting():
+    L = Layout.from_settings(NON_DEFAULT)
+    assert (L.config, L.env_file) == ("/srv/gk-etc/config.yaml", "/srv/gk-etc/litellm.env")
+    assert (L.venv, L.launcher, L.lib_dir) == ("/srv/gk/venv", "/srv/gk/bin/gatekit-litellm-launch", "/srv/gk/lib/gatekit")
+    assert L.venv_build("ab" * 32) == "/srv/gk/venvs/" + "ab" * 8
+    assert L.postgres_conf_dir == "/etc/postgresql/16/main"
+    assert L.instance(4301) == "litellm@4301.service"
+    assert L.runtime_credential(4302, "openai_key") == "/run/credentials/litellm@4302.service/openai_key"
+    assert L.tls_pair == ("/etc/gatekit/tls/gateway.crt", "/etc/gatekit/tls/gateway.key")
+    own = Layout.from_settings({**NON_DEFAULT, "nginx_tls_cert": "/etc/ssl/gw.pem", "nginx_tls_key": "/etc/ssl/gw.key"})
+    assert own.tls_pair == ("/etc/ssl/gw.pem", "/etc/ssl/gw.key")
+
+
+def test_json_round_trip():
+    L = Layout.from_settings(NON_DEFAULT)
+    assert Layout.from_json(L.to_json()) == L
+
+
+def test_uploaded_programs_read_the_layout_beside_them_without_gatekit(tmp_path):
+    """As deployed: layout.py, instance.py and rotate.py in one directory with layout.json, run by a
+    Python without site-packages (-S: no gatekit, no third-party module)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("layout.py", "instance.py", "rotate.py"):
+        (lib / name).write_text(onhost_source(name))
+    L = Layout.from_settings(NON_DEFAULT)
+    (lib / "layout.json").write_text(L.to_json())
+    probe = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import instance, layout; "
+        "L = layout.Layout.beside(instance.__file__); print(json.dumps([L.config, L.env_file, L.creds_dir, "
+        "L.nginx_upstream, list(L.litellm_ports), L.nginx_https_port, L.litellm_bind, 'gatekit' in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-S", "-c", probe, str(lib)], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == ["/srv/gk-etc/config.yaml", "/srv/gk-etc/litellm.env", "/etc/gatekit/creds",
+                                      "/etc/nginx/gatekit/upstream.conf", [4301, 4302], 8443, "127.0.0.2", False]
+    for program in ("rotate.py", "instance.py"):
+        run = subprocess.run([sys.executable, "-S", str(lib / program), "--help"], capture_output=True, text=True)
+        assert run.returncode == 0 and "usage:" in run.stdout, run.stderr
+    # Without layout.json the programs refuse to guess the host's paths.
+    (lib / "layout.json").unlink()
+    run = subprocess.run([sys.executable, "-S", str(lib / "rotate.py"), "--secrets", "openai_key"],
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and "layout.json missing. Fix: re-run the deploy" in run.stderr, run.stderr
+    run = subprocess.run([sys.executable, "-S", str(lib / "instance.py"), "wait-ready", "4001", "--timeout", "1"],
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and "layout.json missing" in run.stderr, run.stderr
