@@ -33,7 +33,7 @@ DEFAULTS: dict[str, object] = {
     "litellm_user": "litellm",  # system user the proxy runs as
     "litellm_home": "/opt/litellm",  # venv, launcher and state live here
     "litellm_config_dir": "/etc/litellm",  # rendered config.yaml (no secrets in it)
-    "litellm_requirements": "requirements/litellm.lock",  # hash-locked requirements file (relative to the repo)
+    "litellm_requirements": "requirements/litellm.lock",  # hash-locked requirements file: requirements/... = shipped with the kit, another relative path = from the current directory
     "litellm_installer": "uv",  # "uv" (hash-locked in requirements/uv.lock; installs and compiles on all cores) or "pip"
     "litellm_pip_index_url": "",  # package index URL (pip and uv) for mirrored installs; empty = PyPI
     "litellm_pip_find_links": "",  # wheelhouse URL or host path (--find-links); with it no index is used

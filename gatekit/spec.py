@@ -7,6 +7,8 @@ that is known to break a gateway in production. Every error names the file, the 
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import itertools
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -279,6 +281,57 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
             f"{where}: settings.nginx_tls_cert/nginx_tls_key: give both or neither "
             "(neither = a self-signed certificate is generated on the host). Fix: set the missing one."
         )
+    problems += _host_path_problems(merged, where)
+    if not _USER_RE.match(merged["litellm_user"]) or merged["litellm_user"] == "root":
+        problems.append(
+            f"{where}: settings.litellm_user: {merged['litellm_user']!r} is not a system user name gatekit can create "
+            "(lowercase letters, digits, _ and -, at most 32, not root). Fix: use e.g. 'litellm'."
+        )
+    try:
+        ipaddress.ip_address(merged["litellm_bind"])
+    except ValueError:
+        problems.append(f"{where}: settings.litellm_bind: {merged['litellm_bind']!r} is not an IP address. "
+                        "Fix: use 127.0.0.1 (nginx is the only way in).")
+    return problems
+
+
+# Directories the kit creates and chowns/chmods: a system directory here would be re-owned or re-moded.
+MANAGED_DIRS = ("litellm_home", "litellm_config_dir", "nginx_selfsigned_dir")
+# Directories of the system or of the kit itself that a managed directory must not be, nor contain.
+_RESERVED_DIRS = ("/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt", "/opt", "/proc",
+                  "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/usr/local", "/usr/lib",
+                  "/usr/share", "/var/lib", "/var/log", "/var/tmp", "/var/cache", "/etc/systemd", "/etc/nginx",
+                  "/etc/redis", "/etc/postgresql", "/etc/ssl", "/etc/gatekit/creds", "/var/lib/gatekit",
+                  "/var/lib/litellm", "/run/gatekit")
+# Paths go into shell commands, unit files and nginx's config: only plain characters.
+_PATH_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def _host_path_problems(merged: dict, where: str) -> list[str]:
+    problems = []
+    for key in (*MANAGED_DIRS, "nginx_tls_cert", "nginx_tls_key"):
+        value = merged[key]
+        if key.startswith("nginx_tls_") and not value:
+            continue
+        parts = value.split("/")
+        if not _PATH_RE.match(value) or "." in parts or ".." in parts:
+            problems.append(
+                f"{where}: settings.{key}: {value!r} is not an absolute, normalized path of letters, digits, '.', '_' "
+                f"and '-'. Fix: use a path like the default {DEFAULTS[key] or '/etc/ssl/gateway.pem'!r}."
+            )
+        elif key in MANAGED_DIRS and (value in _RESERVED_DIRS or any(r.startswith(value + "/") for r in _RESERVED_DIRS)):
+            problems.append(
+                f"{where}: settings.{key}: {value!r} is (or holds) a system or gatekit directory whose owner and mode "
+                f"the deploy would change. Fix: use a directory of its own, like the default {DEFAULTS[key]!r}."
+            )
+    dirs = {key: merged[key] for key in MANAGED_DIRS}
+    for a, b in itertools.combinations(MANAGED_DIRS, 2):
+        if dirs[a] == dirs[b]:
+            problems.append(
+                f"{where}: settings.{b}: the same directory as {a} ({dirs[a]!r}); they need different owners and "
+                f"modes. Fix: give {b} a directory of its own, like the default {DEFAULTS[b]!r}."
+            )
     return problems
 
 

@@ -35,7 +35,11 @@ def lock_file(s: dict) -> Path:
     if s["litellm_database"] and name == DEFAULT_LOCK:
         name = DATABASE_LOCK
     path = requirements_file(name)
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PyinfraError(f"litellm_requirements: {path}: {exc.strerror}. Fix: name a hash-locked requirements "
+                           f"file (absolute, or relative to the current directory), or leave the default.") from None
     for bad in COMPROMISED_LITELLM_VERSIONS:
         if f"litellm=={bad}" in text:
             raise PyinfraError(f"{path}: pins litellm=={bad}, a compromised release. Fix: use {DEFAULT_LOCK}.")

@@ -246,6 +246,9 @@ def recover(journal: dict):
                                  unit_secret(new, journal.get("master_cred", "litellm_master_key")), ids)
         except Exception as exc:  # noqa: BLE001 - old instance may be gone: report, keep the proven new one
             log(f"warning: post-switch checks after recovery failed: {exc}", err=True)
+        # As in a run that was not cut off: the switch may be only moments old, so nginx's old workers get
+        # the time to hand their last requests to OLD before it stops.
+        time.sleep(journal.get("settle", 1.0))
         stop_instance(old)
         run("systemctl", "enable", LAYOUT.instance(new), check=False)
         run("systemctl", "disable", LAYOUT.instance(old), check=False)
@@ -312,7 +315,7 @@ def rotate(args) -> int:
     journal = {"old_port": old, "new_port": new, "secrets": staged, "deployments": ids, "purge": old_ids,
                "started": time.time(),
                "swapped": False, "https_port": https_port, "master_cred": args.master_cred,
-               "redis_cred": args.redis_cred}
+               "redis_cred": args.redis_cred, "settle": args.settle}
     write_atomic(LAYOUT.journal_file, json.dumps(journal))
     step = "swap-creds"
     try:

@@ -239,4 +239,4 @@ def test_cleanup_command_line():
     out = subprocess.run([sys.executable, "-m", "lab", "down"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("removed:")
+    assert out.stdout.startswith("sandbox leftovers removed:")

@@ -373,3 +373,32 @@ def test_file_lock_is_reentrant_in_process(tmp_path):
         with lock:  # e.g. a signal handler cleaning up while the main thread holds it
             assert lock._depth == 2
     assert lock._depth == 0 and lock._fd is None
+
+
+def test_lab_inventory_is_a_gatekit_inventory_with_per_host_settings(tmp_path, monkeypatch):
+    """The lab's one inventory writer, in its gatekit form: groups() validates spec, hosts and vault while
+    pyinfra loads it, every group gets the spec, and a host's own settings stay its host data."""
+    from gatekit import vault
+
+    spec = tmp_path / "lab.gateway.yaml"
+    spec.write_text((Path(__file__).resolve().parents[2] / "inventories" / "example.gateway.yaml").read_text())
+    vault_path, key = tmp_path / "example.secrets.enc.yaml", tmp_path / "vault.key"
+    vault.init_vault(vault_path, key_file=key, passphrase=None)
+    k = vault.resolve_key(vault_path, key_file=key)
+    for name in ("openai_key", "anthropic_key", "litellm_master_key", "redis_password", "postgres_password"):
+        vault.set_secret(vault_path, k, name, f"test-{name}")
+    monkeypatch.setenv("GATEKIT_VAULT_KEY_FILE", str(key))
+    gw1, gw2, db = _host("gw1", "10.77.5.11"), _host("gw2", "10.77.5.12", litellm_home="/srv/gk"), _host("db1", "10.77.5.13")
+    path = sb.write_inventory(tmp_path / "lab_inventory.py", {"gateways": [gw1, gw2], "redis": [db], "postgres": [db]},
+                              spec_file=spec)
+    loaded = _load_with_pyinfra(path, ["gateways", "redis", "postgres"])
+    assert loaded["groups"]["gateways"] == ["10.77.5.11", "10.77.5.12"]
+    assert loaded["data"]["10.77.5.12"]["litellm_home"] == "/srv/gk"
+    assert "litellm_home" not in loaded["data"]["10.77.5.11"]
+    assert all(d["gatekit_spec"] == str(spec.resolve()) for d in loaded["data"].values())
+    # A bad host entry is refused while the inventory loads, before any host is touched.
+    bad = _host("gw3", "10.77.5.14", litellm_home="relative/path")
+    path = sb.write_inventory(tmp_path / "bad_inventory.py", {"gateways": [bad], "redis": [db], "postgres": [db]},
+                              spec_file=spec)
+    proc = subprocess.run([sys.executable, "-c", _LOAD_INVENTORY, str(path), "gateways"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "litellm_home" in proc.stderr

@@ -646,3 +646,37 @@ def test_settings_for_layers_defaults_spec_and_host():
     assert s["redis_port"] == DEFAULTS["redis_port"]  # None in host data does not override
     assert "private_address" not in s
     assert set(s) == set(DEFAULTS)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("litellm_home", "relative/path", "not an absolute, normalized path"),
+    ("litellm_home", "/opt/lite llm", "not an absolute, normalized path"),
+    ("litellm_home", "/opt/litellm;rm -rf /", "not an absolute, normalized path"),
+    ("litellm_home", "/opt/../etc", "not an absolute, normalized path"),
+    ("litellm_home", "/opt/litellm/", "not an absolute, normalized path"),
+    ("litellm_config_dir", "/etc", "system or gatekit directory"),
+    ("litellm_config_dir", "/etc/gatekit", "system or gatekit directory"),
+    ("litellm_home", "/var/lib", "system or gatekit directory"),
+    ("litellm_home", "/", "not an absolute, normalized path"),
+    ("nginx_selfsigned_dir", "/etc/nginx", "system or gatekit directory"),
+    ("litellm_config_dir", "/opt/litellm", "the same directory as litellm_home"),
+    ("nginx_tls_cert", "cert.pem", "not an absolute, normalized path"),
+    ("litellm_user", "root", "not a system user name"),
+    ("litellm_user", "Lite LLM", "not a system user name"),
+    ("litellm_bind", "localhost", "not an IP address"),
+])
+def test_hostile_path_user_and_bind_settings_are_refused(key, value, message):
+    from gatekit.spec import check_settings
+
+    extra = {"nginx_tls_key": "/etc/ssl/gw.key"} if key == "nginx_tls_cert" else {}
+    problems = check_settings({key: value, **extra}, "inv.py: gw1")
+    assert len(problems) == 1 and problems[0].startswith(f"inv.py: gw1: settings.{key}: ") and message in problems[0]
+    assert "Fix:" in problems[0]
+
+
+def test_non_default_paths_are_accepted():
+    from gatekit.spec import check_settings
+
+    assert check_settings({"litellm_home": "/srv/gk-litellm", "litellm_config_dir": "/srv/gk-etc/litellm",
+                           "nginx_selfsigned_dir": "/srv/gk-etc/tls", "litellm_user": "gk_proxy",
+                           "nginx_tls_cert": "/etc/ssl/gw.pem", "nginx_tls_key": "/etc/ssl/gw.key"}, "x") == []

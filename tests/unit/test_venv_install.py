@@ -246,3 +246,25 @@ def test_uv_build_without_debians_pip_wheel_fails_clearly(tmp_path, fakes):
     res, _ = run(path, fakes)
     assert res.returncode != 0 and "install python3-pip-whl" in res.stderr
     assert not (tmp_path / "venvs" / "abc123" / ".gatekit-stamp").exists()
+
+
+def test_lock_file_resolution_and_refusals(tmp_path, monkeypatch):
+    from pyinfra.api.exceptions import PyinfraError
+
+    from gatekit.defaults import DEFAULTS
+    from gatekit.roles.venv import lock_file
+
+    s = dict(DEFAULTS)
+    # The kit's own locks, found through the package wherever it is installed.
+    assert lock_file(s).name == "litellm.lock" and lock_file({**s, "litellm_database": True}).name == "litellm-db.lock"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.lock").write_text("litellm==1.106.2 --hash=sha256:" + "0" * 64 + "\n")
+    assert lock_file({**s, "litellm_requirements": "mine.lock"}) == tmp_path / "mine.lock"
+    with pytest.raises(PyinfraError, match=r"litellm_requirements: .*missing.lock: No such file.*Fix:"):
+        lock_file({**s, "litellm_requirements": "missing.lock"})
+    (tmp_path / "bad.lock").write_text("litellm==1.82.7 --hash=sha256:" + "0" * 64 + "\n")
+    with pytest.raises(PyinfraError, match="compromised release"):
+        lock_file({**s, "litellm_requirements": str(tmp_path / "bad.lock")})
+    (tmp_path / "nohash.lock").write_text("litellm==1.106.2\n")
+    with pytest.raises(PyinfraError, match="no hashes"):
+        lock_file({**s, "litellm_requirements": "nohash.lock"})
