@@ -37,7 +37,7 @@ def nginx(packages: PackageWave | None = None):
                  keepalive_timeout=s["nginx_upstream_keepalive_timeout"]),
         notify="reload", name="Render the LiteLLM upstream",
     )
-    want.file(L.nginx_site, template("nginx/gatekit.conf.j2", s=s, tls_cert=cert, tls_key=key),
+    want.file(L.nginx_site, template("nginx/gatekit.conf.j2", s=s, layout=L, tls_cert=cert, tls_key=key),
               notify="reload", name="Render the gatekit nginx site")
     want.remove(L.nginx_default_site, notify="reload", name="Remove Debian's default site")
     want.read()

@@ -264,7 +264,7 @@ def test_config_yaml_is_deterministic(spec, settings):
 
 
 def nginx(settings, cert="/etc/gatekit/tls/gatekit.crt", key="/etc/gatekit/tls/gatekit.key"):
-    return render.template("nginx/gatekit.conf.j2", s=settings, tls_cert=cert, tls_key=key)
+    return render.template("nginx/gatekit.conf.j2", s=settings, layout=Layout.from_settings(settings), tls_cert=cert, tls_key=key)
 
 
 def server_blocks(conf: str) -> list[str]:
@@ -342,7 +342,7 @@ def test_nginx_needs_its_inputs(settings):
     import jinja2
 
     with pytest.raises(jinja2.UndefinedError):
-        render.template("nginx/gatekit.conf.j2", s=settings, tls_cert="/a")
+        render.template("nginx/gatekit.conf.j2", s=settings, layout=Layout.from_settings(settings), tls_cert="/a")
 
 
 def test_upstream_lists_every_port():
