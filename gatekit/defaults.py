@@ -17,6 +17,7 @@ DEFAULTS: dict[str, object] = {
     "nginx_client_max_body_size": "20m",  # largest request body (prompts with images/files)
     "nginx_upstream_keepalive": 32,  # idle keepalive connections kept open to LiteLLM per worker
     "nginx_upstream_keepalive_timeout": 60,  # seconds nginx keeps an idle connection to LiteLLM; must be below litellm_keepalive_timeout
+    "nginx_admin_allow": ["127.0.0.1/32", "::1/128"],  # networks (CIDR) that reach LiteLLM's admin routes (UI, management, /health, /metrics) through nginx; the public reaches only the client API
     # --- redis -------------------------------------------------------------------------------
     "redis_port": 6379,  # TCP port Redis listens on (loopback + private address only)
     "redis_maxmemory": "256mb",  # Redis memory ceiling

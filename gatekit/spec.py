@@ -282,6 +282,7 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
             "(neither = a self-signed certificate is generated on the host). Fix: set the missing one."
         )
     problems += _host_path_problems(merged, where)
+    problems += _nginx_problems(merged, where)
     if not _USER_RE.match(merged["litellm_user"]) or merged["litellm_user"] == "root":
         problems.append(
             f"{where}: settings.litellm_user: {merged['litellm_user']!r} is not a system user name gatekit can create "
@@ -292,6 +293,35 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
     except ValueError:
         problems.append(f"{where}: settings.litellm_bind: {merged['litellm_bind']!r} is not an IP address. "
                         "Fix: use 127.0.0.1 (nginx is the only way in).")
+    return problems
+
+
+_SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9*_.-]+( [A-Za-z0-9*_.-]+)*$")
+_SIZE_RE = re.compile(r"^[0-9]{1,9}[kKmMgG]?$")
+
+
+def _nginx_problems(merged: dict, where: str) -> list[str]:
+    """Values that go into nginx's config verbatim: each must be one token nginx parses as intended."""
+    problems = []
+    if not _SERVER_NAME_RE.match(merged["nginx_server_name"]):
+        problems.append(f"{where}: settings.nginx_server_name: {merged['nginx_server_name']!r} is not a list of host "
+                        "names. Fix: host names separated by single spaces, or '_' for any.")
+    if not _SIZE_RE.match(merged["nginx_client_max_body_size"]):
+        problems.append(f"{where}: settings.nginx_client_max_body_size: {merged['nginx_client_max_body_size']!r}. "
+                        "Fix: a size like 20m (digits, then k, m or g).")
+    nets = merged["nginx_admin_allow"]
+    if not isinstance(nets, list) or not all(isinstance(n, str) for n in nets):
+        problems.append(f"{where}: settings.nginx_admin_allow: {nets!r}. Fix: a list of networks like ['127.0.0.1/32'].")
+        return problems
+    for net in nets:
+        try:
+            parsed = ipaddress.ip_network(net, strict=True)
+        except ValueError as exc:
+            problems.append(f"{where}: settings.nginx_admin_allow: {net!r}: {exc}. Fix: a network like 10.0.0.0/24.")
+            continue
+        if parsed.prefixlen == 0:
+            problems.append(f"{where}: settings.nginx_admin_allow: {net!r} admits the whole internet to the admin "
+                            "routes. Fix: list your operators' networks (or [] for loopback-free lock-down).")
     return problems
 
 

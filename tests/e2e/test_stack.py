@@ -6,8 +6,11 @@ changes the inventory.
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import shlex
+import ssl
 import statistics
 import time
 
@@ -360,3 +363,53 @@ def test_non_default_paths_and_ports_are_used_everywhere(lab, client):
     assert gw.run(f"python3 {L.program('instance.py')} wait-ready {port} --timeout 30", check=False).returncode == 0
     r = completion(client, lab.gateway_url("gw2"))
     assert r.status_code == 200, r.text
+
+
+PUBLIC_ROUTE = re.compile(r"^/(v1/)?(chat/completions|completions|embeddings|responses|models|models/[A-Za-z0-9._:-]+)$"
+                          r"|^/v1/messages(/count_tokens)?$|^/health/(liveliness|liveness)$")
+ROUTES_FROM_LOOPBACK = (
+    "import json, ssl, sys, urllib.request\n"
+    "ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n"
+    "req = urllib.request.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + sys.stdin.read().strip()})\n"
+    "print(urllib.request.urlopen(req, context=ctx, timeout=30).read().decode())\n"
+)
+
+
+def test_public_side_reaches_only_the_client_api(lab, client):
+    """Every route LiteLLM serves (its own /routes list, read from the gateway's loopback, which is an
+    admin network) is either public client API or refused from the public side, master key or not:
+    a LiteLLM upgrade that adds a route cannot open it silently."""
+    gw, L = lab.hosts["gw1"], lab.layout("gw1")
+    key = lab.secret_values["litellm_master_key"]
+    out = gw.run(f"python3 -c {shlex.quote(ROUTES_FROM_LOOPBACK)} https://127.0.0.1:{L.nginx_https_port}/routes",
+                 input=key + "\n").stdout
+    paths = sorted({r["path"] for r in json.loads(out)["routes"]})
+    assert len(paths) > 100 and "/v1/chat/completions" in paths and "/key/generate" in paths
+    public, refused, wrong = [], [], []
+    base = lab.gateway_url("gw1")
+    for path in paths:
+        concrete = re.sub(r"\{[^}]*\}", "x", path)
+        for headers in ({"Authorization": f"Bearer {key}"}, {"Authorization": ""}):
+            status = client.get(f"{base}{concrete}", headers=headers).status_code
+            if PUBLIC_ROUTE.match(concrete):
+                public.append(concrete)
+                if status == 403:
+                    wrong.append((concrete, status, "public route refused"))
+            else:
+                refused.append(concrete)
+                if status != 403:
+                    wrong.append((concrete, status, "admin route reachable from the public side"))
+    assert wrong == [], wrong[:20]
+    assert {"/v1/chat/completions", "/v1/messages", "/v1/models", "/v1/embeddings"} <= set(public)
+    assert {"/routes", "/key/generate", "/model/info", "/health"} <= set(refused)
+    for path in ("/ui", "/openapi.json", "/health", "/model/info", "/key/list"):
+        assert client.get(f"{base}{path}", headers={"Authorization": ""}).status_code == 403, path
+    # A raw path nginx resolves to an admin route is refused; LiteLLM only ever sees the resolved path.
+    for raw_path in ("/v1/chat/completions/../../key/list", "/v1/models/..%2F..%2Fkey%2Flist", "//key/list"):
+        conn = http.client.HTTPSConnection(gw.address, L.nginx_https_port, timeout=30,
+                                           context=ssl._create_unverified_context())
+        conn.request("GET", raw_path, headers={"Authorization": f"Bearer {key}"})  # sent as is, not normalized
+        assert conn.getresponse().status in (403, 404), raw_path
+        conn.close()
+    # The client API itself still works from the public side.
+    assert completion(client, base).status_code == 200

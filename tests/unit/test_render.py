@@ -822,3 +822,43 @@ def test_migration_unit_follows_the_layout(settings):
     assert v["EnvironmentFile"] == ["/srv/gk-etc/litellm.env"]
     assert "PRISMA_ENGINES_MIRROR=https://mirror.example/prisma" in v["Environment"]
     assert v["LoadCredentialEncrypted"] == ["litellm_master_key:/etc/gatekit/creds/litellm_master_key.cred"]
+
+
+def _locations(conf: str) -> dict[str, str]:
+    """location pattern -> its block text (locations hold no nested blocks here)."""
+    text = "\n".join(directives(conf))
+    return {m.group(1).strip(): m.group(2) for m in re.finditer(r"(?m)^location\s+([^{]+)\{([^}]*)\}", text)}
+
+
+PUBLIC_PATHS = ["/v1/chat/completions", "/chat/completions", "/v1/completions", "/v1/embeddings", "/embeddings",
+                "/v1/responses", "/v1/models", "/models", "/v1/models/fast", "/v1/messages", "/v1/messages/count_tokens",
+                "/health/liveliness", "/health/liveness"]
+ADMIN_PATHS = ["/", "/ui", "/ui/", "/openapi.json", "/docs", "/routes", "/metrics", "/health", "/health/readiness",
+               "/model/info", "/v1/model/info", "/key/generate", "/key/list", "/config/update", "/spend/logs",
+               "/cache/flushall", "/v1/chat/completions/x", "/v1/models/a/b", "/v1/messages/batches", "/user/new",
+               "/openai/deployments/fast/chat/completions", "/v1/chat/completionsX", "/xv1/models"]
+
+
+@pytest.mark.parametrize("path", PUBLIC_PATHS + ADMIN_PATHS)
+def test_nginx_public_side_is_the_client_api_only(settings, path):
+    """nginx's own matching order (regex locations first, then the `/` prefix): a public path lands in a
+    regex location that proxies it; any other path lands in `/`, which only admin networks pass."""
+    locs = _locations(nginx(settings))
+    regexes = [p.removeprefix("~").strip() for p in locs if p.startswith("~")]
+    matched = [r for r in regexes if re.search(r, path)]
+    if path in PUBLIC_PATHS:
+        assert len(matched) == 1, (path, matched)
+        assert "proxy_pass http://litellm$uri$is_args$args;" in locs[f"~ {matched[0]}"]
+        assert "deny" not in locs[f"~ {matched[0]}"]
+    else:
+        assert matched == [], (path, matched)
+
+
+def test_nginx_admin_routes_only_from_admin_networks(settings):
+    admin = _locations(nginx(settings))["/"]
+    assert [line.strip() for line in admin.strip().splitlines()] == [
+        "allow 127.0.0.1/32;", "allow ::1/128;", "deny all;", "proxy_pass http://litellm;"]
+    admin = _locations(nginx({**settings, "nginx_admin_allow": ["10.1.0.0/16"]}))["/"]
+    assert "allow 10.1.0.0/16;" in admin and "127.0.0.1" not in admin and "deny all;" in admin
+    admin = _locations(nginx({**settings, "nginx_admin_allow": []}))["/"]
+    assert "allow" not in admin and "deny all;" in admin

@@ -680,3 +680,31 @@ def test_non_default_paths_are_accepted():
     assert check_settings({"litellm_home": "/srv/gk-litellm", "litellm_config_dir": "/srv/gk-etc/litellm",
                            "nginx_selfsigned_dir": "/srv/gk-etc/tls", "litellm_user": "gk_proxy",
                            "nginx_tls_cert": "/etc/ssl/gw.pem", "nginx_tls_key": "/etc/ssl/gw.key"}, "x") == []
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("nginx_server_name", "gw.example.com; return 200 hi", "not a list of host names"),
+    ("nginx_server_name", "gw.example.com\nlocation /", "not a list of host names"),
+    ("nginx_server_name", "", "not a list of host names"),
+    ("nginx_client_max_body_size", "20m; allow all", "a size like 20m"),
+    ("nginx_client_max_body_size", "lots", "a size like 20m"),
+    ("nginx_admin_allow", ["0.0.0.0/0"], "whole internet"),
+    ("nginx_admin_allow", ["::/0"], "whole internet"),
+    ("nginx_admin_allow", ["10.0.0.1/8"], "has host bits set"),
+    ("nginx_admin_allow", ["localhost"], "does not appear to be an IPv4 or IPv6 network"),
+    ("nginx_admin_allow", ["10.0.0.0/8; allow all"], "does not appear to be"),
+    ("nginx_admin_allow", [1], "a list of networks"),
+])
+def test_hostile_nginx_settings_are_refused(key, value, message):
+    from gatekit.spec import check_settings
+
+    problems = check_settings({key: value}, "spec.yaml")
+    assert len(problems) == 1 and problems[0].startswith(f"spec.yaml: settings.{key}: ") and message in problems[0], problems
+    assert "Fix:" in problems[0]
+
+
+def test_good_nginx_settings_are_accepted():
+    from gatekit.spec import check_settings
+
+    assert check_settings({"nginx_server_name": "gw.example.com api.example.com", "nginx_client_max_body_size": "512k",
+                           "nginx_admin_allow": ["10.0.0.0/8", "fd00::/8", "192.0.2.7/32"]}, "x") == []
