@@ -59,6 +59,7 @@ DEFAULTS: dict[str, object] = {
     "litellm_database": False,  # True = LiteLLM uses PostgreSQL (needs Prisma engines, see README)
     "litellm_prisma_engines_mirror": "",  # PRISMA_ENGINES_MIRROR for hosts that cannot reach Prisma's server
     "litellm_extra_env": {},  # extra non-secret environment for the proxy
+    "litellm_egress_allow": [],  # addresses/CIDRs LiteLLM may connect to (providers' IPs; Redis and PostgreSQL are added); empty = no egress filter. IPs only: systemd filters packets, not host names
     "litellm_restart_on_secret_change": False,  # let deploy restart the live instance for a changed key (downtime); default: refuse, use rotate_keys.py
     "rotation_settle_sec": 1.0,  # pause after the nginx switch before the old instance stops
 }

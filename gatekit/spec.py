@@ -283,6 +283,7 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
         )
     problems += _host_path_problems(merged, where)
     problems += _nginx_problems(merged, where)
+    problems += _network_list_problems(merged, "litellm_egress_allow", where, "is no allowlist at all")
     if not _USER_RE.match(merged["litellm_user"]) or merged["litellm_user"] == "root":
         problems.append(
             f"{where}: settings.litellm_user: {merged['litellm_user']!r} is not a system user name gatekit can create "
@@ -309,19 +310,24 @@ def _nginx_problems(merged: dict, where: str) -> list[str]:
     if not _SIZE_RE.match(merged["nginx_client_max_body_size"]):
         problems.append(f"{where}: settings.nginx_client_max_body_size: {merged['nginx_client_max_body_size']!r}. "
                         "Fix: a size like 20m (digits, then k, m or g).")
-    nets = merged["nginx_admin_allow"]
+    return problems + _network_list_problems(merged, "nginx_admin_allow", where,
+                                             "admits the whole internet to the admin routes")
+
+
+def _network_list_problems(merged: dict, key: str, where: str, whole_internet: str) -> list[str]:
+    nets = merged[key]
     if not isinstance(nets, list) or not all(isinstance(n, str) for n in nets):
-        problems.append(f"{where}: settings.nginx_admin_allow: {nets!r}. Fix: a list of networks like ['127.0.0.1/32'].")
-        return problems
+        return [f"{where}: settings.{key}: {nets!r}. Fix: a list of networks like ['10.0.0.0/24']."]
+    problems = []
     for net in nets:
         try:
             parsed = ipaddress.ip_network(net, strict=True)
         except ValueError as exc:
-            problems.append(f"{where}: settings.nginx_admin_allow: {net!r}: {exc}. Fix: a network like 10.0.0.0/24.")
+            problems.append(f"{where}: settings.{key}: {net!r}: {exc}. Fix: a network like 10.0.0.0/24.")
             continue
         if parsed.prefixlen == 0:
-            problems.append(f"{where}: settings.nginx_admin_allow: {net!r} admits the whole internet to the admin "
-                            "routes. Fix: list your operators' networks (or [] for loopback-free lock-down).")
+            problems.append(f"{where}: settings.{key}: {net!r} {whole_internet}. Fix: list the networks needed "
+                            "(an empty list for the default).")
     return problems
 
 

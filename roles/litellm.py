@@ -104,7 +104,8 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
         want.file(L.program(program), onhost_source(program), mode="755" if program != "layout.py" else "644",
                   name=f"Install the on-host program {program}")
     want.file(L.program(LAYOUT_JSON), L.to_json(), name="Install the host layout (paths, units, ports) for the on-host programs")
-    want.file(L.unit_file, template("litellm/litellm@.service.j2", s=s, layout=L, credentials=sorted(env_for)),
+    want.file(L.unit_file, template("litellm/litellm@.service.j2", s=s, layout=L, credentials=sorted(env_for),
+                                    egress_allow=topology.egress_allow(s)),
               notify=("daemon-reload", "restart"), name="Install the litellm@.service template unit")
     if s["litellm_database"]:
         want.file(L.migrate_unit_file, template("litellm/litellm-migrate.service.j2", layout=L, credentials=sorted(env_for),

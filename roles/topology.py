@@ -27,3 +27,12 @@ def database_host() -> str:
 def gateway_addresses() -> list[str]:
     """Private addresses of every gateway: the only clients PostgreSQL admits."""
     return sorted({h.data.private_address for h in group_hosts(inventory, "gateways")})
+
+
+def egress_allow(s: dict) -> list[str]:
+    """What a gateway's LiteLLM may connect to when the operator set litellm_egress_allow: those networks
+    plus this inventory's Redis and PostgreSQL. Empty (no allowlist) when the setting is empty."""
+    if not s["litellm_egress_allow"]:
+        return []
+    peers = [t["host"] for t in (redis_target(s),) if t] + [database_host()]
+    return sorted({*s["litellm_egress_allow"], *(p for p in peers if p != "127.0.0.1")})

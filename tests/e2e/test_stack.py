@@ -148,6 +148,18 @@ def test_litellm_unit_settings(lab):
     assert f"127.0.0.1:{PORT}" in listen and f"0.0.0.0:{PORT}" not in listen
 
 
+def test_litellm_units_are_contained(lab):
+    """systemd's own rating of what the service could do: 2.5 or lower on every gateway (6.4 before the
+    unit was hardened), with the instance serving (the rest of the suite runs against this unit)."""
+    for name in lab.groups["gateways"]:
+        L = lab.layout(name)
+        live = json.loads(lab.hosts[name].run(f"cat {L.live_file} 2>/dev/null || echo '{{}}'").stdout).get("port")
+        port = live or L.litellm_ports[0]
+        out = lab.hosts[name].run(f"systemd-analyze security --no-pager {L.instance(port)}").stdout
+        score = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
+        assert score <= 2.5, (name, score, out[-2000:])
+
+
 RECORD_UVICORN = (
     "import json, os\n"
     "import uvicorn\n"

@@ -367,12 +367,13 @@ def test_upstream_single_port():
 CREDS = ["gk_secret_anthropic_key", "gk_secret_openai_key", "litellm_master_key", "redis_password"]
 
 
-def unit(settings, credentials=CREDS):
+def unit(settings, credentials=CREDS, egress=()):
     return render.template(
         "litellm/litellm@.service.j2",
         s=settings,
         layout=Layout.from_settings(settings),
         credentials=credentials,
+        egress_allow=egress,
     )
 
 
@@ -862,3 +863,15 @@ def test_nginx_admin_routes_only_from_admin_networks(settings):
     assert "allow 10.1.0.0/16;" in admin and "127.0.0.1" not in admin and "deny all;" in admin
     admin = _locations(nginx({**settings, "nginx_admin_allow": []}))["/"]
     assert "allow" not in admin and "deny all;" in admin
+
+
+def test_unit_is_contained(settings):
+    v = unit_values(unit(settings))
+    for key, value in {"CapabilityBoundingSet": "", "PrivateUsers": "yes", "ProtectProc": "invisible",
+                       "MemoryDenyWriteExecute": "yes", "UMask": "0077", "SystemCallArchitectures": "native",
+                       "RestrictNamespaces": "yes", "NoNewPrivileges": "yes", "ProtectSystem": "strict"}.items():
+        assert v[key] == [value], key
+    assert v["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
+    assert "IPAddressDeny" not in v  # no egress filter unless the operator lists where LiteLLM may connect
+    v = unit_values(unit(settings, egress=["10.0.0.5", "203.0.113.0/24"]))
+    assert v["IPAddressDeny"] == ["any"] and v["IPAddressAllow"] == ["localhost", "10.0.0.5", "203.0.113.0/24"]

@@ -35,7 +35,7 @@ SPEC = REPO / "inventories" / "example.gateway.yaml"
 SECRETS = {"openai_key": "sk-test-openai", "anthropic_key": "sk-test-anthropic", "litellm_master_key": "sk-test-master",
            "redis_password": "test-redis-password", "postgres_password": "test-postgres-password"}
 GW2 = {"litellm_home": "/srv/gk", "litellm_config_dir": "/srv/gk-etc", "litellm_ports": [4301, 4302],
-       "nginx_https_port": 8443}
+       "nginx_https_port": 8443, "litellm_egress_allow": ["203.0.113.0/24"]}
 HOSTS = {
     "gateways": [("gw1", {"private_address": "10.9.0.11"}), ("gw2", {"private_address": "10.9.0.12", **GW2})],
     "redis": [("data1", {"private_address": "10.9.0.10"})],
@@ -309,3 +309,20 @@ def test_a_missing_package_is_installed_in_its_wave_and_restarts_its_service(fak
     repairs = ["Packages | Refresh package lists (at most hourly)", "Packages | Install the first wave of packages"]
     assert _names(ops, "data1") == repairs
     assert would_run(ops["data1"], changed=set(repairs)) == [*repairs, "Redis | Restart Redis for its new config"]
+
+
+def test_declared_files_follow_each_hosts_settings(fake):
+    run_deploy(fake)
+    files = {h: {p: c for want in wants for p, (c, *_) in want.files.items()} for h, wants in fake.declared.items()}
+    gw1, gw2 = files["gw1"], files["gw2"]
+    assert "/etc/litellm/config.yaml" in gw1 and "/srv/gk-etc/config.yaml" in gw2
+    assert "/etc/litellm/config.yaml" not in gw2 and not any(p.startswith("/opt/litellm") for p in gw2)
+    unit2 = gw2["/etc/systemd/system/litellm@.service"]
+    assert "ExecStart=/srv/gk/bin/gatekit-litellm-launch" in unit2
+    # gw2's egress allowlist: its own networks plus the inventory's Redis/PostgreSQL host (data1).
+    assert "IPAddressDeny=any" in unit2 and "IPAddressAllow=10.9.0.10" in unit2 and "IPAddressAllow=203.0.113.0/24" in unit2
+    assert "IPAddressDeny" not in gw1["/etc/systemd/system/litellm@.service"]
+    layout2 = Layout.from_json(gw2["/srv/gk/lib/gatekit/layout.json"])
+    assert layout2.litellm_ports == (4301, 4302) and layout2.nginx_https_port == 8443
+    assert "include /etc/nginx/gatekit/upstream.conf;" in gw2["/etc/nginx/conf.d/gatekit.conf"]
+    assert "server 127.0.0.1:4301 max_fails=0;" in gw2["/etc/nginx/gatekit/upstream.conf"]

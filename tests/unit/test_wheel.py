@@ -36,7 +36,7 @@ context = dict(
     extra_env={}, ports=[4001], keepalive=32, tls_cert="/etc/gatekit/tls/gateway.crt", tls_key="/etc/gatekit/tls/gateway.key",
     private_address="10.0.0.5", password_hash="0" * 64, gateway_addresses=["10.0.0.6"], installer="uv", pip_args="-q",
     uv_args="-q", lock=L.requirements_lock, uv_lock=L.uv_lock, pip_wheels="/usr/share/python-wheels", stamp="0" * 64,
-    prisma_engines_mirror="",
+    prisma_engines_mirror="", egress_allow=["10.0.0.5"],
 )
 root = files("gatekit.templates")
 names = sorted(f"{d.name}/{f.name}" for d in root.iterdir() if d.is_dir() and d.name != "__pycache__"
