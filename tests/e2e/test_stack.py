@@ -82,12 +82,15 @@ def test_nginx_effective_config_unbuffered(lab):
     for gw in ("gw1", "gw2"):
         conf = lab.hosts[gw].run("nginx -T 2>/dev/null").stdout
         block = conf[conf.index("# configuration file /etc/nginx/conf.d/gatekit.conf:"):]
-        location = block[block.index("location / {"):]
-        location = location[: location.index("}")]
+        # The TLS server's own level, which every location inherits; no location sets its own.
+        tls = re.sub(r"#[^\n]*", "", block[block.index(" ssl default_server;"):])
+        server_level = re.sub(r"location [^{]*\{[^}]*\}", "", tls[: tls.index("location ")])
         for directive in ("proxy_buffering off;", "proxy_request_buffering off;", "proxy_http_version 1.1;",
                           'proxy_set_header Connection "";'):
-            assert directive in location, directive
-        assert re.search(r"proxy_read_timeout \d+s;", location)
+            assert directive in server_level, directive
+        assert re.search(r"proxy_read_timeout \d+s;", server_level)
+        for location in re.findall(r"location [^{]*\{[^}]*\}", tls):
+            assert "proxy_buffering" not in location and "proxy_set_header" not in location, location
         assert "proxy_buffering on" not in conf
         assert "server_tokens off;" in conf
         assert "gzip off;" in block
@@ -379,24 +382,32 @@ def test_non_default_paths_and_ports_are_used_everywhere(lab, client):
 
 PUBLIC_ROUTE = re.compile(r"^/(v1/)?(chat/completions|completions|embeddings|responses|models|models/[A-Za-z0-9._:-]+)$"
                           r"|^/v1/messages(/count_tokens)?$|^/health/(liveliness|liveness)$")
-ROUTES_FROM_LOOPBACK = (
-    "import json, ssl, sys, urllib.request\n"
+FROM_LOOPBACK = (
+    "import ssl, sys, urllib.request\n"
     "ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n"
     "req = urllib.request.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + sys.stdin.read().strip()})\n"
-    "print(urllib.request.urlopen(req, context=ctx, timeout=30).read().decode())\n"
+    "print(urllib.request.urlopen(req, context=ctx, timeout=60).read().decode())\n"
 )
+LAZY_PREFIXES = "from litellm.proxy._lazy_features import LAZY_FEATURES as F; print('\\n'.join(p for f in F for p in f.path_prefixes))"
 
 
 def test_public_side_reaches_only_the_client_api(lab, client):
-    """Every route LiteLLM serves (its own /routes list, read from the gateway's loopback, which is an
-    admin network) is either public client API or refused from the public side, master key or not:
-    a LiteLLM upgrade that adds a route cannot open it silently."""
+    """Every route LiteLLM serves (its OpenAPI paths and /routes, read through nginx from the gateway's
+    loopback, an admin network, plus the prefixes of the routers it registers lazily) is either public
+    client API or refused from the public side, master key or not: a LiteLLM upgrade that adds a route
+    cannot open it silently."""
     gw, L = lab.hosts["gw1"], lab.layout("gw1")
     key = lab.secret_values["litellm_master_key"]
-    out = gw.run(f"python3 -c {shlex.quote(ROUTES_FROM_LOOPBACK)} https://127.0.0.1:{L.nginx_https_port}/routes",
-                 input=key + "\n").stdout
-    paths = sorted({r["path"] for r in json.loads(out)["routes"]})
-    assert len(paths) > 100 and "/v1/chat/completions" in paths and "/key/generate" in paths
+
+    def admin_get(path: str) -> dict:
+        url = f"https://127.0.0.1:{L.nginx_https_port}{path}"
+        return json.loads(gw.run(f"python3 -c {shlex.quote(FROM_LOOPBACK)} {url}", input=key + "\n").stdout)
+
+    paths = {*admin_get("/openapi.json")["paths"], *(r["path"] for r in admin_get("/routes")["routes"])}
+    lazy = gw.run(f"{L.venv}/bin/python -c {shlex.quote(LAZY_PREFIXES)}").stdout.split()
+    paths |= {p.rstrip("/") + "/x" for p in lazy} | set(lazy)
+    assert len(paths) > 100 and {"/v1/chat/completions", "/key/generate", "/v1/messages"} <= paths, sorted(paths)[:50]
+    paths = sorted(paths)
     public, refused, wrong = [], [], []
     base = lab.gateway_url("gw1")
     for path in paths:
