@@ -46,9 +46,17 @@ def check_hosts(inventory_file: str, hosts: dict[str, list[tuple[str, dict]]]) -
                 problems.append(f"{where}: private_address missing. Fix: add the host's private IP as private_address.")
             else:
                 try:
-                    ipaddress.ip_address(addr)
+                    ip = ipaddress.ip_address(addr) if isinstance(addr, str) else None
                 except ValueError:
+                    ip = None
+                if ip is None:
                     problems.append(f"{where}: private_address {addr!r} is not an IP address. Fix: use an IP.")
+                elif ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_reserved or ip.is_link_local \
+                        or str(ip) == "255.255.255.255":
+                    problems.append(
+                        f"{where}: private_address {addr!r} is not a unicast address other hosts reach (Redis and "
+                        "PostgreSQL listen on it, pg_hba admits it). Fix: use the host's private network IP."
+                    )
             overrides = {k: v for k, v in data.items() if k in DEFAULTS}
             problems += check_settings(overrides, where, data.get("memory_mb"))
             unknown = [k for k in data if k.startswith(("litellm_", "nginx_", "redis_", "postgres_")) and k not in DEFAULTS]

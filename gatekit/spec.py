@@ -68,6 +68,21 @@ class Deployment(_Strict):
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
 
+    @field_validator("api_base")
+    @classmethod
+    def _plain_url(cls, value: str) -> str:
+        problem = url_problem(value)
+        if problem:
+            raise ValueError(f"{problem}; use a plain http(s) URL such as https://api.openai.com/v1")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if _CONTROL.search(value) or value != value.strip():
+            raise ValueError("control characters or surrounding spaces in the model name")
+        return value
+
 
 class Model(_Strict):
     name: str = Field(pattern=NAME_RE, description="public model name clients ask for")
@@ -284,7 +299,20 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
     problems += _host_path_problems(merged, where)
     problems += _nginx_problems(merged, where)
     problems += _network_list_problems(merged, "litellm_egress_allow", where, "is no allowlist at all")
-    if not _USER_RE.match(merged["litellm_user"]) or merged["litellm_user"] == "root":
+    problems += _extra_env_problems(merged["litellm_extra_env"], where)
+    for key, (pattern, fix) in _TOKEN_RULES.items():
+        value = merged[key]
+        if not re.fullmatch(pattern, value):
+            problems.append(f"{where}: settings.{key}: {value!r} is not accepted here. Fix: {fix}.")
+    for key in ("litellm_pip_index_url", "litellm_prisma_engines_mirror", "litellm_pip_find_links"):
+        value = merged[key]
+        if not value or (key == "litellm_pip_find_links" and _PATH_RE.fullmatch(value)):
+            continue
+        problem = url_problem(value) if "://" in value else "not a URL"
+        if problem and "credentials" not in problem:  # credentials: reported above with their own fix
+            problems.append(f"{where}: settings.{key}: {value!r}: {problem}. Fix: a plain http(s) URL"
+                            + (" or an absolute path on the host." if key == "litellm_pip_find_links" else "."))
+    if not _USER_RE.fullmatch(merged["litellm_user"]) or merged["litellm_user"] == "root":
         problems.append(
             f"{where}: settings.litellm_user: {merged['litellm_user']!r} is not a system user name gatekit can create "
             "(lowercase letters, digits, _ and -, at most 32, not root). Fix: use e.g. 'litellm'."
@@ -297,6 +325,44 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
     return problems
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def url_problem(value: str) -> str:
+    """Why `value` is not a plain http(s) URL (no credentials, whitespace, query or fragment), or ''."""
+    if _CONTROL.search(value) or any(c.isspace() for c in value):
+        return "whitespace or control characters in the URL"
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "not an http(s) URL with a host"
+    if parts.username is not None or parts.password is not None:
+        return "credentials in the URL would land in config.yaml; keep keys in the vault"
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        return "a query or fragment has no place in an API base"
+    try:
+        parts.port
+    except ValueError:
+        return "an invalid port"
+    if any(c in value for c in "\"'<>{}|^`"):
+        return "characters that are not valid in a URL"
+    return ""
+
+
+# Settings that reach a rendered file, a command or an SQL statement as one token.
+_IDENT = (r"[a-z_][a-z0-9_]{0,62}", "a lowercase identifier such as litellm")
+_SECRET_NAME = (SECRET_RE.strip("^$"), "a secret name such as litellm_master_key (lowercase, digits, _)")
+_TOKEN_RULES = {
+    "redis_maxmemory": (r"[0-9]{1,12}(?:[kKmMgG][bB]?)?", "a size such as 256mb"),
+    "redis_maxmemory_policy": (r"(?:volatile|allkeys)-(?:lru|lfu|random)|volatile-ttl|noeviction",
+                               "one of Redis's policies, e.g. allkeys-lru"),
+    "postgres_user": _IDENT,
+    "postgres_db": _IDENT,
+    "litellm_master_key_secret": _SECRET_NAME,
+    "redis_password_secret": _SECRET_NAME,
+    "postgres_password_secret": _SECRET_NAME,
+    "litellm_requirements": (r"[A-Za-z0-9._/-]+", "a path of letters, digits, '.', '_', '-' and '/'"),
+}
+
 _SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9*_.-]+( [A-Za-z0-9*_.-]+)*$")
 _SIZE_RE = re.compile(r"^[0-9]{1,9}[kKmMgG]?$")
 
@@ -304,10 +370,10 @@ _SIZE_RE = re.compile(r"^[0-9]{1,9}[kKmMgG]?$")
 def _nginx_problems(merged: dict, where: str) -> list[str]:
     """Values that go into nginx's config verbatim: each must be one token nginx parses as intended."""
     problems = []
-    if not _SERVER_NAME_RE.match(merged["nginx_server_name"]):
+    if not _SERVER_NAME_RE.fullmatch(merged["nginx_server_name"]):
         problems.append(f"{where}: settings.nginx_server_name: {merged['nginx_server_name']!r} is not a list of host "
                         "names. Fix: host names separated by single spaces, or '_' for any.")
-    if not _SIZE_RE.match(merged["nginx_client_max_body_size"]):
+    if not _SIZE_RE.fullmatch(merged["nginx_client_max_body_size"]):
         problems.append(f"{where}: settings.nginx_client_max_body_size: {merged['nginx_client_max_body_size']!r}. "
                         "Fix: a size like 20m (digits, then k, m or g).")
     return problems + _network_list_problems(merged, "nginx_admin_allow", where,
@@ -331,6 +397,32 @@ def _network_list_problems(merged: dict, key: str, where: str, whole_internet: s
     return problems
 
 
+# Set by the kit itself in the environment file or the launcher: an extra value must not replace them.
+KIT_ENV = frozenset({"LITELLM_LOCAL_MODEL_COST_MAP", "LITELLM_LOG", "REDIS_HOST", "REDIS_PORT", "REDIS_DB",
+                     "REDIS_PASSWORD", "LITELLM_MASTER_KEY", "DATABASE_URL", "GK_PORT", "PATH", "CREDENTIALS_DIRECTORY"})
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _extra_env_problems(env, where: str) -> list[str]:
+    """litellm_extra_env lands in a systemd environment file, one `NAME=value` line each: a value must be
+    one line that systemd reads back exactly (no quotes or backslashes, which it would interpret)."""
+    key = f"{where}: settings.litellm_extra_env"
+    if not isinstance(env, dict):
+        return [f"{key}: expected a mapping of NAME: value. Fix: e.g. {{LITELLM_LOG: DEBUG}}."]
+    problems = []
+    for name, value in env.items():
+        if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
+            problems.append(f"{key}: {name!r} is not an environment variable name. Fix: letters, digits and _.")
+        elif name in KIT_ENV or name.startswith("GK_"):
+            problems.append(f"{key}.{name}: set by gatekit itself. Fix: use the matching setting instead.")
+        elif not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            problems.append(f"{key}.{name}: expected a string or number. Fix: quote it in YAML.")
+        elif _CONTROL.search(str(value)) or any(c in str(value) for c in "\"'\\") or str(value) != str(value).strip():
+            problems.append(f"{key}.{name}: the value has a line break, control character, quote, backslash or "
+                            "surrounding space, which systemd would not read back as written. Fix: a plain one-line value.")
+    return problems
+
+
 # Directories the kit creates and chowns/chmods: a system directory here would be re-owned or re-moded.
 MANAGED_DIRS = ("litellm_home", "litellm_config_dir", "nginx_selfsigned_dir")
 # Directories of the system or of the kit itself that a managed directory must not be, nor contain.
@@ -351,7 +443,7 @@ def _host_path_problems(merged: dict, where: str) -> list[str]:
         if key.startswith("nginx_tls_") and not value:
             continue
         parts = value.split("/")
-        if not _PATH_RE.match(value) or "." in parts or ".." in parts:
+        if not _PATH_RE.fullmatch(value) or "." in parts or ".." in parts:
             problems.append(
                 f"{where}: settings.{key}: {value!r} is not an absolute, normalized path of letters, digits, '.', '_' "
                 f"and '-'. Fix: use a path like the default {DEFAULTS[key] or '/etc/ssl/gateway.pem'!r}."
@@ -495,13 +587,41 @@ def parse_spec(data: object, path: Path, secret_names: set[str] | None = None) -
     return spec
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key, line: int):
+        super().__init__(f"duplicate key {key!r} at line {line}")
+        self.key, self.line = key, line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error, not a silent override."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise DuplicateKeyError(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_spec(path: str | Path, check_secrets: bool = True) -> GatewaySpec:
     """Read and validate a spec file; with check_secrets, also that every referenced secret exists."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except FileNotFoundError:
         raise SpecError([f"{path}: file not found. Fix: point gatekit_spec at an existing spec file."]) from None
+    except IsADirectoryError:
+        raise SpecError([f"{path}: a directory, not a spec file. Fix: point gatekit_spec at the spec's YAML file."]) from None
+    except PermissionError:
+        raise SpecError([f"{path}: permission denied. Fix: make the spec readable by the user running gatekit."]) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError([f"{path}: not UTF-8 text (byte {exc.start}). Fix: save the spec as UTF-8."]) from None
+    except DuplicateKeyError as exc:
+        raise SpecError([f"{path}: line {exc.line}: {exc.key!r} is given twice; YAML would silently keep the last. "
+                         "Fix: keep one."]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -152,8 +152,14 @@ def _load(path: Path) -> _Doc:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise VaultError(f"{path}: no such vault; create it with `gatekit secrets init`", USAGE) from None
+    except IsADirectoryError:
+        raise VaultError(f"{path}: a directory, not a vault file; point `vault:` at the vault's file", USAGE) from None
+    except PermissionError:
+        raise VaultError(f"{path}: permission denied; make the vault readable by the user running gatekit", USAGE) from None
     try:
-        data = yaml.safe_load(raw)
+        from gatekit.spec import UniqueKeyLoader  # a key given twice is refused, never silently overridden
+
+        data = yaml.load(raw, Loader=UniqueKeyLoader)
     except Exception:  # PyYAML also raises ValueError/TypeError from its scalar constructors
         raise _corrupt(path, "not valid YAML") from None
     if not isinstance(data, dict) or data.get("gatekit_vault") is None:

@@ -708,3 +708,86 @@ def test_good_nginx_settings_are_accepted():
 
     assert check_settings({"nginx_server_name": "gw.example.com api.example.com", "nginx_client_max_body_size": "512k",
                            "nginx_admin_allow": ["10.0.0.0/8", "fd00::/8", "192.0.2.7/32"]}, "x") == []
+
+
+# --- hostile inputs (issue 10): each refused with one line naming the file, the field and the fix ------------
+
+
+@pytest.mark.parametrize("api_base, message", [
+    ("https://user:pw@api.openai.com/v1", "credentials in the URL"),
+    ("https://api.openai.com/v1 trailing", "whitespace"),
+    ("https://api.openai.com/v1\nX: y", "control characters"),
+    ("https://api.openai.com/v1?key=1", "query or fragment"),
+    ("https://api.openai.com/v1#frag", "query or fragment"),
+    ("https://api.openai.com:99999/v1", "invalid port"),
+    ("https://api.openai.com/v1\"", "not valid in a URL"),
+    ("ftp://api.openai.com/v1", "pattern"),
+])
+def test_hostile_api_base_is_refused(api_base, message):
+    import yaml
+
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["models"][0]["deployments"][0]["api_base"] = api_base
+    with pytest.raises(SpecError) as exc:
+        parse_spec(data, Path("inv/x.gateway.yaml"))
+    assert any("api_base" in p and message in p for p in exc.value.problems), exc.value.problems
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"FOO": "a\nREDIS_HOST=evil"}, "line break"),
+    ({"FOO": 'a"b'}, "quote"),
+    ({"FOO": "a\\b"}, "backslash"),
+    ({"FOO": " padded"}, "surrounding space"),
+    ({"FOO BAR": "x"}, "not an environment variable name"),
+    ({"REDIS_HOST": "10.0.0.9"}, "set by gatekit itself"),
+    ({"GK_SECRET_OPENAI_KEY": "x"}, "set by gatekit itself"),
+    ({"FOO": ["a"]}, "string or number"),
+    ({"FOO": True}, "string or number"),
+])
+def test_hostile_extra_env_is_refused(env, message):
+    from gatekit.spec import check_settings
+
+    problems = check_settings({"litellm_extra_env": env}, "spec.yaml")
+    assert len(problems) == 1 and problems[0].startswith("spec.yaml: settings.litellm_extra_env") and message in problems[0]
+
+
+def test_good_extra_env_renders_one_line_each():
+    from gatekit import render
+    from gatekit.spec import check_settings
+
+    assert check_settings({"litellm_extra_env": {"OTEL_ENDPOINT": "http://10.0.0.3:4318/v1", "N": 3}}, "x") == []
+    text = render.template("litellm/litellm.env.j2", redis=None, extra_env={"OTEL_ENDPOINT": "http://10.0.0.3:4318/v1"})
+    assert text.splitlines()[-1] == "OTEL_ENDPOINT=http://10.0.0.3:4318/v1"
+
+
+@pytest.mark.parametrize("addr", ["0.0.0.0", "::", "224.0.0.1", "127.0.0.1", "255.255.255.255", "169.254.1.1", 167772161,
+                                  "10.0.0.1/24", "10.0.0.1 ", ""])
+def test_private_address_must_be_a_unicast_ip_other_hosts_reach(addr):
+    from gatekit.inventory import check_hosts
+
+    hosts = {"gateways": [("gw1", {"private_address": addr})], "redis": [("d", {"private_address": "10.0.0.2"})],
+             "postgres": [("d", {"private_address": "10.0.0.2"})]}
+    problems = check_hosts("inv.py", hosts)
+    assert len(problems) == 1 and problems[0].startswith("inv.py: gateways: gw1: private_address") and "Fix:" in problems[0]
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path):
+    spec = tmp_path / "x.gateway.yaml"
+    text = EXAMPLE.read_text()
+    spec.write_text(text.replace("version: 1", "version: 1\nversion: 1", 1))
+    line = text[: text.index("version: 1")].count("\n") + 2
+    with pytest.raises(SpecError) as exc:
+        load_spec(spec, check_secrets=False)
+    assert exc.value.problems == [f"{spec}: line {line}: 'version' is given twice; YAML would silently keep the last. Fix: keep one."]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.mkdir(), "a directory, not a spec file"),
+    (lambda p: p.write_bytes(b"version: 1\nvault: \xff\xfe\n"), "not UTF-8 text"),
+])
+def test_unreadable_spec_is_one_line(tmp_path, make, message):
+    spec = tmp_path / "x.gateway.yaml"
+    make(spec)
+    with pytest.raises(SpecError) as exc:
+        load_spec(spec, check_secrets=False)
+    assert len(exc.value.problems) == 1 and exc.value.problems[0].startswith(f"{spec}: ") and message in exc.value.problems[0]
