@@ -72,12 +72,16 @@ def groups(inventory_file: str, spec_file: str, hosts: dict[str, list[tuple[str,
     Returns {group: ([(name, data)], group_data)} for the inventory module's globals.
     """
     problems = check_hosts(inventory_file, hosts)
+    spec = None
     try:
-        load_spec(spec_file)
+        spec = load_spec(spec_file)
     except SpecError as exc:
         problems += exc.problems
     if problems:
         raise _error(problems)
+    # The vault's key and MAC, checked while the inventory loads: a wrong key or a tampered vault stops
+    # the run before pyinfra connects to any host (and is reported even when a host is unreachable).
+    _secrets(str(spec.vault_path))
     group_data = {"gatekit_spec": str(Path(spec_file).resolve()), **(data or {})}
     return {g: (list(hosts.get(g, [])), dict(group_data)) for g in GROUPS}
 
