@@ -436,3 +436,70 @@ def test_public_side_reaches_only_the_client_api(lab, client):
         conn.close()
     # The client API itself still works from the public side.
     assert completion(client, base).status_code == 200
+
+
+HOSTILE_PTH_PROBE = r'''
+import json, os, socket
+def _attempts(state):
+    results = {}
+    def attempt(name, fn):
+        try:
+            fn()
+            results[name] = "allowed"
+        except Exception as exc:
+            results[name] = "denied: " + type(exc).__name__
+    def read(path):
+        with open(path, "rb") as fh:
+            fh.read(1)
+    def write(path):
+        with open(path, "w") as fh:
+            fh.write("x")
+    def read_creds():
+        names = os.listdir("{creds}")
+        read("{creds}/" + names[0])
+    def other_credentials():
+        read("{live_credential}")  # the live instance's master key, by its path
+    attempt("read /root/.ssh", lambda: os.listdir("/root/.ssh"))
+    attempt("read /etc/shadow", lambda: read("/etc/shadow"))
+    attempt("read encrypted credentials", read_creds)
+    attempt("read another unit's credentials", other_credentials)
+    attempt("write a systemd unit", lambda: write("/etc/systemd/system/gk-hostile.service"))
+    attempt("write into the venv", lambda: write("{venv}/gk-hostile"))
+    attempt("write into the config dir", lambda: write("{config_dir}/gk-hostile"))
+    attempt("add a cron job", lambda: write("/etc/cron.d/gk-hostile"))
+    attempt("connect elsewhere", lambda: socket.create_connection(("{elsewhere}", 22), timeout=3).close())
+    with open(os.path.join(state, "hostile.json"), "w") as fh:
+        json.dump(results, fh)
+if os.environ.get("GK_PORT") and os.environ.get("GK_PORT") != "0" and not os.path.exists("hostile.json"):
+    _attempts(os.getcwd())
+'''
+
+
+def test_a_hostile_pth_in_the_venv_is_contained(lab, client):
+    """A compromised dependency (like LiteLLM 1.82.7's credential stealer, a .pth run at every Python start)
+    inside the running service: every attempt to reach beyond the service's own needs fails, and the
+    gateway keeps serving. Run in the standby instance of gw1's blue/green pair."""
+    gw, L = lab.hosts["gw1"], lab.layout("gw1")
+    live = json.loads(gw.run(f"cat {L.live_file} 2>/dev/null || echo '{{}}'").stdout).get("port") or L.litellm_ports[0]
+    standby = [p for p in L.litellm_ports if p != live][0]
+    site = gw.run(f"{L.venv}/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'").stdout.strip()
+    probe = HOSTILE_PTH_PROBE.replace("{creds}", L.creds_dir).replace("{venv}", L.venv).replace(
+        "{config_dir}", L.litellm_config_dir).replace("{elsewhere}", lab.hosts["data1"].address).replace(
+        "{live_credential}", L.runtime_credential(live, "litellm_master_key"))
+    gw.put(f"{site}/gk_hostile_probe.py", probe)
+    gw.put(f"{site}/gk_hostile.pth", "import gk_hostile_probe\n")
+    result_file = f"{L.instance_dir(standby)}/hostile.json"
+    try:
+        gw.run(f"rm -f {result_file}; systemctl start {L.instance(standby)}")
+        gw.run(f"python3 {L.program('instance.py')} wait-ready {standby} --timeout 180", timeout=200)
+        results = json.loads(gw.run(f"cat {result_file}").stdout)
+        assert completion(client, lab.gateway_url("gw1")).status_code == 200
+    finally:
+        gw.run(f"rm -f {site}/gk_hostile.pth {site}/gk_hostile_probe.py {result_file}; "
+               f"systemctl stop {L.instance(standby)}", check=False)
+    print(json.dumps(results, indent=1))
+    allowed = {k: v for k, v in results.items() if v == "allowed"}
+    # Outbound connections are open unless litellm_egress_allow is set (the e2e lab sets none).
+    assert set(allowed) <= {"connect elsewhere"}, results
+    assert len(results) == 9, results
+    assert gw.run("test -e /etc/systemd/system/gk-hostile.service || test -e /etc/cron.d/gk-hostile", check=False).returncode != 0
