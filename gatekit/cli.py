@@ -108,10 +108,15 @@ def _read_value(name: str) -> str:
 
 @secrets.command("set")
 @click.argument("name")
+@click.argument("extra", nargs=-1, metavar="")
 @_vault_opt
 @_key_opt
-def set_cmd(name: str, vault_path: Path, key_file: Path | None):
+def set_cmd(name: str, extra: tuple[str, ...], vault_path: Path, key_file: Path | None):
     """Set NAME to the value read from stdin (never from the command line)."""
+    if extra:
+        # Not echoed (click would): an extra argument is most likely the value itself.
+        raise VaultError("secrets set takes the value on stdin, never as an argument (it would sit in the shell "
+                         "history and the process list): printf %s \"$VALUE\" | gatekit secrets set NAME", USAGE)
     vault._check_name(name)
     key = vault.resolve_key(vault_path, key_file)
     changed = vault.set_secret(vault_path, key, name, _read_value(name))

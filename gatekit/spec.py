@@ -52,8 +52,8 @@ class _Strict(BaseModel):
 
 
 class Price(_Strict):
-    input_per_1m: float = Field(ge=0, description="USD per 1M input tokens")
-    output_per_1m: float = Field(ge=0, description="USD per 1M output tokens")
+    input_per_1m: float = Field(ge=0, allow_inf_nan=False, description="USD per 1M input tokens")
+    output_per_1m: float = Field(ge=0, allow_inf_nan=False, description="USD per 1M output tokens")
 
     def dearer_than(self, other: Price) -> bool:
         return self.input_per_1m > other.input_per_1m or self.output_per_1m > other.output_per_1m
@@ -64,7 +64,7 @@ class Deployment(_Strict):
     model: str = Field(min_length=1, description="the provider's model name")
     api_base: str = Field(pattern=r"^https?://[^\s/]+", description="provider endpoint")
     secret: str = Field(pattern=SECRET_RE, description="vault secret holding this deployment's API key")
-    weight: float = 1.0
+    weight: float = Field(default=1.0, allow_inf_nan=False)
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
 
@@ -119,7 +119,7 @@ class Retry(_Strict):
 
 
 class Budget(_Strict):
-    max_usd: float = Field(gt=0)
+    max_usd: float = Field(gt=0, allow_inf_nan=False)
     duration: str = Field(pattern=r"^[1-9][0-9]*[smhd]$", description="window such as 1d, 30d, 12h")
 
 
@@ -222,10 +222,20 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
                 f"{where}: settings.{key}: expected {expected.__name__}, got {value!r}. "
                 f"Fix: use a {expected.__name__} like the default {default!r}."
             )
+    for key, value in settings.items():
+        if key in BOUNDS and isinstance(value, (int, float)):
+            low, high = BOUNDS[key]
+            if not (low <= value <= high) or value != value:
+                problems.append(f"{where}: settings.{key}: {value!r} is out of range. Fix: a value from {low} to {high}.")
     if problems:
         return problems
 
     merged = {**DEFAULTS, **settings}
+    ports = {k: merged[k] for k in ("nginx_https_port", "nginx_http_port")}
+    if ports["nginx_https_port"] == ports["nginx_http_port"] or set(ports.values()) & {
+            p for p in (merged["litellm_ports"] if isinstance(merged["litellm_ports"], list) else []) if isinstance(p, int) and p >= 1024}:
+        problems.append(f"{where}: settings.nginx_https_port: nginx's ports ({ports['nginx_https_port']}, "
+                        f"{ports['nginx_http_port']}) must differ from each other and from litellm_ports. Fix: pick free ports.")
     try:
         high, high_max = parse_size(merged["litellm_memory_high"]), parse_size(merged["litellm_memory_max"])
     except ValueError as exc:
@@ -347,6 +357,20 @@ def url_problem(value: str) -> str:
         return "characters that are not valid in a URL"
     return ""
 
+
+# (lowest, highest) of every number setting: what the service, nginx or Redis can actually take.
+_HOUR, _DAY = 3600, 86400
+BOUNDS = {
+    "nginx_https_port": (1, 65535), "nginx_http_port": (1, 65535), "redis_port": (1, 65535), "postgres_port": (1, 65535),
+    "nginx_read_timeout": (1, _DAY), "nginx_send_timeout": (1, _DAY), "nginx_upstream_keepalive": (1, 10000),
+    "nginx_upstream_keepalive_timeout": (1, _HOUR), "redis_litellm_db": (0, 15), "postgres_version": (10, 99),
+    "litellm_workers": (1, 64), "litellm_max_requests_before_restart": (0, 10**9),
+    "litellm_max_requests_jitter": (0, 10**9), "litellm_keepalive_timeout": (1, _HOUR),
+    "litellm_worker_healthcheck_timeout": (1, _HOUR), "litellm_restart_sec": (0, _HOUR),
+    "litellm_start_limit_burst": (1, 1000), "litellm_start_limit_interval": (1, _DAY),
+    "litellm_graceful_timeout": (1, _HOUR), "litellm_timeout_stop_sec": (1, _HOUR), "litellm_install_timeout": (60, _DAY),
+    "litellm_ready_timeout": (1, _HOUR), "litellm_request_timeout": (1, _DAY), "rotation_settle_sec": (0, 60),
+}
 
 # Settings that reach a rendered file, a command or an SQL statement as one token.
 _IDENT = (r"[a-z_][a-z0-9_]{0,62}", "a lowercase identifier such as litellm")

@@ -239,8 +239,10 @@ def _save(path: Path, key: bytes, doc: _Doc) -> None:
 
 def _check_name(name: object) -> str:
     if not isinstance(name, str) or NAME_RE.fullmatch(name) is None:
+        # The name is not repeated: what was typed as a name may be a secret value.
         raise VaultError(
-            f"invalid secret name {str(name)[:64]!r}: use a lowercase letter, then up to 63 of a-z, 0-9, _", USAGE
+            "invalid secret name (not shown, in case it is a value): use a lowercase letter, then up to 63 of "
+            "a-z, 0-9, _", USAGE
         )
     return name
 

@@ -318,7 +318,7 @@ CASES = [
     ("timeout-stop-below-graceful", _settings(litellm_timeout_stop_sec=10),
      ["settings.litellm_timeout_stop_sec", "must exceed litellm_graceful_timeout"], SECRETS),
     ("workers-zero", _settings(litellm_workers=0),
-     ["settings.litellm_workers", "at least 1"], SECRETS),
+     ["settings.litellm_workers", "out of range", "from 1 to 64"], SECRETS),
     ("installer-unknown", _settings(litellm_installer="poetry"),
      ["settings.litellm_installer", "'poetry'", 'use "uv" (default) or "pip"'], SECRETS),
     ("index-url-with-password", _settings(litellm_pip_index_url="https://ci:hunter2@mirror.example/simple"),
@@ -791,3 +791,35 @@ def test_unreadable_spec_is_one_line(tmp_path, make, message):
     with pytest.raises(SpecError) as exc:
         load_spec(spec, check_secrets=False)
     assert len(exc.value.problems) == 1 and exc.value.problems[0].startswith(f"{spec}: ") and message in exc.value.problems[0]
+
+
+@pytest.mark.parametrize("key, value", [
+    ("nginx_https_port", 0), ("nginx_https_port", 70000), ("redis_port", -1), ("postgres_port", 65536),
+    ("litellm_workers", 0), ("litellm_workers", 10**6), ("redis_litellm_db", 16), ("nginx_read_timeout", 0),
+    ("litellm_ready_timeout", 10**9), ("rotation_settle_sec", float("inf")), ("rotation_settle_sec", float("nan")),
+    ("litellm_install_timeout", 5), ("nginx_upstream_keepalive", 0), ("postgres_version", 7),
+])
+def test_numbers_out_of_range_are_refused(key, value):
+    problems = check_settings({key: value}, "spec.yaml")
+    assert problems and problems[0].startswith(f"spec.yaml: settings.{key}: ") and "out of range" in problems[0]
+
+
+def test_nginx_ports_must_differ():
+    problems = check_settings({"nginx_https_port": 8443, "nginx_http_port": 8443}, "s")
+    assert len(problems) == 1 and "must differ" in problems[0]
+    assert check_settings({"nginx_https_port": 4001}, "s")[0].startswith("s: settings.nginx_https_port")
+
+
+@pytest.mark.parametrize("field, value", [("input_per_1m", float("inf")), ("output_per_1m", float("nan")),
+                                          ("weight", float("inf"))])
+def test_infinite_prices_and_weights_are_refused(field, value):
+    import yaml
+
+    data = yaml.safe_load(EXAMPLE.read_text())
+    if field == "weight":
+        data["models"][0]["deployments"][0]["weight"] = value
+    else:
+        data["models"][0]["price"][field] = value
+    with pytest.raises(SpecError) as exc:
+        parse_spec(data, Path("inv/x.gateway.yaml"))
+    assert any(field in p and "Fix" in p for p in exc.value.problems), exc.value.problems

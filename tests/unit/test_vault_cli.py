@@ -321,3 +321,15 @@ def test_subprocess_exit_codes_and_no_tracebacks(tmp_path):
     vp.write_text(good)
     kf.chmod(0o640)
     check(2, "get", "openai_key", *args)
+
+
+def test_set_misuses_never_echo_the_value(kv):
+    """A value typed on the command line (as an extra argument, or in place of the name) is refused
+    without being repeated in the error."""
+    _, _, args = kv
+    value = "sk-typed-on-the-command-line-5f4e3d"
+    for argv in (("set", "openai_key", value, *args), ("set", value, *args)):
+        result = run(*argv, input="")
+        assert result.exit_code != 0
+        assert value not in result.stderr and value not in result.stdout, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
