@@ -3,7 +3,7 @@
 
 Standard library only: it must run on any Python >= 3.11 without the venv::
 
-    python3 tests/fakeprovider.py --host 10.77.0.1 --port 18080 --state-dir DIR
+    python3 lab/fakeprovider.py --host 10.77.0.1 --port 18080 --state-dir DIR
 
 It speaks just enough of two upstream APIs for LiteLLM Proxy to use it:
 

@@ -1552,7 +1552,7 @@ class Sandbox:
 
 
 # --------------------------------------------------------------------------------------------------
-# Command line: python -m gatekit.sandbox {cleanup,base,status,up}
+# Command line: python -m lab {up,down,hosts,base,status} (lab/__main__.py)
 # --------------------------------------------------------------------------------------------------
 
 

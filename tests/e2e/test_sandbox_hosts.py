@@ -1,4 +1,4 @@
-"""Real systemd-nspawn hosts from gatekit.sandbox: systemd as PID 1, own machine-ids, networking,
+"""Real systemd-nspawn hosts from lab.sandbox: systemd as PID 1, own machine-ids, networking,
 package mirrors through the NAT, real MemoryMax enforcement, clean teardown (also of killed runs)."""
 
 from __future__ import annotations

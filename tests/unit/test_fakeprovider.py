@@ -1,4 +1,4 @@
-"""Unit tests for tests/fakeprovider.py (loopback only, port 0, fast)."""
+"""Unit tests for lab/fakeprovider.py (loopback only, port 0, fast)."""
 
 from __future__ import annotations
 

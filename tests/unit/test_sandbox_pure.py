@@ -1,4 +1,4 @@
-"""Pure logic of gatekit.sandbox: naming, addresses, rendering, leftover detection (no hosts, no root)."""
+"""Pure logic of lab.sandbox: naming, addresses, rendering, leftover detection (no hosts, no root)."""
 
 from __future__ import annotations
 
