@@ -163,10 +163,6 @@ class Desired:
         ops, stronger = self.signals.get(signal, []), self.signals.get(unless, []) if unless else []
         return lambda: any(op.did_change() for op in ops) and not any(op.did_change() for op in stronger)
 
-    def pending(self, signal: str) -> bool:
-        """Whether a change raising `signal` is already known before execution (an operation was yielded)."""
-        return any(op is not UNCHANGED for op in self.signals.get(signal, []))
-
     # ---- operations, yielded only when the host differs ------------------------------------------
     def apply(self):
         """Directories and files in declaration order, then removals; each raises its signals."""
