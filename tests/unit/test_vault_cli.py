@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import subprocess
 import sys
 import textwrap
@@ -327,7 +328,7 @@ def test_set_misuses_never_echo_the_value(kv):
     """A value typed on the command line (as an extra argument, or in place of the name) is refused
     without being repeated in the error."""
     _, _, args = kv
-    value = "sk-typed-on-the-command-line-5f4e3d"
+    value = "gk-test-typed-value-" + secrets.token_hex(8)  # obviously fake, unique per run
     for argv in (("set", "openai_key", value, *args), ("set", value, *args)):
         result = run(*argv, input="")
         assert result.exit_code != 0
