@@ -179,10 +179,9 @@ class Desired:
             return UNCHANGED
         self.installing = True  # packages may create paths the snapshot saw as absent
         if installed_by is not None and set(missing) <= installed_by.packages:
-            return self.notify(notify, installed_by.op) if notify else installed_by.op
+            return self.notify(notify, installed_by.op)
         apt.update(name="Refresh package lists (at most hourly)", cache_time=3600)
-        op = apt.packages(name=name, packages=self.packages, no_recommends=True)
-        return self.notify(notify, op) if notify else op
+        return self.notify(notify, apt.packages(name=name, packages=self.packages, no_recommends=True))
 
     def ensure_dir(self, name: str, path: str):
         user, group, mode = self.dirs[path]

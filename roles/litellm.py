@@ -27,7 +27,7 @@ ONHOST_PROGRAMS = ("layout.py", "instance.py", "rotate.py")  # uploaded to Layou
 LEGACY_FILES = ("{home}/bin/gatekit-rotate",)  # where earlier versions installed the rotation program
 
 
-def render_config(ctx, layout: Layout) -> str:
+def render_config(ctx) -> str:
     """config.yaml for the keys in the vault (deployment ids carry each key's fingerprint)."""
     return litellm_config_yaml(ctx.spec, ctx.settings, topology.redis_target(ctx.settings), credentials.key_fingerprints(ctx))
 
@@ -95,7 +95,7 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
         (L.gatekit_state_dir, "root", "root", "755"),
     ):
         want.dir(path, owner, group, mode)
-    want.file(L.config, render_config(ctx, L), "root", svc, "640", notify="restart",
+    want.file(L.config, render_config(ctx), "root", svc, "640", notify="restart",
               name="Render LiteLLM config.yaml (secrets only as os.environ references)")
     want.file(L.env_file, template("litellm/litellm.env.j2", redis=topology.redis_target(s), extra_env=s["litellm_extra_env"]),
               "root", svc, "640", notify="restart", name="Render LiteLLM environment (no secrets)")

@@ -113,7 +113,7 @@ def rotation():
         name=f"Rotate {', '.join(todo) or 'interrupted rotation'} (blue/green + canary)",
         layout=L,
         secrets=todo,
-        config=render_config(ctx, L),
+        config=render_config(ctx),
         deployment_ids=deployment_ids(ctx.spec, set(todo), new_fps),
         purge_ids=deployment_ids(ctx.spec, set(todo), host_fps),
         ready_timeout=s["litellm_ready_timeout"],

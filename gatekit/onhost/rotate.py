@@ -112,7 +112,7 @@ def set_upstream(port: int):
 
 # ---- credentials -----------------------------------------------------------------------------------
 def staged_files(names: list[str]) -> list[str]:
-    return [f"{LAYOUT.creds_dir}/{n}.{ext}" for n in names for ext in ("cred", "fp")]
+    return [path for n in names for path in (LAYOUT.cred(n), LAYOUT.cred_fingerprint(n))]
 
 
 def swap_creds(names: list[str]):
@@ -152,7 +152,7 @@ def _read(path: str) -> str | None:
 
 
 def fingerprint_of(name: str) -> str:
-    with open(f"{LAYOUT.creds_dir}/{name}.fp") as fh:
+    with open(LAYOUT.cred_fingerprint(name)) as fh:
         return fh.read().strip()
 
 
@@ -300,8 +300,8 @@ def rotate(args) -> int:
     journal = read_json(LAYOUT.journal_file)
     if journal:
         recover(journal)
-    staged = [n for n in names if os.path.exists(f"{LAYOUT.creds_dir}/{n}.cred.next")]
-    live_already = [n for n in staged if _read(f"{LAYOUT.creds_dir}/{n}.fp.next") == _read(f"{LAYOUT.creds_dir}/{n}.fp")]
+    staged = [n for n in names if os.path.exists(LAYOUT.cred(n) + ".next")]
+    live_already = [n for n in staged if _read(LAYOUT.cred_fingerprint(n) + ".next") == _read(LAYOUT.cred_fingerprint(n))]
     if live_already:
         # Re-staged after an interruption that recovery finished forward: that key is already live.
         discard_staged(live_already)
