@@ -15,6 +15,7 @@ import click
 import yaml
 
 from gatekit import vault
+from gatekit.spec import SpecError
 from gatekit.vault import USAGE, VaultError
 
 
@@ -28,6 +29,10 @@ class _Group(click.Group):
             raise
         except VaultError as e:
             _fail(str(e), e.exit_code)
+        except SpecError as e:
+            for problem in e.problems[:-1]:
+                click.echo(f"error: {problem}", err=True)
+            _fail(e.problems[-1], 2)
         except OSError as e:
             _fail(str(e), 1)
         except Exception as e:
@@ -270,6 +275,176 @@ def validate(spec: Path, no_secrets: bool):
         raise click.exceptions.Exit(2) from None
     deployments = sum(len(m.deployments) for m in parsed.models)
     click.echo(f"ok: {spec}: {len(parsed.models)} models, {deployments} deployments, {len(parsed.fallbacks)} fallbacks")
+
+
+# ---- client keys --------------------------------------------------------------------------------
+@main.group()
+def keys():
+    """Client keys: made here and shown once; only hashes and limits are kept (beside the spec)."""
+
+
+_spec_opt = click.option("--spec", "spec_path", required=True, type=_path, help="The gateway spec, e.g. inventories/prod.gateway.yaml.")
+
+
+def _spec_and_keys(spec_path: Path):
+    from gatekit.clientkeys import load_keys
+    from gatekit.spec import load_spec
+
+    spec = load_spec(spec_path, check_secrets=False)  # raises SpecError (spec or keys file)
+    return spec, load_keys(spec)
+
+
+def _models_option(value: str, spec) -> list[str]:
+    models = [m.strip() for m in value.split(",") if m.strip()]
+    if not models:
+        raise click.UsageError("--models: give at least one model, e.g. --models fast,smart")
+    known = {m.name for m in spec.models} | set(spec.aliases)
+    unknown = [m for m in models if m not in known]
+    if unknown:
+        raise click.UsageError(f"--models: {', '.join(repr(u[:80]) for u in unknown)} not in {spec.path}. "
+                               f"Fix: use one of {', '.join(sorted(known))}.")
+    return list(dict.fromkeys(models))
+
+
+def _hand_out(key: str, name: str, out: Path | None) -> None:
+    """Show a new key once: on stdout alone (for scripts), or in --out FILE created 0600."""
+    if out is None:
+        click.echo(key)
+        click.echo(f"{name}: this key is shown once; it is not stored anywhere.", err=True)
+        return
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    click.echo(f"{name}: key written to {out} (0600); it is not stored anywhere else.", err=True)
+
+
+def _limit(value, lo, hi, flag):
+    if value is not None and not lo <= value <= hi:
+        raise click.UsageError(f"{flag}: {value} is out of range. Fix: use {lo} to {hi}.")
+    return value
+
+
+@keys.command("add")
+@click.argument("name")
+@_spec_opt
+@click.option("--models", required=True, help="Comma-separated model names (or aliases) from the spec.")
+@click.option("--rpm", type=int, help="Requests per minute, across all gateways.")
+@click.option("--tpm", type=int, help="Tokens per minute, across all gateways.")
+@click.option("--budget", type=float, help="Monthly budget in USD (UTC months), across all gateways.")
+@click.option("--expires", type=click.DateTime(formats=["%Y-%m-%d"]), help="Last day (UTC) the key works: YYYY-MM-DD.")
+@click.option("--out", type=_path, help="Write the key to this file (0600) instead of stdout.")
+def keys_add(name, spec_path, models, rpm, tpm, budget, expires, out):
+    """Make a key for NAME: shown once, stored as a hash with its limits. Takes effect on the next deploy."""
+    import datetime as dt
+    import math
+
+    from gatekit import clientkeys as ck
+
+    bad = ck.name_problem(name)
+    if bad:
+        raise click.UsageError(bad)
+    spec, table = _spec_and_keys(spec_path)
+    if name in table and table[name].active:
+        raise click.UsageError(f"key {name!r} already exists in {spec.keys_path}. "
+                               f"Fix: `gatekit keys rotate {name}` for a new key, or choose another name.")
+    _limit(rpm, 1, ck.MAX_RPM, "--rpm")
+    _limit(tpm, 1, ck.MAX_TPM, "--tpm")
+    if budget is not None and (not math.isfinite(budget) or not 0 < budget <= ck.MAX_BUDGET_USD):
+        raise click.UsageError(f"--budget: {budget} is not a budget. Fix: a positive number of USD up to {ck.MAX_BUDGET_USD:.0f}.")
+    today = dt.datetime.now(dt.timezone.utc).date()
+    if expires is not None and expires.date() < today:
+        raise click.UsageError(f"--expires: {expires.date()} is in the past. Fix: give today or a later date.")
+    key = ck.new_key()
+    table[name] = ck.ClientKey(name=name, sha256=ck.key_hash(key), models=_models_option(models, spec), rpm=rpm,
+                               tpm=tpm, budget_usd=budget, expires=expires.date() if expires else None, created=today)
+    _hand_out(key, name, out)
+    ck.save_keys(spec.keys_path, table)
+    click.echo(f"{name}: added to {spec.keys_path}; deploy to make it work on the gateways.", err=True)
+
+
+@keys.command("rotate")
+@click.argument("name")
+@_spec_opt
+@click.option("--out", type=_path, help="Write the new key to this file (0600) instead of stdout.")
+def keys_rotate(name, spec_path, out):
+    """Give NAME a new key (same limits). The old key stops working on the next deploy."""
+    import datetime as dt
+
+    from gatekit import clientkeys as ck
+
+    spec, table = _spec_and_keys(spec_path)
+    if name not in table or not table[name].active:
+        raise click.UsageError(f"no active key {name[:80]!r} in {spec.keys_path}. Fix: `gatekit keys add {name[:80]} ...`.")
+    key = ck.new_key()
+    table[name].sha256, table[name].created = ck.key_hash(key), dt.datetime.now(dt.timezone.utc).date()
+    _hand_out(key, name, out)
+    ck.save_keys(spec.keys_path, table)
+    click.echo(f"{name}: new key in {spec.keys_path}; the old one works until the next deploy.", err=True)
+
+
+@keys.command("revoke")
+@click.argument("name")
+@_spec_opt
+def keys_revoke(name, spec_path):
+    """Revoke NAME's key (kept in the file as revoked). It stops working on the next deploy, no restart."""
+    import datetime as dt
+
+    from gatekit import clientkeys as ck
+
+    spec, table = _spec_and_keys(spec_path)
+    if name not in table:
+        raise click.UsageError(f"no key {name[:80]!r} in {spec.keys_path}. Fix: see `gatekit keys list --spec {spec_path}`.")
+    if table[name].active:
+        table[name].revoked = dt.datetime.now(dt.timezone.utc).date()
+        ck.save_keys(spec.keys_path, table)
+    click.echo(f"{name}: revoked in {spec.keys_path}; deploy to make it stop working.", err=True)
+
+
+@keys.command("list")
+@_spec_opt
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for machines.")
+@click.option("--usage", "inventory_file", type=_path,
+              help="Also show today's and this month's requests, tokens and cost, read from the inventory's PostgreSQL.")
+def keys_list(spec_path, as_json, inventory_file):
+    """List keys: name, models, limits, state, and with --usage INVENTORY what each has used."""
+    import datetime as dt
+    import json
+
+    spec, table = _spec_and_keys(spec_path)
+    usage = {}
+    if inventory_file is not None:
+        from gatekit.usage import fetch_usage
+
+        usage = fetch_usage(inventory_file)
+    today = dt.datetime.now(dt.timezone.utc).date()
+    rows = []
+    for name in sorted(set(table) | set(usage)):
+        k = table.get(name)
+        state = "unknown" if k is None else "revoked" if not k.active else "expired" if k.expired(today) else "active"
+        row = {"name": name, "state": state, "models": k.models if k else [], "rpm": k and k.rpm, "tpm": k and k.tpm,
+               "budget_usd": k and k.budget_usd, "expires": k.expires.isoformat() if k and k.expires else None}
+        if inventory_file is not None:
+            zero = {"requests": 0, "tokens": 0, "cost_usd": 0.0}
+            u = usage.get(name, {})
+            row["today"] = {f: (u.get("today") or {}).get(f) or zero[f] for f in zero}
+            row["month"] = {f: (u.get("month") or {}).get(f) or zero[f] for f in zero}
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps({"keys": rows}, indent=1))
+        return
+    head = f"{'NAME':<20} {'STATE':<8} {'RPM':>7} {'TPM':>9} {'BUDGET':>9} {'EXPIRES':<10}"
+    if inventory_file is not None:
+        head += f" {'REQ TODAY':>9} {'TOK TODAY':>10} {'$ TODAY':>9} {'REQ MONTH':>9} {'TOK MONTH':>10} {'$ MONTH':>9}"
+    click.echo(head + "  MODELS")
+    for r in rows:
+        line = (f"{r['name']:<20} {r['state']:<8} {r['rpm'] or '-':>7} {r['tpm'] or '-':>9} "
+                f"{('%.2f' % r['budget_usd']) if r['budget_usd'] else '-':>9} {r['expires'] or '-':<10}")
+        if inventory_file is not None:
+            t, m = r["today"], r["month"]
+            line += (f" {t['requests']:>9} {t['tokens']:>10} {t['cost_usd']:>9.4f}"
+                     f" {m['requests']:>9} {m['tokens']:>10} {m['cost_usd']:>9.4f}")
+        click.echo(line + "  " + ",".join(r["models"]))
 
 
 if __name__ == "__main__":

@@ -9,17 +9,21 @@ from pyinfra.api import FactBase
 
 
 class PostgresLitellmState(FactBase):
-    """Role/database/password state for the LiteLLM role; empty before PostgreSQL is installed."""
+    """Role/database/password state for the LiteLLM role, and which version of gatekit's usage schema the
+    database holds (the comment on gatekit.key_usage, "schema"); empty before PostgreSQL is installed."""
 
     def command(self, role, database):
         sql = (
             "SELECT 'role', coalesce(rolpassword, '') FROM pg_authid WHERE rolname = '{r}' "
             "UNION ALL SELECT 'db', pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{d}'"
         ).format(r=role, d=database)
+        schema = "SELECT 'schema ' || coalesce(obj_description(to_regclass('gatekit.key_usage'), 'pg_class'), '')"
         return (
             "if command -v psql >/dev/null && id postgres >/dev/null 2>&1 && "
             "runuser -u postgres -- psql -XtAc 'SELECT 1' >/dev/null 2>&1; then "
-            f"runuser -u postgres -- psql -XtA -F ' ' -c {shlex.quote(sql)}; fi"
+            f"runuser -u postgres -- psql -XtA -F ' ' -c {shlex.quote(sql)}; "
+            f"runuser -u postgres -- psql -XtA -d {shlex.quote(database)} -c {shlex.quote(schema)} 2>/dev/null "
+            "|| true; fi"
         )
 
     def default(self):

@@ -96,7 +96,10 @@ def litellm_config(spec: GatewaySpec, settings: dict, redis: dict | None, finger
         litellm_settings["max_budget"] = spec.budgets.proxy.max_usd
         litellm_settings["budget_duration"] = spec.budgets.proxy.duration
 
-    general = {"master_key": "os.environ/LITELLM_MASTER_KEY"}
+    # gatekit's hook (onhost/keyauth.py, on the launcher's sys.path): client keys without LiteLLM's database,
+    # their usage in PostgreSQL and their monthly budgets. The master key stays the operator's.
+    litellm_settings["callbacks"] = ["keyauth.usage_logger"]
+    general = {"master_key": "os.environ/LITELLM_MASTER_KEY", "custom_auth": "keyauth.user_api_key_auth"}
     if settings["litellm_database"]:
         general["database_url"] = "os.environ/DATABASE_URL"
 

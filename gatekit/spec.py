@@ -138,11 +138,12 @@ class GatewaySpec(_Strict):
     budgets: Budgets = Field(default_factory=Budgets)
     settings: dict[str, Any] = Field(default_factory=dict)
     litellm_version: str = "1.106.2"
+    client_keys: str | None = Field(default=None, description="client keys file (hashes and limits), relative to this spec")
 
-    @field_validator("vault")
+    @field_validator("vault", "client_keys")
     @classmethod
-    def _vault_relative(cls, v: str) -> str:
-        if not v.strip():
+    def _vault_relative(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
             raise ValueError("empty path")
         return v
 
@@ -156,6 +157,15 @@ class GatewaySpec(_Strict):
     @property
     def vault_path(self) -> Path:
         return (self._path.parent / self.vault).resolve()
+
+    @property
+    def keys_path(self) -> Path:
+        """Where the client keys live: `client_keys`, else beside the spec (prod.gateway.yaml -> prod.keys.yaml)."""
+        if self.client_keys:
+            return (self._path.parent / self.client_keys).resolve()
+        name = self._path.name
+        stem = name[: -len(".gateway.yaml")] if name.endswith(".gateway.yaml") else self._path.stem
+        return (self._path.parent / f"{stem}.keys.yaml").resolve()
 
     def model(self, name: str) -> Model | None:
         return next((m for m in self.models if m.name == name), None)
@@ -423,7 +433,8 @@ def _network_list_problems(merged: dict, key: str, where: str, whole_internet: s
 
 # Set by the kit itself in the environment file or the launcher: an extra value must not replace them.
 KIT_ENV = frozenset({"LITELLM_LOCAL_MODEL_COST_MAP", "LITELLM_LOG", "REDIS_HOST", "REDIS_PORT", "REDIS_DB",
-                     "REDIS_PASSWORD", "LITELLM_MASTER_KEY", "DATABASE_URL", "GK_PORT", "PATH", "CREDENTIALS_DIRECTORY"})
+                     "REDIS_PASSWORD", "LITELLM_MASTER_KEY", "DATABASE_URL", "GK_PORT", "PATH", "PYTHONPATH",
+                     "CREDENTIALS_DIRECTORY"})
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -630,19 +641,18 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_spec(path: str | Path, check_secrets: bool = True) -> GatewaySpec:
-    """Read and validate a spec file; with check_secrets, also that every referenced secret exists."""
-    path = Path(path)
+def read_yaml(path: Path, what: str, fix_missing: str):
+    """YAML from a file the operator wrote; every way it can be unreadable is one `file: problem. Fix:` line."""
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except FileNotFoundError:
-        raise SpecError([f"{path}: file not found. Fix: point gatekit_spec at an existing spec file."]) from None
+        raise SpecError([f"{path}: file not found. Fix: {fix_missing}."]) from None
     except IsADirectoryError:
-        raise SpecError([f"{path}: a directory, not a spec file. Fix: point gatekit_spec at the spec's YAML file."]) from None
+        raise SpecError([f"{path}: a directory, not a {what} file. Fix: point at the {what}'s YAML file."]) from None
     except PermissionError:
-        raise SpecError([f"{path}: permission denied. Fix: make the spec readable by the user running gatekit."]) from None
+        raise SpecError([f"{path}: permission denied. Fix: make the {what} readable by the user running gatekit."]) from None
     except UnicodeDecodeError as exc:
-        raise SpecError([f"{path}: not UTF-8 text (byte {exc.start}). Fix: save the spec as UTF-8."]) from None
+        raise SpecError([f"{path}: not UTF-8 text (byte {exc.start}). Fix: save the {what} as UTF-8."]) from None
     except DuplicateKeyError as exc:
         raise SpecError([f"{path}: line {exc.line}: {exc.key!r} is given twice; YAML would silently keep the last. "
                          "Fix: keep one."]) from None
@@ -650,10 +660,21 @@ def load_spec(path: str | Path, check_secrets: bool = True) -> GatewaySpec:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise SpecError([f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)}). Fix: correct the syntax."]) from None
+
+
+def load_spec(path: str | Path, check_secrets: bool = True) -> GatewaySpec:
+    """Read and validate a spec file; with check_secrets, also that every referenced secret exists.
+    The client keys file it names (if present) is validated against it too."""
+    path = Path(path)
+    data = read_yaml(path, "spec", "point gatekit_spec at an existing spec file")
     secret_names = None
     if check_secrets and isinstance(data, dict) and isinstance(data.get("vault"), str):
         secret_names = _vault_names(path, (path.parent / data["vault"]).resolve())
-    return parse_spec(data, path, secret_names)
+    spec = parse_spec(data, path, secret_names)
+    from gatekit.clientkeys import load_keys
+
+    load_keys(spec)  # raises SpecError naming the keys file, field and fix
+    return spec
 
 
 def _vault_names(spec_path: Path, vault_path: Path) -> set[str]:

@@ -18,6 +18,7 @@ from gatekit.hoststate import Desired
 from gatekit.onhost.instance import fingerprint
 from gatekit.onhost.layout import Layout
 from gatekit.render import secret_env
+from gatekit.roles import topology
 
 
 def secrets_for_gateway(ctx) -> dict[str, str]:
@@ -26,7 +27,7 @@ def secrets_for_gateway(ctx) -> dict[str, str]:
     names = {d.secret: secret_env(d.secret) for m in ctx.spec.models for d in m.deployments}
     names[s["litellm_master_key_secret"]] = "LITELLM_MASTER_KEY"
     names[s["redis_password_secret"]] = "REDIS_PASSWORD"
-    if s["litellm_database"]:
+    if s["litellm_database"] or topology.usage_database(s):  # LiteLLM's own tables, or client-key usage
         names[s["postgres_password_secret"]] = "GK_POSTGRES_PASSWORD"
     return names
 

@@ -15,6 +15,7 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import server, systemd
 
 from gatekit.hoststate import Desired, PackageWave, gateway_probe, live_port
+from gatekit.clientkeys import host_table, load_keys
 from gatekit.inventory import context
 from gatekit.onhost.layout import LAYOUT_JSON, Layout
 from gatekit.render import litellm_config_yaml, template
@@ -23,7 +24,7 @@ from gatekit.spec import parse_size
 from gatekit.roles import credentials, topology
 from gatekit.roles.venv import PACKAGES, VenvBuild  # noqa: F401 - PACKAGES: roles/packages.py reads it here
 
-ONHOST_PROGRAMS = ("layout.py", "instance.py", "rotate.py")  # uploaded to Layout.lib_dir with layout.json
+ONHOST_PROGRAMS = ("layout.py", "instance.py", "rotate.py", "keyauth.py")  # uploaded to Layout.lib_dir with layout.json
 LEGACY_FILES = ("{home}/bin/gatekit-rotate",)  # where earlier versions installed the rotation program
 
 
@@ -97,8 +98,12 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
         want.dir(path, owner, group, mode)
     want.file(L.config, render_config(ctx), "root", svc, "640", notify="restart",
               name="Render LiteLLM config.yaml (secrets only as os.environ references)")
-    want.file(L.env_file, template("litellm/litellm.env.j2", redis=topology.redis_target(s), extra_env=s["litellm_extra_env"]),
+    want.file(L.env_file, template("litellm/litellm.env.j2", redis=topology.redis_target(s), extra_env=s["litellm_extra_env"],
+                                   usage_db=topology.usage_database(s)),
               "root", svc, "640", notify="restart", name="Render LiteLLM environment (no secrets)")
+    # No restart: the custom-auth hook re-reads the table when it changes, so keys come and go without a failed request.
+    want.file(L.client_keys, host_table(ctx.spec, load_keys(ctx.spec)), "root", svc, "640",
+              name="Ship the client keys table (hashes and limits, never a key)")
     want.file(L.launcher, launcher(s, L, env_for), mode="755", notify="restart", name="Install the LiteLLM launcher")
     for program in ONHOST_PROGRAMS:
         want.file(L.program(program), onhost_source(program), mode="755" if program != "layout.py" else "644",
@@ -152,6 +157,7 @@ def launcher(s: dict, L: Layout, env_for: dict) -> str:
     return template(
         "litellm/launch.py.j2",
         venv=L.venv,
+        lib_dir=L.lib_dir,
         env_for=env_for,
         database=s["litellm_database"],
         db_user=s["postgres_user"],

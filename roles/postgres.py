@@ -9,6 +9,7 @@ from pyinfra.operations import server, systemd
 from gatekit.facts import PostgresLitellmState
 from gatekit.hoststate import Desired, PackageWave
 from gatekit.inventory import context
+from gatekit.onhost import keyauth
 from gatekit.onhost.layout import Layout
 from gatekit.render import scram_sha256_verifier, template
 from gatekit.roles import topology
@@ -17,8 +18,8 @@ from gatekit.roles import topology
 PACKAGES = ["postgresql"]
 
 
-def _psql(sql: str) -> str:
-    return f"runuser -u postgres -- psql -X -v ON_ERROR_STOP=1 -c {shlex.quote(sql)}"
+def _psql(sql: str, database: str = "postgres") -> str:
+    return f"runuser -u postgres -- psql -X -v ON_ERROR_STOP=1 -d {shlex.quote(database)} -c {shlex.quote(sql)}"
 
 
 @deploy("PostgreSQL")
@@ -64,3 +65,8 @@ def postgres(packages: PackageWave | None = None):
         server.shell(name=f"Create database {db}", commands=[wait, _psql(f"CREATE DATABASE {db} OWNER {role}")])
     elif state["db"] != role:
         server.shell(name=f"Give database {db} to {role}", commands=[_psql(f"ALTER DATABASE {db} OWNER TO {role}")])
+
+    # gatekit's own schema (client-key usage), owned by the LiteLLM role that writes it.
+    if state.get("schema") != keyauth.SCHEMA_VERSION:
+        server.shell(name=f"Create or migrate gatekit's usage schema in {db}",
+                     commands=[wait, _psql(f"SET ROLE {role};" + keyauth.SCHEMA_SQL, database=db)])

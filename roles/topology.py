@@ -24,6 +24,13 @@ def database_host() -> str:
     return pg[0].data.private_address if pg else "127.0.0.1"
 
 
+def usage_database(s: dict) -> str | None:
+    """libpq conninfo (no password) of the PostgreSQL that keeps client-key usage; None without a postgres group."""
+    if not group_hosts(inventory, "postgres"):
+        return None
+    return f"host={database_host()} port={s['postgres_port']} dbname={s['postgres_db']} user={s['postgres_user']}"
+
+
 def gateway_addresses() -> list[str]:
     """Private addresses of every gateway: the only clients PostgreSQL admits."""
     return sorted({h.data.private_address for h in group_hosts(inventory, "gateways")})

@@ -120,6 +120,10 @@ class Layout:
     def env_file(self) -> str:
         return f"{self.litellm_config_dir}/litellm.env"
 
+    @property
+    def client_keys(self) -> str:  # hashed client keys and their limits (gatekit.clientkeys.host_table)
+        return f"{self.litellm_config_dir}/client_keys.json"
+
     def instance_dir(self, port: int) -> str:
         return f"{self.litellm_state_dir}/{port}"
 

@@ -222,9 +222,10 @@ def test_redis_only_with_a_target(spec, settings):
 def test_database_url_only_with_database(spec, settings):
     assert settings["litellm_database"] is False
     general = litellm_config(spec, settings, None)["general_settings"]
-    assert general == {"master_key": "os.environ/LITELLM_MASTER_KEY"}
+    auth = {"master_key": "os.environ/LITELLM_MASTER_KEY", "custom_auth": "keyauth.user_api_key_auth"}
+    assert general == auth
     general = litellm_config(spec, {**settings, "litellm_database": True}, None)["general_settings"]
-    assert general == {"master_key": "os.environ/LITELLM_MASTER_KEY", "database_url": "os.environ/DATABASE_URL"}
+    assert general == {**auth, "database_url": "os.environ/DATABASE_URL"}
 
 
 def test_budgets(spec, settings):
@@ -444,14 +445,16 @@ def test_unit_has_no_secret_in_environment(settings):
 
 
 def test_env_file_has_no_secrets():
-    text = render.template("litellm/litellm.env.j2", redis=REDIS, extra_env={"HTTPS_PROXY": "http://proxy:3128"})
+    text = render.template("litellm/litellm.env.j2", redis=REDIS, extra_env={"HTTPS_PROXY": "http://proxy:3128"},
+                           usage_db="host=10.0.0.22 port=5432 dbname=litellm user=litellm")
     assert_no_secret_values(text)
     lines = directives(text)
     assert "REDIS_HOST=10.0.0.21" in lines and "REDIS_PORT=6380" in lines and "REDIS_DB=1" in lines
     assert "HTTPS_PROXY=http://proxy:3128" in lines
+    assert "GK_USAGE_PG=host=10.0.0.22 port=5432 dbname=litellm user=litellm" in lines
     assert not any(re.search(r"KEY|PASSWORD|SECRET", line) for line in lines)
-    no_redis = render.template("litellm/litellm.env.j2", redis=None, extra_env={})
-    assert "REDIS" not in no_redis
+    no_redis = render.template("litellm/litellm.env.j2", redis=None, extra_env={}, usage_db=None)
+    assert "REDIS" not in no_redis and "GK_USAGE_PG" not in no_redis
 
 
 # --- launcher ---------------------------------------------------------------------------------------------------------
@@ -468,6 +471,7 @@ def launcher(database: bool, venv: str = "/opt/litellm/venv") -> str:
     return render.template(
         "litellm/launch.py.j2",
         venv=venv,
+        lib_dir="/opt/litellm/lib/gatekit",
         env_for=ENV_FOR,
         database=database,
         db_user="litellm",
@@ -543,7 +547,7 @@ def test_launcher_maps_credentials_to_environment(tmp_path):
     assert got["GK_SECRET_OPENAI_KEY"] == SECRET_VALUES["openai_key"]  # trailing newline stripped
     assert got["LITELLM_MASTER_KEY"] == SECRET_VALUES["litellm_master_key"]
     assert got["REDIS_PASSWORD"] == SECRET_VALUES["redis_password"]
-    assert "GK_POSTGRES_PASSWORD" not in got  # consumed into DATABASE_URL
+    assert got["GK_POSTGRES_PASSWORD"] == SECRET_VALUES["postgres_password"]  # kept: the usage writer (keyauth.py) connects with it too
     assert got["DATABASE_URL"] == f"postgresql://litellm:{SECRET_VALUES['postgres_password']}@10.0.0.21:5432/litellm"
     assert got["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path / "run" / "prometheus")
     assert_no_secret_values(json.dumps(args))  # nothing secret on the command line

@@ -24,6 +24,7 @@ from pyinfra.context import ctx_host, ctx_inventory, ctx_state
 import gatekit.inventory as gk_inventory
 from gatekit.defaults import DEFAULTS
 from gatekit.facts import PostgresLitellmState
+from gatekit.onhost import keyauth
 from gatekit.hoststate import Desired, HostState
 from gatekit.onhost.instance import fingerprint
 from gatekit.onhost.layout import Layout
@@ -129,7 +130,8 @@ def fake(monkeypatch, spec_file):
             return hosts.host_state(self, kwargs)
         if cls is PostgresLitellmState:
             user = DEFAULTS["postgres_user"]
-            return {"role": scram_sha256_verifier(SECRETS["postgres_password"], salt_seed=user), "db": user}
+            return {"role": scram_sha256_verifier(SECRETS["postgres_password"], salt_seed=user), "db": user,
+                    "schema": keyauth.SCHEMA_VERSION}
         raise AssertionError(f"unexpected fact {cls.__name__}: a role read the host outside its one round trip")
 
     real_read = Desired.read
