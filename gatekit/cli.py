@@ -283,6 +283,11 @@ def keys():
     """Client keys: made here and shown once; only hashes and limits are kept (beside the spec)."""
 
 
+def _refuse(message: str):
+    """A refusal: the single `error: ...` line, exit 2 (line breaks in what the user typed escaped)."""
+    raise SpecError([message.replace("\n", "\\n").replace("\r", "\\r")])
+
+
 _spec_opt = click.option("--spec", "spec_path", required=True, type=_path, help="The gateway spec, e.g. inventories/prod.gateway.yaml.")
 
 
@@ -297,11 +302,11 @@ def _spec_and_keys(spec_path: Path):
 def _models_option(value: str, spec) -> list[str]:
     models = [m.strip() for m in value.split(",") if m.strip()]
     if not models:
-        raise click.UsageError("--models: give at least one model, e.g. --models fast,smart")
+        _refuse("--models: give at least one model, e.g. --models fast,smart")
     known = {m.name for m in spec.models} | set(spec.aliases)
     unknown = [m for m in models if m not in known]
     if unknown:
-        raise click.UsageError(f"--models: {', '.join(repr(u[:80]) for u in unknown)} not in {spec.path}. "
+        _refuse(f"--models: {', '.join(repr(u[:80]) for u in unknown)} not in {spec.path}. "
                                f"Fix: use one of {', '.join(sorted(known))}.")
     return list(dict.fromkeys(models))
 
@@ -319,9 +324,26 @@ def _hand_out(key: str, name: str, out: Path | None) -> None:
     click.echo(f"{name}: key written to {out} (0600); it is not stored anywhere else.", err=True)
 
 
+def _store_and_hand_out(spec, table, key: str, name: str, out: Path | None) -> None:
+    """The key file first (the likelier failure), then the keys file; a key is never stored without being
+    handed out, nor handed out without being stored."""
+    from gatekit import clientkeys as ck
+
+    if out is None:
+        ck.save_keys(spec.keys_path, table)
+        _hand_out(key, name, None)
+        return
+    _hand_out(key, name, out)
+    try:
+        ck.save_keys(spec.keys_path, table)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+
+
 def _limit(value, lo, hi, flag):
     if value is not None and not lo <= value <= hi:
-        raise click.UsageError(f"{flag}: {value} is out of range. Fix: use {lo} to {hi}.")
+        _refuse(f"{flag}: {value} is out of range. Fix: use {lo} to {hi}.")
     return value
 
 
@@ -343,23 +365,22 @@ def keys_add(name, spec_path, models, rpm, tpm, budget, expires, out):
 
     bad = ck.name_problem(name)
     if bad:
-        raise click.UsageError(bad)
+        _refuse(bad)
     spec, table = _spec_and_keys(spec_path)
     if name in table and table[name].active:
-        raise click.UsageError(f"key {name!r} already exists in {spec.keys_path}. "
+        _refuse(f"key {name!r} already exists in {spec.keys_path}. "
                                f"Fix: `gatekit keys rotate {name}` for a new key, or choose another name.")
     _limit(rpm, 1, ck.MAX_RPM, "--rpm")
     _limit(tpm, 1, ck.MAX_TPM, "--tpm")
     if budget is not None and (not math.isfinite(budget) or not 0 < budget <= ck.MAX_BUDGET_USD):
-        raise click.UsageError(f"--budget: {budget} is not a budget. Fix: a positive number of USD up to {ck.MAX_BUDGET_USD:.0f}.")
+        _refuse(f"--budget: {budget} is not a budget. Fix: a positive number of USD up to {ck.MAX_BUDGET_USD:.0f}.")
     today = dt.datetime.now(dt.timezone.utc).date()
     if expires is not None and expires.date() < today:
-        raise click.UsageError(f"--expires: {expires.date()} is in the past. Fix: give today or a later date.")
+        _refuse(f"--expires: {expires.date()} is in the past. Fix: give today or a later date.")
     key = ck.new_key()
     table[name] = ck.ClientKey(name=name, sha256=ck.key_hash(key), models=_models_option(models, spec), rpm=rpm,
                                tpm=tpm, budget_usd=budget, expires=expires.date() if expires else None, created=today)
-    _hand_out(key, name, out)
-    ck.save_keys(spec.keys_path, table)
+    _store_and_hand_out(spec, table, key, name, out)
     click.echo(f"{name}: added to {spec.keys_path}; deploy to make it work on the gateways.", err=True)
 
 
@@ -375,11 +396,10 @@ def keys_rotate(name, spec_path, out):
 
     spec, table = _spec_and_keys(spec_path)
     if name not in table or not table[name].active:
-        raise click.UsageError(f"no active key {name[:80]!r} in {spec.keys_path}. Fix: `gatekit keys add {name[:80]} ...`.")
+        _refuse(f"no active key {name[:80]!r} in {spec.keys_path}. Fix: `gatekit keys add {name[:80]} ...`.")
     key = ck.new_key()
     table[name].sha256, table[name].created = ck.key_hash(key), dt.datetime.now(dt.timezone.utc).date()
-    _hand_out(key, name, out)
-    ck.save_keys(spec.keys_path, table)
+    _store_and_hand_out(spec, table, key, name, out)
     click.echo(f"{name}: new key in {spec.keys_path}; the old one works until the next deploy.", err=True)
 
 
@@ -394,7 +414,7 @@ def keys_revoke(name, spec_path):
 
     spec, table = _spec_and_keys(spec_path)
     if name not in table:
-        raise click.UsageError(f"no key {name[:80]!r} in {spec.keys_path}. Fix: see `gatekit keys list --spec {spec_path}`.")
+        _refuse(f"no key {name[:80]!r} in {spec.keys_path}. Fix: see `gatekit keys list --spec {spec_path}`.")
     if table[name].active:
         table[name].revoked = dt.datetime.now(dt.timezone.utc).date()
         ck.save_keys(spec.keys_path, table)

@@ -46,7 +46,7 @@ class _Entry(_Strict):
     models: list[str] = Field(min_length=1)
     rpm: StrictInt | None = Field(default=None, ge=1, le=MAX_RPM)
     tpm: StrictInt | None = Field(default=None, ge=1, le=MAX_TPM)
-    budget_usd: float | None = Field(default=None, gt=0, le=MAX_BUDGET_USD, allow_inf_nan=False)
+    budget_usd: float | None = Field(default=None, gt=0, le=MAX_BUDGET_USD, allow_inf_nan=False, strict=True)
     expires: dt.date | None = Field(default=None, strict=True)
     created: dt.date | None = Field(default=None, strict=True)
     revoked: dt.date | None = Field(default=None, strict=True)
@@ -87,7 +87,7 @@ def key_hash(key: str) -> str:
 
 
 def name_problem(name: object) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         return f"{str(name)[:40]!r} is not a valid key name. Fix: use {NAME_HINT}"
     return ""
 
@@ -136,7 +136,7 @@ def load_keys(spec: GatewaySpec) -> dict[str, ClientKey]:
     path = spec.keys_path
     if not path.exists() and not path.is_symlink():
         return {}
-    return parse_keys(read_yaml(path, "keys file", "create it with `gatekit keys add`"), path, spec)
+    return parse_keys(read_yaml(path, "keys", "create it with `gatekit keys add`"), path, spec)
 
 
 def dump_keys(keys: dict[str, ClientKey]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,39 @@ from gatekit.defaults import DEFAULTS
 from gatekit.spec import GatewaySpec, SpecError, check_settings, load_spec
 
 GROUPS = ("gateways", "redis", "postgres")
+ROLE_GROUPS = {"redis": "redis", "postgres": "postgres", "litellm": "gateways", "nginx": "gateways"}  # roles/run.py
+
+
+def cli_data(argv: list[str]) -> dict[str, str]:
+    """The `--data key=value` pairs of a pyinfra command line (pyinfra applies them only after the
+    inventory has loaded, too late to refuse a typo before connecting)."""
+    out, i = {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        value = arg.split("=", 1)[1] if arg.startswith("--data=") else argv[i + 1] if arg == "--data" and i + 1 < len(argv) else None
+        if value is not None and "=" in value:
+            k, v = value.split("=", 1)
+            out[k.strip()] = v
+        i += 2 if arg == "--data" else 1
+    return out
+
+
+def data_problems(spec: GatewaySpec, data: dict[str, str], where: str = "--data") -> list[str]:
+    """`--data rotate=` names secrets the gateways use; `--data role=` names a role."""
+    problems = []
+    if "rotate" in data:
+        s = {**DEFAULTS, **spec.settings}
+        used = spec.secrets_used() | {s["litellm_master_key_secret"], s["redis_password_secret"], s["postgres_password_secret"]}
+        names = [n.strip() for n in data["rotate"].split(",") if n.strip()]
+        if not names:
+            problems.append(f"{where}: rotate: no secret named. Fix: --data rotate=NAME[,NAME] with one of {', '.join(sorted(used))}.")
+        for n in names:
+            if n not in used:
+                problems.append(f"{where}: rotate: {n[:80]!r} is not a secret the gateways use. "
+                                f"Fix: use one of {', '.join(sorted(used))}.")
+    if "role" in data and data["role"] not in ROLE_GROUPS:
+        problems.append(f"{where}: role: {data['role'][:80]!r} is not a role. Fix: use one of {', '.join(sorted(ROLE_GROUPS))}.")
+    return problems
 
 
 def _error(problems: list[str]) -> Exception:
@@ -77,6 +111,11 @@ def groups(inventory_file: str, spec_file: str, hosts: dict[str, list[tuple[str,
         spec = load_spec(spec_file)
     except SpecError as exc:
         problems += exc.problems
+    if spec is not None and os.path.basename(sys.argv[0]).startswith("pyinfra"):
+        data_args = cli_data(sys.argv[1:])
+        if os.environ.get("GATEKIT_ROTATE") and "rotate" not in data_args:
+            data_args["rotate"] = os.environ["GATEKIT_ROTATE"]
+        problems += data_problems(spec, data_args)
     if problems:
         raise _error(problems)
     # The vault's key and MAC, checked while the inventory loads: a wrong key or a tampered vault stops

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from gatekit.spec import SpecError
+
 
 def fetch_usage(inventory_file: Path) -> dict[str, dict]:
     """{key name: {"today": {...}, "month": {...}}} from gatekit.key_usage; a one-line error otherwise."""
@@ -21,8 +23,8 @@ def fetch_usage(inventory_file: Path) -> dict[str, dict]:
     state = State(inventory=inventory, config=Config())
     hosts = list(inventory.get_group("postgres", []))
     if not hosts:
-        raise click.UsageError(f"{inventory_file}: no host in group postgres, where usage is kept. "
-                               "Fix: pass the inventory the gateways were deployed with.")
+        raise SpecError([f"{inventory_file}: no host in group postgres, where usage is kept. "
+                               "Fix: pass the inventory the gateways were deployed with."])
     host = hosts[0]
     state.init(inventory, state.config)
     db = context(host).settings["postgres_db"]

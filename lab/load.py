@@ -13,8 +13,9 @@ class Load:
     """Constant client traffic through nginx (plain and streamed), recording every failure."""
 
     def __init__(self, lab, gateways: list[str], models=("fast", "claude"), threads_per_gateway: int = 1,
-                 think: float = 0.05):
+                 think: float = 0.05, api_key: str | None = None):
         self.lab, self.gateways, self.models, self.think = lab, gateways, models, think
+        self.api_key = api_key or lab.secret_values["litellm_master_key"]
         self.stop_event = threading.Event()
         self.results: list[tuple[float, str, bool, str, float]] = []  # (start, gateway, ok, detail, seconds)
         self.lock = threading.Lock()
@@ -28,7 +29,7 @@ class Load:
     def _run(self, gw: str):
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        headers = {"Authorization": f"Bearer {self.lab.secret_values['litellm_master_key']}"}
+        headers = {"Authorization": f"Bearer {self.api_key}"}
         url = f"{self.lab.gateway_url(gw)}/v1/chat/completions"
         n = 0
         with httpx.Client(verify=ctx, headers=headers, timeout=60, trust_env=False) as c:

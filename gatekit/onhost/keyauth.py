@@ -63,6 +63,8 @@ def shown(value: object, limit: int = 80) -> str:
 
 
 def client_route(route: str) -> bool:
+    if any(seg in (".", "..") for seg in route.split("/")):
+        return False  # nginx resolves dot segments on the public side; refuse them anywhere else
     return route in CLIENT_ROUTES or route.startswith(CLIENT_PREFIXES)
 
 
@@ -104,7 +106,7 @@ class KeyTable:
                     data = json.load(fh)
                 keys = {h: e for h, e in data["keys"].items()}
                 models = frozenset(data.get("models", ()))
-            except (OSError, ValueError, KeyError, AttributeError) as exc:
+            except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
                 # Keep serving with the table we had: a half-written or broken file must not open the gateway
                 # nor lock every client out. The deploy writes it atomically, so this is a hand edit.
                 log(f"cannot read {self.path} ({type(exc).__name__}); keeping the previous table")
@@ -322,11 +324,6 @@ class Writer:
             log(f"at exit: {len(rows)} usage rows not written ({type(exc).__name__})")
 
 
-def _table_path() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    return Layout.from_json(os.path.join(here, "layout.json")).client_keys
-
-
 _table: KeyTable | None = None
 _usage = Usage()
 _writer: Writer | None = None
@@ -335,7 +332,7 @@ _writer: Writer | None = None
 def table() -> KeyTable:
     global _table, _writer
     if _table is None:
-        _table = KeyTable(os.environ.get("GK_CLIENT_KEYS") or _table_path())
+        _table = KeyTable(Layout.beside(__file__).client_keys)
         _writer = Writer(_usage, _table)
         atexit.register(_writer.flush_at_exit)
     _table.refresh()
@@ -353,9 +350,26 @@ async def _requested_model(request) -> object:
     return body.get("model") if isinstance(body, dict) else None
 
 
+DENIED_HEADER = "x-gatekit-denied"  # the refusal as Anthropic's error object; nginx answers /v1/messages with it
+
+
+def denied_error(d: Denied) -> dict:
+    return {"type": "authentication_error" if d.status == 401 else "permission_error", "message": d.message}
+
+
+def denial(d: Denied):
+    """The refusal LiteLLM answers with (OpenAI's error shape). Auth runs before LiteLLM's Anthropic handler, so
+    the same refusal also travels as a header (JSON, ASCII: no CR/LF can reach it) for nginx to answer
+    /v1/messages in Anthropic's shape."""
+    from litellm.proxy._types import ProxyException
+
+    err = denied_error(d)
+    return ProxyException(message=d.message, type=err["type"], param=None, code=d.status,
+                          headers={DENIED_HEADER: json.dumps(err, ensure_ascii=True)})
+
+
 async def user_api_key_auth(request, api_key: str):
     """LiteLLM custom auth (general_settings.custom_auth)."""
-    from fastapi import HTTPException
     from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
     from litellm.proxy.auth.auth_utils import get_request_route
 
@@ -372,7 +386,7 @@ async def user_api_key_auth(request, api_key: str):
         model = await _requested_model(request) if client_route(route) else None
         entry = t.check(api_key, route, model, dt.datetime.now(dt.timezone.utc))
     except Denied as d:
-        raise HTTPException(status_code=d.status, detail=d.message) from None
+        raise denial(d) from None
     return UserAPIKeyAuth(
         api_key=key_hash(api_key), key_alias=entry["name"], key_name=entry["name"],
         user_role=LitellmUserRoles.INTERNAL_USER, models=list(entry["models"]),

@@ -58,3 +58,43 @@ def test_a_tampered_vault_stops_the_inventory(env):
     with pytest.raises(PyinfraError, match="MAC check failed|malformed") as exc:
         groups("inv.py", str(spec), HOSTS)
     assert "sk-secret-value" not in str(exc.value)
+
+
+# --- --data rotate= / role=: refused while the inventory loads, before any host is contacted -----------
+@pytest.mark.parametrize("argv, expected", [
+    (["inv.py", "deploy.py", "--data", "rotate=openai_key"], {"rotate": "openai_key"}),
+    (["--data=role=nginx", "inv.py", "roles/run.py"], {"role": "nginx"}),
+    (["-y", "--data", "rotate=a,b", "--data", "x=1=2"], {"rotate": "a,b", "x": "1=2"}),
+    (["--data"], {}),
+    (["--data", "novalue"], {}),
+])
+def test_cli_data_reads_pyinfras_data_arguments(argv, expected):
+    from gatekit.inventory import cli_data
+
+    assert cli_data(argv) == expected
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--data", "rotate=opnai_key"], "'opnai_key' is not a secret the gateways use"),
+    (["--data", "rotate=openai_key,../../etc"], "'../../etc' is not a secret"),
+    (["--data", "rotate=,"], "no secret named"),
+    (["--data", "role=ngnix"], "'ngnix' is not a role"),
+    (["--data", "role=litellm\nrm -rf /"], "is not a role"),
+])
+def test_a_bad_rotate_or_role_stops_the_inventory_before_any_host(env, monkeypatch, args, needle):
+    spec, _, _ = env
+    monkeypatch.setattr("sys.argv", ["/usr/bin/pyinfra", "inv.py", "rotate_keys.py", *args])
+    with pytest.raises(PyinfraError) as exc:
+        groups("inv.py", str(spec), HOSTS)
+    assert needle in str(exc.value) and "Fix: use one of" in str(exc.value) or "Fix: --data rotate=" in str(exc.value)
+
+
+def test_good_rotate_and_role_values_load(env, monkeypatch):
+    spec, _, _ = env
+    for args in (["--data", "rotate=openai_key,litellm_master_key"], ["--data", "role=postgres"]):
+        monkeypatch.setattr("sys.argv", ["/usr/bin/pyinfra", "inv.py", "x.py", *args])
+        assert groups("inv.py", str(spec), HOSTS)["gateways"]
+    monkeypatch.setattr("sys.argv", ["/usr/bin/pyinfra", "inv.py", "rotate_keys.py"])
+    monkeypatch.setenv("GATEKIT_ROTATE", "not_a_secret")
+    with pytest.raises(PyinfraError, match="not_a_secret"):
+        groups("inv.py", str(spec), HOSTS)

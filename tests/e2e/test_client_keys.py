@@ -1,0 +1,210 @@
+"""Client keys without LiteLLM's database, on the deployed stack: made with `gatekit keys`, shipped by a
+deploy, enforced by gatekit's custom-auth hook in LiteLLM on both gateways (gw2 with non-default paths),
+rate-limited through Redis, their usage kept in PostgreSQL, their budgets enforced across gateways.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lab.checks import wait_until
+from lab.load import Load
+
+REPO = Path(__file__).resolve().parents[2]
+GATEWAYS = ("gw1", "gw2")
+
+
+def gatekit(lab, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**lab.env(), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "gatekit.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def add_key(lab, name: str, *opts: str) -> str:
+    proc = gatekit(lab, "keys", "add", name, "--spec", str(lab.spec_path), *opts)
+    key = proc.stdout.strip()
+    assert key.startswith("gk-") and key not in proc.stderr and key not in lab.spec_path.with_name("lab.keys.yaml").read_text()
+    return key
+
+
+def http_client(key: str | None, anthropic: bool = False) -> httpx.Client:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    headers = {}
+    if key is not None:
+        headers = {"x-api-key": key, "anthropic-version": "2023-06-01"} if anthropic else {"Authorization": f"Bearer {key}"}
+    return httpx.Client(verify=ctx, headers=headers, timeout=60, trust_env=False)
+
+
+def chat(lab, gw: str, key: str | None, model: str = "fast") -> httpx.Response:
+    with http_client(key) as c:
+        return c.post(f"{lab.gateway_url(gw)}/v1/chat/completions",
+                      json={"model": model, "messages": [{"role": "user", "content": "hi there"}], "max_tokens": 5})
+
+
+def messages(lab, gw: str, key: str | None, model: str = "claude") -> httpx.Response:
+    with http_client(key, anthropic=True) as c:
+        return c.post(f"{lab.gateway_url(gw)}/v1/messages",
+                      json={"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+
+
+def live_pids(lab) -> dict[str, str]:
+    out = {}
+    for gw in GATEWAYS:
+        L = lab.layout(gw)
+        port = lab.hosts[gw].run(f"cat {L.live_file} 2>/dev/null || echo {L.litellm_ports[0]}").stdout.strip()
+        out[gw] = lab.hosts[gw].run(f"systemctl show -p MainPID --value {L.instance(int(port))}").stdout.strip()
+    return out
+
+
+@pytest.fixture(scope="module")
+def keys(lab):
+    """Three keys, deployed: `app` (fast and the alias gpt-4o's target smart), `limited` (rpm 6),
+    `tight` (a budget of one hundred-thousandth of a dollar)."""
+    made = {
+        "app": add_key(lab, "app", "--models", "fast,smart"),
+        "limited": add_key(lab, "limited", "--models", "fast", "--rpm", "6"),
+        "tight": add_key(lab, "tight", "--models", "fast", "--budget", "0.00001"),
+    }
+    result = lab.deploy()
+    assert result.ok
+    return made
+
+
+def test_a_client_key_serves_on_every_gateway_and_the_master_key_still_works(lab, keys):
+    for gw in GATEWAYS:
+        for model in ("fast", "smart", "gpt-4o"):  # gpt-4o: an alias of smart, which the key may use
+            r = chat(lab, gw, keys["app"], model)
+            assert r.status_code == 200, (gw, model, r.text)
+        assert chat(lab, gw, lab.secret_values["litellm_master_key"], "claude").status_code == 200
+        with http_client(keys["app"]) as c:
+            listed = {m["id"] for m in c.get(f"{lab.gateway_url(gw)}/v1/models").json()["data"]}
+        assert {"fast", "smart"} <= listed and "claude" not in listed, listed
+
+
+@pytest.mark.parametrize("key", ["gk-" + "A" * 43, "", "Bearer", "x" * 5000])
+def test_an_unknown_key_gets_401_in_each_api_shape(lab, keys, key):
+    r = chat(lab, "gw1", key)
+    assert r.status_code == 401, r.text
+    err = r.json()["error"]
+    assert err["type"] == "authentication_error" and "invalid API key" in err["message"]
+    if key:
+        assert key not in r.text
+    a = messages(lab, "gw2", key)
+    assert a.status_code == 401, a.text
+    body = a.json()
+    assert body["type"] == "error" and body["error"]["type"] == "authentication_error", body
+    assert "x-gatekit-denied" not in {h.lower() for h in a.headers}
+
+
+def test_a_model_the_key_may_not_use_is_refused_naming_it(lab, keys):
+    r = chat(lab, "gw1", keys["app"], "claude")
+    assert r.status_code == 403 and "'claude'" in r.json()["error"]["message"], r.text
+    a = messages(lab, "gw2", keys["app"], "claude")
+    assert a.status_code == 403, a.text
+    assert a.json()["type"] == "error" and a.json()["error"]["type"] == "permission_error"
+    assert "'claude'" in a.json()["error"]["message"]
+
+
+def test_a_client_key_cannot_reach_admin_routes_even_from_an_admin_network(lab, keys):
+    gw, L = lab.hosts["gw1"], lab.layout("gw1")
+    for path in ("/key/generate", "/model/info", "/config/yaml"):
+        code = gw.run(f"curl -sk -o /dev/null -w '%{{http_code}}' -H @- https://127.0.0.1:{L.nginx_https_port}{path}",
+                      input=f"Authorization: Bearer {keys['app']}\n").stdout
+        assert code == "403", (path, code)
+
+
+def test_rpm_is_held_across_workers_and_gateways(lab, keys):
+    codes = [chat(lab, GATEWAYS[i % 2], keys["limited"]).status_code for i in range(10)]
+    assert codes.count(200) == 6 and codes.count(429) == 4, codes
+
+
+def test_usage_lands_in_postgres_and_keys_list_shows_it(lab, keys):
+    before = {k["name"]: k for k in json.loads(gatekit(lab, "keys", "list", "--spec", str(lab.spec_path), "--json",
+                                                        "--usage", str(lab.inventory_path)).stdout)["keys"]}
+    n = 7
+    for i in range(n):
+        assert chat(lab, GATEWAYS[i % 2], keys["app"]).status_code == 200
+
+    def month_requests():
+        out = json.loads(gatekit(lab, "keys", "list", "--spec", str(lab.spec_path), "--json", "--usage",
+                                 str(lab.inventory_path)).stdout)
+        return {k["name"]: k for k in out["keys"]}
+
+    def grown():
+        now = month_requests()
+        return now if now["app"]["month"]["requests"] >= before["app"]["month"]["requests"] + n else None
+
+    now = wait_until(grown, timeout=30, interval=1)
+    assert now["app"]["month"]["requests"] == before["app"]["month"]["requests"] + n
+    assert now["app"]["today"]["tokens"] > before["app"]["today"]["tokens"]
+    assert now["app"]["month"]["cost_usd"] > before["app"]["month"]["cost_usd"]
+    assert now["app"]["state"] == "active" and now["app"]["models"] == ["fast", "smart"]
+    human = gatekit(lab, "keys", "list", "--spec", str(lab.spec_path), "--usage", str(lab.inventory_path)).stdout
+    assert any(line.startswith("app ") for line in human.splitlines())
+    for key in keys.values():
+        assert key not in human
+
+
+def test_a_monthly_budget_is_enforced_across_gateways(lab, keys):
+    # A few calls on gw1 spend more than the budget; once written to PostgreSQL, gw2 refuses too.
+    codes = [chat(lab, "gw1", keys["tight"]).status_code for _ in range(3)]
+    assert codes[0] == 200, codes
+
+    def refused_on_gw2():
+        r = chat(lab, "gw2", keys["tight"])
+        return r if r.status_code == 429 else None
+
+    r = wait_until(refused_on_gw2, timeout=30, interval=1)
+    assert "monthly budget" in r.json()["error"]["message"] and "$0.00" in r.json()["error"]["message"]
+    assert chat(lab, "gw1", keys["tight"]).status_code == 429
+    assert chat(lab, "gw1", keys["app"]).status_code == 200  # other keys unaffected
+
+
+def test_postgres_down_fails_no_request_and_usage_is_written_on_recovery(lab, keys):
+    data = lab.hosts["data1"]
+
+    def month():
+        out = json.loads(gatekit(lab, "keys", "list", "--spec", str(lab.spec_path), "--json", "--usage",
+                                 str(lab.inventory_path)).stdout)
+        return {k["name"]: k["month"]["requests"] for k in out["keys"]}["app"]
+
+    before = month()
+    data.run("systemctl stop postgresql")
+    try:
+        codes = [chat(lab, GATEWAYS[i % 2], keys["app"]).status_code for i in range(12)]
+        time.sleep(5)  # writes fail meanwhile; rows stay buffered
+        codes += [chat(lab, GATEWAYS[i % 2], keys["app"]).status_code for i in range(4)]
+    finally:
+        data.run("systemctl start postgresql")
+    assert codes == [200] * 16, codes
+    assert wait_until(lambda: month() >= before + 16, timeout=60, interval=2)
+    assert month() == before + 16
+    log = lab.hosts["gw1"].run("journalctl -q --no-pager -u 'litellm@*' --since '-5min' | grep gatekit-keys || true").stdout
+    assert "cannot write usage to PostgreSQL" in log and "buffered usage written" in log, log[-2000:]
+
+
+def test_revoking_a_key_takes_effect_on_deploy_without_restart_or_failed_request(lab, keys):
+    extra = add_key(lab, "extra", "--models", "fast")
+    pids = live_pids(lab)
+    with Load(lab, list(GATEWAYS), models=("fast",), api_key=keys["app"]) as load:
+        assert lab.deploy().ok
+        assert all(chat(lab, gw, extra).status_code == 200 for gw in GATEWAYS)
+        gatekit(lab, "keys", "revoke", "extra", "--spec", str(lab.spec_path))
+        assert lab.deploy().ok
+        time.sleep(1.5)
+    assert all(chat(lab, gw, extra).status_code == 401 for gw in GATEWAYS)
+    assert live_pids(lab) == pids
+    s = load.summary()
+    assert s["requests"] > 20 and s["failed"] == 0, s
