@@ -462,8 +462,8 @@ def keys_list(spec_path, as_json, inventory_file):
                 f"{('%.2f' % r['budget_usd']) if r['budget_usd'] else '-':>9} {r['expires'] or '-':<10}")
         if inventory_file is not None:
             t, m = r["today"], r["month"]
-            line += (f" {t['requests']:>9} {t['tokens']:>10} {t['cost_usd']:>9.4f}"
-                     f" {m['requests']:>9} {m['tokens']:>10} {m['cost_usd']:>9.4f}")
+            line += (f" {t['requests']:>9} {t['tokens']:>10} {t['cost_usd']:>9.6f}"
+                     f" {m['requests']:>9} {m['tokens']:>10} {m['cost_usd']:>9.6f}")
         click.echo(line + "  " + ",".join(r["models"]))
 
 

@@ -415,9 +415,13 @@ def _next_month(day: dt.date) -> dt.date:
     return (day.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
 
 
+def usd(value: float) -> str:
+    return f"${value:.2f}" if value >= 1 else "$" + (f"{value:.6f}".rstrip("0").rstrip(".") or "0")
+
+
 def budget_problem(name: str, budget: float | None, spent: float, today: dt.date) -> str:
     if budget and spent >= budget:
-        return (f"key {name!r} has used ${spent:.2f} of its monthly budget of ${budget:.2f}; "
+        return (f"key {name!r} has used {usd(spent)} of its monthly budget of {usd(budget)}; "
                 f"it resets on {_next_month(today).isoformat()} (UTC). Ask the gateway's operator to raise it.")
     return ""
 
