@@ -24,6 +24,7 @@ from gatekit.onhost.instance import fingerprint
 from gatekit.onhost.layout import Layout
 from gatekit.render import deployment_id
 from gatekit.roles.credentials import encrypt_commands, key_fingerprints, secrets_for_gateway
+from gatekit.roles import topology
 from gatekit.roles.litellm import render_config
 
 # Every host's rotation operation. Hosts are collected in no fixed order but executed serially, so
@@ -47,7 +48,7 @@ def deployment_ids(spec, names: set[str], fingerprints: dict[str, str] | None = 
 @operation()
 def rotate_gateway(layout: Layout, secrets: dict, config: str, deployment_ids: list, purge_ids: list,
                    ready_timeout: int, settle: float, master_cred: str, redis_cred: str, fail_after: str = "",
-                   fail_at: str = ""):
+                   fail_at: str = "", redis_host: str = ""):
     """Stage encrypted credentials and run gatekit-rotate on this host (inside a transient unit, so a
     dropped SSH session or a killed controller cannot stop it half-way)."""
     yield f"install -d -m 700 {layout.stage_dir}"
@@ -72,9 +73,32 @@ def rotate_gateway(layout: Layout, secrets: dict, config: str, deployment_ids: l
     # One rotation per host at a time: wait for an earlier one (e.g. from a killed controller) to end.
     unit = layout.rotate_unit
     yield f"while systemctl is-active --quiet {unit}; do sleep 1; done"
+    props = " ".join(f"--property={shlex.quote(p)}" for p in ("TimeoutStopSec=120", *helper_sandbox(layout, redis_host)))
     yield (
-        f"systemd-run --quiet --wait --pipe --collect --unit={unit} --property=TimeoutStopSec=120 "
-        f"{layout.venv}/bin/python3 {layout.program('rotate.py')} " + " ".join(shlex.quote(a) for a in args)
+        f"systemd-run --quiet --wait --pipe --collect --unit={unit} {props} "
+        f"{HELPER_PYTHON} {layout.program('rotate.py')} " + " ".join(shlex.quote(a) for a in args)
+    )
+
+
+# The system's python, without site directories or environment: rotate.py needs only the standard library.
+HELPER_PYTHON = "/usr/bin/python3 -E -s -S"
+
+
+def helper_sandbox(layout: Layout, redis_host: str | None) -> tuple[str, ...]:
+    """The rotation helper runs as root (it starts and stops units over D-Bus, tests and reloads nginx, swaps
+    credentials and the config), with only that: it writes the credentials, LiteLLM's config, gatekit's
+    state, nginx's include directory and logs (`nginx -t` opens them); reads the instances' runtime
+    credentials (CAP_DAC_READ_SEARCH, its only capability); talks only to loopback and Redis."""
+    return (
+        "UMask=0022", "NoNewPrivileges=yes", "CapabilityBoundingSet=CAP_DAC_READ_SEARCH", "ProtectSystem=strict",
+        f"ReadWritePaths={layout.creds_dir} {layout.litellm_config_dir} {layout.gatekit_state_dir} "
+        f"{layout.nginx_include_dir} /var/log/nginx",
+        "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes", "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes", "ProtectKernelLogs=yes", "ProtectControlGroups=yes", "ProtectClock=yes",
+        "ProtectHostname=yes", "RestrictNamespaces=yes", "RestrictRealtime=yes", "RestrictSUIDSGID=yes",
+        "LockPersonality=yes", "MemoryDenyWriteExecute=yes", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "SystemCallArchitectures=native", "SystemCallFilter=@system-service",
+        "IPAddressDeny=any", "IPAddressAllow=localhost" + (f" {redis_host}" if redis_host else ""),
     )
 
 
@@ -120,6 +144,7 @@ def rotation():
         settle=s["rotation_settle_sec"],
         master_cred=s["litellm_master_key_secret"],
         redis_cred=s["redis_password_secret"],
+        redis_host=(topology.redis_target(s) or {}).get("host", ""),
         fail_after=str(host.data.get("gatekit_rotate_fail_after") or ""),
         fail_at=str(host.data.get("gatekit_rotate_fail_at") or ""),
         _serial=True,

@@ -1,7 +1,9 @@
 """gatekit-rotate: blue/green provider-key rotation on ONE gateway host. Installed by the deploy in
 {litellm_home}/lib/gatekit/ beside layout.py, instance.py and the host's layout.json (every path, unit and
 port it touches comes from there), and run (as root, inside a transient systemd unit so a dropped SSH
-session cannot cut it in half) by rotate_keys.py. Python stdlib + the `redis` package of LiteLLM's venv.
+session cannot cut it in half) by rotate_keys.py. Python standard library only, run by the system's python3 with
+no site directories: it runs as root, so nothing from LiteLLM's venv (where a compromised dependency could sit)
+may execute in it.
 
 Why not reload: LiteLLM has no working in-process config reload, so fresh processes must start from the
 new credential, be proven by a canary, and only then receive traffic.
@@ -202,6 +204,67 @@ def canary_through_nginx(https_port: int, master_key: str, deployment_ids: list[
             time.sleep(0.3)
 
 
+class Redis:
+    """The few Redis commands the purge needs (AUTH, SELECT, SCAN, DEL) over RESP, in the standard library:
+    the helper runs as root, so it must not import anything from LiteLLM's venv (a compromised dependency
+    there would run as root)."""
+
+    def __init__(self, host: str, port: int, db: int, password: str | None, timeout: float = 5.0):
+        import socket
+
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = self.sock.makefile("rb")
+        if password:
+            self.call("AUTH", password)
+        self.call("SELECT", str(db))
+
+    def close(self):
+        self.buf.close()
+        self.sock.close()
+
+    def call(self, *args: str):
+        out = [f"*{len(args)}\r\n".encode()]
+        for a in args:
+            b = a.encode() if isinstance(a, str) else a
+            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        self.sock.sendall(b"".join(out))
+        return self._reply()
+
+    def _reply(self):
+        line = self.buf.readline()
+        if not line.endswith(b"\r\n"):
+            raise ConnectionError("redis: connection closed")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RuntimeError(f"redis: {rest.decode(errors='replace')[:200]}")
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            data = self.buf.read(n + 2)
+            return data[:-2]
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._reply() for _ in range(n)]
+        raise RuntimeError(f"redis: unexpected reply {line[:40]!r}")
+
+    def scan_iter(self, match: str, count: int = 500):
+        cursor = "0"
+        while True:
+            cursor, keys = self.call("SCAN", cursor, "MATCH", match, "COUNT", str(count))
+            cursor = cursor.decode()
+            yield from keys
+            if cursor == "0":
+                return
+
+    def delete(self, key) -> int:
+        return self.call("DEL", key)
+
+
 def purge_redis(port: int, deployment_ids: list[str], redis_cred: str = "redis_password") -> int:
     env = {}
     with open(LAYOUT.env_file) as fh:
@@ -211,19 +274,19 @@ def purge_redis(port: int, deployment_ids: list[str], redis_cred: str = "redis_p
                 env[k] = v
     if "REDIS_HOST" not in env:
         return 0
-    import redis  # from LiteLLM's venv
-
-    r = redis.Redis(host=env["REDIS_HOST"], port=int(env["REDIS_PORT"]), db=int(env.get("REDIS_DB", 0)),
-                    password=unit_secret(port, redis_cred), socket_timeout=5)
+    r = Redis(env["REDIS_HOST"], int(env["REDIS_PORT"]), int(env.get("REDIS_DB", 0)), unit_secret(port, redis_cred))
     deleted = 0
-    for dep in deployment_ids:
-        # Only this deployment's keys in LiteLLM's own DB: cooldowns, failure and usage counters.
-        for key in r.scan_iter(match=f"*{dep}*", count=500):
-            name = key.decode(errors="replace") if isinstance(key, bytes) else key
-            # LiteLLM's keys name a deployment as one ':'-separated segment (deployment:<id>:cooldown,
-            # <id>:fails, <id>:<name>:rpm:<minute>); spend/budget counters are money, not failures: kept.
-            if dep in name.split(":") and not name.startswith(KEEP_PREFIXES):
-                deleted += r.delete(key)
+    try:
+        for dep in deployment_ids:
+            # Only this deployment's keys in LiteLLM's own DB: cooldowns, failure and usage counters.
+            for key in list(r.scan_iter(match=f"*{dep}*", count=500)):
+                name = key.decode(errors="replace")
+                # LiteLLM's keys name a deployment as one ':'-separated segment (deployment:<id>:cooldown,
+                # <id>:fails, <id>:<name>:rpm:<minute>); spend/budget counters are money, not failures: kept.
+                if dep in name.split(":") and not name.startswith(KEEP_PREFIXES):
+                    deleted += r.delete(key)
+    finally:
+        r.close()
     return deleted
 
 

@@ -475,16 +475,21 @@ if os.environ.get("GK_PORT") and os.environ.get("GK_PORT") != "0" and not os.pat
 '''
 
 
-def test_a_hostile_pth_in_the_venv_is_contained(lab, client):
+@pytest.mark.parametrize("gateway", ["gw1", "gw2"])
+def test_a_hostile_pth_in_the_venv_is_contained(lab, client, gateway):
     """A compromised dependency (like LiteLLM 1.82.7's credential stealer, a .pth run at every Python start)
     inside the running service: every attempt to reach beyond the service's own needs fails, and the
-    gateway keeps serving. Run in the standby instance of gw1's blue/green pair."""
-    gw, L = lab.hosts["gw1"], lab.layout("gw1")
+    gateway keeps serving. Run in the standby instance of the gateway's blue/green pair. gw1 has no egress
+    allowlist (its outbound connections are open); gw2 has one (litellm_egress_allow: the provider's
+    address), so there the connection to another host fails too."""
+    gw, L = lab.hosts[gateway], lab.layout(gateway)
+    egress = lab.host_settings(gateway).get("litellm_egress_allow")
+    elsewhere = lab.hosts["gw1" if gateway == "gw2" else "data1"].address  # neither provider, Redis nor PostgreSQL
     live = json.loads(gw.run(f"cat {L.live_file} 2>/dev/null || echo '{{}}'").stdout).get("port") or L.litellm_ports[0]
     standby = [p for p in L.litellm_ports if p != live][0]
     site = gw.run(f"{L.venv}/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'").stdout.strip()
     probe = HOSTILE_PTH_PROBE.replace("{creds}", L.creds_dir).replace("{venv}", L.venv).replace(
-        "{config_dir}", L.litellm_config_dir).replace("{elsewhere}", lab.hosts["data1"].address).replace(
+        "{config_dir}", L.litellm_config_dir).replace("{elsewhere}", elsewhere).replace(
         "{live_credential}", L.runtime_credential(live, "litellm_master_key"))
     gw.put(f"{site}/gk_hostile_probe.py", probe)
     gw.put(f"{site}/gk_hostile.pth", "import gk_hostile_probe\n")
@@ -493,13 +498,15 @@ def test_a_hostile_pth_in_the_venv_is_contained(lab, client):
         gw.run(f"rm -f {result_file}; systemctl start {L.instance(standby)}")
         gw.run(f"python3 {L.program('instance.py')} wait-ready {standby} --timeout 180", timeout=200)
         results = json.loads(gw.run(f"cat {result_file}").stdout)
-        assert completion(client, lab.gateway_url("gw1")).status_code == 200
+        assert completion(client, lab.gateway_url(gateway)).status_code == 200
     finally:
         gw.run(f"rm -f {site}/gk_hostile.pth {site}/gk_hostile_probe.py {result_file}; "
                f"systemctl stop {L.instance(standby)}", check=False)
-    print(json.dumps(results, indent=1))
+    print(gateway, json.dumps(results, indent=1))
     allowed = {k: v for k, v in results.items() if v == "allowed"}
-    # Outbound connections are open unless litellm_egress_allow is set (the e2e lab sets none).
-    assert set(allowed) <= {"connect elsewhere"}, results
     assert len(results) == 9, results
+    if egress:
+        assert allowed == {}, results
+    else:  # outbound connections are open unless litellm_egress_allow is set
+        assert set(allowed) <= {"connect elsewhere"}, results
     assert gw.run("test -e /etc/systemd/system/gk-hostile.service || test -e /etc/cron.d/gk-hostile", check=False).returncode != 0

@@ -11,7 +11,6 @@ import re
 import stat
 import subprocess
 import sys
-import types
 from itertools import chain, combinations
 from pathlib import Path
 
@@ -817,9 +816,9 @@ def test_purge_redis_deletes_only_the_rotated_deployments_keys(tmp_path, monkeyp
     made = {}
 
     class FakeRedis:
-        def __init__(self, **kw):
-            made.update(kw)
-            # LiteLLM's real key shapes (router.py / cooldown_cache.py), as bytes like redis-py returns.
+        def __init__(self, host, port, db, password):
+            made.update(host=host, port=port, db=db, password=password)
+            # LiteLLM's real key shapes (router.py / cooldown_cache.py), as bytes like Redis returns them.
             self.keys = {b"deployment:fast--0:cooldown", b"fast--0:fails", b"fast--0:gpt-4o-mini:rpm:12-30",
                          b"smart--0:successes", b"claude--0:fails", b"fast--10:fails", b"superfast--0:fails",
                          b"deployment_spend:fast--0:1d", b"deployment_budget_start_time:fast--0"}
@@ -833,7 +832,11 @@ def test_purge_redis_deletes_only_the_rotated_deployments_keys(tmp_path, monkeyp
             self.deleted.append(key)
             return 1
 
-    monkeypatch.setitem(sys.modules, "redis", types.SimpleNamespace(Redis=FakeRedis))
+        def close(self):
+            made["closed"] = True
+
+    monkeypatch.setitem(sys.modules, "redis", None)  # rotate.py must not import LiteLLM's venv's redis
+    monkeypatch.setattr(R, "Redis", FakeRedis)
     r = R.purge_redis(4002, ["fast--0", "smart--0"])
     assert r == 4
     assert made["host"] == "10.0.0.5" and made["port"] == 6380 and made["db"] == 1
