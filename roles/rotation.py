@@ -74,6 +74,10 @@ def rotate_gateway(layout: Layout, secrets: dict, config: str, deployment_ids: l
     unit = layout.rotate_unit
     yield f"while systemctl is-active --quiet {unit}; do sleep 1; done"
     props = " ".join(f"--property={shlex.quote(p)}" for p in ("TimeoutStopSec=120", *helper_sandbox(layout, redis_host)))
+    # The credentials the canaries and the purge authenticate with: the file the new instance will start from.
+    for name in sorted({master_cred, redis_cred}):
+        cred = layout.cred(name)
+        props += f' --property="LoadCredentialEncrypted={name}:$([ -e {cred}.next ] && echo {cred}.next || echo {cred})"'
     yield (
         f"systemd-run --quiet --wait --pipe --collect --unit={unit} {props} "
         f"{HELPER_PYTHON} {layout.program('rotate.py')} " + " ".join(shlex.quote(a) for a in args)
@@ -87,10 +91,11 @@ HELPER_PYTHON = "/usr/bin/python3 -E -s -S"
 def helper_sandbox(layout: Layout, redis_host: str | None) -> tuple[str, ...]:
     """The rotation helper runs as root (it starts and stops units over D-Bus, tests and reloads nginx, swaps
     credentials and the config), with only that: it writes the credentials, LiteLLM's config, gatekit's
-    state, nginx's include directory and logs (`nginx -t` opens them); reads the instances' runtime
-    credentials (CAP_DAC_READ_SEARCH, its only capability); talks only to loopback and Redis."""
+    state, nginx's include directory and logs (`nginx -t` opens nginx's log files, which belong to www-data,
+    and binds its ports: CAP_DAC_OVERRIDE and CAP_NET_BIND_SERVICE are its only capabilities); gets the two credentials it authenticates with from systemd
+    (LoadCredentialEncrypted), never from another unit; talks only to loopback and Redis."""
     return (
-        "UMask=0022", "NoNewPrivileges=yes", "CapabilityBoundingSet=CAP_DAC_READ_SEARCH", "ProtectSystem=strict",
+        "UMask=0022", "NoNewPrivileges=yes", "CapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_NET_BIND_SERVICE", "ProtectSystem=strict",
         f"ReadWritePaths={layout.creds_dir} {layout.litellm_config_dir} {layout.gatekit_state_dir} "
         f"{layout.nginx_include_dir} /var/log/nginx",
         "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes", "ProtectKernelTunables=yes",
@@ -98,7 +103,7 @@ def helper_sandbox(layout: Layout, redis_host: str | None) -> tuple[str, ...]:
         "ProtectHostname=yes", "RestrictNamespaces=yes", "RestrictRealtime=yes", "RestrictSUIDSGID=yes",
         "LockPersonality=yes", "MemoryDenyWriteExecute=yes", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
         "SystemCallArchitectures=native", "SystemCallFilter=@system-service",
-        "IPAddressDeny=any", "IPAddressAllow=localhost" + (f" {redis_host}" if redis_host else ""),
+        "IPAddressDeny=any", "IPAddressAllow=127.0.0.0/8 ::1/128" + (f" {redis_host}" if redis_host else ""),
     )
 
 

@@ -159,8 +159,12 @@ def fingerprint_of(name: str) -> str:
 
 
 def unit_secret(port: int, name: str) -> str:
-    # Root reads the running instance's own credential: the canary authenticates like a client.
-    with open(LAYOUT.runtime_credential(port, name)) as fh:
+    """The credential `name` of the instance on `port` (the canary authenticates like a client). The helper's
+    unit loads the same credential file the new instance starts from (roles/rotation.py: NAME.cred.next while
+    it is staged, else NAME.cred), so it never reads another unit's runtime credentials."""
+    own = os.environ.get("CREDENTIALS_DIRECTORY")
+    path = os.path.join(own, name) if own and os.path.exists(os.path.join(own, name)) else LAYOUT.runtime_credential(port, name)
+    with open(path) as fh:
         return fh.read().strip()
 
 
