@@ -8,6 +8,23 @@ import shlex
 from pyinfra.api import FactBase
 
 
+class IPFilteringEnforced(FactBase):
+    """Whether systemd enforces IPAddressDeny= on this host, tried for real: a transient unit denied every
+    address connects to a closed loopback port. Enforced: EPERM at once ("Operation not permitted").
+    Not enforced (no BPF cgroup firewall, e.g. a cgroup v1 hierarchy): "Connection refused". systemd only
+    logs a warning then, so an egress allowlist would silently allow everything."""
+
+    def command(self):
+        return ("systemd-run --quiet --wait --pipe --collect -p IPAddressDeny=any "
+                "/bin/bash -c 'exec 3<>/dev/tcp/127.0.0.1/9' 2>&1 || true")
+
+    def default(self):
+        return False
+
+    def process(self, output):
+        return "not permitted" in "\n".join(output).lower()
+
+
 class PostgresLitellmState(FactBase):
     """Role/database/password state for the LiteLLM role, and which version of gatekit's usage schema the
     database holds (the comment on gatekit.key_usage, "schema"); empty before PostgreSQL is installed."""

@@ -48,6 +48,10 @@ def data_problems(spec: GatewaySpec, data: dict[str, str], where: str = "--data"
             if n not in used:
                 problems.append(f"{where}: rotate: {n[:80]!r} is not a secret the gateways use. "
                                 f"Fix: use one of {', '.join(sorted(used))}.")
+    for k in data:
+        if k in DEFAULTS:
+            problems.append(f"{where}: {k}: settings cannot be given with --data (they would skip validation). "
+                            "Fix: put it in the spec's settings, or in the host's data in the inventory.")
     if "role" in data and data["role"] not in ROLE_GROUPS:
         problems.append(f"{where}: role: {data['role'][:80]!r} is not a role. Fix: use one of {', '.join(sorted(ROLE_GROUPS))}.")
     return problems

@@ -16,6 +16,7 @@ from pyinfra.operations import server, systemd
 
 from gatekit.hoststate import Desired, PackageWave, gateway_probe, live_port
 from gatekit.clientkeys import host_table, load_keys
+from gatekit.facts import IPFilteringEnforced
 from gatekit.inventory import context
 from gatekit.onhost.layout import LAYOUT_JSON, Layout
 from gatekit.render import litellm_config_yaml, template
@@ -109,8 +110,15 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
         want.file(L.program(program), onhost_source(program), mode="755" if program != "layout.py" else "644",
                   name=f"Install the on-host program {program}")
     want.file(L.program(LAYOUT_JSON), L.to_json(), name="Install the host layout (paths, units, ports) for the on-host programs")
+    egress = topology.egress_allow(s)
+    if egress and not host.get_fact(IPFilteringEnforced):
+        raise PyinfraError(
+            f"host {host.name}: litellm_egress_allow is set, but systemd on this host does not enforce IPAddressDeny= "
+            "(no BPF cgroup firewall: a cgroup v1 hierarchy or an old kernel), so the allowlist would silently allow "
+            "everything. Fix: boot the host with the unified cgroup hierarchy (systemd.unified_cgroup_hierarchy=1), "
+            "or remove litellm_egress_allow for it and filter egress elsewhere (a firewall or an egress proxy).")
     want.file(L.unit_file, template("litellm/litellm@.service.j2", s=s, layout=L, credentials=sorted(env_for),
-                                    egress_allow=topology.egress_allow(s)),
+                                    egress_allow=egress),
               notify=("daemon-reload", "restart"), name="Install the litellm@.service template unit")
     if s["litellm_database"]:
         want.file(L.migrate_unit_file, template("litellm/litellm-migrate.service.j2", layout=L, credentials=sorted(env_for),

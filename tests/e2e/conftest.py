@@ -36,9 +36,7 @@ def lab(tmp_path_factory):
         pytest.fail("the end-to-end tests boot systemd-nspawn hosts and need root")
     lab = Lab.create(tmp_path_factory.mktemp("lab"))
     try:
-        # gw2 also runs with an egress allowlist: the fake provider's address (Redis and PostgreSQL are added).
-        host_settings = {**HOST_SETTINGS, "gw2": {**HOST_SETTINGS["gw2"], "litellm_egress_allow": [f"{lab.bridge_ip}/32"]}}
-        lab.setup(GROUPS, host_settings=host_settings)
+        lab.setup(GROUPS, host_settings=HOST_SETTINGS)
         lab.first_deploy = lab.deploy()
         yield lab
     finally:

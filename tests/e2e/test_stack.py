@@ -355,6 +355,34 @@ def test_plaintext_secrets_appear_nowhere(lab, client):
         assert owner == "root" and mode in ("700", "600"), line
 
 
+PROBE_IP_FILTER = "systemd-run --quiet --wait --pipe --collect -p IPAddressDeny=any /bin/bash -c 'exec 3<>/dev/tcp/127.0.0.1/9' 2>&1 || true"
+
+
+def test_an_egress_allowlist_systemd_cannot_enforce_stops_the_deploy(lab):
+    """litellm_egress_allow is enforced by systemd's BPF cgroup firewall (IPAddressDeny=). Where systemd
+    cannot attach it (these sandbox hosts run in a cgroup v1 hierarchy) it only logs a warning and lets
+    everything through: the deploy must refuse, naming the host and the fix, and change nothing. Where it
+    is enforced, the unit gets the allowlist."""
+    gw = lab.hosts["gw2"]
+    enforced = "not permitted" in gw.run(PROBE_IP_FILTER).stdout.lower()
+    unit_before = gw.run(f"cat {lab.layout('gw2').unit_file}").stdout
+    gw.data["litellm_egress_allow"] = [f"{lab.bridge_ip}/32"]
+    try:
+        lab.write_inventory(lab.groups)
+        result = lab.deploy(check=False)
+    finally:
+        del gw.data["litellm_egress_allow"]
+        lab.write_inventory(lab.groups)
+    if enforced:
+        assert result.ok and "IPAddressDeny=any" in gw.run(f"cat {lab.layout('gw2').unit_file}").stdout
+        assert lab.deploy().ok  # back to no allowlist
+    else:
+        assert not result.ok and "does not enforce IPAddressDeny=" in result.stderr, result.stderr[-2000:]
+        assert "Fix: boot the host with the unified cgroup hierarchy" in result.stderr
+        assert gw.run(f"cat {lab.layout('gw2').unit_file}").stdout == unit_before
+    assert lab.deploy().changes == 0
+
+
 def test_added_host_is_provisioned_existing_unchanged(lab, client):
     (gw3,) = lab.boot(["gw3"])
     groups = {**lab.groups, "gateways": [*lab.groups["gateways"], "gw3"]}
@@ -505,9 +533,9 @@ def test_a_hostile_pth_in_the_venv_is_contained(lab, client):
 def _hostile_pth_probe(lab, client, gateway):
     """A compromised dependency (like LiteLLM 1.82.7's credential stealer, a .pth run at every Python start)
     inside the running service: every attempt to reach beyond the service's own needs fails, and the
-    gateway keeps serving. Run in the standby instance of the gateway's blue/green pair. gw1 has no egress
-    allowlist (its outbound connections are open); gw2 has one (litellm_egress_allow: the provider's
-    address), so there the connection to another host fails too."""
+    gateway keeps serving. Run in the standby instance of the gateway's blue/green pair (gw2: non-default
+    paths). Outbound connections stay open without litellm_egress_allow (see the next test for why the
+    sandbox hosts cannot have one)."""
     gw, L = lab.hosts[gateway], lab.layout(gateway)
     egress = lab.host_settings(gateway).get("litellm_egress_allow")
     elsewhere = lab.hosts["gw1" if gateway == "gw2" else "data1"].address  # neither provider, Redis nor PostgreSQL

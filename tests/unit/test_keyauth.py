@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,20 +20,7 @@ from gatekit.spec import load_spec
 UTC = dt.timezone.utc
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 
-SPEC_TEXT = textwrap.dedent("""\
-    version: 1
-    vault: lab.secrets.enc.yaml
-    models:
-      - name: fast
-        price: {input_per_1m: 0.15, output_per_1m: 0.6}
-        deployments:
-          - {provider: openai, model: small-model, api_base: "https://example.invalid/v1", secret: openai_key}
-      - name: smart
-        price: {input_per_1m: 2.5, output_per_1m: 10}
-        deployments:
-          - {provider: openai, model: big-model, api_base: "https://example.invalid/v1", secret: openai_key}
-    aliases: {quick: fast, best: smart}
-""")
+from tests.unit.test_clientkeys import SPEC_TEXT  # the same small spec: two models, two aliases
 
 
 @pytest.fixture

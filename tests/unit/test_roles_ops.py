@@ -23,7 +23,9 @@ from pyinfra.context import ctx_host, ctx_inventory, ctx_state
 
 import gatekit.inventory as gk_inventory
 from gatekit.defaults import DEFAULTS
-from gatekit.facts import PostgresLitellmState
+from pyinfra.api.exceptions import PyinfraError
+
+from gatekit.facts import IPFilteringEnforced, PostgresLitellmState
 from gatekit.onhost import keyauth
 from gatekit.hoststate import Desired, HostState
 from gatekit.onhost.instance import fingerprint
@@ -50,6 +52,7 @@ class FakeHosts:
 
     def __init__(self):
         self.converged = False
+        self.ip_filtering = True  # what IPFilteringEnforced reads on every host
         self.declared: dict[str, list[Desired]] = {}
         self.drift: dict[str, dict] = {}  # host -> {"paths": {path: None | tuple}, "units": {...}, ...}
 
@@ -128,6 +131,8 @@ def fake(monkeypatch, spec_file):
     def get_fact(self, cls, *args, **kwargs):
         if cls is HostState:
             return hosts.host_state(self, kwargs)
+        if cls is IPFilteringEnforced:
+            return hosts.ip_filtering
         if cls is PostgresLitellmState:
             user = DEFAULTS["postgres_user"]
             return {"role": scram_sha256_verifier(SECRETS["postgres_password"], salt_seed=user), "db": user,
@@ -328,3 +333,19 @@ def test_declared_files_follow_each_hosts_settings(fake):
     assert layout2.litellm_ports == (4301, 4302) and layout2.nginx_https_port == 8443
     assert "include /etc/nginx/gatekit/upstream.conf;" in gw2["/etc/nginx/conf.d/gatekit.conf"]
     assert "server 127.0.0.1:4301 max_fails=0;" in gw2["/etc/nginx/gatekit/upstream.conf"]
+
+
+def test_an_egress_allowlist_systemd_would_not_enforce_stops_the_deploy(fake):
+    """gw2 has litellm_egress_allow; on a host where IPAddressDeny= is not enforced the role refuses."""
+    fake.ip_filtering = False
+    with pytest.raises(PyinfraError, match=r"host gw2: litellm_egress_allow is set, but systemd on this host does not enforce"):
+        run_deploy(fake)
+
+
+@pytest.mark.parametrize(("output", "enforced"), [
+    (["/bin/bash: connect: Operation not permitted", "/bin/bash: line 1: /dev/tcp/127.0.0.1/9: Operation not permitted"], True),
+    (["/bin/bash: connect: Connection refused"], False),
+    ([], False),  # systemd-run missing or failed: not proven, so not enforced
+])
+def test_ip_filtering_fact_reads_what_the_kernel_answered(output, enforced):
+    assert IPFilteringEnforced().process(output) is enforced
