@@ -13,8 +13,8 @@ class Load:
     """Constant client traffic through nginx (plain and streamed), recording every failure."""
 
     def __init__(self, lab, gateways: list[str], models=("fast", "claude"), threads_per_gateway: int = 1,
-                 think: float = 0.05, api_key: str | None = None):
-        self.lab, self.gateways, self.models, self.think = lab, gateways, models, think
+                 think: float = 0.05, api_key: str | None = None, streams: bool = True):
+        self.lab, self.gateways, self.models, self.think, self.streams = lab, gateways, models, think, streams
         self.api_key = api_key or lab.secret_values["litellm_master_key"]
         self.stop_event = threading.Event()
         self.results: list[tuple[float, str, bool, str, float]] = []  # (start, gateway, ok, detail, seconds)
@@ -35,7 +35,7 @@ class Load:
         with httpx.Client(verify=ctx, headers=headers, timeout=60, trust_env=False) as c:
             while not self.stop_event.is_set():
                 model = self.models[n % len(self.models)]
-                stream = (n // len(self.models)) % 2 == 1  # every model both plain and streamed
+                stream = self.streams and (n // len(self.models)) % 2 == 1  # every model both plain and streamed
                 n += 1
                 body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
                 t0 = time.monotonic()
