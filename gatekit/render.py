@@ -40,6 +40,11 @@ def deployment_id(model: str, index: int, key_fingerprint: str | None = None) ->
     return f"{model}--{index}" + (f"--{key_fingerprint[:8]}" if key_fingerprint else "")
 
 
+PROMETHEUS_EXCLUDED_LABELS = ("end_user", "user", "user_email", "user_alias", "hashed_api_key", "requested_model",
+                              "client_ip", "user_agent", "team", "team_alias", "org_id", "org_alias",
+                              "project_id", "project_alias")
+
+
 def litellm_config(spec: GatewaySpec, settings: dict, redis: dict | None, fingerprints: dict | None = None) -> dict:
     """LiteLLM's config.yaml as data. Secrets appear only as os.environ/... references.
     fingerprints: {secret name: fingerprint} of the keys this config will run with."""
@@ -98,7 +103,13 @@ def litellm_config(spec: GatewaySpec, settings: dict, redis: dict | None, finger
 
     # gatekit's hook (onhost/keyauth.py, on the launcher's sys.path): client keys without LiteLLM's database,
     # their usage in PostgreSQL and their monthly budgets. The master key stays the operator's.
-    litellm_settings["callbacks"] = ["keyauth.usage_logger"]
+    litellm_settings["callbacks"] = ["prometheus", "keyauth.usage_logger"]
+    # LiteLLM's Prometheus callback on /metrics/ (aggregated over the workers through the instance's
+    # PROMETHEUS_MULTIPROC_DIR, see the launcher). nginx serves it to nginx_admin_allow only, so LiteLLM's own
+    # key check on it is off. Labels stay bounded: none from the client's side (user, end user, IP, agent,
+    # the raw requested model) and no key hash (the key's name is the api_key_alias label).
+    litellm_settings["require_auth_for_metrics_endpoint"] = False
+    litellm_settings["prometheus_exclude_labels"] = list(PROMETHEUS_EXCLUDED_LABELS)
     general = {"master_key": "os.environ/LITELLM_MASTER_KEY", "custom_auth": "keyauth.user_api_key_auth"}
     if settings["litellm_database"]:
         general["database_url"] = "os.environ/DATABASE_URL"

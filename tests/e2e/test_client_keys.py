@@ -6,6 +6,7 @@ rate-limited through Redis, their usage kept in PostgreSQL, their budgets enforc
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import ssl
 import subprocess
@@ -172,6 +173,54 @@ def test_usage_lands_in_postgres_and_keys_list_shows_it(lab, keys):
     assert any(line.startswith("app ") for line in human.splitlines())
     for key in keys.values():
         assert key not in human
+
+
+METRICS_FROM_LOOPBACK = (
+    "import ssl, sys, urllib.request\n"
+    "ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n"
+    "print(urllib.request.urlopen(sys.argv[1], context=ctx, timeout=60).read().decode())\n"
+)
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape(lab, gw: str) -> str:
+    """/metrics/ through nginx from the gateway's loopback (an admin network), without any key."""
+    L = lab.layout(gw)
+    return lab.hosts[gw].run(f"python3 -c {shlex.quote(METRICS_FROM_LOOPBACK)} "
+                             f"https://127.0.0.1:{L.nginx_https_port}/metrics/").stdout
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        m = SAMPLE.match(line)
+        if m and m.group(1) in (name, name + "_total"):
+            got = dict(LABEL.findall(m.group(2) or ""))
+            if all(got.get(k) == v for k, v in labels.items()):
+                total += float(m.group(3))
+    return total
+
+
+def test_metrics_count_each_keys_calls_over_both_workers_with_bounded_labels(lab, keys):
+    """LiteLLM's Prometheus callback, aggregated over the instance's workers: exact deltas per key name."""
+    name = "litellm_proxy_total_requests_metric"
+    for gw in GATEWAYS:
+        before = metric_sum(scrape(lab, gw), name, api_key_alias="app")
+        n = 8  # more calls than workers: nginx's keep-alive connections spread them over both
+        for _ in range(n):
+            assert chat(lab, gw, keys["app"]).status_code == 200
+        def counted(gw=gw, before=before, n=n):
+            text = scrape(lab, gw)
+            return text if metric_sum(text, name, api_key_alias="app") >= before + n else None
+
+        after = wait_until(counted, timeout=20, what="metrics")
+        assert metric_sum(after, name, api_key_alias="app") == before + n, gw
+        assert metric_sum(after, "litellm_requests_metric") > 0 or metric_sum(after, name) > 0
+        for label in ("end_user", "client_ip", "user_agent", "hashed_api_key", "requested_model", "user_email"):
+            assert f'{label}="' not in after, label
+        for key in keys.values():
+            assert key not in after
 
 
 def test_a_monthly_budget_is_enforced_across_gateways(lab, keys):

@@ -879,3 +879,13 @@ def test_unit_is_contained(settings):
     assert "IPAddressDeny" not in v  # no egress filter unless the operator lists where LiteLLM may connect
     v = unit_values(unit(settings, egress=["10.0.0.5", "203.0.113.0/24"]))
     assert v["IPAddressDeny"] == ["any"] and v["IPAddressAllow"] == ["localhost", "10.0.0.5", "203.0.113.0/24"]
+
+
+def test_prometheus_metrics_with_bounded_labels(spec, settings):
+    """LiteLLM's Prometheus callback is on (nginx keeps /metrics/ to admin networks, so LiteLLM's own key
+    check on it is off); no label may come from the client's side or carry a key hash."""
+    ls = litellm_config(spec, settings, None)["litellm_settings"]
+    assert ls["callbacks"][0] == "prometheus" and "keyauth.usage_logger" in ls["callbacks"]
+    assert ls["require_auth_for_metrics_endpoint"] is False
+    assert {"end_user", "user", "client_ip", "user_agent", "hashed_api_key", "requested_model"} <= set(ls["prometheus_exclude_labels"])
+    assert "api_key_alias" not in ls["prometheus_exclude_labels"]  # the key's name: bounded by the keys file
