@@ -8,6 +8,7 @@ SHA-256 is enough: there is nothing to brute-force, and a lookup costs one hash 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -161,7 +162,7 @@ def save_keys(path: Path, keys: dict[str, ClientKey]) -> None:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
-        with __import__("contextlib").suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 

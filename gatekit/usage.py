@@ -37,7 +37,7 @@ def fetch_usage(inventory_file: Path) -> dict[str, dict]:
     db = context(host).settings["postgres_db"]
     host.connect(raise_exceptions=True)
     try:
-        sql = f"SELECT 1 FROM pg_namespace WHERE nspname = 'gatekit' AND to_regclass('gatekit.key_usage') IS NOT NULL"
+        sql = "SELECT 1 FROM pg_namespace WHERE nspname = 'gatekit' AND to_regclass('gatekit.key_usage') IS NOT NULL"
         cmd = (f"cd / && runuser -u postgres -- psql -XAt -v ON_ERROR_STOP=1 -d {shlex.quote(db)} -c {shlex.quote(sql)} "
                f"-c {shlex.quote(USAGE_REPORT)}")
         ok, output = host.run_shell_command(cmd, print_output=False, print_input=False)

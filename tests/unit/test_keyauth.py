@@ -7,7 +7,6 @@ exactly as a deploy ships them, and keys are made with new_key().
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from pathlib import Path
 
