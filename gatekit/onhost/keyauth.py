@@ -80,6 +80,7 @@ class KeyTable:
     def __init__(self, path: str):
         self.path = path
         self.keys: dict[str, dict] = {}
+        self._names: dict[str, dict] = {}  # the same entries by key name (the budget check runs per call)
         self.models: frozenset[str] = frozenset()
         self._stamp = None
         self._checked = 0.0
@@ -99,24 +100,25 @@ class KeyTable:
             return
         with self._lock:
             if stamp is None:
-                self.keys, self.models, self._stamp = {}, frozenset(), ("absent",)
+                self.keys, self._names, self.models, self._stamp = {}, {}, frozenset(), ("absent",)
                 return
             try:
                 with open(self.path, encoding="utf-8") as fh:
                     data = json.load(fh)
                 keys = {h: e for h, e in data["keys"].items()}
                 models = frozenset(data.get("models", ()))
+                names = {e["name"]: e for e in keys.values()}
             except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
                 # Keep serving with the table we had: a half-written or broken file must not open the gateway
                 # nor lock every client out. The deploy writes it atomically, so this is a hand edit.
                 log(f"cannot read {self.path} ({type(exc).__name__}); keeping the previous table")
                 self._stamp = stamp
                 return
-            self.keys, self.models, self._stamp = keys, models, stamp
+            self.keys, self._names, self.models, self._stamp = keys, names, models, stamp
             log(f"loaded {len(keys)} client keys from {self.path}")
 
     def by_name(self, name: str) -> dict | None:
-        return next((e for e in self.keys.values() if e.get("name") == name), None)
+        return self._names.get(name)
 
     def check(self, api_key: str, route: str, model: object, now: dt.datetime) -> dict:
         """The key's entry if it may make this call; raises Denied (status, message) otherwise."""
