@@ -73,11 +73,12 @@ def live_pids(lab) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def keys(lab):
     """Three keys, deployed: `app` (fast and the alias gpt-4o's target smart), `limited` (rpm 6),
-    `tight` (a budget of a millionth of a dollar: one call spends it)."""
+    `tight` (a budget of a millionth of a dollar: one call spends it), `tokens` (tpm 40)."""
     made = {
         "app": add_key(lab, "app", "--models", "fast,smart"),
         "limited": add_key(lab, "limited", "--models", "fast", "--rpm", "6"),
         "tight": add_key(lab, "tight", "--models", "fast", "--budget", "0.000001"),
+        "tokens": add_key(lab, "tokens", "--models", "fast", "--tpm", "40"),
     }
     result = lab.deploy()
     assert result.ok
@@ -145,6 +146,21 @@ def test_a_client_key_cannot_reach_admin_routes_even_from_an_admin_network(lab, 
 def test_rpm_is_held_across_workers_and_gateways(lab, keys):
     codes = [chat(lab, GATEWAYS[i % 2], keys["limited"]).status_code for i in range(10)]
     assert codes.count(200) == 6 and codes.count(429) == 4, codes
+
+
+def test_tpm_is_held_across_gateways(lab, keys):
+    """Each call costs at least the fake provider's 5 tokens (LiteLLM may also reserve an estimate before the
+    call): with tpm 40 the minute's window fills within 16 calls, whichever gateway served them, and the
+    next ones get 429 naming tokens."""
+    codes, messages_ = [], []
+    for i in range(16):
+        r = chat(lab, GATEWAYS[i % 2], keys["tokens"])
+        codes.append(r.status_code)
+        if r.status_code == 429:
+            messages_.append(r.json()["error"]["message"])
+        time.sleep(0.3)  # the token count lands after each answer
+    assert codes[0] == 200 and 429 in codes and codes.count(200) <= 9, codes  # 8 x 5 = 40, + one counted late
+    assert all("tokens" in m.lower() for m in messages_), messages_
 
 
 def test_usage_lands_in_postgres_and_keys_list_shows_it(lab, keys):
