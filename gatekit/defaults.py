@@ -38,9 +38,9 @@ DEFAULTS: dict[str, object] = {
     "litellm_installer": "uv",  # "uv" (hash-locked in requirements/uv.lock; installs and compiles on all cores) or "pip"
     "litellm_pip_index_url": "",  # package index URL (pip and uv) for mirrored installs; empty = PyPI
     "litellm_pip_find_links": "",  # wheelhouse URL or host path (--find-links); with it no index is used
-    "litellm_ports": [4001, 4002],  # blue/green pair of litellm@PORT instances; one is live, the other takes over on rotation; never 4000
+    "litellm_ports": [4001, 4002, 4003, 4004],  # litellm@PORT instances in two equal halves, blue and green: every instance of the live set serves behind nginx at once (one dying costs only its in-flight requests), rotation starts the other set; never 4000
     "litellm_bind": "127.0.0.1",  # LiteLLM listens here; nginx is the only way in
-    "litellm_workers": 2,  # uvicorn worker processes per instance (spawned, so no fork-after-threads hangs)
+    "litellm_workers": 1,  # uvicorn worker processes per instance (spawned); 1 = no supervisor process, the instances of a set share the load
     "litellm_max_requests_before_restart": 10000,  # recycle a worker after this many requests (slow leaks); 0 = off
     "litellm_max_requests_jitter": 1000,  # spread worker recycling so they never restart together
     "litellm_keepalive_timeout": 75,  # seconds uvicorn keeps an idle connection open; above nginx's so nginx always closes first (uvicorn's default 5 s races nginx's reuse: sporadic 502s)

@@ -228,24 +228,12 @@ class Desired:
 
 
 _FIXED = Layout()
-LIVE_FILE = _FIXED.live_file  # written by gatekit-rotate: which instance port is live
+LIVE_FILE = _FIXED.live_file  # written by gatekit-rotate: which instance set is live
 ROTATION_JOURNAL = _FIXED.journal_file  # present while a rotation is running or was cut off
 
 
-def live_port(live_json: str, ports: list[int]) -> int:
-    """The instance nginx serves: the last rotation's choice when it is one of the pair, else the first."""
-    import json
-
-    try:
-        data = json.loads(live_json) if live_json else None
-    except ValueError:
-        data = None
-    port = data.get("port") if isinstance(data, dict) else None
-    return port if port in ports else ports[0]
-
-
 def gateway_probe() -> Desired:
-    """Live port + pending rotation; identical arguments, so pyinfra reads it once per host and run."""
+    """Live instance set + pending rotation; identical arguments, so pyinfra reads it once per host and run."""
     probe = Desired(texts=[LIVE_FILE, ROTATION_JOURNAL])
     probe.read()
     return probe

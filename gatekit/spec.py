@@ -270,8 +270,8 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
             "Fix: lower nginx_upstream_keepalive_timeout or raise litellm_keepalive_timeout."
         )
     ports = merged["litellm_ports"]
-    if not isinstance(ports, list) or not all(isinstance(p, int) and 1024 <= p <= 65535 for p in ports):
-        problems.append(f"{where}: settings.litellm_ports: {ports!r}. Fix: list two ports between 1024 and 65535.")
+    if not isinstance(ports, list) or not all(isinstance(p, int) and not isinstance(p, bool) and 1024 <= p <= 65535 for p in ports):
+        problems.append(f"{where}: settings.litellm_ports: {ports!r}. Fix: list an even number of ports between 1024 and 65535, e.g. [4001, 4002, 4003, 4004].")
     elif set(ports) & FORBIDDEN_LITELLM_PORTS:
         problems.append(
             f"{where}: settings.litellm_ports: 4000 is LiteLLM's default port, and LiteLLM silently moves to a "
@@ -279,16 +279,17 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
         )
     elif len(set(ports)) != len(ports):
         problems.append(f"{where}: settings.litellm_ports: duplicate port. Fix: list each port once.")
-    elif len(ports) != 2:
+    elif len(ports) % 2 or not 2 <= len(ports) <= 16:
         problems.append(
-            f"{where}: settings.litellm_ports: {ports!r}; gatekit needs exactly two ports, a blue/green pair "
-            "(one live, the other used by key rotation). Fix: list two ports, e.g. [4001, 4002]."
+            f"{where}: settings.litellm_ports: {len(ports)} ports; gatekit needs two equal halves, a blue and a green set "
+            "(the live set serves, key rotation starts the other), 2 to 16 ports in all. "
+            "Fix: list an even number of ports, e.g. [4001, 4002, 4003, 4004]."
         )
-    if merged["litellm_workers"] == 1 and merged["litellm_max_requests_before_restart"]:
+    if merged["litellm_workers"] == 1 and merged["litellm_max_requests_before_restart"] and isinstance(ports, list) and len(ports) == 2:
         problems.append(
-            f"{where}: settings.litellm_workers: 1 worker with worker recycling restarts the whole instance "
-            "every litellm_max_requests_before_restart requests (a gap in service). "
-            "Fix: use 2 or more workers, or set litellm_max_requests_before_restart: 0."
+            f"{where}: settings.litellm_workers: 1 worker in the only live instance, with worker recycling, restarts "
+            "that instance every litellm_max_requests_before_restart requests (a gap in service). "
+            "Fix: list four ports (two instances live at once), use 2 or more workers, or set litellm_max_requests_before_restart: 0."
         )
     if merged["litellm_timeout_stop_sec"] <= merged["litellm_graceful_timeout"]:
         problems.append(

@@ -1,8 +1,11 @@
 """LiteLLM Proxy: hash-locked venv, rendered config, encrypted credentials, one systemd instance per port.
 
+Every instance of the live set (Layout.instance_sets) runs and serves behind nginx; the other set is
+key rotation's (roles/rotation.py).
+
 Stages: install (user, venv) -> configure (config.yaml, env, launcher, on-host programs, credentials,
-unit) -> activate (daemon-reload only when a unit changed, restart only an instance whose inputs
-changed, then wait for /health/readiness). Every on-host path comes from the host's Layout.
+unit) -> activate (daemon-reload only when a unit changed; new inputs restart the live instances one
+at a time, each ready before the next goes, so nginx always has one to pass requests to). Every on-host path comes from the host's Layout.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import server, systemd
 
-from gatekit.hoststate import Desired, PackageWave, gateway_probe, live_port
+from gatekit.hoststate import Desired, PackageWave, gateway_probe
 from gatekit.clientkeys import host_table, load_keys
 from gatekit.facts import IPFilteringEnforced
 from gatekit.inventory import context
@@ -40,17 +43,18 @@ class Gateway:
 
     settings: dict
     layout: Layout
-    port: int
+    ports: tuple[int, ...]  # the live set
     venv: VenvBuild
     install_started: bool  # the venv install runs in the background (gatekit-venv-install)
     credentials: list[str]
     want: Desired  # its signals: "daemon-reload", "restart", "migrate"
-    was_active: bool
-    running_enabled: bool
+    was_active: dict[int, bool]  # per live port
+    running_enabled: dict[int, bool]
 
     @property
-    def instance(self) -> str:
-        return self.layout.instance(self.port)
+    def restarted(self) -> list[int]:
+        """The instances new inputs restart (those that were running; the others start with them)."""
+        return [p for p in self.ports if self.was_active[p]]
 
 
 def litellm():
@@ -79,11 +83,11 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
             f"host {host.name}: a key rotation is in progress or was interrupted ({L.journal_file}). "
             "Fix: re-run rotate_keys.py for this inventory; it completes or rolls back the rotation."
         )
-    port = live_port(probe.text(L.live_file), list(L.litellm_ports))
-    instance = L.instance(port)
+    ports = L.live_set(probe.text(L.live_file))
+    instances = [L.instance(p) for p in ports]
 
     # --- everything this role manages, each with what its change triggers; then one read ---------
-    want = Desired(packages=PACKAGES, units=[instance], users=[svc], texts=[L.venv_stamp])
+    want = Desired(packages=PACKAGES, units=instances, users=[svc], texts=[L.venv_stamp])
     for path, owner, group, mode in (
         (L.litellm_home, "root", "root", "755"),
         (L.bin_dir, "root", "root", "755"),
@@ -151,13 +155,13 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
     return Gateway(
         settings=s,
         layout=L,
-        port=port,
+        ports=ports,
         venv=build,
         install_started=venv_changed,
         credentials=sorted(env_for),
         want=want,
-        was_active=want.state["units"].get(instance, ("", ""))[0] == "active",
-        running_enabled=want.state["units"].get(instance) == ("active", "enabled"),
+        was_active={p: want.state["units"].get(L.instance(p), ("", ""))[0] == "active" for p in ports},
+        running_enabled={p: want.state["units"].get(L.instance(p)) == ("active", "enabled") for p in ports},
     )
 
 
@@ -184,8 +188,8 @@ def launcher(s: dict, L: Layout, env_for: dict) -> str:
 
 @deploy("LiteLLM Proxy")
 def litellm_start(gw: Gateway):
-    """activate: wait for the venv install, then start the live instance, or restart it for new inputs."""
-    want = gw.want
+    """activate: wait for the venv install, then start the live instances, or restart them for new inputs."""
+    want, L = gw.want, gw.layout
     if gw.install_started:
         want.notify(("restart", "migrate"), gw.venv.wait())
     systemd.daemon_reload(name="Reload systemd units", _if=want.changed("daemon-reload"))
@@ -193,20 +197,34 @@ def litellm_start(gw: Gateway):
         # Prisma generate + migrate run here, at provisioning, never at service start.
         server.shell(name="Generate Prisma client and migrate the LiteLLM database",
                      commands=[f"systemctl start {gw.layout.migrate_unit}"], _if=want.changed("migrate"))
-    if not gw.running_enabled:
-        systemd.service(name=f"Enable and start {gw.instance}", service=gw.instance, running=True, enabled=True)
-    # A unit that was not running has just started with the new inputs; only a running one needs a restart.
+    # A unit that was not running starts now with the new inputs; only a running one needs a restart.
+    for port in gw.ports:
+        if not gw.running_enabled[port]:
+            systemd.service(name=f"Enable and start {L.instance(port)}", service=L.instance(port), running=True, enabled=True)
     restart = want.changed("restart")
-    systemd.service(name=f"Restart {gw.instance} for its new inputs", service=gw.instance, restarted=True,
-                    _if=lambda: gw.was_active and restart())
+    for port in gw.restarted:
+        # One at a time, each ready before the next restarts: nginx passes requests to the others meanwhile.
+        systemd.service(name=f"Restart {L.instance(port)} for its new inputs", service=L.instance(port), restarted=True,
+                        _if=restart)
+        if port != gw.restarted[-1]:
+            wait_ready(gw, port, _if=restart)
+
+
+def wait_ready(gw: Gateway, port: int, _if=None):
+    server.shell(
+        name=f"Wait for {gw.layout.instance(port)} /health/readiness",
+        commands=[f"python3 {gw.layout.program('instance.py')} wait-ready {port} --timeout {gw.settings['litellm_ready_timeout']}"],
+        _if=_if,
+    )
 
 
 @deploy("LiteLLM Proxy")
 def litellm_ready(gw: Gateway):
-    """After a (re)start, wait for /health/readiness (deploy.py configures nginx in the meantime)."""
+    """After a (re)start, wait for /health/readiness of each live instance not yet waited for (deploy.py
+    configures nginx in the meantime)."""
     restart = gw.want.changed("restart")
-    server.shell(
-        name=f"Wait for {gw.instance} /health/readiness",
-        commands=[f"python3 {gw.layout.program('instance.py')} wait-ready {gw.port} --timeout {gw.settings['litellm_ready_timeout']}"],
-        _if=lambda: restart() or not gw.was_active,
-    )
+    for port in gw.ports:
+        if not gw.was_active[port]:
+            wait_ready(gw, port)
+        elif port == gw.restarted[-1]:
+            wait_ready(gw, port, _if=restart)

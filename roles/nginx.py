@@ -8,7 +8,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import server, systemd
 
-from gatekit.hoststate import Desired, PackageWave, gateway_probe, live_port
+from gatekit.hoststate import Desired, PackageWave, gateway_probe
 from gatekit.inventory import context
 from gatekit.onhost.layout import Layout
 from gatekit.render import template
@@ -29,11 +29,11 @@ def nginx(packages: PackageWave | None = None):
     if selfsigned:
         want.dir(s["nginx_selfsigned_dir"])
     want.dir(L.nginx_include_dir)
-    # Only the live instance of the blue/green pair; rotation moves it (same text as rendered here).
-    live = live_port(gateway_probe().text(L.live_file), list(L.litellm_ports))
+    # Every instance of the live set, side by side; rotation moves the set (same text as rendered here).
+    live = L.live_set(gateway_probe().text(L.live_file))
     want.file(
         L.nginx_upstream,
-        template("nginx/upstream.conf.j2", ports=[live], bind=s["litellm_bind"], keepalive=s["nginx_upstream_keepalive"],
+        template("nginx/upstream.conf.j2", ports=live, bind=s["litellm_bind"], keepalive=s["nginx_upstream_keepalive"],
                  keepalive_timeout=s["nginx_upstream_keepalive_timeout"]),
         notify="reload", name="Render the LiteLLM upstream",
     )

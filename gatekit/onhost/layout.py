@@ -21,7 +21,7 @@ class Layout:
     litellm_home: str = "/opt/litellm"
     litellm_config_dir: str = "/etc/litellm"
     litellm_user: str = "litellm"
-    litellm_ports: tuple[int, ...] = (4001, 4002)
+    litellm_ports: tuple[int, ...] = (4001, 4002, 4003, 4004)
     litellm_bind: str = "127.0.0.1"
     nginx_https_port: int = 443
     nginx_tls_cert: str = ""
@@ -141,12 +141,42 @@ class Layout:
         return f"{self.credentials_runtime_dir}/{self.instance(port)}/{name}"
 
     @property
-    def live_file(self) -> str:  # written by rotate.py: which instance port is live
+    def live_file(self) -> str:  # written by rotate.py: which instance set is live, the keys it serves
         return f"{self.gatekit_state_dir}/live.json"
 
     @property
     def journal_file(self) -> str:  # present while a rotation runs or was cut off
         return f"{self.gatekit_state_dir}/rotation.json"
+
+    # ---- the instances ------------------------------------------------------------------------------
+    @property
+    def instance_sets(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """litellm_ports in two equal halves, blue and green. One set is live, all of its instances behind
+        nginx at once (a dead one costs only its in-flight requests); key rotation starts the other set."""
+        half = len(self.litellm_ports) // 2
+        return self.litellm_ports[:half], self.litellm_ports[half:]
+
+    def other_set(self, ports) -> tuple[int, ...]:
+        blue, green = self.instance_sets
+        return green if set(ports) == set(blue) else blue
+
+    def set_of(self, ports) -> tuple[int, ...] | None:
+        """The set holding every one of `ports` (None when they are not all in one set)."""
+        for candidate in self.instance_sets:
+            if ports and all(p in candidate for p in ports):
+                return candidate
+        return None
+
+    def live_set(self, live_json: str | None) -> tuple[int, ...]:
+        """The set nginx serves: the one live.json names (a live.json of an older release names one port: its
+        set), else blue."""
+        try:
+            data = json.loads(live_json) if live_json else None
+        except ValueError:
+            data = None
+        data = data if isinstance(data, dict) else {}
+        named = data.get("ports") if isinstance(data.get("ports"), list) else [data.get("port")]
+        return self.set_of(named) or self.instance_sets[0]
 
     # ---- systemd ------------------------------------------------------------------------------------
     @staticmethod

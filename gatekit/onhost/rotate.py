@@ -8,19 +8,22 @@ may execute in it.
 Why not reload: LiteLLM has no working in-process config reload, so fresh processes must start from the
 new credential, be proven by a canary, and only then receive traffic.
 
+The layout's litellm_ports are two sets of instances, blue and green (Layout.instance_sets). Every instance
+of the live set (OLD) serves behind nginx at once; the rotation brings up the other set (NEW).
+
 Steps (each recorded in a journal so an interrupted run is recovered on the next run):
   swap-creds   the staged NAME.cred.next and config.yaml.next become live (previous kept as .prev); the
                config's deployment ids carry the new key's fingerprint, so nothing the new key does
                in the shared Redis (a failing canary's cooldown) touches the old key's deployments
-  start        litellm@NEW starts from it (the live instance keeps the old key in memory)
-  ready        /health/readiness of NEW
-  canary       a 1-token completion per rotated deployment, sent to NEW directly, answered by that
-               deployment (x-litellm-model-id), fallbacks and retries disabled
-  switch       nginx upstream -> NEW (nginx -t, graceful reload)
+  start        every litellm@NEW starts from it (the live instances keep the old key in memory)
+  ready        /health/readiness of every NEW instance
+  canary       a 1-token completion per rotated deployment, sent to each NEW instance directly, answered
+               by that deployment (x-litellm-model-id), fallbacks and retries disabled
+  switch       nginx upstream -> the NEW set (nginx -t, graceful reload)
   purge        Redis keys of the old key's deployments in LiteLLM's DB (cooldowns, counters); never FLUSH*
   canary-nginx the same canary through nginx over TLS
-  drain        OLD stops gracefully (in-flight requests finish), NEW enabled at boot instead of OLD
-  record       /var/lib/gatekit/live.json: port, secret versions, fingerprints, time
+  drain        the OLD set stops gracefully (in-flight requests finish), NEW enabled at boot instead of OLD
+  record       /var/lib/gatekit/live.json: ports, secret versions, fingerprints, time
 Any failure: upstream back to OLD, NEW stopped, previous credentials restored, exit 1 naming the step.
 """
 
@@ -87,28 +90,41 @@ def read_json(path: str) -> dict | None:
 
 
 # ---- nginx upstream --------------------------------------------------------------------------------
-def upstream_port() -> int:
+SERVER_LINE = re.compile(r"^([ \t]*server[ \t]+\S+:)(\d+)\b(.*(?:\n|\Z))", re.M)
+
+
+def upstream_ports() -> list[int]:
     with open(LAYOUT.nginx_upstream) as fh:
-        m = re.search(r"server\s+\S+:(\d+)\b", fh.read())
-    if not m:
+        ports = [int(m.group(2)) for m in SERVER_LINE.finditer(fh.read())]
+    if not ports:
         raise RuntimeError(f"{LAYOUT.nginx_upstream}: no upstream server line")
-    return int(m.group(1))
+    return ports
 
 
-def set_upstream(port: int):
+def upstream_text(text: str, ports) -> str:
+    """The upstream file with one server line per port, shaped like its first one (as the deploy renders it)."""
+    first = SERVER_LINE.search(text)
+    if not first:
+        raise RuntimeError(f"{LAYOUT.nginx_upstream}: no upstream server line")
+    end = first.group(3) if first.group(3).endswith("\n") else first.group(3) + "\n"
+    lines = "".join(f"{first.group(1)}{p}{end}" for p in ports)
+    rest = SERVER_LINE.sub("", text)
+    return rest[:first.start()] + lines + rest[first.start():]
+
+
+def set_upstream(ports):
+    """One atomic write (the file is never missing, even when cut off here), then `nginx -t` and a graceful
+    reload; a refused file is put back as it was."""
     with open(LAYOUT.nginx_upstream) as fh:
         text = fh.read()
-    new = re.sub(r"(server\s+\S+:)\d+\b", rf"\g<1>{port}", text, count=1)
+    new = upstream_text(text, ports)
     if new == text:
         return
-    write_atomic(LAYOUT.nginx_upstream + ".candidate", new)
-    os.replace(LAYOUT.nginx_upstream, LAYOUT.nginx_upstream + ".before")
-    os.replace(LAYOUT.nginx_upstream + ".candidate", LAYOUT.nginx_upstream)
+    write_atomic(LAYOUT.nginx_upstream, new)
     test = run("nginx", "-t", "-q", check=False)
     if test.returncode != 0:
-        os.replace(LAYOUT.nginx_upstream + ".before", LAYOUT.nginx_upstream)
+        write_atomic(LAYOUT.nginx_upstream, text)
         raise RuntimeError(f"nginx -t refused the new upstream: {test.stderr.strip()[-300:]}")
-    os.unlink(LAYOUT.nginx_upstream + ".before")
     run("systemctl", "reload", "nginx.service")  # graceful: old workers finish their requests
 
 
@@ -294,39 +310,54 @@ def purge_redis(port: int, deployment_ids: list[str], redis_cred: str = "redis_p
     return deleted
 
 
-def stop_instance(port: int):
-    run("systemctl", "stop", LAYOUT.instance(port), check=False)
+def stop_instances(ports):
+    # One call: the instances drain their in-flight requests side by side.
+    if ports:
+        run("systemctl", "stop", *(LAYOUT.instance(p) for p in ports), check=False)
+
+
+def old_new(journal: dict) -> tuple[list[int], list[int]]:
+    # A journal written by an older release names one port per side.
+    return (list(journal.get("old_ports") or [journal["old_port"]]),
+            list(journal.get("new_ports") or [journal["new_port"]]))
 
 
 # ---- the transaction -------------------------------------------------------------------------------
 def recover(journal: dict):
     """A previous run was interrupted: return the host to one consistent state."""
-    old, new, names = journal["old_port"], journal["new_port"], journal["secrets"]
-    live = upstream_port()
-    if live == new:
-        # Traffic already moved to the proven new instance: finish forward.
-        log(f"recovering an interrupted rotation forward (nginx already on {new})")
+    (old, new), names = old_new(journal), journal["secrets"]
+    live = upstream_ports()
+    if set(live) == set(new):
+        # Traffic already moved to the proven new instances: finish forward.
+        log(f"recovering an interrupted rotation forward (nginx already on {','.join(map(str, new))})")
         ids = journal.get("deployments", [])
         try:
-            purge_redis(new, journal.get("purge", []), journal.get("redis_cred", "redis_password"))
+            purge_redis(new[0], journal.get("purge", []), journal.get("redis_cred", "redis_password"))
             canary_through_nginx(journal.get("https_port", LAYOUT.nginx_https_port),
-                                 unit_secret(new, journal.get("master_cred", "litellm_master_key")), ids)
+                                 unit_secret(new[0], journal.get("master_cred", "litellm_master_key")), ids)
         except Exception as exc:  # noqa: BLE001 - old instance may be gone: report, keep the proven new one
             log(f"warning: post-switch checks after recovery failed: {exc}", err=True)
         # As in a run that was not cut off: the switch may be only moments old, so nginx's old workers get
         # the time to hand their last requests to OLD before it stops.
         time.sleep(journal.get("settle", 1.0))
-        stop_instance(old)
-        run("systemctl", "enable", LAYOUT.instance(new), check=False)
-        run("systemctl", "disable", LAYOUT.instance(old), check=False)
+        hand_over(old, new)
         record(new, names, journal)
         cleanup_prev(names)
     else:
-        log(f"rolling back an interrupted rotation (nginx still on {old})")
-        stop_instance(new)
+        log(f"rolling back an interrupted rotation (nginx still on {','.join(map(str, live))})")
+        if set(live) != set(old):  # cut off inside set_upstream's swap: nginx back to the old set
+            set_upstream(old)
+        stop_instances(new)
         if journal.get("swapped"):
             restore_creds(names)
     os.unlink(LAYOUT.journal_file)
+
+
+def hand_over(old, new):
+    """The old set stops gracefully (in-flight requests finish); the new one is started at boot instead."""
+    stop_instances(old)
+    run("systemctl", "enable", *(LAYOUT.instance(p) for p in new), check=False)
+    run("systemctl", "disable", *(LAYOUT.instance(p) for p in old), check=False)
 
 
 def cleanup_prev(names: list[str]):
@@ -336,9 +367,10 @@ def cleanup_prev(names: list[str]):
             os.replace(f + ".prev", f + ".retired")
 
 
-def record(port: int, names: list[str], journal: dict):
+def record(ports, names: list[str], journal: dict):
     live = read_json(LAYOUT.live_file) or {"secrets": {}}
-    live["port"] = port
+    live.pop("port", None)  # an older release's single live port
+    live["ports"] = list(ports)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for n in names:
         prev = live["secrets"].get(n, {})
@@ -360,7 +392,6 @@ def fault(step: str, args):
 def rotate(args) -> int:
     names, ids = args.secrets.split(","), [i for i in args.deployments.split(",") if i]
     old_ids = [i for i in args.purge_deployments.split(",") if i]
-    ports = [int(p) for p in args.ports.split(",")] if args.ports else list(LAYOUT.litellm_ports)
     https_port = args.https_port or LAYOUT.nginx_https_port
     os.makedirs(LAYOUT.gatekit_state_dir, exist_ok=True)
 
@@ -377,9 +408,12 @@ def rotate(args) -> int:
         log("nothing staged: nothing to rotate")
         return 0
 
-    old = upstream_port()
-    new = ports[1] if old == ports[0] else ports[0]
-    journal = {"old_port": old, "new_port": new, "secrets": staged, "deployments": ids, "purge": old_ids,
+    live = upstream_ports()
+    old = list(LAYOUT.set_of(live) or live)
+    new = list(LAYOUT.other_set(old))
+    if set(live) != set(old):  # e.g. a set that has grown since the last deploy: every old instance serves
+        log(f"nginx serves {live}, part of the set {old}", err=True)
+    journal = {"old_ports": old, "new_ports": new, "secrets": staged, "deployments": ids, "purge": old_ids,
                "started": time.time(),
                "swapped": False, "https_port": https_port, "master_cred": args.master_cred,
                "redis_cred": args.redis_cred, "settle": args.settle}
@@ -393,18 +427,22 @@ def rotate(args) -> int:
         fault(step, args)
 
         step = "start"
-        stop_instance(new)  # a leftover from an earlier attempt must not keep old credentials
-        run("systemctl", "reset-failed", LAYOUT.instance(new), check=False)
-        run("systemctl", "start", "--no-block", LAYOUT.instance(new))
+        stop_instances(new)  # leftovers from an earlier attempt must not keep old credentials
+        units = [LAYOUT.instance(p) for p in new]
+        run("systemctl", "reset-failed", *units, check=False)
+        run("systemctl", "start", "--no-block", *units)
         fault(step, args)
 
         step = "ready"
-        wait_ready(new, args.ready_timeout)
+        deadline = time.monotonic() + args.ready_timeout  # they start side by side: one timeout for the set
+        for port in new:
+            wait_ready(port, max(1.0, deadline - time.monotonic()))
         fault(step, args)
 
         step = "canary"
-        master = unit_secret(new, args.master_cred)
-        canary(f"http://{LAYOUT.litellm_bind}:{new}", master, ids, check_header=True)
+        master = unit_secret(new[0], args.master_cred)
+        for port in new:  # each instance proves the new key on its own: none may serve untested
+            canary(f"http://{LAYOUT.litellm_bind}:{port}", master, ids, check_header=True)
         fault(step, args)
 
         step = "switch"
@@ -412,7 +450,7 @@ def rotate(args) -> int:
         fault(step, args)
 
         step = "purge"
-        deleted = purge_redis(new, old_ids, args.redis_cred)
+        deleted = purge_redis(new[0], old_ids, args.redis_cred)
         fault(step, args)
 
         step = "canary-nginx"
@@ -421,10 +459,10 @@ def rotate(args) -> int:
     except Exception as exc:  # noqa: BLE001 - every failure rolls back the same way
         log(f"FAILED at step {step}: {exc}; rolling back")
         try:
-            if upstream_port() != old:
+            if set(upstream_ports()) != set(old):
                 set_upstream(old)
         finally:
-            stop_instance(new)
+            stop_instances(new)
             if journal["swapped"]:
                 restore_creds(staged)
             discard_staged(staged)
@@ -435,16 +473,15 @@ def rotate(args) -> int:
     # Past the switch the new key is proven through nginx: from here on only forward.
     step = "drain"
     time.sleep(args.settle)  # nginx's old workers hand their last requests to OLD before it stops
-    stop_instance(old)  # SIGTERM: LiteLLM finishes in-flight requests first
-    run("systemctl", "enable", LAYOUT.instance(new), check=False)
-    run("systemctl", "disable", LAYOUT.instance(old), check=False)
+    hand_over(old, new)  # SIGTERM: LiteLLM finishes in-flight requests first
     fault(step, args)
 
     step = "record"
     record(new, staged, journal)
     cleanup_prev(staged)
     os.unlink(LAYOUT.journal_file)
-    log(f"rotated {','.join(staged)}: litellm@{old} -> litellm@{new}; {len(ids)} canaries passed; "
+    log(f"rotated {','.join(staged)}: litellm@{','.join(map(str, old))} -> litellm@{','.join(map(str, new))}; "
+        f"{len(ids)} canaries passed on each of {len(new)} instances; "
         f"{deleted} Redis keys purged")
     return 0
 
@@ -454,7 +491,6 @@ def main():
     ap.add_argument("--secrets", required=True, help="comma-separated secret names staged as NAME.cred.next")
     ap.add_argument("--deployments", default="", help="LiteLLM deployment ids with the new keys (canaried)")
     ap.add_argument("--purge-deployments", default="", help="deployment ids of the old keys (Redis state purged)")
-    ap.add_argument("--ports", default="", help="the blue/green pair, e.g. 4001,4002 (default: layout.json)")
     ap.add_argument("--https-port", type=int, default=0, help="nginx's TLS port (default: layout.json)")
     ap.add_argument("--master-cred", default="litellm_master_key", help="credential name of the master key")
     ap.add_argument("--redis-cred", default="redis_password", help="credential name of the Redis password")

@@ -20,7 +20,8 @@ GROUPS = {"gateways": ["gw1", "gw2"], "redis": ["data1"], "postgres": ["data1"]}
 # gw1 runs with the default paths and ports, gw2 with other values of every setting that moves a path or
 # a port (host data overrides the spec's settings), so deploy, re-run and rotation are tested with both.
 NON_DEFAULT = {"litellm_home": "/srv/gk-litellm", "litellm_config_dir": "/srv/gk-etc/litellm",
-               "litellm_ports": [4301, 4302], "nginx_https_port": 8443, "nginx_selfsigned_dir": "/srv/gk-etc/tls"}
+               "litellm_ports": [4301, 4302], "litellm_workers": 2, "nginx_https_port": 8443,
+               "nginx_selfsigned_dir": "/srv/gk-etc/tls"}
 HOST_SETTINGS = {"gw2": NON_DEFAULT}
 
 

@@ -1,4 +1,4 @@
-"""Unit tests for gatekit/hoststate.py: the HostState fact's command and parser, and live_port().
+"""Unit tests for gatekit/hoststate.py: the HostState fact's command and parser, and Layout.live_set().
 
 The command is run for real with `sh` against a temporary directory (no dpkg/systemctl needed: packages and
 units are left empty, and the command then must not call those tools at all)."""
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gatekit.hoststate import LIVE_FILE, ROTATION_JOURNAL, HostState, live_port
+from gatekit.hoststate import LIVE_FILE, ROTATION_JOURNAL, HostState
+from gatekit.onhost.layout import Layout
 
 SHA_A = hashlib.sha1(b"a").hexdigest()
 
@@ -137,39 +138,65 @@ def test_process_everything_together():
     assert state["texts"] == {"/var/lib/gatekit/live.json": "{}"}
 
 
-# --- live_port() ---------------------------------------------------------------------------------------
+# --- Layout.live_set() ---------------------------------------------------------------------------------
+
+PAIR = Layout(litellm_ports=(4001, 4002))  # one instance per set (the layout of older releases)
+QUAD = Layout(litellm_ports=(4001, 4002, 4003, 4004))  # two instances live at once
 
 
 @pytest.mark.parametrize(
     "live_json, expected",
     [
-        ("", 4001),  # no live.json yet: the first port
-        ('{"port": 4002}', 4002),
-        ('{"port": 4001}', 4001),
-        ('{"port": 4002, "secrets": {}, "rotated_at": "2025-01-01T00:00:00Z"}', 4002),
-        ('{"port": 4003}', 4001),  # not one of the pair (ports changed since): the first
-        ('{"port": "4002"}', 4001),  # a string is not a port
-        ("{not json", 4001),
-        ('{"port": 40', 4001),  # truncated
-        ('{"secrets": {}}', 4001),  # no port
-        ("{}", 4001),
+        ("", (4001,)),  # no live.json yet: blue
+        ('{"port": 4002}', (4002,)),  # an older release's live.json
+        ('{"port": 4001}', (4001,)),
+        ('{"ports": [4002], "secrets": {}, "rotated_at": "2025-01-01T00:00:00Z"}', (4002,)),
+        ('{"port": 4003}', (4001,)),  # not one of the pair (ports changed since): blue
+        ('{"port": "4002"}', (4001,)),  # a string is not a port
+        ('{"ports": "4002"}', (4001,)),
+        ('{"ports": 4002}', (4001,)),
+        ("{not json", (4001,)),
+        ('{"port": 40', (4001,)),  # truncated
+        ('{"secrets": {}}', (4001,)),  # no port
+        ("{}", (4001,)),
+        ("[4002]", (4001,)),
     ],
 )
-def test_live_port(live_json, expected):
-    assert live_port(live_json, [4001, 4002]) == expected
+def test_live_set_of_a_pair(live_json, expected):
+    assert PAIR.live_set(live_json) == expected
 
 
-def test_live_port_follows_the_pair_order():
-    assert live_port("", [5002, 5001]) == 5002
-    assert live_port('{"port": 5001}', [5002, 5001]) == 5001
-    assert live_port('{"port": 4001}', [5002, 5001]) == 5002
+@pytest.mark.parametrize(
+    "live_json, expected",
+    [
+        ("", (4001, 4002)),
+        ('{"ports": [4003, 4004]}', (4003, 4004)),
+        ('{"ports": [4004, 4003]}', (4003, 4004)),
+        ('{"ports": [4001, 4002]}', (4001, 4002)),
+        ('{"port": 4003}', (4003, 4004)),  # an older release's single live port: its set
+        ('{"port": 4002}', (4001, 4002)),
+        ('{"ports": [4002, 4003]}', (4001, 4002)),  # straddles both sets: not a set, blue
+        ('{"ports": [4005, 4006]}', (4001, 4002)),
+        ('{"ports": []}', (4001, 4002)),
+    ],
+)
+def test_live_set_of_two_sets(live_json, expected):
+    assert QUAD.live_set(live_json) == expected
 
 
-def test_live_port_of_live_json_as_read_by_hoststate():
+def test_sets_follow_the_port_order_and_other_set():
+    L = Layout(litellm_ports=(5002, 5001, 5004, 5003))
+    assert L.instance_sets == ((5002, 5001), (5004, 5003))
+    assert L.live_set("") == (5002, 5001)
+    assert L.other_set((5001, 5002)) == (5004, 5003)
+    assert L.other_set((5004, 5003)) == (5002, 5001)
+
+
+def test_live_set_of_live_json_as_read_by_hoststate():
     # live.json is written with indent=1; HostState turns its newlines into spaces.
-    text = json.dumps({"port": 4002, "secrets": {"k": {"version": 3}}}, indent=1).replace("\n", " ")
+    text = json.dumps({"ports": [4003, 4004], "secrets": {"k": {"version": 3}}}, indent=1).replace("\n", " ")
     state = parse(f"text {len(LIVE_FILE)} {LIVE_FILE} {text} ")
-    assert live_port(state["texts"][LIVE_FILE], [4001, 4002]) == 4002
+    assert QUAD.live_set(state["texts"][LIVE_FILE]) == (4003, 4004)
 
 
 # --- command(): valid sh, safe quoting, and really run ----------------------------------------------------
@@ -319,7 +346,7 @@ def test_command_texts_and_users_run(tmp_path):
     assert set(state["texts"]) == {str(live), str(fp)}  # a missing file has no text at all
     assert state["texts"][str(fp)] == "0123456789abcdef"
     assert json.loads(state["texts"][str(live)]) == {"port": 4002, "secrets": {"openai_key": {"version": 2}}}
-    assert live_port(state["texts"][str(live)], [4001, 4002]) == 4002
+    assert PAIR.live_set(state["texts"][str(live)]) == (4002,)
 
 
 def test_command_text_is_cut_at_4096_bytes(tmp_path):

@@ -67,7 +67,7 @@ SPEC_DATA = {
     "aliases": {"gpt-4o": "smart", "sonnet": "claude"},
     "retry": {"num_retries": 3, "timeout_errors": 4, "server_errors": 1, "allowed_fails": 5, "cooldown_time": 60},
     "budgets": {"providers": {"openai": {"max_usd": 200, "duration": "1d"}, "anthropic": {"max_usd": 50, "duration": "12h"}}},
-    "settings": {"litellm_ports": [4001, 4002], "litellm_request_timeout": 300},
+    "settings": {"litellm_ports": [4001, 4002, 4003, 4004], "litellm_request_timeout": 300},
 }
 
 
@@ -785,7 +785,7 @@ def test_scram_verifier_authenticates_a_simulated_exchange():
 
 def test_defaults_render_every_template(settings):
     """Each template renders with the default settings (StrictUndefined catches a missing name)."""
-    assert set(settings) == set(DEFAULTS) and settings["litellm_ports"] == [4001, 4002]
+    assert set(settings) == set(DEFAULTS) and settings["litellm_ports"] == [4001, 4002, 4003, 4004]
     assert nginx(settings) and unit(settings) and launcher(False)
 
 

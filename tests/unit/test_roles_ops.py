@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "inventories" / "example.gateway.yaml"
 SECRETS = {"openai_key": "sk-test-openai", "anthropic_key": "sk-test-anthropic", "litellm_master_key": "sk-test-master",
            "redis_password": "test-redis-password", "postgres_password": "test-postgres-password"}
-GW2 = {"litellm_home": "/srv/gk", "litellm_config_dir": "/srv/gk-etc", "litellm_ports": [4301, 4302],
+GW2 = {"litellm_home": "/srv/gk", "litellm_config_dir": "/srv/gk-etc", "litellm_ports": [4301, 4302], "litellm_workers": 2,
        "nginx_https_port": 8443, "litellm_egress_allow": ["203.0.113.0/24"]}
 HOSTS = {
     "gateways": [("gw1", {"private_address": "10.9.0.11"}), ("gw2", {"private_address": "10.9.0.12", **GW2})],
@@ -244,8 +244,11 @@ DRIFTS = {
     "litellm config edited": (
         "gw1", {"paths": {"/etc/litellm/config.yaml": ("f", "640", "root", "litellm", "0" * 40)}},
         ["LiteLLM Proxy | Render LiteLLM config.yaml (secrets only as os.environ references)"],
+        # Both instances of the live set, one at a time: 4002 serves while 4001 restarts, and back.
         ["LiteLLM Proxy | Restart litellm@4001.service for its new inputs",
-         "LiteLLM Proxy | Wait for litellm@4001.service /health/readiness"],
+         "LiteLLM Proxy | Wait for litellm@4001.service /health/readiness",
+         "LiteLLM Proxy | Restart litellm@4002.service for its new inputs",
+         "LiteLLM Proxy | Wait for litellm@4002.service /health/readiness"],
     ),
     "litellm unit edited (non-default layout)": (
         "gw2", {"paths": {"/etc/systemd/system/litellm@.service": ("f", "644", "root", "root", "0" * 40)}},
@@ -266,8 +269,8 @@ DRIFTS = {
     ),
     "instance stopped": (
         "gw1", {"units": {"litellm@4001.service": ("inactive", "enabled")}},
-        ["LiteLLM Proxy | Enable and start litellm@4001.service"],
-        ["LiteLLM Proxy | Wait for litellm@4001.service /health/readiness"],
+        ["LiteLLM Proxy | Enable and start litellm@4001.service", "LiteLLM Proxy | Wait for litellm@4001.service /health/readiness"],
+        [],
     ),
     "nginx site edited": (
         "gw1", {"paths": {"/etc/nginx/conf.d/gatekit.conf": ("f", "644", "root", "root", "0" * 40)}},

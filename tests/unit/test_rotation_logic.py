@@ -69,6 +69,18 @@ def test_deployment_ids_match_the_rendered_model_info_ids():
 
 # --- the on-host transaction: a fake host ---------------------------------------------------------------
 
+
+def up():
+    """nginx's upstream as the fake host's events record it: a port, or a tuple for a set of several."""
+    ports = R.upstream_ports()
+    return ports[0] if len(ports) == 1 else tuple(ports)
+
+
+def upstream_text(ports) -> str:
+    from gatekit import render
+
+    return render.template("nginx/upstream.conf.j2", ports=list(ports), bind="127.0.0.1", keepalive=32, keepalive_timeout=60)
+
 UPSTREAM_TEXT = """# Rendered by gatekit: the LiteLLM instance(s) nginx sends traffic to.
 upstream litellm {
     server 127.0.0.1:%d max_fails=0;
@@ -80,7 +92,7 @@ upstream litellm {
 class FakeHost:
     """Files in tmp_path; systemd, nginx, LiteLLM and Redis as recorded fakes."""
 
-    def __init__(self, tmp_path: Path, monkeypatch, live: int = 4001):
+    def __init__(self, tmp_path: Path, monkeypatch, live: int = 4001, ports=(4001, 4002)):
         self.root = tmp_path
         self.creds = tmp_path / "creds"
         self.state = tmp_path / "state"
@@ -88,19 +100,20 @@ class FakeHost:
         for d in (self.creds, self.nginx):
             d.mkdir(parents=True)
         self.upstream = self.nginx / "upstream.conf"
-        self.upstream.write_text(UPSTREAM_TEXT % live)
+        self.upstream.write_text(UPSTREAM_TEXT % live if isinstance(live, int) else upstream_text(live))
+        live = {live} if isinstance(live, int) else set(live)
         # Every path the program touches comes from its layout: here all of them under tmp_path.
         monkeypatch.setattr(R, "LAYOUT", Layout(
             gatekit_etc=str(tmp_path), gatekit_state_dir=str(self.state), nginx_dir=str(tmp_path / "nginx"),
-            litellm_config_dir=str(tmp_path), litellm_home=str(tmp_path / "home"),
+            litellm_config_dir=str(tmp_path), litellm_home=str(tmp_path / "home"), litellm_ports=ports,
         ))
-        self.running = {live}
+        self.running = set(live)
         self.events: list[tuple] = []
         self.calls: list[tuple] = []
         self.nginx_ok = True
         self.fail: dict[str, Exception] = {}  # "ready" | "canary" | "canary-nginx" | "purge" -> raised
         monkeypatch.setattr(R, "run", self.run)
-        monkeypatch.setattr(R, "stop_instance", self.stop_instance)
+        monkeypatch.setattr(R, "stop_instances", self.stop_instances)
         monkeypatch.setattr(R, "wait_ready", self.wait_ready)
         monkeypatch.setattr(R, "canary", self.canary)
         monkeypatch.setattr(R, "purge_redis", self.purge_redis)
@@ -112,24 +125,27 @@ class FakeHost:
         self.calls.append(argv)
         rc, err = 0, ""
         if argv[:2] == ("nginx", "-t"):
-            self.events.append(("nginx -t", R.upstream_port()))
+            self.events.append(("nginx -t", up()))
             if not self.nginx_ok:
                 rc, err = 1, "nginx: [emerg] host not found in upstream"
         elif argv[:2] == ("systemctl", "reload"):
-            self.events.append(("reload", R.upstream_port()))
+            self.events.append(("reload", up()))
         elif argv[:2] == ("systemctl", "start"):
-            port = int(re.search(r"litellm@(\d+)\.service", argv[-1]).group(1))
-            self.events.append(("start", port))
-            self.running.add(port)
+            for unit in argv[2:]:
+                if unit.startswith("litellm@"):
+                    port = int(re.fullmatch(r"litellm@(\d+)\.service", unit).group(1))
+                    self.events.append(("start", port))
+                    self.running.add(port)
         elif argv[:2] in (("systemctl", "enable"), ("systemctl", "disable")):
-            self.events.append((argv[1], argv[2]))
+            self.events.extend((argv[1], unit) for unit in argv[2:])
         if check and rc:
             raise RuntimeError(f"{' '.join(argv)}: {err}")
         return subprocess.CompletedProcess(argv, rc, "", err)
 
-    def stop_instance(self, port):
-        self.events.append(("stop", port))
-        self.running.discard(port)
+    def stop_instances(self, ports):
+        for port in ports:
+            self.events.append(("stop", port))
+            self.running.discard(port)
 
     def wait_ready(self, port, timeout):
         self.events.append(("ready", port))
@@ -139,7 +155,7 @@ class FakeHost:
 
     def canary(self, base_url, master_key, ids, check_header):
         step = "canary" if check_header else "canary-nginx"
-        self.events.append((step, base_url, master_key, list(ids), self.cred_text("openai_key"), R.upstream_port()))
+        self.events.append((step, base_url, master_key, list(ids), self.cred_text("openai_key"), up()))
         if step in self.fail:
             raise self.fail[step]
 
@@ -305,23 +321,23 @@ def test_cleanup_prev_renames_prev_to_retired(gw):
 def test_record_writes_live_json_and_counts_versions(gw):
     gw.state.mkdir()
     gw.put("openai_key", "C1", "fp-one")
-    R.record(4002, ["openai_key"], {})
+    R.record([4002], ["openai_key"], {})
     first = gw.live()
-    assert first["port"] == 4002
+    assert first["ports"] == [4002]
     assert first["secrets"]["openai_key"]["fingerprint"] == "fp-one"  # NAME.fp, without its newline
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", first["rotated_at"])
     assert first["secrets"]["openai_key"]["rotated_at"] == first["rotated_at"]
 
     gw.put("openai_key", "C2", "fp-two")
-    R.record(4001, ["openai_key"], {})
+    R.record([4001], ["openai_key"], {})
     gw.put("anthropic_key", "A1", "ant-one")
     gw.put("openai_key", "C3", "fp-three")
-    R.record(4002, ["openai_key", "anthropic_key"], {})
+    R.record([4002], ["openai_key", "anthropic_key"], {})
     third = gw.live()
     # Each rotation is one version more; the deployed key counts as version 1, so the first rotation is 2.
     assert first["secrets"]["openai_key"]["version"] == 2
     assert third["secrets"]["openai_key"]["version"] == 4
-    assert third["port"] == 4002
+    assert third["ports"] == [4002]
     assert third["secrets"]["openai_key"]["fingerprint"] == "fp-three"
     assert third["secrets"]["anthropic_key"] == {"fingerprint": "ant-one", "version": 2,
                                                  "rotated_at": third["rotated_at"]}
@@ -332,8 +348,8 @@ def test_record_increments_one_at_a_time(gw):
     gw.put("openai_key", "C", "fp")
     seen = []
     for port in (4002, 4001, 4002):
-        R.record(port, ["openai_key"], {})
-        seen.append((gw.live()["port"], gw.live()["secrets"]["openai_key"]["version"]))
+        R.record([port], ["openai_key"], {})
+        seen.append((gw.live()["ports"][0], gw.live()["secrets"]["openai_key"]["version"]))
     assert seen == [(4002, 2), (4001, 3), (4002, 4)]
 
 
@@ -342,31 +358,31 @@ def test_record_keeps_secrets_it_did_not_rotate(gw):
     (gw.state / "live.json").write_text(json.dumps(
         {"port": 4001, "secrets": {"anthropic_key": {"fingerprint": "a", "version": 5, "rotated_at": "x"}}}))
     gw.put("openai_key", "C", "fp")
-    R.record(4002, ["openai_key"], {})
+    R.record([4002], ["openai_key"], {})
     live = gw.live()
     assert live["secrets"]["anthropic_key"] == {"fingerprint": "a", "version": 5, "rotated_at": "x"}
-    assert live["secrets"]["openai_key"]["version"] == 2 and live["port"] == 4002
+    assert live["secrets"]["openai_key"]["version"] == 2 and live["ports"] == [4002]
 
 
 # --- nginx upstream -------------------------------------------------------------------------------------
 
 
 def test_upstream_port_parses_the_server_line(gw):
-    assert R.upstream_port() == 4001
+    assert up() == 4001
     gw.upstream.write_text("upstream litellm {\n    server 127.0.0.1:4002 max_fails=0;\n}\n")
-    assert R.upstream_port() == 4002
+    assert up() == 4002
     gw.upstream.write_text("server 127.0.0.1:4002 max_fails=0;")
-    assert R.upstream_port() == 4002
+    assert up() == 4002
 
 
 def test_upstream_port_without_server_line_raises(gw):
     gw.upstream.write_text("upstream litellm {\n    keepalive 32;\n}\n")
     with pytest.raises(RuntimeError, match="no upstream server line"):
-        R.upstream_port()
+        up()
 
 
 def test_set_upstream_rewrites_only_the_port_and_reloads(gw):
-    R.set_upstream(4002)
+    R.set_upstream([4002])
     assert gw.upstream.read_text() == UPSTREAM_TEXT % 4002
     assert gw.events == [("nginx -t", 4002), ("reload", 4002)]
     assert ("systemctl", "reload", "nginx.service") in gw.calls
@@ -374,7 +390,7 @@ def test_set_upstream_rewrites_only_the_port_and_reloads(gw):
 
 
 def test_set_upstream_to_the_same_port_does_nothing(gw):
-    R.set_upstream(4001)
+    R.set_upstream([4001])
     assert gw.upstream.read_text() == UPSTREAM_TEXT % 4001
     assert gw.calls == [] and gw.events == []
 
@@ -383,7 +399,7 @@ def test_set_upstream_refused_by_nginx_restores_the_file(gw):
     gw.nginx_ok = False
     original = gw.upstream.read_text()
     with pytest.raises(RuntimeError, match="nginx -t refused the new upstream"):
-        R.set_upstream(4002)
+        R.set_upstream([4002])
     assert gw.upstream.read_text() == original
     assert gw.of("reload") == []  # never reloaded with a refused configuration
     assert gw.of("nginx -t") == [("nginx -t", 4002)]  # nginx checked the candidate, not the old file
@@ -400,7 +416,7 @@ def _ready(gw):
 
 
 def assert_rolled_back(gw, old=4001, new=4002, live_before=None):
-    assert R.upstream_port() == old
+    assert up() == old
     assert gw.upstream.read_text() == UPSTREAM_TEXT % old
     assert gw.running == {old}
     assert ("stop", new) in gw.events
@@ -417,12 +433,12 @@ def test_rotate_success(gw, capsys):
     _ready(gw)
     assert R.rotate(args()) == 0
 
-    assert R.upstream_port() == 4002
+    assert up() == 4002
     assert gw.upstream.read_text() == UPSTREAM_TEXT % 4002
     assert gw.running == {4002}
     assert gw.journal() is None
     live = gw.live()
-    assert live["port"] == 4002
+    assert live["ports"] == [4002]
     assert live["secrets"]["openai_key"]["fingerprint"] == "newfp"
     assert set(live["secrets"]) == {"openai_key"}
     assert gw.cred_text("openai_key") == "NEW-cred" and gw.fp_text("openai_key") == "newfp"
@@ -462,7 +478,7 @@ def test_rotate_journal_during_the_run(gw, monkeypatch):
 
     monkeypatch.setattr(R, "canary", canary)
     assert R.rotate(args()) == 0
-    assert seen[0]["old_port"] == 4001 and seen[0]["new_port"] == 4002
+    assert seen[0]["old_ports"] == [4001] and seen[0]["new_ports"] == [4002]
     assert seen[0]["secrets"] == ["openai_key"] and seen[0]["swapped"] is True
     assert gw.journal() is None
 
@@ -473,11 +489,11 @@ def test_rotate_twice_alternates_ports_and_counts_versions(gw):
     gw.stage("openai_key", "NEWER-cred", "newerfp")
     gw.events.clear()
     assert R.rotate(args()) == 0
-    assert R.upstream_port() == 4001
+    assert up() == 4001
     assert gw.running == {4001}
     assert gw.of("stop") == [("stop", 4001), ("stop", 4002)]
     live = gw.live()
-    assert live["port"] == 4001
+    assert live["ports"] == [4001]
     assert live["secrets"]["openai_key"]["fingerprint"] == "newerfp"
     assert live["secrets"]["openai_key"]["version"] == 3
     assert gw.cred_text("openai_key", ".retired") == "NEW-cred"
@@ -506,8 +522,8 @@ def test_rotate_from_an_upstream_outside_the_pair_goes_to_the_first_port(gw):
     gw.running = {5000}
     _ready(gw)
     assert R.rotate(args()) == 0
-    assert R.upstream_port() == 4001
-    assert gw.live()["port"] == 4001
+    assert up() == 4001
+    assert gw.live()["ports"] == [4001]
     assert ("stop", 5000) in gw.events
 
 
@@ -598,18 +614,18 @@ def test_rotate_fail_at_drain_is_finished_forward_by_the_next_run(gw):
     _ready(gw)
     with pytest.raises(RuntimeError, match="fault injection"):
         R.rotate(args(fail_at="drain"))
-    assert R.upstream_port() == 4002
+    assert up() == 4002
     assert gw.running == {4002}
-    assert gw.journal()["swapped"] is True and gw.journal()["new_port"] == 4002
+    assert gw.journal()["swapped"] is True and gw.journal()["new_ports"] == [4002]
     assert gw.live() is None
     assert gw.cred_text("openai_key") == "NEW-cred" and gw.cred_text("openai_key", ".prev") == "OLD-cred"
 
     gw.events.clear()
     assert R.rotate(args()) == 0  # nothing staged: only the recovery runs
     assert gw.journal() is None
-    assert gw.live()["port"] == 4002 and gw.live()["secrets"]["openai_key"]["fingerprint"] == "newfp"
+    assert gw.live()["ports"] == [4002] and gw.live()["secrets"]["openai_key"]["fingerprint"] == "newfp"
     assert gw.cred_text("openai_key") == "NEW-cred" and gw.cred_text("openai_key", ".retired") == "OLD-cred"
-    assert R.upstream_port() == 4002
+    assert up() == 4002
     assert gw.of("reload") == []
 
 
@@ -617,7 +633,7 @@ def test_rotate_fail_at_record_has_no_injection_point(gw):
     # rotate() calls fault() after every step but `record`: --fail-at record changes nothing.
     _ready(gw)
     assert R.rotate(args(fail_at="record")) == 0
-    assert gw.live()["port"] == 4002 and gw.journal() is None
+    assert gw.live()["ports"] == [4002] and gw.journal() is None
 
 
 # --- recover() ------------------------------------------------------------------------------------------
@@ -646,11 +662,11 @@ def test_recover_forward_when_nginx_is_already_on_new(gw):
     assert gw.running == {4002}
     assert gw.of("enable") == [("enable", "litellm@4002.service")]
     assert gw.of("disable") == [("disable", "litellm@4001.service")]
-    assert gw.live()["port"] == 4002
+    assert gw.live()["ports"] == [4002]
     assert gw.live()["secrets"]["openai_key"]["fingerprint"] == "newfp"
     assert gw.cred_text("openai_key") == "NEW-cred"
     assert gw.files() == ["openai_key.cred", "openai_key.cred.retired", "openai_key.fp", "openai_key.fp.retired"]
-    assert R.upstream_port() == 4002 and gw.of("reload") == []
+    assert up() == 4002 and gw.of("reload") == []
 
 
 def test_recover_back_when_nginx_is_still_on_old(gw):
@@ -662,7 +678,7 @@ def test_recover_back_when_nginx_is_still_on_old(gw):
     assert gw.cred_text("openai_key") == "OLD-cred" and gw.fp_text("openai_key") == "oldfp"
     assert gw.files() == ["openai_key.cred", "openai_key.fp"]
     assert gw.live() is None
-    assert R.upstream_port() == 4001 and gw.of("reload") == []
+    assert up() == 4001 and gw.of("reload") == []
     assert gw.of("enable") == [] and gw.of("disable") == []
 
 
@@ -695,12 +711,12 @@ def test_rerun_after_an_interrupted_rotation_rolls_back_then_rotates_the_fresh_k
     _interrupted(gw, upstream=4001, swapped=True)
     gw.stage("openai_key", "NEWEST-cred", "newestfp")
     assert R.rotate(args()) == 0
-    assert R.upstream_port() == 4002
+    assert up() == 4002
     assert gw.running == {4002}
     assert gw.journal() is None
     assert gw.cred_text("openai_key") == "NEWEST-cred"
     assert gw.cred_text("openai_key", ".retired") == "OLD-cred"  # the key live before the cut-off run
-    assert gw.live()["port"] == 4002 and gw.live()["secrets"]["openai_key"]["fingerprint"] == "newestfp"
+    assert gw.live()["ports"] == [4002] and gw.live()["secrets"]["openai_key"]["fingerprint"] == "newestfp"
     # The canary tested the freshly staged key.
     assert gw.of("canary")[0][4] == "NEWEST-cred"
 
@@ -709,12 +725,12 @@ def test_rerun_after_an_interrupted_rotation_finishes_forward_then_rotates_the_f
     _interrupted(gw, upstream=4002, swapped=True)
     gw.stage("openai_key", "NEWEST-cred", "newestfp")
     assert R.rotate(args()) == 0
-    assert R.upstream_port() == 4001  # forward to 4002, then the new rotation 4002 -> 4001
+    assert up() == 4001  # forward to 4002, then the new rotation 4002 -> 4001
     assert gw.running == {4001}
     assert gw.cred_text("openai_key") == "NEWEST-cred"
     assert gw.cred_text("openai_key", ".retired") == "NEW-cred"
     live = gw.live()
-    assert live["port"] == 4001
+    assert live["ports"] == [4001]
     assert live["secrets"]["openai_key"] == {"fingerprint": "newestfp", "version": 3,
                                              "rotated_at": live["rotated_at"]}
 
@@ -725,7 +741,7 @@ def test_rerun_restaging_the_key_recovery_already_made_live_rotates_nothing_more
     _interrupted(gw, upstream=4002, swapped=True)
     gw.stage("openai_key", "NEW-cred", "newfp")
     assert R.rotate(args()) == 0
-    assert R.upstream_port() == 4002
+    assert up() == 4002
     assert not os.path.exists(os.path.join(R.LAYOUT.creds_dir, "openai_key.cred.next"))
     assert not os.path.exists(os.path.join(R.LAYOUT.creds_dir, "openai_key.fp.next"))
     assert gw.live()["secrets"]["openai_key"]["version"] == 2
@@ -841,3 +857,112 @@ def test_purge_redis_deletes_only_the_rotated_deployments_keys(tmp_path, monkeyp
     assert r == 4
     assert made["host"] == "10.0.0.5" and made["port"] == 6380 and made["db"] == 1
     assert made["password"] == "secret-of-redis_password@4002"
+
+
+# --- two instances live at once (the default layout: blue 4001+4002, green 4003+4004) ------------------------
+
+BLUE, GREEN = (4001, 4002), (4003, 4004)
+
+
+@pytest.fixture
+def gw4(tmp_path, monkeypatch):
+    return FakeHost(tmp_path, monkeypatch, live=BLUE, ports=BLUE + GREEN)
+
+
+def test_upstream_text_for_a_set_is_what_the_deploy_renders(gw4):
+    for ports in (GREEN, BLUE, (4001,), (4001, 4002, 4003)):
+        assert R.upstream_text(upstream_text(BLUE), ports) == upstream_text(ports)
+    assert R.upstream_ports() == list(BLUE)
+
+
+def test_rotate_a_set_of_two(gw4, capsys):
+    _ready(gw4)
+    assert R.rotate(args()) == 0
+    assert gw4.upstream.read_text() == upstream_text(GREEN)  # a re-deploy renders the same: zero changes
+    assert gw4.running == set(GREEN)
+    assert gw4.live()["ports"] == list(GREEN) and "port" not in gw4.live()
+    assert gw4.kinds() == ["stop", "stop", "start", "start", "ready", "ready", "unit_secret", "canary", "canary",
+                           "nginx -t", "reload", "purge", "canary-nginx", "sleep", "stop", "stop", "enable", "enable",
+                           "disable", "disable"]
+    # Both new instances start side by side, before either is waited for.
+    assert gw4.of("start") == [("start", 4003), ("start", 4004)]
+    assert gw4.of("ready") == [("ready", 4003), ("ready", 4004)]
+    # Each new instance proves the key on its own, while nginx still serves the whole old set.
+    assert [(e[1], e[4], e[5]) for e in gw4.of("canary")] == [
+        ("http://127.0.0.1:4003", "NEW-cred", BLUE), ("http://127.0.0.1:4004", "NEW-cred", BLUE)]
+    assert gw4.of("reload") == [("reload", GREEN)]
+    assert gw4.of("stop")[2:] == [("stop", 4001), ("stop", 4002)]  # the old set only after the switch
+    assert gw4.of("enable") == [("enable", "litellm@4003.service"), ("enable", "litellm@4004.service")]
+    assert gw4.of("disable") == [("disable", "litellm@4001.service"), ("disable", "litellm@4002.service")]
+    assert "litellm@4001,4002 -> litellm@4003,4004" in capsys.readouterr().out
+    # And back: green -> blue.
+    gw4.stage("openai_key", "NEWER-cred", "newerfp")
+    assert R.rotate(args()) == 0
+    assert gw4.upstream.read_text() == upstream_text(BLUE) and gw4.running == set(BLUE)
+    assert gw4.live()["ports"] == list(BLUE) and gw4.live()["secrets"]["openai_key"]["version"] == 3
+
+
+def test_one_instance_of_the_new_set_failing_its_canary_rolls_the_whole_set_back(gw4, monkeypatch):
+    _ready(gw4)
+    real = gw4.canary
+
+    def canary(base_url, *a, **kw):
+        real(base_url, *a, **kw)
+        if base_url.endswith(":4004"):
+            raise RuntimeError("fast--0: HTTP 401")
+
+    monkeypatch.setattr(R, "canary", canary)
+    assert R.rotate(args()) == 1
+    assert gw4.upstream.read_text() == upstream_text(BLUE)
+    assert gw4.running == set(BLUE)
+    assert gw4.of("reload") == []  # nginx never left the old set
+    assert gw4.cred_text("openai_key") == "OLD-cred" and gw4.journal() is None
+
+
+def test_a_set_of_two_becomes_ready_within_one_timeout(gw4, monkeypatch):
+    _ready(gw4)
+    given = []
+    monkeypatch.setattr(R, "wait_ready", lambda port, timeout: given.append(timeout))
+    assert R.rotate(args(ready_timeout=30.0)) == 0
+    assert len(given) == 2 and given[0] <= 30.0 and given[1] <= given[0]
+
+
+@pytest.mark.parametrize("step", ["swap-creds", "start", "ready", "canary"])
+def test_a_set_cut_off_before_the_switch_is_rolled_back_by_the_next_run(gw4, monkeypatch, step):
+    _ready(gw4)
+    monkeypatch.setattr(R.os, "kill", lambda pid, sig: (_ for _ in ()).throw(SystemExit(f"killed after {step}")))
+    with pytest.raises(SystemExit):
+        R.rotate(args(fail_after=step))
+    assert gw4.upstream.read_text() == upstream_text(BLUE)  # nginx never left the old set
+    assert gw4.journal()["old_ports"] == list(BLUE) and gw4.journal()["new_ports"] == list(GREEN)
+    gw4.events.clear()
+    assert R.rotate(args()) == 0  # recovery rolls back; then the staged key is gone, so nothing to rotate
+    assert gw4.journal() is None
+    assert gw4.upstream.read_text() == upstream_text(BLUE) and BLUE <= tuple(sorted(gw4.running))
+    assert gw4.of("stop") == [("stop", 4003), ("stop", 4004)] and gw4.of("reload") == []
+    assert gw4.cred_text("openai_key") == "OLD-cred"
+
+
+@pytest.mark.parametrize("step", ["switch", "purge", "canary-nginx", "drain"])
+def test_a_set_cut_off_after_the_switch_is_finished_forward_by_the_next_run(gw4, monkeypatch, step):
+    _ready(gw4)
+    monkeypatch.setattr(R.os, "kill", lambda pid, sig: (_ for _ in ()).throw(SystemExit(f"killed after {step}")))
+    with pytest.raises(SystemExit):
+        R.rotate(args(fail_after=step))
+    assert gw4.upstream.read_text() == upstream_text(GREEN)
+    assert R.rotate(args()) == 0
+    assert gw4.journal() is None and gw4.running == set(GREEN)
+    assert gw4.live()["ports"] == list(GREEN) and gw4.live()["secrets"]["openai_key"]["fingerprint"] == "newfp"
+    assert gw4.upstream.read_text() == upstream_text(GREEN)
+
+
+def test_a_journal_of_an_older_release_is_recovered(gw4):
+    # Written by a release whose sets held one port each: old_port/new_port.
+    gw4.put("openai_key", "NEW-cred", "newfp")
+    gw4.put("openai_key", "OLD-cred", "oldfp", ".prev")
+    gw4.upstream.write_text(upstream_text((4001,)))
+    journal = {"old_port": 4001, "new_port": 4003, "secrets": ["openai_key"], "started": 1.0, "swapped": True}
+    gw4.write_journal(**journal)
+    R.recover(journal)
+    assert gw4.journal() is None and gw4.cred_text("openai_key") == "OLD-cred"
+    assert ("stop", 4003) in gw4.events

@@ -48,7 +48,7 @@ BASE: dict = {
     "aliases": {"gpt-4o": "smart"},
     "retry": {"num_retries": 2, "timeout_errors": 2, "server_errors": 2},
     "budgets": {"providers": {"openai": {"max_usd": 200, "duration": "1d"}}},
-    "settings": {"litellm_ports": [4001, 4002], "litellm_memory_high": "1280M", "litellm_memory_max": "1536M"},
+    "settings": {"litellm_ports": [4001, 4002, 4003, 4004], "litellm_memory_high": "1280M", "litellm_memory_max": "1536M"},
 }
 
 
@@ -142,7 +142,7 @@ def test_rich_spec_parses_and_reports_its_secrets():
                 "anthropic": {"max_usd": 10, "duration": "30d"},
             }
         },
-        "settings": {"litellm_ports": [4001, 4002], "litellm_database": True},
+        "settings": {"litellm_ports": [4001, 4002, 4003, 4004], "litellm_database": True},
     }
     names = {"openai_key", "azure_eu_key", "azure_us_key", "anthropic_key", "anthropic_backup_key",
              "litellm_master_key", "redis_password", "postgres_password"}
