@@ -339,10 +339,13 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
             "(lowercase letters, digits, _ and -, at most 32, not root). Fix: use e.g. 'litellm'."
         )
     try:
-        ipaddress.ip_address(merged["litellm_bind"])
-    except ValueError:
-        problems.append(f"{where}: settings.litellm_bind: {merged['litellm_bind']!r} is not an IP address. "
-                        "Fix: use 127.0.0.1 (nginx is the only way in).")
+        bind_ok = ipaddress.IPv4Address(merged["litellm_bind"]).is_loopback
+    except (ValueError, TypeError):
+        bind_ok = False
+    if not bind_ok:
+        # Any other address would let clients past nginx, to the admin routes it keeps from the public.
+        problems.append(f"{where}: settings.litellm_bind: {merged['litellm_bind']!r} is not an IPv4 loopback address "
+                        "(LiteLLM must be reachable only through nginx). Fix: use 127.0.0.1.")
     return problems
 
 

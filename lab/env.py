@@ -228,6 +228,11 @@ class Lab:
         """Where everything is on one host (its own paths when its settings move them)."""
         return Layout.from_settings(self.host_settings(name))
 
+    def live_ports(self, name: str) -> tuple[int, ...]:
+        """The instance set nginx serves on this gateway, as the kit itself reads it (live.json)."""
+        L = self.layout(name)
+        return L.live_set(self.hosts[name].run(f"cat {L.live_file} 2>/dev/null || true").stdout)
+
     def gateway_url(self, name: str) -> str:
         port = self.host_settings(name)["nginx_https_port"]
         return f"https://{self.hosts[name].address}" + ("" if port == 443 else f":{port}")

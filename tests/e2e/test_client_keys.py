@@ -61,12 +61,13 @@ def messages(lab, gw: str, key: str | None, model: str = "claude") -> httpx.Resp
                       json={"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
 
 
-def live_pids(lab) -> dict[str, str]:
+def live_pids(lab) -> dict[str, list[str]]:
+    """The main process of every live instance of each gateway."""
     out = {}
     for gw in GATEWAYS:
         L = lab.layout(gw)
-        port = lab.hosts[gw].run(f"cat {L.live_file} 2>/dev/null || echo {L.litellm_ports[0]}").stdout.strip()
-        out[gw] = lab.hosts[gw].run(f"systemctl show -p MainPID --value {L.instance(int(port))}").stdout.strip()
+        out[gw] = [lab.hosts[gw].run(f"systemctl show -p MainPID --value {L.instance(port)}").stdout.strip()
+                   for port in lab.live_ports(gw)]
     return out
 
 
@@ -201,10 +202,12 @@ LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
 def scrape(lab, gw: str) -> str:
-    """/metrics/ through nginx from the gateway's loopback (an admin network), without any key."""
+    """Every live instance's /metrics/PORT/ through nginx from the gateway's loopback (an admin network),
+    without any key: together, what the gateway served."""
     L = lab.layout(gw)
-    return lab.hosts[gw].run(f"python3 -c {shlex.quote(METRICS_FROM_LOOPBACK)} "
-                             f"https://127.0.0.1:{L.nginx_https_port}/metrics/").stdout
+    return "".join(lab.hosts[gw].run(f"python3 -c {shlex.quote(METRICS_FROM_LOOPBACK)} "
+                                     f"https://127.0.0.1:{L.nginx_https_port}/metrics/{port}/").stdout
+                   for port in lab.live_ports(gw))
 
 
 def metric_sum(text: str, name: str, **labels: str) -> float:
@@ -218,12 +221,13 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def test_metrics_count_each_keys_calls_over_both_workers_with_bounded_labels(lab, keys):
-    """LiteLLM's Prometheus callback, aggregated over the instance's workers: exact deltas per key name."""
+def test_metrics_count_each_keys_calls_over_all_workers_with_bounded_labels(lab, keys):
+    """LiteLLM's Prometheus callback, aggregated over each instance's workers (gw2: two workers in one
+    instance) and over the live instances (gw1: two single-worker instances): exact deltas per key name."""
     name = "litellm_proxy_total_requests_metric"
     for gw in GATEWAYS:
         before = metric_sum(scrape(lab, gw), name, api_key_alias="app")
-        n = 8  # more calls than workers: nginx's keep-alive connections spread them over both
+        n = 8  # more calls than processes: nginx spreads them over all
         for _ in range(n):
             assert chat(lab, gw, keys["app"]).status_code == 200
         def counted(gw=gw, before=before, n=n):

@@ -164,9 +164,7 @@ def test_litellm_units_are_contained(lab):
 
     for name in lab.groups["gateways"]:
         host, L = lab.hosts[name], lab.layout(name)
-        live = json.loads(host.run(f"cat {L.live_file} 2>/dev/null || echo '{{}}'").stdout).get("port")
-        port = live or L.litellm_ports[0]
-        scores = {"instance": exposure(host, L.instance(port))}
+        scores = {f"instance {port}": exposure(host, L.instance(port)) for port in lab.live_ports(name)}
         # The transient units with exactly the properties the kit gives them, kept alive to be rated.
         for kind, props in (("venv-build", build_sandbox(L.litellm_home)),
                             ("rotation-helper", helper_sandbox(L, lab.hosts["data1"].address)), ("bare", ())):
@@ -533,14 +531,14 @@ def test_a_hostile_pth_in_the_venv_is_contained(lab, client):
 def _hostile_pth_probe(lab, client, gateway):
     """A compromised dependency (like LiteLLM 1.82.7's credential stealer, a .pth run at every Python start)
     inside the running service: every attempt to reach beyond the service's own needs fails, and the
-    gateway keeps serving. Run in the standby instance of the gateway's blue/green pair (gw2: non-default
+    gateway keeps serving. Run in an instance of the gateway's standby set (gw2: non-default
     paths). Outbound connections stay open without litellm_egress_allow (see the next test for why the
     sandbox hosts cannot have one)."""
     gw, L = lab.hosts[gateway], lab.layout(gateway)
     egress = lab.host_settings(gateway).get("litellm_egress_allow")
     elsewhere = lab.hosts["gw1" if gateway == "gw2" else "data1"].address  # neither provider, Redis nor PostgreSQL
-    live = json.loads(gw.run(f"cat {L.live_file} 2>/dev/null || echo '{{}}'").stdout).get("port") or L.litellm_ports[0]
-    standby = [p for p in L.litellm_ports if p != live][0]
+    live_set = lab.live_ports(gateway)
+    live, standby = live_set[0], L.other_set(live_set)[0]
     site = gw.run(f"{L.venv}/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'").stdout.strip()
     probe = HOSTILE_PTH_PROBE.replace("{creds}", L.creds_dir).replace("{venv}", L.venv).replace(
         "{config_dir}", L.litellm_config_dir).replace("{elsewhere}", elsewhere).replace(

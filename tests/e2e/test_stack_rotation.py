@@ -164,6 +164,66 @@ def test_kill_9_of_the_controller_mid_rotation(lab, provider):
     assert live(lab, gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(new)
 
 
+def _main_pid(host, unit: str) -> int:
+    return int(host.run(f"systemctl show -p MainPID --value {unit}").stdout.strip())
+
+
+def _after_death(load, killed_at: float) -> tuple[list, list]:
+    """(failures of requests that started after the kill, failures of requests in flight at it)."""
+    after = [r for r in load.failures if r[0] > killed_at]
+    in_flight = [r for r in load.failures if r[0] <= killed_at]
+    return after, in_flight
+
+
+def test_kill_9_of_a_live_instance_fails_only_its_in_flight_requests(lab, client):
+    """gw1 serves from two single-worker instances at once: while systemd restarts the killed one (10-20 s),
+    nginx passes every new request it cannot connect with to the other."""
+    gw = gateways(lab)[0]
+    host, L = lab.hosts[gw], lab.layout(gw)
+    live = lab.live_ports(gw)
+    assert len(live) == 2, live
+    victim = L.instance(live[0])
+    pid = _main_pid(host, victim)
+    with Load(lab, [gw], threads_per_gateway=3) as load:
+        time.sleep(2)
+        host.run(f"kill -9 {pid}")
+        killed_at = time.monotonic()
+        # Until the killed instance is back and serving again: the other one carried the whole load.
+        wait_until(lambda: _main_pid(host, victim) not in (0, pid), 30, what="systemd to restart it")
+        assert host.run(f"python3 {L.program('instance.py')} wait-ready {live[0]} --timeout 120", timeout=130).returncode == 0
+        time.sleep(2)
+    after, in_flight = _after_death(load, killed_at)
+    served_after = [r for r in load.results if r[0] > killed_at]
+    print(f"kill -9 {victim}: {len(served_after)} requests after the kill, {len(after)} failed; "
+          f"{len(in_flight)} in flight failed; retried {load.retries}", load.summary())
+    assert len(served_after) > 50, len(served_after)
+    assert after == [], after[:5]
+    assert len(in_flight) <= 3, in_flight  # at most one per client thread: those on the dead process
+    assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
+
+
+def test_kill_9_of_a_worker_fails_only_its_in_flight_requests(lab):
+    """gw2 runs one instance of two workers (its pair of ports): uvicorn's supervisor replaces a killed worker."""
+    gw = gateways(lab)[1]
+    host, L = lab.hosts[gw], lab.layout(gw)
+    (port,) = lab.live_ports(gw)
+    supervisor = _main_pid(host, L.instance(port))
+    workers = host.run(f"pgrep -P {supervisor}").stdout.split()
+    assert len(workers) >= 2, workers
+    with Load(lab, [gw], threads_per_gateway=3) as load:
+        time.sleep(2)
+        host.run(f"kill -9 {workers[0]}")
+        killed_at = time.monotonic()
+        wait_until(lambda: len(set(host.run(f"pgrep -P {supervisor}").stdout.split()) - {workers[0]}) >= 2, 120,
+                   what="uvicorn to replace the worker")
+        time.sleep(2)
+    after, in_flight = _after_death(load, killed_at)
+    print(f"kill -9 of a worker of {L.instance(port)}: {len(after)} failed after, {len(in_flight)} in flight", load.summary())
+    assert _main_pid(host, L.instance(port)) == supervisor  # the instance itself never restarted
+    assert after == [], after[:5]
+    assert len(in_flight) <= 3, in_flight
+
+
 def test_all_gateways_converge_and_no_plaintext_anywhere(lab, provider):
     final = rotate(lab)
     assert final.ok

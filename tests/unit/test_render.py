@@ -889,3 +889,16 @@ def test_prometheus_metrics_with_bounded_labels(spec, settings):
     assert ls["require_auth_for_metrics_endpoint"] is False
     assert {"end_user", "user", "client_ip", "user_agent", "hashed_api_key", "requested_model"} <= set(ls["prometheus_exclude_labels"])
     assert "api_key_alias" not in ls["prometheus_exclude_labels"]  # the key's name: bounded by the keys file
+
+
+def test_each_instances_metrics_only_from_admin_networks(settings):
+    """Every instance of both sets has its own metrics path; exact-match locations win over the regexes and
+    the `/` prefix, and each one keeps the public out."""
+    s = {**settings, "litellm_ports": [4301, 4302, 4303, 4304], "nginx_admin_allow": ["10.1.0.0/16"]}
+    locs = _locations(nginx(s))
+    for port in (4301, 4302, 4303, 4304):
+        block = [line.strip() for line in locs[f"= /metrics/{port}/"].strip().splitlines()]
+        assert block == ["allow 10.1.0.0/16;", "deny all;", f"proxy_pass http://127.0.0.1:{port}/metrics/;"]
+    assert not [p for p in locs if p.startswith("=") and p not in {f"= /metrics/{n}/" for n in (4301, 4302, 4303, 4304)}]
+    regexes = [p.removeprefix("~").strip() for p in locs if p.startswith("~")]
+    assert not [r for r in regexes if re.search(r, "/metrics/4301/")]

@@ -663,7 +663,12 @@ def test_settings_for_layers_defaults_spec_and_host():
     ("nginx_tls_cert", "cert.pem", "not an absolute, normalized path"),
     ("litellm_user", "root", "not a system user name"),
     ("litellm_user", "Lite LLM", "not a system user name"),
-    ("litellm_bind", "localhost", "not an IP address"),
+    ("litellm_bind", "localhost", "not an IPv4 loopback address"),
+    ("litellm_bind", "0.0.0.0", "not an IPv4 loopback address"),  # past nginx, to the admin routes
+    ("litellm_bind", "10.0.0.5", "not an IPv4 loopback address"),
+    ("litellm_bind", "::1", "not an IPv4 loopback address"),  # nginx's server lines would need [::1]
+    ("litellm_bind", "127.0.0.1 ", "not an IPv4 loopback address"),
+    ("litellm_bind", 2130706433, "expected str"),  # an integer is not an address
 ])
 def test_hostile_path_user_and_bind_settings_are_refused(key, value, message):
     from gatekit.spec import check_settings
