@@ -310,6 +310,10 @@ def purge_redis(port: int, deployment_ids: list[str], redis_cred: str = "redis_p
     return deleted
 
 
+def named(ports) -> str:
+    return ",".join(map(str, ports))
+
+
 def stop_instances(ports):
     # One call: the instances drain their in-flight requests side by side.
     if ports:
@@ -329,7 +333,7 @@ def recover(journal: dict):
     live = upstream_ports()
     if set(live) == set(new):
         # Traffic already moved to the proven new instances: finish forward.
-        log(f"recovering an interrupted rotation forward (nginx already on {','.join(map(str, new))})")
+        log(f"recovering an interrupted rotation forward (nginx already on {named(new)})")
         ids = journal.get("deployments", [])
         try:
             purge_redis(new[0], journal.get("purge", []), journal.get("redis_cred", "redis_password"))
@@ -344,8 +348,8 @@ def recover(journal: dict):
         record(new, names, journal)
         cleanup_prev(names)
     else:
-        log(f"rolling back an interrupted rotation (nginx still on {','.join(map(str, live))})")
-        if set(live) != set(old):  # cut off inside set_upstream's swap: nginx back to the old set
+        log(f"rolling back an interrupted rotation (nginx still on {named(live)})")
+        if set(live) != set(old):  # neither set (edited by hand since?): nginx back to the old set
             set_upstream(old)
         stop_instances(new)
         if journal.get("swapped"):
@@ -480,7 +484,7 @@ def rotate(args) -> int:
     record(new, staged, journal)
     cleanup_prev(staged)
     os.unlink(LAYOUT.journal_file)
-    log(f"rotated {','.join(staged)}: litellm@{','.join(map(str, old))} -> litellm@{','.join(map(str, new))}; "
+    log(f"rotated {','.join(staged)}: litellm@{named(old)} -> litellm@{named(new)}; "
         f"{len(ids)} canaries passed on each of {len(new)} instances; "
         f"{deleted} Redis keys purged")
     return 0
