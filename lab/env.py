@@ -170,7 +170,6 @@ class Lab:
                 "litellm_pip_find_links": f"http://{self.bridge_ip}:{WHEELHOUSE_PORT}/",
                 # Every sandbox host shares this machine's 2 cores: starting LiteLLM under load is slow.
                 "litellm_ready_timeout": 300,
-                "litellm_workers": 2,
                 "litellm_memory_high": "1400M",
                 "litellm_memory_max": "1600M",
                 **self.settings,

@@ -11,6 +11,7 @@ A gateway whose live credentials already match the vault is skipped: a second ru
 from __future__ import annotations
 
 import io
+import json
 import os
 import shlex
 
@@ -107,6 +108,18 @@ def helper_sandbox(layout: Layout, redis_host: str | None) -> tuple[str, ...]:
     )
 
 
+def old_deployment_ids(from_fingerprints: list[str], new_ids: list[str], journal: str | None) -> list[str]:
+    """The deployment ids whose Redis state the rotation purges: those of the keys the host's fingerprint
+    files name, and, after an interruption, those its journal recorded. Cut off after the swap, the
+    fingerprint files already name the new key, whose state must stay; the journal names the old one."""
+    try:
+        recorded = json.loads(journal or "{}").get("purge", [])
+    except (ValueError, AttributeError):
+        recorded = []
+    recorded = [i for i in recorded if isinstance(i, str)] if isinstance(recorded, list) else []
+    return [i for i in dict.fromkeys([*from_fingerprints, *recorded]) if i not in new_ids]
+
+
 @deploy("Rotate provider keys")
 def rotation():
     names = requested()
@@ -138,13 +151,15 @@ def rotation():
 
     new_fps = key_fingerprints(ctx)
     host_fps = {n: want.text(L.cred_fingerprint(n)) for n in todo}
+    new_ids = deployment_ids(ctx.spec, set(todo), new_fps)
+    purge_ids = old_deployment_ids(deployment_ids(ctx.spec, set(todo), host_fps), new_ids, want.text(L.journal_file))
     op = rotate_gateway(
         name=f"Rotate {', '.join(todo) or 'interrupted rotation'} (blue/green + canary)",
         layout=L,
         secrets=todo,
         config=render_config(ctx),
-        deployment_ids=deployment_ids(ctx.spec, set(todo), new_fps),
-        purge_ids=deployment_ids(ctx.spec, set(todo), host_fps),
+        deployment_ids=new_ids,
+        purge_ids=purge_ids,
         ready_timeout=s["litellm_ready_timeout"],
         settle=s["rotation_settle_sec"],
         master_cred=s["litellm_master_key_secret"],

@@ -8,6 +8,7 @@ on the sandbox bridge address. Everything is torn down at the end, also on failu
 from __future__ import annotations
 
 import os
+import re
 import ssl
 
 import httpx
@@ -57,3 +58,35 @@ def client(lab) -> httpx.Client:
     headers = {"Authorization": f"Bearer {lab.secret_values['litellm_master_key']}"}
     with httpx.Client(verify=ctx, headers=headers, timeout=60, trust_env=False) as c:
         yield c
+
+
+# ---- diagnostics: a failed test leaves every host's recent logs behind --------------------------------
+NOTABLE = re.compile(r"Traceback|Error|error\]|502|killed|oom|Failed|ContextVar|cooldown", re.I)
+DIAG_CMD = ("journalctl --no-pager -o short-monotonic --since=-{secs}s -u 'litellm@*' -u nginx -u 'gatekit*' "
+            "-u redis-server -u 'postgresql*' | tail -n 600; echo '==== nginx error.log'; "
+            "tail -n 80 /var/log/nginx/error.log 2>/dev/null; echo '==== units'; "
+            "systemctl show -p Id -p ActiveState -p NRestarts -p MemoryCurrent -p ExecMainStatus 'litellm@*' 2>/dev/null")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed or "lab" not in item.funcargs:
+        return
+    lab = item.funcargs["lab"]
+    # The test's duration plus a margin: the logs of what this test did, not of the whole session.
+    secs = int(report.duration) + 30
+    folder = lab.workdir / "failures" / item.name.replace("/", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for name, host in lab.hosts.items():
+        try:
+            out = host.run(DIAG_CMD.format(secs=secs), check=False, timeout=60)
+            (folder / f"{name}.log").write_text(out.stdout + out.stderr)
+            lines.append(f"{name}: {folder / (name + '.log')}")
+            # The lines that usually say why, in the report itself (CI keeps only its output).
+            lines += [f"  {ln[:300]}" for ln in out.stdout.splitlines() if NOTABLE.search(ln)][-15:]
+        except Exception as exc:  # noqa: BLE001 - diagnostics must never mask the failure itself
+            lines.append(f"{name}: no logs ({exc})")
+    report.sections.append(("host logs", "\n".join(lines)))

@@ -968,3 +968,17 @@ def test_a_journal_of_an_older_release_is_recovered(gw4):
     R.recover(journal)
     assert gw4.journal() is None and gw4.cred_text("openai_key") == "OLD-cred"
     assert ("stop", 4003) in gw4.events
+
+
+def test_old_deployment_ids_after_an_interrupted_swap_are_the_journals_not_the_new_keys():
+    from roles.rotation import old_deployment_ids
+
+    new = ["fast--0--newnewne", "smart--0--newnewne"]
+    # A plain rotation: the fingerprint files name the live (old) key.
+    assert old_deployment_ids(["fast--0--oldoldol"], new, None) == ["fast--0--oldoldol"]
+    # Cut off after the swap: the files already name the new key; the journal recorded the old ids.
+    journal = json.dumps({"purge": ["fast--0--oldoldol", "smart--0--oldoldol"]})
+    assert old_deployment_ids(new, new, journal) == ["fast--0--oldoldol", "smart--0--oldoldol"]
+    # A journal that cannot be read (or holds no list of names) adds nothing and never fails the run.
+    for bad in ("{", "[]", json.dumps({"purge": "fast--0"}), json.dumps({"purge": [1, None]})):
+        assert old_deployment_ids(new, new, bad) == []
