@@ -58,6 +58,7 @@ DEFAULTS: dict[str, object] = {
     "litellm_master_key_secret": "litellm_master_key",  # vault secret holding the proxy master key
     "litellm_database": False,  # True = LiteLLM uses PostgreSQL (needs Prisma engines, see README)
     "litellm_prisma_engines_mirror": "",  # PRISMA_ENGINES_MIRROR for hosts that cannot reach Prisma's server
+    "litellm_log_level": "WARNING",  # LITELLM_LOG, LiteLLM's and uvicorn's log level: DEBUG, INFO, WARNING, ERROR or CRITICAL; INFO logs two lines per request (the router's call and uvicorn's access line, CPU on the hot path) that nginx's access log already holds
     "litellm_extra_env": {},  # extra non-secret environment for the proxy
     "litellm_egress_allow": [],  # addresses/CIDRs LiteLLM may connect to (providers' IPs; Redis and PostgreSQL are added); empty = no egress filter. IPs only: systemd filters packets, not host names
     "litellm_restart_on_secret_change": False,  # let deploy restart the live instance for a changed key (downtime); default: refuse, use rotate_keys.py

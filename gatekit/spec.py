@@ -299,6 +299,11 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
         )
     if merged["litellm_workers"] < 1:
         problems.append(f"{where}: settings.litellm_workers: must be at least 1. Fix: set 1 or more.")
+    if merged["litellm_log_level"] not in LOG_LEVELS:
+        problems.append(
+            f"{where}: settings.litellm_log_level: {str(merged['litellm_log_level'])[:40]!r}. "
+            f"Fix: use one of {', '.join(LOG_LEVELS)} (default WARNING)."
+        )
     if merged["litellm_installer"] not in ("uv", "pip"):
         problems.append(
             f"{where}: settings.litellm_installer: {merged['litellm_installer']!r}. "
@@ -435,6 +440,8 @@ def _network_list_problems(merged: dict, key: str, where: str, whole_internet: s
     return problems
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 # Set by the kit itself in the environment file or the launcher: an extra value must not replace them.
 KIT_ENV = frozenset({"LITELLM_LOCAL_MODEL_COST_MAP", "LITELLM_LOG", "REDIS_HOST", "REDIS_PORT", "REDIS_DB",
                      "REDIS_PASSWORD", "LITELLM_MASTER_KEY", "DATABASE_URL", "GK_PORT", "PATH", "PYTHONPATH",
@@ -447,7 +454,7 @@ def _extra_env_problems(env, where: str) -> list[str]:
     one line that systemd reads back exactly (no quotes or backslashes, which it would interpret)."""
     key = f"{where}: settings.litellm_extra_env"
     if not isinstance(env, dict):
-        return [f"{key}: expected a mapping of NAME: value. Fix: e.g. {{LITELLM_LOG: DEBUG}}."]
+        return [f"{key}: expected a mapping of NAME: value. Fix: e.g. {{OTEL_SERVICE_NAME: gateway}}."]
     problems = []
     for name, value in env.items():
         if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):

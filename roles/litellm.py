@@ -104,7 +104,7 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
     want.file(L.config, render_config(ctx), "root", svc, "640", notify="restart",
               name="Render LiteLLM config.yaml (secrets only as os.environ references)")
     want.file(L.env_file, template("litellm/litellm.env.j2", redis=topology.redis_target(s), extra_env=s["litellm_extra_env"],
-                                   usage_db=topology.usage_database(s)),
+                                   log_level=s["litellm_log_level"], usage_db=topology.usage_database(s)),
               "root", svc, "640", notify="restart", name="Render LiteLLM environment (no secrets)")
     # No restart: the custom-auth hook re-reads the table when it changes, so keys come and go without a failed request.
     want.file(L.client_keys, host_table(ctx.spec, load_keys(ctx.spec)), "root", svc, "640",

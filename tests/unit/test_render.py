@@ -446,15 +446,17 @@ def test_unit_has_no_secret_in_environment(settings):
 
 def test_env_file_has_no_secrets():
     text = render.template("litellm/litellm.env.j2", redis=REDIS, extra_env={"HTTPS_PROXY": "http://proxy:3128"},
-                           usage_db="host=10.0.0.22 port=5432 dbname=litellm user=litellm")
+                           usage_db="host=10.0.0.22 port=5432 dbname=litellm user=litellm", log_level="WARNING")
     assert_no_secret_values(text)
     lines = directives(text)
     assert "REDIS_HOST=10.0.0.21" in lines and "REDIS_PORT=6380" in lines and "REDIS_DB=1" in lines
     assert "HTTPS_PROXY=http://proxy:3128" in lines
+    assert "LITELLM_LOG=WARNING" in lines
     assert "GK_USAGE_PG=host=10.0.0.22 port=5432 dbname=litellm user=litellm" in lines
     assert not any(re.search(r"KEY|PASSWORD|SECRET", line) for line in lines)
-    no_redis = render.template("litellm/litellm.env.j2", redis=None, extra_env={}, usage_db=None)
+    no_redis = render.template("litellm/litellm.env.j2", redis=None, extra_env={}, usage_db=None, log_level="INFO")
     assert "REDIS" not in no_redis and "GK_USAGE_PG" not in no_redis
+    assert "LITELLM_LOG=INFO" in directives(no_redis)
 
 
 # --- launcher ---------------------------------------------------------------------------------------------------------

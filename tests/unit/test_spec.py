@@ -761,7 +761,7 @@ def test_good_extra_env_renders_one_line_each():
     from gatekit.spec import check_settings
 
     assert check_settings({"litellm_extra_env": {"OTEL_ENDPOINT": "http://10.0.0.3:4318/v1", "N": 3}}, "x") == []
-    text = render.template("litellm/litellm.env.j2", redis=None, usage_db=None,
+    text = render.template("litellm/litellm.env.j2", redis=None, usage_db=None, log_level="WARNING",
                              extra_env={"OTEL_ENDPOINT": "http://10.0.0.3:4318/v1"})
     assert text.splitlines()[-1] == "OTEL_ENDPOINT=http://10.0.0.3:4318/v1"
 
@@ -829,3 +829,19 @@ def test_infinite_prices_and_weights_are_refused(field, value):
     with pytest.raises(SpecError) as exc:
         parse_spec(data, Path("inv/x.gateway.yaml"))
     assert any(field in p and "Fix" in p for p in exc.value.problems), exc.value.problems
+
+
+@pytest.mark.parametrize("level", ["info", "VERBOSE", "", 20, None, ["INFO"], "INFO\nX=1", "x" * 500])
+def test_log_level_outside_the_levels_is_refused_naming_the_fix(level):
+    from gatekit.spec import check_settings
+
+    problems = check_settings({"litellm_log_level": level}, "inv/gw.yaml")
+    assert len(problems) == 1 and "settings.litellm_log_level" in problems[0] and "WARNING" in problems[0], problems
+    assert "\n" not in problems[0] and len(problems[0]) < 300
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+def test_log_levels_are_accepted(level):
+    from gatekit.spec import check_settings
+
+    assert check_settings({"litellm_log_level": level}, "inv/gw.yaml") == []

@@ -1,0 +1,290 @@
+"""The serving path, side by side in one run on one sandbox gateway (gw1; Redis and PostgreSQL on data1), the
+same fake provider and the same config.yaml for every contender, each behind the same nginx:
+
+  kit       the kit's launch as deployed: every instance of the live set behind nginx (default two
+            single-worker instances)
+  stock-1   LiteLLM's stock launch, `litellm --config config.yaml` with its defaults (one worker)
+  stock-N   the stock launch with as many workers as the kit runs in total (`--num_workers N`)
+
+For each contender, an open-loop generator (requests sent on a fixed schedule, latency counted from the
+scheduled send, so queueing is never hidden) steps up the rate; a rate is held when its whole window ends
+with 0 failures, p99 under 1 s and at least 97% of the scheduled requests sent on time. 20% of the requests are
+streams. Printed per contender: the highest rate held, p50/p99 there, added latency (p50/p99 minus the
+provider called directly at the same rate), CPU seconds per 1,000 requests (the contender's processes only),
+resident memory (RSS and PSS summed over its processes), HTTP 500s and LiteLLM's ContextVar errors in its
+journal. `wrk` (Debian's, closed loop) cross-checks the generator's top rate on the same run.
+`--soak N` then sends N requests to the kit at its highest held rate and counts 500s and ContextVar errors.
+
+Usage: .venv/bin/python bench/gateway.py [--seconds 30] [--rates 20,40,...] [--soak 20000] [--only kit,stock-1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gatekit.onhost.rotate import upstream_text  # noqa: E402
+from lab import sandbox as sb  # noqa: E402
+from lab.env import KIT_PACKAGES, Lab  # noqa: E402
+from lab.fakeprovider import FakeProviderClient  # noqa: E402
+
+GROUPS = {"gateways": ["gw1"], "redis": ["data1"], "postgres": ["data1"]}
+STOCK_PORT = 4190
+STOCK_UNIT = "gk-bench-stock.service"
+CONTEXTVAR = re.compile(r"ContextVar|was created in a different Context|has already been used once")
+BODY = {"model": "fast", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+
+
+# ---- the open-loop generator ---------------------------------------------------------------------------
+async def _one(client: httpx.AsyncClient, url: str, stream: bool) -> tuple[bool, int]:
+    try:
+        if stream:
+            async with client.stream("POST", url, json={**BODY, "stream": True}) as r:
+                last = ""
+                async for line in r.aiter_lines():
+                    if line.startswith("data: "):
+                        last = line
+                return r.status_code == 200 and last == "data: [DONE]", r.status_code
+        r = await client.post(url, json=BODY)
+        return r.status_code == 200 and "fake-answer" in r.text, r.status_code
+    except Exception:  # noqa: BLE001 - any client-side failure is a failed request
+        return False, 0
+
+
+async def open_loop(url: str, headers: dict, rate: float, seconds: float, stream_share: float = 0.2) -> dict:
+    """Requests at a fixed rate for `seconds`; latency from each request's scheduled send time."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+    lat, statuses, late = [], {}, 0
+    failed = 0
+    async with httpx.AsyncClient(verify=ctx, headers=headers, timeout=30, limits=limits, trust_env=False) as client:
+        loop = asyncio.get_running_loop()
+        n = int(rate * seconds)
+        start = loop.time() + 0.2
+        every = max(1, round(1 / stream_share)) if stream_share else 0
+
+        async def fire(i: int):
+            nonlocal failed, late
+            due = start + i / rate
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.05:
+                late += 1  # the generator itself fell behind: the window does not count as held
+            ok, status = await _one(client, url, bool(every) and i % every == every - 1)
+            lat.append(loop.time() - due)
+            statuses[status] = statuses.get(status, 0) + 1
+            if not ok:
+                failed += 1
+
+        await asyncio.gather(*(fire(i) for i in range(n)))
+    lat.sort()
+    pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else float("nan")  # noqa: E731
+    return {"rate": rate, "sent": n, "failed": failed, "late": late, "p50_ms": pct(0.5), "p99_ms": pct(0.99),
+            "statuses": statuses, "http500": statuses.get(500, 0)}
+
+
+def held(step: dict) -> bool:
+    return step["failed"] == 0 and step["p99_ms"] < 1000 and step["late"] <= 0.03 * step["sent"]
+
+
+# ---- the gateway host ----------------------------------------------------------------------------------
+class Gateway:
+    def __init__(self, lab: Lab, name: str = "gw1"):
+        self.lab, self.host, self.L = lab, lab.hosts[name], lab.layout(name)
+        self.url = f"{lab.gateway_url(name)}/v1/chat/completions"
+        self.headers = {"Authorization": f"Bearer {lab.secret_values['litellm_master_key']}"}
+        self.kit_ports = list(lab.live_ports(name))
+
+    def sh(self, cmd: str, check: bool = True) -> str:
+        return self.host.run(cmd, check=check, timeout=600).stdout
+
+    def point_nginx(self, ports: list[int]):
+        text = self.sh(f"cat {self.L.nginx_upstream}")
+        self.host.put(self.L.nginx_upstream, upstream_text(text, ports))
+        self.sh("nginx -t -q && systemctl reload nginx")
+        time.sleep(1.5)
+
+    def pids(self, unit: str) -> list[int]:
+        cg = self.sh(f"systemctl show -p ControlGroup --value {unit}").strip()
+        procs = self.sh(f"cat /sys/fs/cgroup/systemd{cg}/cgroup.procs 2>/dev/null || true")
+        return [int(p) for p in procs.split()]
+
+    def cpu_seconds(self, units: list[str]) -> float:
+        """utime+stime of the units' processes, children they reaped included (a recycled worker's too)."""
+        pids = [p for u in units for p in self.pids(u)]
+        if not pids:
+            return 0.0
+        out = self.sh("for p in " + " ".join(map(str, pids)) + "; do cat /proc/$p/stat 2>/dev/null; echo; done; getconf CLK_TCK")
+        lines = [ln for ln in out.splitlines() if ln.strip()]
+        hz, total = int(lines[-1]), 0
+        for ln in lines[:-1]:
+            f = ln.rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in f[11:15])  # utime stime cutime cstime
+        return total / hz
+
+    def memory_mb(self, units: list[str]) -> tuple[float, float]:
+        pids = [p for u in units for p in self.pids(u)]
+        out = self.sh("for p in " + " ".join(map(str, pids)) + "; do grep -E '^(Rss|Pss):' /proc/$p/smaps_rollup; done")
+        rss = sum(int(ln.split()[1]) for ln in out.splitlines() if ln.startswith("Rss"))
+        pss = sum(int(ln.split()[1]) for ln in out.splitlines() if ln.startswith("Pss"))
+        return rss / 1024, pss / 1024
+
+    def contextvar_errors(self, units: list[str], since: float) -> int:
+        out = self.sh(f"journalctl --no-pager -o cat --since=@{int(since)} " + " ".join(f"-u {u}" for u in units))
+        return sum(1 for ln in out.splitlines() if CONTEXTVAR.search(ln))
+
+    def start_stock(self, workers: int | None):
+        """LiteLLM's own CLI with its defaults, as the kit's unit user, from the kit's credentials and env."""
+        launcher = self.sh(f"cat {self.L.launcher}")
+        env_for = json.loads(re.search(r"^ENV_FOR = (.*)$", launcher, re.M).group(1))
+        lib = re.search(r'sys\.path\.insert\(0, "([^"]+)"\)', launcher).group(1)
+        script = (
+            "#!/bin/sh\nset -e\n"
+            + "".join(f'export {var}="$(cat "$CREDENTIALS_DIRECTORY/{name}")"\n' for name, var in env_for.items())
+            # The kit's environment file names its log level; the stock launch keeps LiteLLM's default.
+            + f"unset LITELLM_LOG\nexport PYTHONPATH={lib}\nexec {self.L.venv}/bin/litellm --config {self.L.config} --port {STOCK_PORT}"
+            + (f" --num_workers {workers}" if workers else "") + "\n"
+        )
+        self.host.put("/usr/local/sbin/gk-bench-stock", script, mode="0755")
+        creds = " ".join(f"-p LoadCredentialEncrypted={n}:{self.L.cred(n)}" for n in env_for)
+        self.sh(f"systemctl stop {STOCK_UNIT} 2>/dev/null; systemctl reset-failed {STOCK_UNIT} 2>/dev/null; "
+                f"install -d -o {self.L.litellm_user} /var/lib/gk-bench-stock; "
+                f"systemd-run --unit={STOCK_UNIT} -p User={self.L.litellm_user} -p EnvironmentFile={self.L.env_file} "
+                f"-p WorkingDirectory=/var/lib/gk-bench-stock -p PrivateTmp=yes {creds} /usr/local/sbin/gk-bench-stock", check=True)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            probe = (f"python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{STOCK_PORT}"
+                     f"/health/readiness', timeout=5).status)\" 2>/dev/null")
+            if self.sh(probe, check=False).strip() == "200":
+                return
+            time.sleep(2)
+        raise RuntimeError("stock LiteLLM did not become ready:\n" + self.sh(f"journalctl -u {STOCK_UNIT} -n 40 --no-pager", check=False))
+
+    def stop_stock(self):
+        self.sh(f"systemctl stop {STOCK_UNIT}", check=False)
+
+
+# ---- one contender -------------------------------------------------------------------------------------
+def measure(gw: Gateway, name: str, ports: list[int], units: list[str], rates: list[float], seconds: float) -> dict:
+    gw.point_nginx(ports)
+    asyncio.run(open_loop(gw.url, gw.headers, rates[0], 10))  # warm-up: the first seconds after a start are slow
+    steps, best = [], None
+    since = time.time()
+    for rate in rates:
+        cpu0 = gw.cpu_seconds(units)
+        step = asyncio.run(open_loop(gw.url, gw.headers, rate, seconds))
+        step["cpu_s_per_1000"] = (gw.cpu_seconds(units) - cpu0) / step["sent"] * 1000
+        steps.append(step)
+        print(f"  {name:<8} {rate:>6.0f}/s  p50 {step['p50_ms']:>7.1f} ms  p99 {step['p99_ms']:>7.1f} ms  "
+              f"failed {step['failed']:>4}  late {step['late']:>4}  cpu {step['cpu_s_per_1000']:.1f} s/1000", flush=True)
+        if held(step):
+            best = step
+        else:
+            break
+        time.sleep(2)
+    rss, pss = gw.memory_mb(units)
+    return {"name": name, "best": best, "steps": steps, "rss_mb": rss, "pss_mb": pss,
+            "http500": sum(s["http500"] for s in steps), "contextvar": gw.contextvar_errors(units, since)}
+
+
+def wrk_rate(gw: Gateway, connections: int, seconds: int) -> float | None:
+    """Debian's wrk, closed loop, non-streamed only: the top throughput the generator should not beat."""
+    if not shutil.which("wrk"):
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write('wrk.method = "POST"\nwrk.body = \'' + json.dumps(BODY) + '\'\n'
+                'wrk.headers["Content-Type"] = "application/json"\n'
+                f'wrk.headers["Authorization"] = "{gw.headers["Authorization"]}"\n')
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", f.name, gw.url],
+                         capture_output=True, text=True).stdout
+    Path(f.name).unlink()
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return float(m.group(1)) if m and not non2xx else None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=30, help="how long each rate is held")
+    ap.add_argument("--rates", default="20,40,60,80,100,120,140,160,200,240")
+    ap.add_argument("--soak", type=int, default=0, help="requests sent to the kit at its highest rate (ContextVar count)")
+    ap.add_argument("--only", default="kit,stock-1,stock-N")
+    ap.add_argument("--settings", default="{}", help="JSON settings for the kit's deploy, e.g. '{\"litellm_workers\": 2}'")
+    args = ap.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    only = args.only.split(",")
+    base = sb.ensure_base(seed_debs=KIT_PACKAGES)
+    rows, soak = [], None
+    with tempfile.TemporaryDirectory(prefix="gk-bench-gw-") as tmp:
+        lab = Lab.create(Path(tmp), base=base, settings=json.loads(args.settings))
+        try:
+            lab.setup(GROUPS)
+            lab.deploy()
+            # Streams of 5 chunks without pauses: the latencies are the gateway's, not the provider's pacing.
+            FakeProviderClient(lab.provider_url).stream(chunks=5, delay=0.0)
+            gw = Gateway(lab)
+            workers = int(lab.host_settings("gw1")["litellm_workers"])
+            total_workers = workers * len(gw.kit_ports)
+            kit_units = [gw.L.instance(p) for p in gw.kit_ports]
+            direct = asyncio.run(open_loop(f"{lab.provider_url}/v1/chat/completions", {"Authorization": "Bearer x"},
+                                           rates[0], min(args.seconds, 15)))
+            print(f"provider direct at {rates[0]:.0f}/s: p50 {direct['p50_ms']:.1f} ms  p99 {direct['p99_ms']:.1f} ms", flush=True)
+            plan = [("kit", gw.kit_ports, kit_units, None), ("stock-1", [STOCK_PORT], [STOCK_UNIT], 0),
+                    (f"stock-{total_workers}", [STOCK_PORT], [STOCK_UNIT], total_workers)]
+            for name, ports, units, stock_workers in plan:
+                if name not in only and not (name.startswith("stock-") and name != "stock-1" and "stock-N" in only):
+                    continue
+                if stock_workers is not None:
+                    gw.start_stock(stock_workers or None)
+                row = measure(gw, name, ports, units, rates, args.seconds)
+                row["wrk"] = wrk_rate(gw, 32, 15)
+                if name == "kit" and args.soak and row["best"]:
+                    since = time.time()
+                    s = asyncio.run(open_loop(gw.url, gw.headers, row["best"]["rate"], args.soak / row["best"]["rate"]))
+                    soak = {"rate": row["best"]["rate"], "sent": s["sent"], "failed": s["failed"], "http500": s["http500"],
+                            "contextvar": gw.contextvar_errors(units, since), "p99_ms": s["p99_ms"]}
+                if stock_workers is not None:
+                    gw.stop_stock()
+                rows.append(row)
+            gw.point_nginx(gw.kit_ports)
+        finally:
+            lab.stop()
+
+    print(f"\nprovider direct p50/p99 at {rates[0]:.0f}/s: {direct['p50_ms']:.1f}/{direct['p99_ms']:.1f} ms; "
+          f"rates held {args.seconds:.0f} s each, 20% streams, open loop")
+    print(f"{'contender':<10} {'held/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'+p50':>6} {'+p99':>6} {'cpu s/1k':>9} "
+          f"{'RSS MB':>7} {'PSS MB':>7} {'500s':>5} {'ctxvar':>6} {'wrk/s':>6}")
+    for r in rows:
+        b = r["best"] or {"rate": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "cpu_s_per_1000": float("nan")}
+        print(f"{r['name']:<10} {b['rate']:>7.0f} {b['p50_ms']:>7.1f} {b['p99_ms']:>7.1f} "
+              f"{b['p50_ms'] - direct['p50_ms']:>6.1f} {b['p99_ms'] - direct['p99_ms']:>6.1f} {b['cpu_s_per_1000']:>9.1f} "
+              f"{r['rss_mb']:>7.0f} {r['pss_mb']:>7.0f} {r['http500']:>5} {r['contextvar']:>6} "
+              f"{(r['wrk'] or float('nan')):>6.0f}")
+    stock1 = next((r for r in rows if r["name"] == "stock-1" and r["best"]), None)
+    kit = next((r for r in rows if r["name"] == "kit" and r["best"]), None)
+    if stock1 and kit:
+        print(f"kit vs stock-1: {kit['best']['rate'] / stock1['best']['rate']:.2f}x the rate (target >= 2), "
+              f"{kit['best']['cpu_s_per_1000'] / stock1['best']['cpu_s_per_1000']:.2f}x the CPU per request (target <= 0.8)")
+    if soak:
+        print(f"soak: {soak['sent']} requests to the kit at {soak['rate']:.0f}/s: {soak['failed']} failed, "
+              f"{soak['http500']} HTTP 500, {soak['contextvar']} ContextVar errors, p99 {soak['p99_ms']:.0f} ms")
+    Path(__file__).with_suffix(".json").write_text(json.dumps({"direct": direct, "rows": rows, "soak": soak}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
