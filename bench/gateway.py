@@ -144,6 +144,13 @@ class Gateway:
         pss = sum(int(ln.split()[1]) for ln in out.splitlines() if ln.startswith("Pss"))
         return rss / 1024, pss / 1024
 
+    def restarts(self, units: list[str]) -> int:
+        return sum(int(self.sh(f"systemctl show -p NRestarts --value {u}").strip() or 0) for u in units)
+
+    def save_journal(self, units: list[str], since: float, path: Path):
+        path.write_text(self.sh(f"journalctl --no-pager -o short-precise --since=@{int(since)} "
+                                + " ".join(f"-u {u}" for u in units) + "; tail -n 200 /var/log/nginx/error.log", check=False))
+
     def contextvar_errors(self, units: list[str], since: float) -> int:
         out = self.sh(f"journalctl --no-pager -o cat --since=@{int(since)} " + " ".join(f"-u {u}" for u in units))
         return sum(1 for ln in out.splitlines() if CONTEXTVAR.search(ln))
@@ -185,6 +192,7 @@ def measure(gw: Gateway, name: str, ports: list[int], units: list[str], rates: l
     asyncio.run(open_loop(gw.url, gw.headers, rates[0], 10))  # warm-up: the first seconds after a start are slow
     steps, best = [], None
     since = time.time()
+    restarts0 = gw.restarts(units)
     for rate in rates:
         cpu0 = gw.cpu_seconds(units)
         step = asyncio.run(open_loop(gw.url, gw.headers, rate, seconds))
@@ -198,7 +206,10 @@ def measure(gw: Gateway, name: str, ports: list[int], units: list[str], rates: l
             break
         time.sleep(2)
     rss, pss = gw.memory_mb(units)
+    # Everything the contender logged (and nginx's errors), for the 500s, 502s or restarts counted here.
+    gw.save_journal(units, since, Path(__file__).with_name(f"gateway-{name}.log"))
     return {"name": name, "best": best, "steps": steps, "rss_mb": rss, "pss_mb": pss,
+            "restarts": gw.restarts(units) - restarts0,
             "http500": sum(s["http500"] for s in steps), "contextvar": gw.contextvar_errors(units, since)}
 
 
@@ -268,12 +279,12 @@ def main():
     print(f"\nprovider direct p50/p99 at {rates[0]:.0f}/s: {direct['p50_ms']:.1f}/{direct['p99_ms']:.1f} ms; "
           f"rates held {args.seconds:.0f} s each, 20% streams, open loop")
     print(f"{'contender':<10} {'held/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'+p50':>6} {'+p99':>6} {'cpu s/1k':>9} "
-          f"{'RSS MB':>7} {'PSS MB':>7} {'500s':>5} {'ctxvar':>6} {'wrk/s':>6}")
+          f"{'RSS MB':>7} {'PSS MB':>7} {'500s':>5} {'ctxvar':>6} {'restart':>7} {'wrk/s':>6}")
     for r in rows:
         b = r["best"] or {"rate": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "cpu_s_per_1000": float("nan")}
         print(f"{r['name']:<10} {b['rate']:>7.0f} {b['p50_ms']:>7.1f} {b['p99_ms']:>7.1f} "
               f"{b['p50_ms'] - direct['p50_ms']:>6.1f} {b['p99_ms'] - direct['p99_ms']:>6.1f} {b['cpu_s_per_1000']:>9.1f} "
-              f"{r['rss_mb']:>7.0f} {r['pss_mb']:>7.0f} {r['http500']:>5} {r['contextvar']:>6} "
+              f"{r['rss_mb']:>7.0f} {r['pss_mb']:>7.0f} {r['http500']:>5} {r['contextvar']:>6} {r['restarts']:>7} "
               f"{(r['wrk'] or float('nan')):>6.0f}")
     stock1 = next((r for r in rows if r["name"] == "stock-1" and r["best"]), None)
     kit = next((r for r in rows if r["name"] == "kit" and r["best"]), None)

@@ -207,7 +207,7 @@ def _pydantic_problems(path: Path, exc: ValidationError) -> list[str]:
 
 def parse_size(value: object) -> int:
     """A systemd/Redis-style size ('1536M', '2G', '512mb', 1048576) in bytes."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)b?\s*", str(value), re.IGNORECASE)
+    m = re.fullmatch(r"(\d+)([kmgt]?)b?", str(value), re.IGNORECASE)  # no spaces: the value is rendered as written
     if not m:
         raise ValueError(f"not a size: {value!r} (use e.g. 1536M or 2G)")
     return int(m.group(1)) * 1024 ** "_kmgt".index(m.group(2).lower() or "_")
@@ -285,11 +285,12 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
             "(the live set serves, key rotation starts the other), 2 to 16 ports in all. "
             "Fix: list an even number of ports, e.g. [4001, 4002, 4003, 4004]."
         )
-    if merged["litellm_workers"] == 1 and merged["litellm_max_requests_before_restart"] and isinstance(ports, list) and len(ports) == 2:
+    if merged["litellm_workers"] == 1 and merged["litellm_max_requests_before_restart"]:
         problems.append(
-            f"{where}: settings.litellm_workers: 1 worker in the only live instance, with worker recycling, restarts "
-            "that instance every litellm_max_requests_before_restart requests (a gap in service). "
-            "Fix: list four ports (two instances live at once), use 2 or more workers, or set litellm_max_requests_before_restart: 0."
+            f"{where}: settings.litellm_max_requests_before_restart: with 1 worker an instance recycles by exiting, and "
+            "the instances of the live set, equally loaded, exit at about the same time (every request refused until "
+            "one is back). Fix: set litellm_workers: 2 or more (workers recycle while their supervisor serves), or "
+            "litellm_max_requests_before_restart: 0."
         )
     if merged["litellm_timeout_stop_sec"] <= merged["litellm_graceful_timeout"]:
         problems.append(
@@ -443,7 +444,7 @@ def _network_list_problems(merged: dict, key: str, where: str, whole_internet: s
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # Set by the kit itself in the environment file or the launcher: an extra value must not replace them.
-KIT_ENV = frozenset({"LITELLM_LOCAL_MODEL_COST_MAP", "LITELLM_LOG", "REDIS_HOST", "REDIS_PORT", "REDIS_DB",
+KIT_ENV = frozenset({"LITELLM_LOCAL_MODEL_COST_MAP", "LITELLM_LOG", "PYTHONFAULTHANDLER", "REDIS_HOST", "REDIS_PORT", "REDIS_DB",
                      "REDIS_PASSWORD", "LITELLM_MASTER_KEY", "DATABASE_URL", "GK_PORT", "PATH", "PYTHONPATH",
                      "CREDENTIALS_DIRECTORY"})
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -452,6 +452,7 @@ def test_env_file_has_no_secrets():
     assert "REDIS_HOST=10.0.0.21" in lines and "REDIS_PORT=6380" in lines and "REDIS_DB=1" in lines
     assert "HTTPS_PROXY=http://proxy:3128" in lines
     assert "LITELLM_LOG=WARNING" in lines
+    assert "PYTHONFAULTHANDLER=1" in lines
     assert "GK_USAGE_PG=host=10.0.0.22 port=5432 dbname=litellm user=litellm" in lines
     assert not any(re.search(r"KEY|PASSWORD|SECRET", line) for line in lines)
     no_redis = render.template("litellm/litellm.env.j2", redis=None, extra_env={}, usage_db=None, log_level="INFO")
@@ -597,7 +598,7 @@ def test_dbless_launcher_runs_uvicorn_directly(tmp_path):
     assert seen["uvicorn"].pop("worker_exit") == 0
     assert seen["uvicorn"] == {
         "app": "litellm.proxy.proxy_server:app", "host": "127.0.0.1", "port": 4002, "server_header": False,
-        "loop": "uvloop", "workers": 2, "timeout_worker_healthcheck": 120, "timeout_keep_alive": 75,
+        "loop": "gcpolicy:new_event_loop", "workers": 2, "timeout_worker_healthcheck": 120, "timeout_keep_alive": 75,
         "limit_max_requests": 10000,
         "limit_max_requests_jitter": 1000, "log_level": 30,
     }

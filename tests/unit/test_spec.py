@@ -506,13 +506,13 @@ def test_load_spec_reports_semantic_problems_with_the_file_path(tmp_path):
 @pytest.mark.parametrize(
     ("text", "size"),
     [("1536M", 1536 * 2**20), ("2G", 2 * 2**30), ("512mb", 512 * 2**20), (1048576, 1048576), ("64k", 65536),
-     ("1T", 2**40), (" 3 G ", 3 * 2**30)],
+     ("1T", 2**40)],
 )
 def test_parse_size(text, size):
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "lots", "1.5G", "-1M", "2X", None])
+@pytest.mark.parametrize("text", ["", "lots", "1.5G", "-1M", "2X", None, " 3 G ", "0\r", "1536M\n", "\t2G"])
 def test_parse_size_refuses(text):
     with pytest.raises(ValueError):
         parse_size(text)

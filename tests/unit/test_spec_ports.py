@@ -65,25 +65,20 @@ def test_ports_not_a_list_refused():
     assert "settings.litellm_ports" in problems[0] and "Fix:" in problems[0]
 
 
-def test_one_worker_with_default_recycling_refused_in_a_pair():
-    assert DEFAULTS["litellm_max_requests_before_restart"] > 0
-    problems = check_settings({"litellm_workers": 1, "litellm_ports": [4001, 4002]}, WHERE)
+def test_default_one_worker_does_not_recycle():
+    assert DEFAULTS["litellm_workers"] == 1 and DEFAULTS["litellm_max_requests_before_restart"] == 0
+    assert check_settings({}, WHERE) == []
+
+
+@pytest.mark.parametrize("ports", [[4001, 4002], [4001, 4002, 4003, 4004], list(range(4101, 4117))])
+def test_one_worker_with_recycling_refused_whatever_the_set(ports):
+    # Equally loaded single-worker instances reach the limit together: all of the set exits at once.
+    problems = check_settings({"litellm_workers": 1, "litellm_max_requests_before_restart": 500,
+                               "litellm_ports": ports}, WHERE)
     assert len(problems) == 1, problems
     (p,) = problems
-    assert p.startswith(f"{WHERE}: settings.litellm_workers: ")
-    assert "Fix:" in p
-    assert "litellm_max_requests_before_restart" in p
-
-
-def test_one_worker_with_explicit_recycling_refused_in_a_pair():
-    problems = check_settings({"litellm_workers": 1, "litellm_max_requests_before_restart": 500,
-                               "litellm_ports": [4001, 4002]}, WHERE)
-    assert len(problems) == 1 and "settings.litellm_workers" in problems[0] and "Fix:" in problems[0]
-
-
-def test_one_worker_with_recycling_accepted_with_two_instances_live():
-    # Recycling restarts one instance; its sibling in the live set serves meanwhile.
-    assert check_settings({"litellm_workers": 1, "litellm_max_requests_before_restart": 500}, WHERE) == []
+    assert p.startswith(f"{WHERE}: settings.litellm_max_requests_before_restart: ") and "Fix:" in p
+    assert "litellm_workers" in p
 
 
 def test_one_worker_without_recycling_accepted():
@@ -92,11 +87,12 @@ def test_one_worker_without_recycling_accepted():
 
 @pytest.mark.parametrize("workers", [2, 4])
 def test_several_workers_with_recycling_accepted(workers):
-    assert check_settings({"litellm_workers": workers}, WHERE) == []
+    assert check_settings({"litellm_workers": workers, "litellm_max_requests_before_restart": 10000}, WHERE) == []
 
 
 def test_both_problems_reported_together():
-    problems = check_settings({"litellm_ports": [4000, 4001], "litellm_workers": 1}, WHERE)
+    problems = check_settings({"litellm_ports": [4000, 4001], "litellm_workers": 1,
+                               "litellm_max_requests_before_restart": 500}, WHERE)
     assert len(problems) == 2, problems
     assert any("4000 is LiteLLM's default port" in p for p in problems)
-    assert any(p.startswith(f"{WHERE}: settings.litellm_workers: ") for p in problems)
+    assert any(p.startswith(f"{WHERE}: settings.litellm_max_requests_before_restart: ") for p in problems)

@@ -37,7 +37,7 @@ context = dict(
     private_address="10.0.0.5", password_hash="0" * 64, gateway_addresses=["10.0.0.6"], installer="uv", pip_args="-q",
     uv_args="-q", lock=L.requirements_lock, uv_lock=L.uv_lock, pip_wheels="/usr/share/python-wheels", stamp="0" * 64,
     prisma_engines_mirror="", egress_allow=["10.0.0.5"], lib_dir=L.lib_dir,
-    usage_db="host=10.0.0.5 port=5432 dbname=litellm user=litellm",
+    usage_db="host=10.0.0.5 port=5432 dbname=litellm user=litellm", log_level="WARNING",
 )
 root = files("gatekit.templates")
 names = sorted(f"{d.name}/{f.name}" for d in root.iterdir() if d.is_dir() and d.name != "__pycache__"
@@ -69,7 +69,7 @@ def test_wheel_holds_only_the_gatekit_namespace(wheel):
     assert tops == {"gatekit", wheel.name.split("-py3")[0] + ".dist-info"}, tops
     for expected in ("gatekit/roles/litellm.py", "gatekit/roles/packages.py", "gatekit/templates/litellm/litellm@.service.j2",
                      "gatekit/templates/nginx/gatekit.conf.j2", "gatekit/requirements/litellm.lock",
-                     "gatekit/requirements/uv.lock", "gatekit/onhost/rotate.py", "gatekit/onhost/layout.py", "gatekit/onhost/keyauth.py"):
+                     "gatekit/requirements/uv.lock", "gatekit/onhost/rotate.py", "gatekit/onhost/layout.py", "gatekit/onhost/keyauth.py", "gatekit/onhost/gcpolicy.py"):
         assert expected in names, expected
     checkout_templates = sorted(str(p.relative_to(REPO / "templates")) for p in (REPO / "templates").rglob("*.j2"))
     assert sorted(n.removeprefix("gatekit/templates/") for n in names if n.endswith(".j2")) == checkout_templates
