@@ -98,6 +98,10 @@ async def open_loop(url: str, headers: dict, rate: float, seconds: float, stream
             "statuses": statuses, "http500": statuses.get(500, 0)}
 
 
+def count_contextvar(journal: str) -> int:
+    return sum(1 for ln in journal.splitlines() if CONTEXTVAR.search(ln))
+
+
 def held(step: dict) -> bool:
     return step["failed"] == 0 and step["p99_ms"] < 1000 and step["late"] <= 0.03 * step["sent"]
 
@@ -147,13 +151,12 @@ class Gateway:
     def restarts(self, units: list[str]) -> int:
         return sum(int(self.sh(f"systemctl show -p NRestarts --value {u}").strip() or 0) for u in units)
 
-    def save_journal(self, units: list[str], since: float, path: Path):
-        path.write_text(self.sh(f"journalctl --no-pager -o short-precise --since=@{int(since)} "
-                                + " ".join(f"-u {u}" for u in units) + "; tail -n 200 /var/log/nginx/error.log", check=False))
+    def journal(self, units: list[str], since: float) -> str:
+        return self.sh(f"journalctl --no-pager -o short-precise --since=@{int(since)} "
+                       + " ".join(f"-u {u}" for u in units), check=False)
 
     def contextvar_errors(self, units: list[str], since: float) -> int:
-        out = self.sh(f"journalctl --no-pager -o cat --since=@{int(since)} " + " ".join(f"-u {u}" for u in units))
-        return sum(1 for ln in out.splitlines() if CONTEXTVAR.search(ln))
+        return count_contextvar(self.journal(units, since))
 
     def start_stock(self, workers: int | None):
         """LiteLLM's own CLI with its defaults, as the kit's unit user, from the kit's credentials and env."""
@@ -207,10 +210,12 @@ def measure(gw: Gateway, name: str, ports: list[int], units: list[str], rates: l
         time.sleep(2)
     rss, pss = gw.memory_mb(units)
     # Everything the contender logged (and nginx's errors), for the 500s, 502s or restarts counted here.
-    gw.save_journal(units, since, Path(__file__).with_name(f"gateway-{name}.log"))
+    journal = gw.journal(units, since)
+    nginx_errors = gw.sh("tail -n 200 /var/log/nginx/error.log", check=False)
+    Path(__file__).with_name(f"gateway-{name}.log").write_text(journal + nginx_errors)
     return {"name": name, "best": best, "steps": steps, "rss_mb": rss, "pss_mb": pss,
             "restarts": gw.restarts(units) - restarts0,
-            "http500": sum(s["http500"] for s in steps), "contextvar": gw.contextvar_errors(units, since)}
+            "http500": sum(s["http500"] for s in steps), "contextvar": count_contextvar(journal)}
 
 
 def wrk_rate(gw: Gateway, connections: int, seconds: int) -> float | None:

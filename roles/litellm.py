@@ -28,8 +28,8 @@ from gatekit.spec import parse_size
 from gatekit.roles import credentials, topology
 from gatekit.roles.venv import PACKAGES, VenvBuild  # noqa: F401 - PACKAGES: roles/packages.py reads it here
 
-ONHOST_PROGRAMS = ("layout.py", "instance.py", "rotate.py", "keyauth.py", "gcpolicy.py")
-LOADED_BY_LITELLM = ("keyauth.py", "gcpolicy.py")  # uploaded to Layout.lib_dir with layout.json
+ONHOST_PROGRAMS = ("layout.py", "instance.py", "rotate.py", "keyauth.py", "gcpolicy.py")  # uploaded to Layout.lib_dir with layout.json
+LOADED_BY_LITELLM = ("keyauth.py", "gcpolicy.py")  # run inside LiteLLM: a new version takes effect through a restart
 LEGACY_FILES = ("{home}/bin/gatekit-rotate",)  # where earlier versions installed the rotation program
 
 
@@ -112,7 +112,6 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
               name="Ship the client keys table (hashes and limits, never a key)")
     want.file(L.launcher, launcher(s, L, env_for), mode="755", notify="restart", name="Install the LiteLLM launcher")
     for program in ONHOST_PROGRAMS:
-        # keyauth.py and gcpolicy.py run inside LiteLLM: a new version takes effect through a restart.
         want.file(L.program(program), onhost_source(program), mode="644" if program in ("layout.py", "gcpolicy.py") else "755",
                   notify="restart" if program in LOADED_BY_LITELLM else (), name=f"Install the on-host program {program}")
     want.file(L.program(LAYOUT_JSON), L.to_json(), name="Install the host layout (paths, units, ports) for the on-host programs")
