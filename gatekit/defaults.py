@@ -18,6 +18,7 @@ DEFAULTS: dict[str, object] = {
     "nginx_upstream_keepalive": 32,  # idle keepalive connections kept open to LiteLLM per worker
     "nginx_upstream_keepalive_timeout": 60,  # seconds nginx keeps an idle connection to LiteLLM; must be below litellm_keepalive_timeout
     "nginx_admin_allow": ["127.0.0.1/32", "::1/128"],  # networks (CIDR) that reach LiteLLM's admin routes (UI, management, /health, /metrics) through nginx; the public reaches only the client API
+    "nginx_metrics_port": 9464,  # plain-HTTP listener on the gateway's private address serving only each instance's /metrics/PORT/, to the monitoring hosts and nginx_admin_allow (no secrets in metrics; the TLS port's admin surface stays closed to them)
     # --- redis -------------------------------------------------------------------------------
     "redis_port": 6379,  # TCP port Redis listens on (loopback + private address only)
     "redis_maxmemory": "256mb",  # Redis memory ceiling
@@ -62,7 +63,20 @@ DEFAULTS: dict[str, object] = {
     "litellm_extra_env": {},  # extra non-secret environment for the proxy
     "litellm_egress_allow": [],  # addresses/CIDRs LiteLLM may connect to (providers' IPs; Redis and PostgreSQL are added); empty = no egress filter. IPs only: systemd filters packets, not host names
     "litellm_restart_on_secret_change": False,  # let deploy restart the live instance for a changed key (downtime); default: refuse, use rotate_keys.py
-    "rotation_settle_sec": 1.0,  # pause after the nginx switch before the old instance stops
+    "rotation_settle_sec": 1.0,
+    # --- monitoring (hosts in the optional `monitoring` group run Prometheus; every host runs node_exporter) ---
+    "monitoring_prometheus_port": 9090,  # Prometheus' HTTP API and UI, on the monitoring host's private address and loopback only
+    "monitoring_scrape_interval": 15,  # seconds between scrapes (and between rule evaluations)
+    "monitoring_retention": "15d",  # how long Prometheus keeps samples (its --storage.tsdb.retention.time)
+    "monitoring_node_exporter_port": 9100,  # node_exporter on every host's private address
+    "monitoring_redis_exporter_port": 9121,  # redis_exporter on the Redis host's private address
+    "monitoring_postgres_exporter_port": 9187,  # postgres_exporter on the PostgreSQL host's private address
+    "monitoring_blackbox_port": 9115,  # blackbox_exporter on the monitoring host's loopback: probes each gateway's public liveness and TLS certificate
+    "monitoring_error_ratio": 0.05,  # alert when more than this share of a provider's calls fail (5xx or timeouts) over 5 min
+    "monitoring_429_ratio": 0.05,  # alert when more than this share of a provider's calls are answered 429 over 5 min
+    "monitoring_p99_seconds": 30.0,  # alert when a model group's p99 total request latency exceeds this over 10 min (streams included)
+    "monitoring_cert_days": 14,  # alert when a gateway's TLS certificate expires within this many days
+    "monitoring_budget_burn": 1.0,  # alert when a provider budget's spend rate over the last hour, kept up, would exceed this multiple of the budget in its period  # pause after the nginx switch before the old instance stops
 }
 
 # LiteLLM picks a random port when 4000 is taken, silently: never let it be asked for.

@@ -390,6 +390,11 @@ BOUNDS = {
     "litellm_start_limit_burst": (1, 1000), "litellm_start_limit_interval": (1, _DAY),
     "litellm_graceful_timeout": (1, _HOUR), "litellm_timeout_stop_sec": (1, _HOUR), "litellm_install_timeout": (60, _DAY),
     "litellm_ready_timeout": (1, _HOUR), "litellm_request_timeout": (1, _DAY), "rotation_settle_sec": (0, 60),
+    "nginx_metrics_port": (1, 65535), "monitoring_prometheus_port": (1, 65535), "monitoring_scrape_interval": (1, _HOUR),
+    "monitoring_node_exporter_port": (1, 65535), "monitoring_redis_exporter_port": (1, 65535),
+    "monitoring_postgres_exporter_port": (1, 65535), "monitoring_blackbox_port": (1, 65535),
+    "monitoring_error_ratio": (0.0001, 1), "monitoring_429_ratio": (0.0001, 1), "monitoring_p99_seconds": (0.01, _DAY),
+    "monitoring_cert_days": (1, 3650), "monitoring_budget_burn": (0.01, 100),
 }
 
 # Settings that reach a rendered file, a command or an SQL statement as one token.
@@ -404,6 +409,7 @@ _TOKEN_RULES = {
     "litellm_master_key_secret": _SECRET_NAME,
     "redis_password_secret": _SECRET_NAME,
     "postgres_password_secret": _SECRET_NAME,
+    "monitoring_retention": (r"[1-9][0-9]{0,5}(?:ms|s|m|h|d|w|y)", "a duration such as 15d (digits, then ms, s, m, h, d, w or y)"),
     "litellm_requirements": (r"[A-Za-z0-9._/-]+", "a path of letters, digits, '.', '_', '-' and '/'"),
 }
 
