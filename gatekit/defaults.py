@@ -63,7 +63,7 @@ DEFAULTS: dict[str, object] = {
     "litellm_extra_env": {},  # extra non-secret environment for the proxy
     "litellm_egress_allow": [],  # addresses/CIDRs LiteLLM may connect to (providers' IPs; Redis and PostgreSQL are added); empty = no egress filter. IPs only: systemd filters packets, not host names
     "litellm_restart_on_secret_change": False,  # let deploy restart the live instance for a changed key (downtime); default: refuse, use rotate_keys.py
-    "rotation_settle_sec": 1.0,
+    "rotation_settle_sec": 1.0,  # pause after the nginx switch before the old instance stops
     # --- monitoring (hosts in the optional `monitoring` group run Prometheus; every host runs node_exporter) ---
     "monitoring_prometheus_port": 9090,  # Prometheus' HTTP API and UI, on the monitoring host's private address and loopback only
     "monitoring_scrape_interval": 15,  # seconds between scrapes (and between rule evaluations)
@@ -76,7 +76,7 @@ DEFAULTS: dict[str, object] = {
     "monitoring_429_ratio": 0.05,  # alert when more than this share of a provider's calls are answered 429 over 5 min
     "monitoring_p99_seconds": 30.0,  # alert when a model group's p99 total request latency exceeds this over 10 min (streams included)
     "monitoring_cert_days": 14,  # alert when a gateway's TLS certificate expires within this many days
-    "monitoring_budget_burn": 1.0,  # alert when a provider budget's spend rate over the last hour, kept up, would exceed this multiple of the budget in its period  # pause after the nginx switch before the old instance stops
+    "monitoring_budget_burn": 1.0,  # alert when a provider budget's spend rate over the last hour, kept up, would exceed this multiple of the budget in its period
 }
 
 # LiteLLM picks a random port when 4000 is taken, silently: never let it be asked for.

@@ -27,13 +27,17 @@ class IPFilteringEnforced(FactBase):
 
 class PostgresLitellmState(FactBase):
     """Role/database/password state for the LiteLLM role, and which version of gatekit's usage schema the
-    database holds (the comment on gatekit.key_usage, "schema"); empty before PostgreSQL is installed."""
+    database holds (the comment on gatekit.key_usage, "schema"), and whether the monitoring role exists
+    ("monitor"); empty before PostgreSQL is installed."""
 
-    def command(self, role, database):
+    def command(self, role, database, monitor="prometheus"):
         sql = (
             "SELECT 'role', coalesce(rolpassword, '') FROM pg_authid WHERE rolname = '{r}' "
-            "UNION ALL SELECT 'db', pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{d}'"
-        ).format(r=role, d=database)
+            "UNION ALL SELECT 'db', pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{d}' "
+            # The exporter's role: may log in, member of pg_monitor (statistics, never table data).
+            "UNION ALL SELECT 'monitor', rolname FROM pg_roles WHERE rolname = '{m}' AND rolcanlogin "
+            "AND pg_has_role(rolname, 'pg_monitor', 'MEMBER')"
+        ).format(r=role, d=database, m=monitor)
         schema = "SELECT 'schema ' || coalesce(obj_description(to_regclass('gatekit.key_usage'), 'pg_class'), '')"
         return (
             "if command -v psql >/dev/null && id postgres >/dev/null 2>&1 && "

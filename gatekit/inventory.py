@@ -18,6 +18,7 @@ from gatekit.defaults import DEFAULTS
 from gatekit.spec import GatewaySpec, SpecError, check_settings, load_spec
 
 GROUPS = ("gateways", "redis", "postgres")
+OPTIONAL_GROUPS = ("monitoring",)  # Prometheus and its alert rules (roles/monitoring.py)
 ROLE_GROUPS = {"redis": "redis", "postgres": "postgres", "litellm": "gateways", "nginx": "gateways"}  # roles/run.py
 
 
@@ -76,6 +77,9 @@ def check_hosts(inventory_file: str, hosts: dict[str, list[tuple[str, dict]]]) -
                 f"{inventory_file}: {group}: {len(hosts[group])} hosts; gatekit manages one {group} server. "
                 f"Fix: keep one host in {group}."
             )
+    for group in hosts:
+        if group not in (*GROUPS, *OPTIONAL_GROUPS):
+            problems.append(f"{inventory_file}: {str(group)[:80]!r}: unknown group. Fix: use {', '.join((*GROUPS, *OPTIONAL_GROUPS))}.")
     for group, entries in hosts.items():
         for name, data in entries:
             where = f"{inventory_file}: {group}: {name}"
@@ -106,7 +110,8 @@ def check_hosts(inventory_file: str, hosts: dict[str, list[tuple[str, dict]]]) -
 def groups(inventory_file: str, spec_file: str, hosts: dict[str, list[tuple[str, dict]]], data: dict | None = None):
     """Build pyinfra inventory groups after validating the spec and the hosts.
 
-    hosts: {"gateways": [(name, data)], "redis": [...], "postgres": [...]} — one host may be in several.
+    hosts: {"gateways": [(name, data)], "redis": [...], "postgres": [...], "monitoring": [...] (optional)}
+    — one host may be in several.
     Returns {group: ([(name, data)], group_data)} for the inventory module's globals.
     """
     problems = check_hosts(inventory_file, hosts)
@@ -126,7 +131,7 @@ def groups(inventory_file: str, spec_file: str, hosts: dict[str, list[tuple[str,
     # the run before pyinfra connects to any host (and is reported even when a host is unreachable).
     _secrets(str(spec.vault_path))
     group_data = {"gatekit_spec": str(Path(spec_file).resolve()), **(data or {})}
-    return {g: (list(hosts.get(g, [])), dict(group_data)) for g in GROUPS}
+    return {g: (list(hosts.get(g, [])), dict(group_data)) for g in (*GROUPS, *OPTIONAL_GROUPS)}
 
 
 @functools.lru_cache(maxsize=None)

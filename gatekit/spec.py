@@ -241,11 +241,22 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
         return problems
 
     merged = {**DEFAULTS, **settings}
-    ports = {k: merged[k] for k in ("nginx_https_port", "nginx_http_port")}
-    if ports["nginx_https_port"] == ports["nginx_http_port"] or set(ports.values()) & {
+    ports = {k: merged[k] for k in ("nginx_https_port", "nginx_http_port", "nginx_metrics_port")}
+    if len(set(ports.values())) < len(ports) or set(ports.values()) & {
             p for p in (merged["litellm_ports"] if isinstance(merged["litellm_ports"], list) else []) if isinstance(p, int) and p >= 1024}:
-        problems.append(f"{where}: settings.nginx_https_port: nginx's ports ({ports['nginx_https_port']}, "
-                        f"{ports['nginx_http_port']}) must differ from each other and from litellm_ports. Fix: pick free ports.")
+        problems.append(f"{where}: settings.nginx_https_port: nginx's ports ({', '.join(str(p) for p in ports.values())}: "
+                        "https, http, metrics) must differ from each other and from litellm_ports. Fix: pick free ports.")
+    else:
+        # One host may run every role: each listener needs its own port.
+        listeners = ("redis_port", "postgres_port", "monitoring_prometheus_port", "monitoring_node_exporter_port",
+                     "monitoring_redis_exporter_port", "monitoring_postgres_exporter_port", "monitoring_blackbox_port")
+        taken = {**{p: k for k, p in ports.items()}, **{p: "litellm_ports" for p in (
+            merged["litellm_ports"] if isinstance(merged["litellm_ports"], list) else []) if isinstance(p, int)}}
+        for key in listeners:
+            if merged[key] in taken:
+                problems.append(f"{where}: settings.{key}: port {merged[key]} is also {taken[merged[key]]}'s. "
+                                "Fix: give each listener its own port.")
+            taken.setdefault(merged[key], key)
     try:
         high, high_max = parse_size(merged["litellm_memory_high"]), parse_size(merged["litellm_memory_max"])
     except ValueError as exc:

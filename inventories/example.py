@@ -13,7 +13,8 @@ _gateways = [
 _g = groups(
     inventory_file="inventories/example.py",
     spec_file="inventories/example.gateway.yaml",
-    hosts={"gateways": _gateways, "redis": [_data_host], "postgres": [_data_host]},
+    # monitoring (optional): Prometheus with gatekit's alert rules; every host then runs node_exporter.
+    hosts={"gateways": _gateways, "redis": [_data_host], "postgres": [_data_host], "monitoring": [_data_host]},
     data={"ssh_user": "root"},
 )
-gateways, redis, postgres = _g["gateways"], _g["redis"], _g["postgres"]
+gateways, redis, postgres, monitoring = _g["gateways"], _g["redis"], _g["postgres"], _g["monitoring"]

@@ -43,8 +43,9 @@ def declare(want: Desired, layout: Layout, names) -> None:
     want.paths_to_check += [layout.cred(n) for n in names]
 
 
-def install(ctx, layout: Layout, names, want: Desired) -> list:
-    """Encrypt each secret whose fingerprint differs from the host's; only changed secrets travel."""
+def install(ctx, layout: Layout, names, want: Desired, refuse_live_change: bool = True) -> list:
+    """Encrypt each secret whose fingerprint differs from the host's; only changed secrets travel.
+    refuse_live_change: a changed secret stops the deploy (LiteLLM's keys change by rotation only)."""
     todo = {
         name: ctx.secret(name)
         for name in sorted(names)
@@ -54,7 +55,7 @@ def install(ctx, layout: Layout, names, want: Desired) -> list:
     # A changed key on a running gateway would need a restart, and a restart is a gap in service and
     # the moment old and new keys get mixed up. That is rotate_keys.py's job (blue/green, canary, rollback).
     changed = sorted(n for n in todo if layout.cred(n) in want.state["paths"] and want.text(layout.cred_fingerprint(n)))
-    if changed and not ctx.settings["litellm_restart_on_secret_change"]:
+    if changed and refuse_live_change and not ctx.settings["litellm_restart_on_secret_change"]:
         raise PyinfraError(
             f"host {host.name}: {', '.join(changed)} in the vault differ from the credentials live on the host. "
             f"Fix: rotate without downtime: pyinfra INVENTORY rotate_keys.py --data rotate={','.join(changed)} "

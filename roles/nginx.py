@@ -8,10 +8,12 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import server, systemd
 
+from gatekit import monitoring
 from gatekit.hoststate import Desired, PackageWave, gateway_probe
 from gatekit.inventory import context
 from gatekit.onhost.layout import Layout
 from gatekit.render import template
+from gatekit.roles import topology
 
 PACKAGES = ["nginx", "libnginx-mod-http-headers-more-filter", "openssl"]
 
@@ -37,7 +39,10 @@ def nginx(packages: PackageWave | None = None):
                  keepalive_timeout=s["nginx_upstream_keepalive_timeout"]),
         notify="reload", name="Render the LiteLLM upstream",
     )
-    want.file(L.nginx_site, template("nginx/gatekit.conf.j2", s=s, layout=L, tls_cert=cert, tls_key=key),
+    monitors = topology.monitoring_addresses()
+    allow = monitoring.metrics_allow(monitors, s["nginx_admin_allow"]) if monitors else []
+    want.file(L.nginx_site, template("nginx/gatekit.conf.j2", s=s, layout=L, tls_cert=cert, tls_key=key,
+                                     private_address=host.data.private_address, metrics_allow=allow),
               notify="reload", name="Render the gatekit nginx site")
     want.remove(L.nginx_default_site, notify="reload", name="Remove Debian's default site")
     want.read()

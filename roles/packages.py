@@ -28,15 +28,16 @@ from pyinfra.operations import apt, server
 from gatekit import background
 from gatekit.hoststate import UNCHANGED, Desired, PackageWave
 from gatekit.onhost.layout import Layout
-from gatekit.roles import litellm, nginx, postgres, redis
+from gatekit.roles import litellm, monitoring, nginx, postgres, redis
 
 # Minimal Debian lacks these; the kit runs them (openssl for certificates, procps for ops debugging).
 BASE_PACKAGES = ["ca-certificates", "openssl", "procps", "python3"]
 
 # group -> packages, each role's list read from its module; "all" is every host.
 FIRST_WAVE = {"all": BASE_PACKAGES, "gateways": litellm.PACKAGES, "redis": redis.PACKAGES}
-SECOND_WAVE = {"postgres": postgres.PACKAGES, "gateways": nginx.PACKAGES}
-ROLE_GROUPS = ("gateways", "redis", "postgres")
+# The exporters and Prometheus come with the second wave: their drop-ins are written before it starts.
+SECOND_WAVE = {"postgres": postgres.PACKAGES, "gateways": nginx.PACKAGES, **monitoring.WAVE}
+ROLE_GROUPS = ("gateways", "redis", "postgres", "monitoring", *monitoring.WAVE)
 
 UNIT = Layout.packages_unit
 INSTALL_TIMEOUT = 1800  # seconds; a slow mirror, not a hung dpkg (apt waits up to 300 s for the dpkg lock)
@@ -60,6 +61,11 @@ def wanted(wave: dict[str, list[str]], groups) -> list[str]:
     return sorted({p for group, names in wave.items() if group == "all" or group in groups for p in names})
 
 
+def host_groups() -> set[str]:
+    """This host's groups, with the monitoring pseudo-groups (roles/monitoring.py)."""
+    return {*host.groups, *monitoring.wave_groups(host.groups)}
+
+
 def install_command(packages: list[str]) -> str:
     # Waits for the dpkg lock (unattended-upgrades on a real host) instead of failing at once.
     return noninteractive_apt("-o DPkg::Lock::Timeout=300 install --no-install-recommends " + " ".join(packages))
@@ -74,8 +80,9 @@ def installed_test(names: tuple[str, ...]) -> str:
 def _desired(wave: dict[str, list[str]]) -> Desired:
     """This host's packages of `wave`, with their state read from one fact that covers both waves: the
     arguments are identical in both, so pyinfra reads it once per host (one round trip, not two)."""
-    want = Desired(packages=wanted(wave, host.groups))
-    want.state = Desired(packages=sorted({*wanted(FIRST_WAVE, host.groups), *wanted(SECOND_WAVE, host.groups)})).read()
+    groups = host_groups()
+    want = Desired(packages=wanted(wave, groups))
+    want.state = Desired(packages=sorted({*wanted(FIRST_WAVE, groups), *wanted(SECOND_WAVE, groups)})).read()
     return want
 
 

@@ -53,7 +53,7 @@ def postgres(packages: PackageWave | None = None):
                     _if=want.changed("reload", unless="restart"))
 
     role, db = s["postgres_user"], s["postgres_db"]
-    state = host.get_fact(PostgresLitellmState, role=role, database=db)
+    state = host.get_fact(PostgresLitellmState, role=role, database=db, monitor=L.postgres_monitor_role)
     # The verifier, never the password, goes to the host.
     verifier = scram_sha256_verifier(ctx.secret(s["postgres_password_secret"]), salt_seed=role)
     wait = "for i in $(seq 60); do runuser -u postgres -- psql -XtAc 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.5; done"
@@ -70,3 +70,10 @@ def postgres(packages: PackageWave | None = None):
     if state.get("schema") != keyauth.SCHEMA_VERSION:
         server.shell(name=f"Create or migrate gatekit's usage schema in {db}",
                      commands=[wait, _psql(f"SET ROLE {role};" + keyauth.SCHEMA_SQL, database=db)])
+
+    # The exporter's role (roles/monitoring.py): no password, so only peer login over the local socket works.
+    monitor = L.postgres_monitor_role
+    if topology.monitoring_addresses() and state.get("monitor") != monitor:
+        server.shell(name=f"Create PostgreSQL role {monitor} (pg_monitor, local peer login only)", commands=[wait, _psql(
+            f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{monitor}') THEN CREATE ROLE {monitor}; "
+            f"END IF; END$$; ALTER ROLE {monitor} LOGIN PASSWORD NULL; GRANT pg_monitor TO {monitor}")])

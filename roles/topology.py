@@ -43,3 +43,22 @@ def egress_allow(s: dict) -> list[str]:
         return []
     peers = [t["host"] for t in (redis_target(s),) if t] + [database_host()]
     return sorted({*s["litellm_egress_allow"], *(p for p in peers if p != "127.0.0.1")})
+
+
+def monitoring_addresses() -> list[str]:
+    """Private addresses of the monitoring hosts (empty without a monitoring group)."""
+    return sorted({h.data.private_address for h in group_hosts(inventory, "monitoring")})
+
+
+def monitored_hosts() -> list:
+    """Every inventory host with what the monitoring host needs of it (gatekit.monitoring.Monitored)."""
+    from gatekit.inventory import context, settings_for
+    from gatekit.monitoring import Monitored
+
+    spec = context(host).spec
+    seen = {}
+    for group in ("gateways", "redis", "postgres", "monitoring"):
+        for h in group_hosts(inventory, group):
+            seen.setdefault(h.name, h)
+    return [Monitored(h.name, h.data.private_address, frozenset(g for g in h.groups if g in (
+        "gateways", "redis", "postgres", "monitoring")), settings_for(spec, h.data.dict())) for h in seen.values()]

@@ -38,6 +38,7 @@ class Layout:
     nginx_dir: str = "/etc/nginx"
     redis_dir: str = "/etc/redis"
     postgres_dir: str = "/etc/postgresql"
+    prometheus_state_dir: str = "/var/lib/prometheus"  # Debian's packages' home for Prometheus' data and textfiles
 
     @classmethod
     def from_settings(cls, settings: dict) -> Layout:
@@ -233,3 +234,46 @@ class Layout:
     @property
     def postgres_conf_dir(self) -> str:
         return f"{self.postgres_dir}/{self.postgres_version}/main"
+
+    # ---- monitoring (roles/monitoring.py) -------------------------------------------------------------
+    prometheus_unit = "prometheus.service"
+    node_exporter_unit = "prometheus-node-exporter.service"
+    redis_exporter_unit = "prometheus-redis-exporter.service"
+    postgres_exporter_unit = "prometheus-postgres-exporter.service"
+    blackbox_unit = "prometheus-blackbox-exporter.service"
+    # Prometheus listens on one address; this socket gives it the loopback one too (systemd-socket-proxyd).
+    prometheus_loopback_socket = "gatekit-prometheus-loopback.socket"
+    prometheus_loopback_service = "gatekit-prometheus-loopback.service"
+    postgres_monitor_role = "prometheus"  # peer-authenticated over the socket: the exporter's system user
+
+    @property
+    def monitoring_dir(self) -> str:  # gatekit's own files, beside (not over) the packages' conffiles
+        return f"{self.gatekit_etc}/monitoring"
+
+    @property
+    def prometheus_config(self) -> str:
+        return f"{self.monitoring_dir}/prometheus.yml"
+
+    @property
+    def alert_rules(self) -> str:
+        return f"{self.monitoring_dir}/alerts.yml"
+
+    @property
+    def blackbox_config(self) -> str:
+        return f"{self.monitoring_dir}/blackbox.yml"
+
+    @property
+    def prometheus_data(self) -> str:
+        return f"{self.prometheus_state_dir}/metrics2"
+
+    @property
+    def textfile_dir(self) -> str:  # node_exporter's textfile collector reads *.prom here
+        return f"{self.prometheus_state_dir}/node-exporter"
+
+    def dropin(self, unit: str) -> str:
+        """gatekit's drop-in for a packaged unit: written before the package installs, so even its first
+        start listens where gatekit says (the packages' defaults listen on every address)."""
+        return f"{self.systemd_dir}/{unit}.d/gatekit.conf"
+
+    def unit_path(self, unit: str) -> str:
+        return f"{self.systemd_dir}/{unit}"

@@ -43,6 +43,7 @@ HOSTS = {
     "gateways": [("gw1", {"private_address": "10.9.0.11"}), ("gw2", {"private_address": "10.9.0.12", **GW2})],
     "redis": [("data1", {"private_address": "10.9.0.10"})],
     "postgres": [("data1", {"private_address": "10.9.0.10"})],
+    "monitoring": [("data1", {"private_address": "10.9.0.10"})],
 }
 
 
@@ -75,7 +76,7 @@ class FakeHosts:
             texts = {}
             if "gateways" in host.groups:
                 texts[L.venv_stamp] = VenvBuild.for_settings(L, s).stamp
-                texts.update({L.cred_fingerprint(n): fingerprint(v) for n, v in SECRETS.items()})
+            texts.update({L.cred_fingerprint(n): fingerprint(v) for n, v in SECRETS.items()})
             state["texts"] = {t: texts[t] for t in kwargs.get("texts", ()) if t in texts}
         drift = self.drift.get(host.name, {})
         for kind in ("paths", "units", "texts"):
@@ -136,7 +137,7 @@ def fake(monkeypatch, spec_file):
         if cls is PostgresLitellmState:
             user = DEFAULTS["postgres_user"]
             return {"role": scram_sha256_verifier(SECRETS["postgres_password"], salt_seed=user), "db": user,
-                    "schema": keyauth.SCHEMA_VERSION}
+                    "schema": keyauth.SCHEMA_VERSION, "monitor": "prometheus"}
         raise AssertionError(f"unexpected fact {cls.__name__}: a role read the host outside its one round trip")
 
     real_read = Desired.read
@@ -293,6 +294,30 @@ DRIFTS = {
     "postgres listen settings edited": (
         "data1", {"paths": {"/etc/postgresql/15/main/conf.d/gatekit.conf": ("f", "644", "postgres", "postgres", "0" * 40)}},
         ["PostgreSQL | Render PostgreSQL listen/auth settings"], ["PostgreSQL | Restart PostgreSQL for new listen settings"],
+    ),
+    "node exporter's drop-in edited": (
+        "gw2", {"paths": {"/etc/systemd/system/prometheus-node-exporter.service.d/gatekit.conf": ("f", "644", "root", "root", "0" * 40)}},
+        ["Monitoring setup | Render gatekit's drop-in for prometheus-node-exporter.service"],
+        ["Monitoring | Reload systemd for gatekit's monitoring units",
+         "Monitoring | Restart prometheus-node-exporter.service for its new settings"],
+    ),
+    "alert rules edited": (
+        "data1", {"paths": {"/etc/gatekit/monitoring/alerts.yml": ("f", "644", "root", "root", "0" * 40)}},
+        ["Monitoring setup | Render gatekit's alert rules"],
+        ["Monitoring | Check Prometheus' configuration and rules (promtool)",
+         "Monitoring | Reload Prometheus for its new targets or rules"],
+    ),
+    "prometheus' drop-in edited": (
+        "data1", {"paths": {"/etc/systemd/system/prometheus.service.d/gatekit.conf": ("f", "644", "root", "root", "0" * 40)}},
+        ["Monitoring setup | Render gatekit's drop-in for prometheus.service"],
+        # A restart reads the configuration too: no reload after it.
+        ["Monitoring | Reload systemd for gatekit's monitoring units",
+         "Monitoring | Check Prometheus' configuration and rules (promtool)",
+         "Monitoring | Restart prometheus.service for its new settings"],
+    ),
+    "redis exporter stopped": (
+        "data1", {"units": {"prometheus-redis-exporter.service": ("failed", "enabled")}},
+        ["Monitoring | Enable and start prometheus-redis-exporter.service"], [],
     ),
     "redis stopped": (
         "data1", {"units": {"redis-server.service": ("failed", "enabled")}}, ["Redis | Enable and start Redis"], [],
