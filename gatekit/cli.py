@@ -467,5 +467,22 @@ def keys_list(spec_path, as_json, inventory_file):
         click.echo(line + "  " + ",".join(r["models"]))
 
 
+@main.command()
+@click.argument("inventory", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--calls", is_flag=True, help="Also send model calls through nginx: a stream, and 1 token per public model name.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for machines.")
+@click.option("--host", "only", help="Check this inventory host only.")
+def doctor(inventory: Path, calls: bool, as_json: bool, only: str | None):
+    """Read-only live check of a deployed fleet: one check per production pitfall, with evidence and a fix.
+    Exit 0 only when no check failed (skipped checks do not fail)."""
+    from gatekit.doctor import FAIL, results_json
+    from gatekit.doctor_run import render_text, run_doctor
+
+    results = run_doctor(inventory, calls=calls, only=only)
+    click.echo(results_json(results) if as_json else render_text(results))
+    if any(r.status == FAIL for r in results):
+        raise click.exceptions.Exit(1)
+
+
 if __name__ == "__main__":
     main(prog_name="gatekit")

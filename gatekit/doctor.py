@@ -1,0 +1,546 @@
+"""gatekit doctor: the pure checks. Evidence from one host (gatekit/onhost/probe.py's JSON) + what the kit
+knows (spec, settings, the vault's fingerprints, the lock) in; one Result per check out.
+
+Every check names one production pitfall (docs/architecture.md), says what it saw (short, never a secret:
+a key a process holds is only said to match or differ from the vault's), and one line of fix. Nothing here
+touches a host: gatekit/doctor_run.py collects the evidence and makes the optional model calls.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import json
+import re
+from dataclasses import asdict, dataclass
+
+import yaml
+
+from gatekit.spec import NEVER_RETRIED, RETRY_CLASSES, GatewaySpec
+
+OK, FAIL, SKIPPED = "ok", "fail", "skipped"
+EXPOSURE_LIMIT = 2.5  # systemd-analyze security: the kit's contract for litellm@PORT (README, security model)
+MEMORY_FULL = 0.9  # MemoryCurrent above this share of MemoryMax: the kernel kill is near
+START_SLACK = 2.0  # seconds: a process start time is known to the clock tick, the boot time to the second
+
+# Gateway checks first, in the order of the architecture's pitfalls; then what every host gets.
+GATEWAY_CHECKS = ("memory", "stale_key", "retries_cost", "routing", "routing_calls", "streaming_config",
+                  "streaming_call", "exposure", "tls", "supply_chain")
+
+
+@dataclass(frozen=True)
+class Result:
+    host: str
+    check: str
+    status: str
+    evidence: str
+    fix: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _short(items, limit: int = 4) -> str:
+    items = list(items)
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return "; ".join(str(i) for i in items[:limit]) + more
+
+
+def _result(host: str, check: str, problems: list[str], ok_evidence: str, fix: str) -> Result:
+    if problems:
+        return Result(host, check, FAIL, _short(problems), fix)
+    return Result(host, check, OK, ok_evidence)
+
+
+def active_instances(gw: dict) -> dict[str, dict]:
+    return {u: e for u, e in gw.get("instances", {}).items() if e["props"].get("ActiveState") == "active"}
+
+
+# ---- 1. silent OOM --------------------------------------------------------------------------------------
+def _bytes(value: str | None) -> int | None:
+    """systemd's byte counts; None for "infinity", "[not set]" or nothing."""
+    return int(value) if value and value.isdigit() else None
+
+
+def check_memory(host: str, gw: dict, live_units: list[str]) -> Result:
+    problems, seen = [], []
+    for unit in live_units:
+        entry = gw.get("instances", {}).get(unit)
+        if entry is None or entry["props"].get("ActiveState") != "active":
+            state = entry["props"].get("ActiveState", "?") + "/" + entry["props"].get("Result", "?") if entry else "unknown"
+            problems.append(f"{unit} (live) is not running ({state})")
+    for unit, entry in gw.get("instances", {}).items():
+        p = entry["props"]
+        high, mx, cur = _bytes(p.get("MemoryHigh")), _bytes(p.get("MemoryMax")), _bytes(p.get("MemoryCurrent"))
+        if mx is None:
+            problems.append(f"{unit}: MemoryMax={p.get('MemoryMax', '?')}")
+        if high is None:
+            problems.append(f"{unit}: MemoryHigh={p.get('MemoryHigh', '?')}")
+        elif mx is not None and high >= mx:
+            problems.append(f"{unit}: MemoryHigh {high >> 20}M not below MemoryMax {mx >> 20}M")
+        if p.get("Restart") != "always":
+            problems.append(f"{unit}: Restart={p.get('Restart', '?')}")
+        if entry.get("oom_kills"):
+            problems.append(f"{unit}: {entry['oom_kills']} OOM kill(s) this boot")
+        if p.get("NRestarts", "0") not in ("", "0"):
+            problems.append(f"{unit}: restarted {p['NRestarts']} time(s) by systemd since its last start")
+        if p.get("ActiveState") == "active" and cur is not None and mx:
+            seen.append(f"{unit.split('.')[0]} {cur >> 20}M/{mx >> 20}M")
+            if cur > MEMORY_FULL * mx:
+                problems.append(f"{unit}: using {cur >> 20}M of MemoryMax {mx >> 20}M")
+    return _result(host, "memory", problems, ", ".join(seen) or "no instance running",
+                   "redeploy to restore the unit's MemoryHigh/MemoryMax/Restart=always (remove hand-made drop-ins: "
+                   "systemctl cat litellm@PORT); OOM kills/restarts/high use: raise litellm_memory_max or find the leak "
+                   "(journalctl -u litellm@PORT)")
+
+
+# ---- 2. rotated key, old key still used -----------------------------------------------------------------
+def check_stale_key(host: str, gw: dict, vault_fps: dict[str, str], secret_env: dict[str, str]) -> Result:
+    """vault_fps: {secret name: fingerprint of the vault's current value}; secret_env: {secret name: env var}."""
+    problems, processes = [], 0
+    for unit, entry in active_instances(gw).items():
+        u = unit.split(".")[0]
+        for name, fp in sorted(entry.get("runtime_credentials", {}).items()):
+            if name in vault_fps and fp is not None and fp != vault_fps[name]:
+                problems.append(f"{u} loaded {name} at start: differs from the vault")
+            elif name in vault_fps and fp is None:
+                problems.append(f"{u}: no runtime credential {name} (cannot tell which key it holds)")
+        for proc in entry.get("processes", []):
+            processes += 1
+            for name, var in secret_env.items():
+                fp = proc.get("env", {}).get(var)
+                if fp is not None and name in vault_fps and fp != vault_fps[name]:
+                    problems.append(f"{u} pid {proc['pid']} holds {name}: differs from the vault")
+                written = gw.get("credential_files", {}).get(name, {}).get("mtime")
+                if written is not None and proc["start"] + START_SLACK < written:
+                    problems.append(f"{u} pid {proc['pid']} started {written - proc['start']:.0f}s before "
+                                    f"{name}.cred was last written")
+    problems = list(dict.fromkeys(problems))
+    return _result(host, "stale_key", problems,
+                   f"{len(active_instances(gw))} instance(s), {processes} process(es): every key matches the vault",
+                   "rotate so fresh processes load the current keys: pyinfra INVENTORY rotate_keys.py "
+                   "--data rotate=NAME (a .cred written by hand: redeploy first)")
+
+
+# ---- 3 + 4. retry storms and cost ------------------------------------------------------------------------
+def parse_config(text: str | None) -> tuple[dict | None, str | None]:
+    """The live config.yaml as data (it holds only os.environ/ references, no secret values)."""
+    if text is None:
+        return None, "config.yaml missing or unreadable"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return None, f"config.yaml is not valid YAML ({str(exc).splitlines()[0][:80]})"
+    return (data, None) if isinstance(data, dict) else (None, "config.yaml is not a mapping")
+
+
+def _allowed_pricier(spec: GatewaySpec, src: str, dst: str) -> bool:
+    return any(fb.from_ == src and any(t.model == dst and t.allow_pricier for t in fb.targets()) for fb in spec.fallbacks)
+
+
+def check_retries_cost(host: str, config_text: str | None, spec: GatewaySpec) -> Result:
+    cfg, err = parse_config(config_text)
+    if err:
+        return Result(host, "retries_cost", FAIL, err, "redeploy to render config.yaml")
+    router = cfg.get("router_settings") or {}
+    policy = router.get("retry_policy") or {}
+    num = router.get("num_retries", 0) or 0
+    problems = []
+    for field in NEVER_RETRIED:
+        name = RETRY_CLASSES[field]
+        n = policy.get(name, num)  # without a policy entry LiteLLM retries the class num_retries times
+        if n:
+            problems.append(f"{name}={n}" + (" (num_retries, no policy entry)" if name not in policy else ""))
+    for fb in router.get("fallbacks") or []:
+        for src, targets in (fb or {}).items():
+            src_model = spec.model(src)
+            for dst in targets or []:
+                dst_model = spec.model(dst)
+                if src_model is None or dst_model is None:
+                    problems.append(f"fallback {src} -> {dst}: not a model of the spec (price unknown)")
+                elif dst_model.price.dearer_than(src_model.price) and not _allowed_pricier(spec, src, dst):
+                    problems.append(f"fallback {src} -> {dst} is pricier (${dst_model.price.output_per_1m:g} vs "
+                                    f"${src_model.price.output_per_1m:g} per 1M out) and the spec does not allow it")
+    n_fb = sum(len(t or []) for fb in router.get("fallbacks") or [] for t in (fb or {}).values())
+    return _result(host, "retries_cost", problems,
+                   f"0 retries for 400/401/403/429, num_retries={num}, {n_fb} fallback(s) none pricier than allowed",
+                   "the live config.yaml was edited by hand: redeploy (it renders retry_policy and fallbacks from the spec)")
+
+
+# ---- 7 + 8. model names, weights, cooldowns -------------------------------------------------------------
+def check_routing(host: str, config_text: str | None, spec: GatewaySpec, cooldowns: list[str] | None) -> Result:
+    cfg, err = parse_config(config_text)
+    if err:
+        return Result(host, "routing", FAIL, err, "redeploy to render config.yaml")
+    problems = []
+    names, ids = set(), set()
+    for i, entry in enumerate(cfg.get("model_list") or []):
+        names.add(entry.get("model_name"))
+        ids.add((entry.get("model_info") or {}).get("id"))
+        weight = (entry.get("litellm_params") or {}).get("weight", 1)
+        if not isinstance(weight, (int, float)) or weight <= 0:
+            problems.append(f"model_list[{i}] {entry.get('model_name')}: weight {weight} is never picked")
+    router = cfg.get("router_settings") or {}
+    aliases = router.get("model_group_alias") or {}
+    for m in spec.models:
+        if m.name not in names:
+            problems.append(f"{m.name} (spec) has no deployment in the live config")
+    for alias, target in {**spec.aliases, **aliases}.items():
+        if alias not in aliases:
+            problems.append(f"alias {alias} (spec) missing from the live config")
+        elif aliases[alias] not in names:
+            problems.append(f"alias {alias} -> {aliases[alias]}: no such model in model_list")
+    for fb in router.get("fallbacks") or []:
+        for src, targets in (fb or {}).items():
+            for name in [src, *(targets or [])]:
+                if name not in names:
+                    problems.append(f"fallback names {name}: no such model in model_list")
+    if cooldowns is None:
+        problems.append("Redis not readable: cooldowns unknown")
+    else:
+        for key in cooldowns:
+            dep = next((seg for seg in key.split(":") if seg in ids), None)
+            if dep is not None:
+                problems.append(f"deployment {dep} is cooling down now")
+    problems = list(dict.fromkeys(problems))
+    return _result(host, "routing", problems,
+                   f"{len(names)} model(s), {len(aliases)} alias(es), weights > 0, no deployment cooling down",
+                   "redeploy (the spec is validated: names, weights); a cooldown: see the provider's errors "
+                   "(journalctl -u litellm@PORT) and the fake/real provider's status")
+
+
+# ---- 6. streams behind nginx -------------------------------------------------------------------------------
+Node = tuple  # (directive, args, children or None)
+
+
+def _tokens(text: str):
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c.isspace():
+            i += 1
+        elif c == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+        elif c in "{};":
+            yield c
+            i += 1
+        elif c in "\"'":
+            j = i + 1
+            while j < n and text[j] != c:
+                j += 2 if text[j] == "\\" else 1
+            yield text[i + 1:j]
+            i = j + 1
+        else:
+            j = i
+            while j < n and not text[j].isspace() and text[j] not in "{};":
+                j += 1
+            yield text[i:j]
+            i = j
+
+
+def nginx_files(dump: str) -> dict[str, str]:
+    """`nginx -T`: each configuration file, after a '# configuration file PATH:' line."""
+    files, current, lines = {}, None, []
+    for line in dump.splitlines():
+        m = re.match(r"^# configuration file (.+):$", line)
+        if m:
+            if current:
+                files[current] = "\n".join(lines)
+            current, lines = m.group(1), []
+        else:
+            lines.append(line)
+    if current:
+        files[current] = "\n".join(lines)
+    return files
+
+
+def parse_nginx(files: dict[str, str], path: str, prefix: str = "/etc/nginx", depth: int = 0) -> list[Node]:
+    """The configuration tree from `path`, includes expanded from the files `nginx -T` printed."""
+    if depth > 10 or path not in files:
+        return []
+    tokens = list(_tokens(files[path]))
+    pos = 0
+
+    def block() -> list[Node]:
+        nonlocal pos
+        out, words = [], []
+        while pos < len(tokens):
+            t = tokens[pos]
+            pos += 1
+            if t == ";":
+                if words and words[0] == "include" and len(words) > 1:
+                    pattern = words[1] if words[1].startswith("/") else f"{prefix}/{words[1]}"
+                    for f in sorted(files):
+                        if fnmatch.fnmatch(f, pattern):
+                            out += parse_nginx(files, f, prefix, depth + 1)
+                elif words:
+                    out.append((words[0], words[1:], None))
+                words = []
+            elif t == "{":
+                out.append((words[0] if words else "", words[1:], block()))
+                words = []
+            elif t == "}":
+                return out
+            else:
+                words.append(t)
+        return out
+
+    return block()
+
+
+STREAM_DEFAULTS = {"proxy_buffering": "on", "proxy_request_buffering": "on", "proxy_http_version": "1.0", "gzip": "off",
+                   "gzip_types": "text/html"}
+STREAM_WANTED = {"proxy_buffering": "off", "proxy_request_buffering": "off", "proxy_http_version": "1.1"}
+
+
+def _own(nodes: list[Node], name: str) -> list[str] | None:
+    found = [args for d, args, children in nodes if d == name and children is None]
+    return found[-1] if found else None
+
+
+def _effective(chain: list[list[Node]], name: str) -> list[str]:
+    """nginx's inheritance: the innermost level that sets a directive wins."""
+    for level in reversed(chain):
+        own = _own(level, name)
+        if own is not None:
+            return own
+    return STREAM_DEFAULTS[name].split()
+
+
+def _locations(nodes: list[Node], chain: list[list[Node]]):
+    for d, args, children in nodes:
+        if d == "location" and children is not None:
+            yield " ".join(args), chain + [children]
+            yield from _locations(children, chain + [children])
+
+
+def gateway_servers(tree: list[Node], https_port: int):
+    """(http level, server block) of every server listening with TLS on the gateway's port."""
+    for d, _, http in tree:
+        if d != "http" or http is None:
+            continue
+        for sd, _, server in http:
+            if sd == "server" and server is not None and any(
+                    d2 == "listen" and "ssl" in a and re.search(rf"(^|:|\]){https_port}$", a[0])
+                    for d2, a, c in server if c is None and a):
+                yield http, server
+
+
+def check_streaming_config(host: str, nginx: dict, https_port: int) -> Result:
+    dump = nginx.get("dump") or ""
+    if not dump:
+        return Result(host, "streaming_config", FAIL, "nginx -T printed nothing (nginx missing or its config broken)",
+                      "systemctl status nginx; nginx -t; redeploy")
+    tree = parse_nginx(nginx_files(dump), "/etc/nginx/nginx.conf")
+    servers = list(gateway_servers(tree, https_port))
+    if not servers:
+        return Result(host, "streaming_config", FAIL, f"no TLS server on port {https_port} in nginx -T",
+                      "redeploy (it writes conf.d/gatekit.conf)")
+    problems, checked = [], 0
+    for http, server in servers:
+        for where, chain in _locations(server, [http, server]):
+            target = _own(chain[-1], "proxy_pass")
+            if not target or not target[0].startswith("http://litellm"):
+                continue
+            checked += 1
+            for name, want in STREAM_WANTED.items():
+                got = _effective(chain, name)
+                if got[:1] != [want]:
+                    problems.append(f"location {where}: {name} {' '.join(got)}")
+            if _effective(chain, "gzip")[:1] == ["on"]:
+                types = _effective(chain, "gzip_types")
+                if "*" in types or "text/event-stream" in types:
+                    problems.append(f"location {where}: gzip on for text/event-stream")
+    if not checked:
+        problems.append("no location passes to the litellm upstream")
+    return _result(host, "streaming_config", sorted(set(problems)),
+                   f"{checked} location(s) to LiteLLM: proxy_buffering off, proxy_request_buffering off, "
+                   "HTTP/1.1, no gzip of event streams",
+                   "redeploy to rewrite nginx's gatekit.conf and remove the drop-in that changed it (nginx -T shows where)")
+
+
+def evaluate_stream(status: int | None, arrivals: list[float], error: str | None = None) -> tuple[str, str]:
+    """(status, evidence) of a streamed call: arrivals are the seconds at which each data chunk arrived."""
+    if error:
+        return FAIL, error
+    if status != 200:
+        return FAIL, f"HTTP {status}"
+    if len(arrivals) < 2:
+        return FAIL, f"{len(arrivals)} chunk(s): the stream arrived in one piece"
+    spread = arrivals[-1] - arrivals[0]
+    if spread < 0.05:
+        return FAIL, f"{len(arrivals)} chunks within {spread * 1000:.0f} ms: buffered, then sent at once"
+    return OK, f"{len(arrivals)} chunks over {spread:.2f}s"
+
+
+# ---- TLS ------------------------------------------------------------------------------------------------
+def check_tls(host: str, nginx: dict, https_port: int, min_days: int, now: float) -> Result:
+    problems, seen = [], []
+    if not nginx.get("test_ok"):
+        problems.append("nginx -t failed: " + (nginx.get("test_output") or "").splitlines()[-1:][0][:160]
+                        if nginx.get("test_output") else "nginx -t failed")
+    tree = parse_nginx(nginx_files(nginx.get("dump") or ""), "/etc/nginx/nginx.conf")
+    certs = {(_own(server, "ssl_certificate") or _own(http, "ssl_certificate") or [""])[0]
+             for http, server in gateway_servers(tree, https_port)} - {""}
+    if not certs:
+        problems.append(f"no ssl_certificate for port {https_port} in nginx -T")
+    for path in sorted(certs):
+        info = (nginx.get("certs") or {}).get(path) or {}
+        if not info.get("not_after"):
+            problems.append(f"{path}: {info.get('error') or 'not read'}")
+            continue
+        end = dt.datetime.strptime(info["not_after"], "%b %d %H:%M:%S %Y %Z").replace(tzinfo=dt.timezone.utc)
+        days = (end.timestamp() - now) / 86400
+        seen.append(f"{path} expires in {days:.0f} days")
+        if days <= min_days:
+            problems.append(f"{path} expires in {days:.1f} days (limit {min_days})")
+    return _result(host, "tls", problems, "nginx -t ok; " + ", ".join(seen),
+                   "renew the certificate (nginx_tls_cert/nginx_tls_key, or delete the self-signed pair and redeploy); "
+                   "nginx -t errors: fix the file it names")
+
+
+# ---- containment ----------------------------------------------------------------------------------------
+def check_exposure(host: str, gw: dict) -> Result:
+    problems, seen = [], []
+    for unit, entry in active_instances(gw).items():
+        score = entry.get("exposure")
+        if score is None:
+            problems.append(f"{unit}: systemd-analyze security gave no score")
+        else:
+            seen.append(f"{unit.split('.')[0]} {score:g}")
+            if score > EXPOSURE_LIMIT:
+                problems.append(f"{unit}: exposure {score:g} > {EXPOSURE_LIMIT}")
+    return _result(host, "exposure", problems, ", ".join(seen) or "no instance running",
+                   "remove drop-ins that loosen the sandbox (systemctl cat litellm@PORT) and redeploy the unit")
+
+
+# ---- Redis, PostgreSQL ----------------------------------------------------------------------------------
+def _redis_problems(where: str, ev: dict, with_auth: bool) -> list[str]:
+    if ev.get("error"):
+        return [f"{where} {ev.get('target')}: {ev['error']}"]
+    problems = []
+    if ev.get("without_auth") == "PONG":
+        problems.append(f"{where} {ev.get('target')}: answers PING without a password")
+    elif not re.search(r"NOAUTH|WRONGPASS|Authentication required", ev.get("without_auth") or ""):
+        problems.append(f"{where} {ev.get('target')}: without password: {ev.get('without_auth')!r}")
+    if with_auth and ev.get("with_auth") != "PONG":
+        problems.append(f"{where} {ev.get('target')}: with the password: {ev.get('with_auth')!r}")
+    return problems
+
+
+def check_redis(host: str, gw: dict | None, data: dict | None) -> Result | None:
+    problems, seen = [], []
+    if gw is not None and "redis" in gw:
+        problems += _redis_problems("from here to", gw["redis"], with_auth=True)
+        seen.append(f"{gw['redis'].get('target')} refuses without password, answers with it")
+    if data is not None and "redis_local" in data:
+        problems += _redis_problems("local", data["redis_local"], with_auth=False)
+        seen.append("local Redis refuses without password")
+    if not seen and not problems:
+        return None
+    return _result(host, "redis", problems, "; ".join(seen),
+                   "redeploy (redis.conf: user default with the vault's password hash; LiteLLM's credential); "
+                   "unreachable: systemctl status redis-server and the private network")
+
+
+def _pg_refuses(answer: str | None) -> bool:
+    return bool(answer) and (answer.startswith("password requested") or answer.startswith("refused"))
+
+
+def check_postgres(host: str, gw: dict | None, data: dict | None) -> Result | None:
+    problems, seen = [], []
+    if gw is not None and "postgres" in gw:
+        ev = gw["postgres"]
+        if not _pg_refuses(ev.get("without_auth")):
+            problems.append(f"{ev.get('target')} without password: {ev.get('without_auth')}")
+        if ev.get("with_auth") != "ok":
+            problems.append(f"{ev.get('target')} with the password: {ev.get('with_auth')}")
+        seen.append(f"{ev.get('target')} asks for a password, accepts the vault's")
+    if data is not None and "pg_isready" in data:
+        if data["pg_isready"]["rc"] != 0:
+            problems.append(f"pg_isready: {data['pg_isready']['output']}")
+        seen.append("pg_isready ok")
+    if not seen and not problems:
+        return None
+    return _result(host, "postgres", problems, "; ".join(seen),
+                   "redeploy (pg_hba: scram-sha-256 for gateways only; the role's verifier from the vault); "
+                   "down: systemctl status postgresql")
+
+
+# ---- supply chain ---------------------------------------------------------------------------------------
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def lock_pins(lock_text: str) -> dict[str, str]:
+    """{normalized name: version} of a hash lock's `name==version` lines."""
+    pins = {}
+    for line in lock_text.splitlines():
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)", line)
+        if m:
+            pins[normalize(m.group(1))] = m.group(3)
+    return pins
+
+
+KIT_UNITS = ("litellm@*.service", "gatekit-*.service", "litellm-migrate.service")
+
+
+def check_supply_chain(host: str, venv: dict, venv_units: list[dict], pins: dict[str, str],
+                       extra_allowed: tuple[str, ...] = ()) -> Result:
+    if not venv.get("present"):
+        return Result(host, "supply_chain", FAIL, f"no venv at {venv.get('path')}", "redeploy (it builds the venv)")
+    problems = []
+    dists = {normalize(k): v for k, v in venv.get("dists", {}).items()}
+    for name, version in sorted(dists.items()):
+        if name in extra_allowed:
+            continue
+        if name not in pins:
+            problems.append(f"{name} {version} is not in the lock")
+        elif pins[name] != version:
+            problems.append(f"{name} {version} (lock: {pins[name]})")
+    for name in sorted(set(pins) - set(dists)):
+        problems.append(f"{name} {pins[name]} (locked) not installed")
+    for what, key in (("modified", "modified"), ("missing", "missing")):
+        for path in venv.get(key, []):
+            problems.append(f"{what}: {path}")
+    for path in venv.get("unrecorded_pth", []):
+        problems.append(f".pth in no RECORD: {path}")
+    for path in venv.get("unrecorded", []):
+        if not path.endswith(".pth"):
+            problems.append(f"file in no RECORD: {path}")
+    for u in venv_units:
+        if not any(fnmatch.fnmatch(u["unit"], pat) for pat in KIT_UNITS):
+            problems.append(f"unit {u['unit']} runs from the venv ({u['command']})")
+    return _result(host, "supply_chain", problems,
+                   f"{venv.get('files')} files of {len(dists)} locked distributions match their RECORDs; "
+                   "no unknown .pth or unit", "treat the host as compromised: find who wrote it (the paths above), "
+                   "rebuild the venv (rm -rf the venv's target and redeploy) and remove unknown units")
+
+
+# ---- drift ----------------------------------------------------------------------------------------------
+def drift_by_host(dry_plan: dict) -> dict[str, list[str]]:
+    """{host name: operations a deploy would change} from `pyinfra --dry --json` (conditional ones excluded:
+    they run only if an earlier operation changes something)."""
+    out: dict[str, list[str]] = {}
+    for op in dry_plan.get("plan") or []:
+        for name in op.get("hosts_with_change") or []:
+            out.setdefault(name, []).append(op.get("name", "?"))
+    return out
+
+
+def check_drift(host: str, changes: list[str] | None, error: str | None = None) -> Result:
+    if error:
+        return Result(host, "drift", FAIL, error, "run the printed pyinfra command to see why")
+    return _result(host, "drift", [f"a deploy would: {c}" for c in changes or []],
+                   "a deploy would change nothing",
+                   "something changed the host by hand: review the operations above, then redeploy")
+
+
+# ---- the whole host -------------------------------------------------------------------------------------
+def skipped(host: str, check: str, why: str) -> Result:
+    return Result(host, check, SKIPPED, why)
+
+
+def results_json(results: list[Result]) -> str:
+    return json.dumps({"ok": all(r.status != FAIL for r in results), "results": [r.as_dict() for r in results]}, indent=1)

@@ -1,0 +1,443 @@
+"""gatekit doctor's on-host collector: reads one host and prints what it found as one JSON document.
+
+Sent by the controller (gatekit/doctor_run.py) as source and run as root by the system's `python3 -I`, so it
+works on hosts without gatekit's lib directory (data hosts) and imports nothing from LiteLLM's venv (a
+compromised dependency there must never run as root). Python 3.11 standard library only.
+
+Read-only: it writes no file, starts or stops nothing. Secrets never leave the host: a key a process
+holds is reported as its fingerprint (SHA-256[:16], as gatekit.onhost.instance.fingerprint), and the
+Redis/PostgreSQL passwords are read from a live instance's runtime credentials only to log in from here.
+
+Parameters: one JSON object (base64) in argv[1], built by gatekit.doctor_run.probe_params: paths, ports and
+names (never a secret).
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import hashlib
+import hmac
+import json
+import os
+import re
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+
+def fingerprint(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def run(*cmd: str, timeout: float = 60) -> tuple[int, str, str]:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, errors="replace")
+        return p.returncode, p.stdout, p.stderr
+    except FileNotFoundError:
+        return 127, "", f"{cmd[0]}: not installed"
+    except subprocess.TimeoutExpired:
+        return 124, "", f"{cmd[0]}: timed out after {timeout:.0f}s"
+
+
+def read(path: str, binary: bool = False):
+    try:
+        with open(path, "rb" if binary else "r", **({} if binary else {"errors": "replace"})) as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+# ---- processes ----------------------------------------------------------------------------------------
+BOOT = next((int(line.split()[1]) for line in (read("/proc/stat") or "").splitlines() if line.startswith("btime ")), 0)
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, start time as epoch seconds)."""
+    text = read(f"/proc/{pid}/stat")
+    if not text:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # the command name may hold spaces and parentheses
+    return int(fields[1]), BOOT + int(fields[19]) / TICKS
+
+
+def all_parents() -> dict[int, int]:
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            st = proc_stat(int(d))
+            if st:
+                out[int(d)] = st[0]
+    return out
+
+
+def descendants(pid: int, parents: dict[int, int]) -> list[int]:
+    out, todo = [pid], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def environ(pid: int) -> dict[str, str]:
+    raw = read(f"/proc/{pid}/environ", binary=True) or b""
+    out = {}
+    for item in raw.split(b"\0"):
+        k, sep, v = item.partition(b"=")
+        if sep:
+            out[k.decode(errors="replace")] = v.decode(errors="replace")
+    return out
+
+
+def unit_props(unit: str) -> dict[str, str]:
+    names = ("ActiveState", "SubState", "MainPID", "NRestarts", "Result", "MemoryMax", "MemoryHigh", "MemoryCurrent",
+             "Restart", "ExecMainStartTimestamp", "LoadState")
+    rc, out, _ = run("systemctl", "show", unit, *(f"--property={n}" for n in names))
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def oom_kills(unit: str) -> int:
+    # systemd logs this line for the unit whenever the kernel's OOM killer hit one of its processes (this boot).
+    rc, out, _ = run("journalctl", "-b", "--no-pager", "-o", "cat", "-u", unit, "--grep", "OOM killer|oom-kill")
+    return len([ln for ln in out.splitlines() if ln.strip() and not ln.startswith("-- ")])
+
+
+def exposure(unit: str) -> float | None:
+    rc, out, err = run("systemd-analyze", "security", "--no-pager", unit)
+    m = re.search(r"Overall exposure level for \S+:\s*([0-9.]+)", out + err)
+    return float(m.group(1)) if m else None
+
+
+def instances(p: dict) -> dict:
+    """Every litellm@PORT unit systemd knows (the kit's ports and any other), with what its processes hold."""
+    rc, out, _ = run("systemctl", "list-units", "--all", "--plain", "--no-legend", "litellm@*.service")
+    units = {line.split()[0] for line in out.splitlines() if line.strip()}
+    units |= {f"litellm@{port}.service" for port in p["ports"]}
+    parents = all_parents()
+    result = {}
+    for unit in sorted(units):
+        props = unit_props(unit)
+        if props.get("LoadState") == "not-found":
+            continue
+        entry = {"unit": unit, "props": props, "processes": [], "runtime_credentials": {}, "oom_kills": oom_kills(unit)}
+        main = int(props.get("MainPID") or 0)
+        if props.get("ActiveState") == "active" and main:
+            for pid in descendants(main, parents):
+                st = proc_stat(pid)
+                if st is None:
+                    continue
+                env = environ(pid)
+                entry["processes"].append({
+                    "pid": pid, "ppid": st[0], "start": st[1],
+                    # which secret variables this process holds, by fingerprint; absent = not in its environ
+                    # (a process that set them after exec, like the single-worker launcher, shows none here)
+                    "env": {var: fingerprint(env[var]) for var in p["secret_env"].values() if var in env},
+                })
+            # What systemd decrypted for the unit at its start: what the launcher read into its environment.
+            cred_dir = os.path.join(p["credentials_runtime_dir"], unit)
+            for name in p["secret_env"]:
+                value = read(os.path.join(cred_dir, name))
+                entry["runtime_credentials"][name] = fingerprint(value.rstrip("\n")) if value is not None else None
+            entry["exposure"] = exposure(unit)
+        result[unit] = entry
+    return result
+
+
+# ---- nginx, TLS ---------------------------------------------------------------------------------------
+def nginx() -> dict:
+    rc_t, _, err_t = run("nginx", "-t")
+    rc_T, dump, _ = run("nginx", "-T")
+    certs = {}
+    for path in sorted(set(re.findall(r"^\s*ssl_certificate\s+(\S+?);", dump, re.M))):
+        rc, out, err = run("openssl", "x509", "-noout", "-enddate", "-in", path)
+        certs[path] = {"not_after": out.strip().split("=", 1)[1] if rc == 0 and "=" in out else None,
+                       "error": None if rc == 0 else (err.strip().splitlines() or ["unreadable"])[-1][:200]}
+    return {"test_ok": rc_t == 0, "test_output": err_t.strip()[-600:], "dump": dump if rc_T == 0 else "", "certs": certs}
+
+
+# ---- the venv against its distributions' RECORDs ------------------------------------------------------
+def venv(p: dict) -> dict:
+    """Every file of the live venv checked against the RECORD of the distribution that installed it."""
+    root = os.path.realpath(p["venv"])
+    if not os.path.isdir(root):
+        return {"present": False, "path": p["venv"]}
+    site = glob.glob(os.path.join(root, "lib", "python3*", "site-packages"))
+    recorded, dists, modified, missing, unverifiable = {}, {}, [], [], 0
+    for sp in site:
+        for dist_info in glob.glob(os.path.join(sp, "*.dist-info")):
+            meta = read(os.path.join(dist_info, "METADATA")) or ""
+            name = re.search(r"^Name:\s*(.+)$", meta, re.M)
+            version = re.search(r"^Version:\s*(.+)$", meta, re.M)
+            key = name.group(1).strip() if name else os.path.basename(dist_info)
+            dists[key] = version.group(1).strip() if version else "?"
+            for line in (read(os.path.join(dist_info, "RECORD")) or "").splitlines():
+                parts = line.rsplit(",", 2)
+                if len(parts) != 3 or not parts[0]:
+                    continue
+                path = os.path.normpath(os.path.join(sp, parts[0]))
+                recorded[path] = parts[1]
+    for path, digest in recorded.items():
+        if not digest.startswith("sha256="):
+            unverifiable += 1  # RECORD itself, installer metadata: no hash by definition
+            continue
+        data = read(path, binary=True)
+        if data is None:
+            missing.append(path)
+            continue
+        got = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        if got != digest[len("sha256="):]:
+            modified.append(path)
+    unrecorded, pth, files = [], [], 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for f in filenames:
+            path = os.path.join(dirpath, f)
+            files += 1
+            if path in recorded:
+                continue
+            rel = os.path.relpath(path, root)
+            if f.endswith(".pth"):
+                pth.append(rel)
+            # Bytecode compiled at install (uv --compile-bytecode) and the venv's own scaffolding are in no RECORD.
+            if "/__pycache__/" in path and f.endswith(".pyc") or rel in p["venv_scaffolding"] or \
+                    rel.startswith("bin/activate") or re.fullmatch(r"bin/python3?(\.\d+)?", rel):
+                continue
+            unrecorded.append(rel)
+    rel = lambda paths: sorted(os.path.relpath(x, root) for x in paths)  # noqa: E731
+    return {"present": True, "path": p["venv"], "target": root, "dists": dists, "files": files,
+            "modified": rel(modified), "missing": rel(missing), "unrecorded": sorted(unrecorded),
+            "unrecorded_pth": sorted(pth), "unverifiable": unverifiable}
+
+
+def venv_units(p: dict) -> list[dict]:
+    """Processes running something from LiteLLM's venvs, with the unit they belong to."""
+    roots = [os.path.realpath(p["venv"]), p["venv"], p["venvs_dir"]]
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        cmd = (read(f"/proc/{d}/cmdline", binary=True) or b"").split(b"\0")
+        exe = os.path.realpath(f"/proc/{d}/exe") if os.path.exists(f"/proc/{d}/exe") else ""
+        words = [w.decode(errors="replace") for w in cmd[:3] if w] + [exe]
+        if not any(w.startswith(r + "/") for w in words for r in roots):
+            continue
+        cgroup = read(f"/proc/{d}/cgroup") or ""
+        unit = next((seg for line in cgroup.splitlines() for seg in reversed(line.split(":")[-1].split("/"))
+                     if seg.endswith((".service", ".scope"))), "?")
+        out.append({"pid": int(d), "unit": unit, "command": " ".join(w for w in words[:2])[:160]})
+    # Unit files that would run something from the venv later (a timer, a boot-time unit) count too.
+    for path in glob.glob("/etc/systemd/system/*.service") + glob.glob("/run/systemd/system/*.service") \
+            + glob.glob("/lib/systemd/system/*.service"):
+        text = read(path) or ""
+        if any(re.search(r"^Exec\w*=.*" + re.escape(r) + "/", text, re.M) for r in roots):
+            out.append({"pid": 0, "unit": os.path.basename(path), "command": f"unit file {path}"})
+    return out
+
+
+# ---- Redis and PostgreSQL, logged into from here -----------------------------------------------------
+def redis_call(sock_file, sock, *args: str):
+    sock.sendall(b"".join([f"*{len(args)}\r\n".encode()] + [b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args]))
+    line = sock_file.readline()
+    kind, rest = line[:1], line[1:].rstrip(b"\r\n").decode(errors="replace")
+    if kind == b"*":
+        items = []
+        for _ in range(int(rest)):
+            items.append(_redis_item(sock_file))
+        return items
+    if kind == b"$":
+        n = int(rest)
+        return None if n < 0 else sock_file.read(n + 2)[:-2].decode(errors="replace")
+    return ("ERR " if kind == b"-" else "") + rest
+
+
+def _redis_item(f):
+    line = f.readline()
+    kind, rest = line[:1], line[1:].rstrip(b"\r\n").decode(errors="replace")
+    if kind == b"$":
+        n = int(rest)
+        return None if n < 0 else f.read(n + 2)[:-2].decode(errors="replace")
+    if kind == b"*":
+        return [_redis_item(f) for _ in range(int(rest))]
+    return rest
+
+
+def redis_check(host: str, port: int, db: int, password: str | None) -> dict:
+    out = {"target": f"{host}:{port}"}
+    try:
+        with socket.create_connection((host, port), timeout=5) as s, s.makefile("rb") as f:
+            out["without_auth"] = redis_call(f, s, "PING")[:80]
+        if password is None:
+            return out
+        with socket.create_connection((host, port), timeout=5) as s, s.makefile("rb") as f:
+            auth = redis_call(f, s, "AUTH", password)
+            out["with_auth"] = redis_call(f, s, "PING")[:80] if auth == "OK" else auth[:80]
+            if auth == "OK":
+                redis_call(f, s, "SELECT", str(db))
+                # LiteLLM's router keeps a cooling-down deployment as deployment:<id>:cooldown (with a TTL).
+                cooling, cursor = [], "0"
+                while True:
+                    cursor, keys = redis_call(f, s, "SCAN", cursor, "MATCH", "*:cooldown", "COUNT", "500")
+                    cooling += keys
+                    if cursor == "0":
+                        break
+                out["cooldowns"] = sorted(cooling)[:50]
+    except (OSError, ValueError) as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"[:200]
+    return out
+
+
+def _pg_msg(sock, kind: bytes, body: bytes):
+    sock.sendall(kind + struct.pack("!I", len(body) + 4) + body)
+
+
+def _pg_read(sock) -> tuple[bytes, bytes]:
+    head = b""
+    while len(head) < 5:
+        chunk = sock.recv(5 - len(head))
+        if not chunk:
+            raise ConnectionError("closed by the server")
+        head += chunk
+    n = struct.unpack("!I", head[1:5])[0] - 4
+    body = b""
+    while len(body) < n:
+        chunk = sock.recv(n - len(body))
+        if not chunk:
+            raise ConnectionError("closed by the server")
+        body += chunk
+    return head[:1], body
+
+
+def _pg_error(body: bytes) -> str:
+    fields = {f[:1]: f[1:].decode(errors="replace") for f in body.split(b"\0") if f}
+    return f"{fields.get(b'C', '')} {fields.get(b'M', '')}".strip()[:200]
+
+
+def postgres_login(host: str, port: int, user: str, db: str, password: str | None) -> str:
+    """'ok' when the server let us in; 'password requested' when it asks for one we do not give; else why not.
+    SCRAM-SHA-256 (RFC 5802/7677) in the standard library: the password never travels."""
+    with socket.create_connection((host, port), timeout=5) as s:
+        params = b"user\0" + user.encode() + b"\0database\0" + db.encode() + b"\0\0"
+        s.sendall(struct.pack("!II", len(params) + 8, 196608) + params)
+        kind, body = _pg_read(s)
+        if kind == b"E":
+            return "refused: " + _pg_error(body)
+        code = struct.unpack("!I", body[:4])[0]
+        if code == 0:
+            return "ok (no password asked)"
+        if password is None:
+            return "password requested" + (" (scram-sha-256)" if code == 10 else f" (method {code})")
+        if code != 10:
+            return f"unsupported authentication method {code}"
+        nonce = base64.b64encode(os.urandom(18)).decode()
+        first_bare = f"n=,r={nonce}"
+        first = b"SCRAM-SHA-256\0" + struct.pack("!I", len(first_bare) + 3) + b"n,," + first_bare.encode()
+        _pg_msg(s, b"p", first)
+        kind, body = _pg_read(s)
+        if kind == b"E":
+            return "refused: " + _pg_error(body)
+        server_first = body[4:].decode()
+        attrs = dict(a.split("=", 1) for a in server_first.split(","))
+        salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
+        client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+        without_proof = f"c=biws,r={attrs['r']}"
+        message = f"{first_bare},{server_first},{without_proof}".encode()
+        signature = hmac.new(hashlib.sha256(client_key).digest(), message, hashlib.sha256).digest()
+        proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
+        _pg_msg(s, b"p", f"{without_proof},p={proof}".encode())
+        while True:
+            kind, body = _pg_read(s)
+            if kind == b"E":
+                return "refused: " + _pg_error(body)
+            if kind == b"R" and struct.unpack("!I", body[:4])[0] == 0:
+                _pg_msg(s, b"X", b"")
+                return "ok"
+
+
+def postgres_check(conninfo: str, password: str | None) -> dict:
+    info = dict(item.split("=", 1) for item in conninfo.split())
+    out = {"target": f"{info.get('host')}:{info.get('port')}"}
+    for label, pw in (("without_auth", None), ("with_auth", password)):
+        if label == "with_auth" and password is None:
+            continue
+        try:
+            out[label] = postgres_login(info["host"], int(info["port"]), info["user"], info["dbname"], pw)
+        except (OSError, ValueError, KeyError) as exc:
+            out[label] = f"error: {type(exc).__name__}: {exc}"[:200]
+    return out
+
+
+def env_file(path: str) -> dict[str, str]:
+    out = {}
+    for line in (read(path) or "").splitlines():
+        if "=" in line and not line.startswith("#"):
+            k, v = line.strip().split("=", 1)
+            out[k] = v
+    return out
+
+
+def live_credential(p: dict, insts: dict, name: str) -> str | None:
+    """A secret as a running instance received it (root reads the unit's runtime credentials)."""
+    for unit, entry in insts.items():
+        if entry["props"].get("ActiveState") == "active":
+            value = read(os.path.join(p["credentials_runtime_dir"], unit, name))
+            if value is not None:
+                return value.rstrip("\n")
+    return None
+
+
+# ---- the whole host -----------------------------------------------------------------------------------
+def gateway(p: dict) -> dict:
+    insts = instances(p)
+    env = env_file(p["env_file"])
+    out = {
+        "instances": insts,
+        "credential_files": {name: {"mtime": mtime(p["creds_dir"] + f"/{name}.cred")} for name in p["secret_env"]},
+        "live_json": read(p["live_file"]),
+        "nginx": nginx(),
+        "config": read(p["config"]),
+        "venv": venv(p),
+        "venv_units": venv_units(p),
+    }
+    if "REDIS_HOST" in env:
+        out["redis"] = redis_check(env["REDIS_HOST"], int(env["REDIS_PORT"]), int(env.get("REDIS_DB", 0)),
+                                   live_credential(p, insts, p["redis_secret"]))
+    if "GK_USAGE_PG" in env:
+        out["postgres"] = postgres_check(env["GK_USAGE_PG"], live_credential(p, insts, p["postgres_secret"]))
+    return out
+
+
+def data_host(p: dict) -> dict:
+    out = {}
+    if "redis_port" in p:
+        out["redis_local"] = redis_check("127.0.0.1", p["redis_port"], 0, None)
+    if "postgres_port" in p:
+        rc, o, e = run("pg_isready", "-h", "127.0.0.1", "-p", str(p["postgres_port"]))
+        out["pg_isready"] = {"rc": rc, "output": (o + e).strip()[:200]}
+    return out
+
+
+def main() -> int:
+    p = json.loads(base64.b64decode(sys.argv[1]))
+    t0 = time.monotonic()
+    out = {"host": socket.gethostname(), "now": time.time()}
+    if p.get("gateway"):
+        out["gateway"] = gateway(p)
+    out["data"] = data_host(p)
+    out["seconds"] = round(time.monotonic() - t0, 2)
+    print("GATEKIT-PROBE " + json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
