@@ -210,7 +210,11 @@ def venv(p: dict) -> dict:
             if f.endswith(".pth"):
                 pth.append(rel)
             # Bytecode compiled at install (uv --compile-bytecode) and the venv's own scaffolding are in no RECORD.
-            if "/__pycache__/" in path and f.endswith(".pyc") or rel in p["venv_scaffolding"] or \
+            # A .pyc is accepted only beside a recorded source (its content is not verified: see the README).
+            if "/__pycache__/" in path and f.endswith(".pyc") and \
+                    os.path.join(os.path.dirname(dirpath), f.split(".")[0] + ".py") in recorded:
+                continue
+            if rel in p["venv_scaffolding"] or \
                     rel.startswith("bin/activate") or re.fullmatch(r"bin/python3?(\.\d+)?", rel):
                 continue
             unrecorded.append(rel)

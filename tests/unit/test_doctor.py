@@ -1,0 +1,527 @@
+"""gatekit doctor's checks: evidence in (as the on-host collector prints it), results out. Each check passes on a
+healthy host's evidence and fails, naming what it saw, on a broken one. No hosts here."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gatekit import doctor as d
+from gatekit.defaults import DEFAULTS
+from gatekit.onhost import probe
+from gatekit.onhost.instance import fingerprint
+from gatekit.render import litellm_config_yaml
+from gatekit.spec import parse_spec
+
+SECRETS = {"openai_key": "sk-test-openai-1", "anthropic_key": "sk-test-anthropic-1", "litellm_master_key": "sk-master",
+           "redis_password": "redis-pw", "postgres_password": "pg-pw"}
+SECRET_ENV = {"openai_key": "GK_SECRET_OPENAI_KEY", "anthropic_key": "GK_SECRET_ANTHROPIC_KEY",
+              "litellm_master_key": "LITELLM_MASTER_KEY", "redis_password": "REDIS_PASSWORD",
+              "postgres_password": "GK_POSTGRES_PASSWORD"}
+VAULT_FPS = {n: fingerprint(v) for n, v in SECRETS.items()}
+H = "gw1"
+
+
+def _dep(model, secret="openai_key", **extra):
+    return {"provider": "openai", "model": model, "api_base": "http://10.0.0.1:8080/v1", "secret": secret, **extra}
+
+
+SPEC_DATA = {
+    "version": 1,
+    "vault": "x.secrets.enc.yaml",
+    "models": [
+        {"name": "fast", "price": {"input_per_1m": 0.15, "output_per_1m": 0.6}, "deployments": [_dep("f")]},
+        {"name": "smart", "price": {"input_per_1m": 2.5, "output_per_1m": 10}, "deployments": [_dep("s")]},
+        {"name": "claude", "price": {"input_per_1m": 3, "output_per_1m": 15},
+         "deployments": [_dep("c", secret="anthropic_key")]},
+    ],
+    "fallbacks": [{"from": "smart", "to": ["fast"]}, {"from": "claude", "to": ["smart"]}],
+    "aliases": {"gpt-4o": "smart"},
+}
+
+
+def make_spec(**overrides):
+    return parse_spec({**copy.deepcopy(SPEC_DATA), **overrides}, Path("inv/lab.gateway.yaml"), secret_names=set(SECRETS))
+
+
+@pytest.fixture()
+def spec():
+    return make_spec()
+
+
+def live_config(spec, edit=None) -> str:
+    """config.yaml as the deploy renders it, optionally edited as data (a hand edit on the host)."""
+    fps = {s: fingerprint(SECRETS[s]) for s in spec.secrets_used()}
+    text = litellm_config_yaml(spec, dict(DEFAULTS), {"host": "10.0.0.3", "port": 6379, "db": 1}, fps)
+    if edit is None:
+        return text
+    data = yaml.safe_load(text)
+    edit(data)
+    return yaml.safe_dump(data)
+
+
+# ---- evidence of a healthy gateway, as probe.py prints it ----------------------------------------------
+def instance(port: int, start: float = 2000.0, workers_env: dict | None = None, **props) -> dict:
+    base = {"ActiveState": "active", "SubState": "running", "MainPID": str(port * 10), "NRestarts": "0",
+            "Result": "success", "MemoryMax": str(1600 << 20), "MemoryHigh": str(1400 << 20),
+            "MemoryCurrent": str(300 << 20), "Restart": "always", "LoadState": "loaded"}
+    procs = [{"pid": port * 10, "ppid": 1, "start": start, "env": {}}]
+    if workers_env is not None:
+        procs.append({"pid": port * 10 + 1, "ppid": port * 10, "start": start + 1, "env": workers_env})
+    return {"unit": f"litellm@{port}.service", "props": {**base, **props}, "processes": procs,
+            "runtime_credentials": dict(VAULT_FPS), "oom_kills": 0, "exposure": 1.1}
+
+
+def gateway(**extra) -> dict:
+    gw = {
+        "instances": {f"litellm@{p}.service": instance(p) for p in (4001, 4002)},
+        "credential_files": {n: {"mtime": 1000.0} for n in SECRETS},
+        "live_json": None,
+    }
+    stopped = instance(4003)
+    stopped["props"].update(ActiveState="inactive", MainPID="0", MemoryCurrent="[not set]")
+    stopped.update(processes=[], runtime_credentials={})
+    gw["instances"]["litellm@4003.service"] = stopped
+    gw.update(extra)
+    return gw
+
+
+LIVE = ["litellm@4001.service", "litellm@4002.service"]
+
+
+def fails_with(result: d.Result, *words: str):
+    assert result.status == d.FAIL, result
+    for w in words:
+        assert w in result.evidence, (w, result.evidence)
+    assert result.fix
+
+
+def passes(result: d.Result):
+    assert result.status == d.OK, result
+
+
+# ---- memory ---------------------------------------------------------------------------------------------
+def test_memory_ok_on_a_healthy_gateway():
+    r = d.check_memory(H, gateway(), LIVE)
+    passes(r)
+    assert "300M/1600M" in r.evidence
+
+
+@pytest.mark.parametrize("props,words", [
+    ({"MemoryMax": "infinity"}, ("MemoryMax=infinity",)),
+    ({"MemoryHigh": "infinity"}, ("MemoryHigh=infinity",)),
+    ({"MemoryHigh": str(1600 << 20)}, ("not below MemoryMax",)),
+    ({"Restart": "on-failure"}, ("Restart=on-failure",)),
+    ({"NRestarts": "3"}, ("restarted 3 time(s)",)),
+    ({"MemoryCurrent": str(1500 << 20)}, ("using 1500M of MemoryMax 1600M",)),
+])
+def test_memory_fails_on_each_broken_guard(props, words):
+    gw = gateway()
+    gw["instances"]["litellm@4002.service"]["props"].update(props)
+    fails_with(d.check_memory(H, gw, LIVE), "litellm@4002", *words)
+
+
+def test_memory_counts_oom_kills_and_a_dead_live_instance():
+    gw = gateway()
+    gw["instances"]["litellm@4001.service"]["oom_kills"] = 2
+    gw["instances"]["litellm@4002.service"]["props"].update(ActiveState="failed", Result="oom-kill")
+    r = d.check_memory(H, gw, LIVE)
+    fails_with(r, "2 OOM kill(s)", "litellm@4002.service (live) is not running (failed/oom-kill)")
+
+
+# ---- stale keys -----------------------------------------------------------------------------------------
+def test_stale_key_ok_when_every_instance_loaded_the_vaults_keys():
+    gw = gateway()
+    gw["instances"]["litellm@4001.service"] = instance(4001, workers_env={v: VAULT_FPS[n] for n, v in SECRET_ENV.items()})
+    passes(d.check_stale_key(H, gw, VAULT_FPS, SECRET_ENV))
+
+
+def test_stale_key_fails_on_an_instance_started_with_an_old_key():
+    gw = gateway()
+    gw["instances"]["litellm@4002.service"]["runtime_credentials"]["openai_key"] = fingerprint("sk-old")
+    r = d.check_stale_key(H, gw, VAULT_FPS, SECRET_ENV)
+    fails_with(r, "litellm@4002 loaded openai_key at start: differs from the vault")
+    assert fingerprint("sk-old") not in r.evidence and VAULT_FPS["openai_key"] not in r.evidence
+
+
+def test_stale_key_fails_on_a_worker_holding_an_old_key():
+    gw = gateway()
+    gw["instances"]["litellm@4001.service"] = instance(4001, workers_env={"GK_SECRET_ANTHROPIC_KEY": fingerprint("old")})
+    fails_with(d.check_stale_key(H, gw, VAULT_FPS, SECRET_ENV), "litellm@4001 pid 40011 holds anthropic_key: differs")
+
+
+def test_stale_key_fails_on_a_process_older_than_its_credential_file():
+    gw = gateway()
+    gw["credential_files"]["openai_key"]["mtime"] = 2500.0  # written after the instances started (2000)
+    fails_with(d.check_stale_key(H, gw, VAULT_FPS, SECRET_ENV), "started 500s before openai_key.cred was last written")
+
+
+def test_stale_key_tolerates_the_start_time_resolution():
+    gw = gateway()
+    gw["credential_files"]["openai_key"]["mtime"] = 2001.0  # within a second of the start: same deploy step
+    passes(d.check_stale_key(H, gw, VAULT_FPS, SECRET_ENV))
+
+
+def test_stale_key_ignores_stopped_instances():
+    gw = gateway()
+    gw["instances"]["litellm@4003.service"]["runtime_credentials"] = {"openai_key": fingerprint("old")}
+    passes(d.check_stale_key(H, gw, VAULT_FPS, SECRET_ENV))
+
+
+# ---- retries and cost -----------------------------------------------------------------------------------
+def test_retries_cost_ok_on_the_rendered_config(spec):
+    passes(d.check_retries_cost(H, live_config(spec), spec))
+
+
+def test_retries_cost_fails_on_a_hand_edited_429_retry(spec):
+    def edit(c):
+        c["router_settings"]["retry_policy"]["RateLimitErrorRetries"] = 3
+    fails_with(d.check_retries_cost(H, live_config(spec, edit), spec), "RateLimitErrorRetries=3")
+
+
+def test_retries_cost_fails_when_no_policy_leaves_num_retries_for_4xx(spec):
+    def edit(c):
+        del c["router_settings"]["retry_policy"]
+    r = d.check_retries_cost(H, live_config(spec, edit), spec)
+    fails_with(r, "AuthenticationErrorRetries=2 (num_retries, no policy entry)", "BadRequestErrorRetries", "RateLimitErrorRetries")
+
+
+def test_retries_cost_fails_on_a_pricier_fallback_the_spec_does_not_allow(spec):
+    def edit(c):
+        c["router_settings"]["fallbacks"].append({"fast": ["claude"]})
+    fails_with(d.check_retries_cost(H, live_config(spec, edit), spec), "fallback fast -> claude is pricier")
+
+
+def test_retries_cost_accepts_a_pricier_fallback_the_spec_allows():
+    spec = make_spec(fallbacks=[{"from": "fast", "to": [{"model": "claude", "allow_pricier": True}]}])
+    passes(d.check_retries_cost(H, live_config(spec), spec))
+
+
+def test_retries_cost_fails_on_a_fallback_to_an_unknown_model(spec):
+    def edit(c):
+        c["router_settings"]["fallbacks"].append({"fast": ["gpt-5-secret-sauce"]})
+    fails_with(d.check_retries_cost(H, live_config(spec, edit), spec), "not a model of the spec")
+
+
+def test_retries_cost_fails_on_missing_or_broken_config(spec):
+    fails_with(d.check_retries_cost(H, None, spec), "missing")
+    fails_with(d.check_retries_cost(H, "model_list: [\n", spec), "not valid YAML")
+
+
+# ---- routing --------------------------------------------------------------------------------------------
+def test_routing_ok_on_the_rendered_config(spec):
+    passes(d.check_routing(H, live_config(spec), spec, []))
+
+
+def test_routing_fails_on_weight_zero_missing_model_and_dangling_alias(spec):
+    def edit(c):
+        c["model_list"][0]["litellm_params"]["weight"] = 0
+        c["model_list"] = [m for m in c["model_list"] if m["model_name"] != "claude"]
+        c["router_settings"]["model_group_alias"]["gpt-4o"] = "smarter"
+    r = d.check_routing(H, live_config(spec, edit), spec, [])
+    fails_with(r, "weight 0 is never picked", "claude (spec) has no deployment", "gpt-4o -> smarter")
+
+
+def test_routing_fails_on_a_deployment_in_cooldown(spec):
+    dep = yaml.safe_load(live_config(spec))["model_list"][1]["model_info"]["id"]
+    fails_with(d.check_routing(H, live_config(spec), spec, [f"deployment:{dep}:cooldown"]), f"deployment {dep} is cooling down")
+    # Another gateway's keys (other fingerprint, other id) in the shared Redis are not this host's problem.
+    passes(d.check_routing(H, live_config(spec), spec, ["deployment:smart--0--00000000:cooldown"]))
+
+
+def test_routing_fails_when_redis_could_not_be_read(spec):
+    fails_with(d.check_routing(H, live_config(spec), spec, None), "cooldowns unknown")
+
+
+# ---- streaming through nginx ----------------------------------------------------------------------------
+NGINX_CONF = """# configuration file /etc/nginx/nginx.conf:
+user www-data;
+http {
+    gzip on;
+    include /etc/nginx/conf.d/*.conf;
+}
+"""
+GATEKIT_CONF = """
+# configuration file /etc/nginx/conf.d/gatekit.conf:
+include /etc/nginx/gatekit/upstream.conf;
+server { listen 80 default_server; return 301 https://$host$request_uri; }
+server {
+    listen 443 ssl default_server;
+    listen [::]:443 ssl default_server;
+    ssl_certificate /etc/gatekit/tls/gateway.crt;
+    gzip off;
+    proxy_http_version 1.1;
+    proxy_buffering off;
+    proxy_request_buffering off;
+    include /etc/nginx/gatekit/extra*.conf;
+    location ~ ^/(v1/)?(chat/completions|completions)$ { proxy_pass http://litellm$uri$is_args$args; }
+    location = /metrics/4001/ { proxy_pass http://127.0.0.1:4001/metrics/; }
+    location / { allow 127.0.0.1/32; deny all; proxy_pass http://litellm; }
+}
+"""
+UPSTREAM = """
+# configuration file /etc/nginx/gatekit/upstream.conf:
+upstream litellm { least_conn; server 127.0.0.1:4001; keepalive 32; }
+"""
+
+
+def nginx_ev(site: str = GATEKIT_CONF, extra: str = "", test_ok: bool = True, not_after: str = "Mar  9 08:05:21 2029 GMT"):
+    return {"test_ok": test_ok, "test_output": "nginx: [emerg] unknown directive \"bogus\"" if not test_ok else "",
+            "dump": NGINX_CONF + site + UPSTREAM + extra,
+            "certs": {"/etc/gatekit/tls/gateway.crt": {"not_after": not_after, "error": None}}}
+
+
+def test_streaming_config_ok_on_the_kits_site():
+    r = d.check_streaming_config(H, nginx_ev(), 443)
+    passes(r)
+    assert r.evidence.startswith("2 location(s)")  # the metrics location goes elsewhere
+
+
+def test_streaming_config_reads_the_kits_template():
+    """The real template, rendered: the check must pass on what the deploy writes."""
+    from gatekit.onhost.layout import Layout
+    from gatekit.render import template
+
+    site = template("nginx/gatekit.conf.j2", s=dict(DEFAULTS), layout=Layout(), tls_cert="/c.crt", tls_key="/c.key")
+    dump = "\n# configuration file /etc/nginx/conf.d/gatekit.conf:\n" + site
+    passes(d.check_streaming_config(H, nginx_ev(site=dump), 443))
+
+
+def test_streaming_config_fails_on_buffering_turned_on_by_an_included_drop_in():
+    extra = "\n# configuration file /etc/nginx/gatekit/extra-tuning.conf:\nproxy_buffering on;\n"
+    fails_with(d.check_streaming_config(H, nginx_ev(extra=extra), 443), "proxy_buffering on")
+
+
+def test_streaming_config_fails_on_a_location_override_and_defaults():
+    site = GATEKIT_CONF.replace("proxy_pass http://litellm; }", "proxy_pass http://litellm; proxy_request_buffering on; }") \
+        .replace("    proxy_http_version 1.1;\n", "")
+    r = d.check_streaming_config(H, nginx_ev(site=site), 443)
+    fails_with(r, "location /: proxy_request_buffering on", "proxy_http_version 1.0")
+
+
+def test_streaming_config_fails_on_gzip_of_event_streams():
+    site = GATEKIT_CONF.replace("gzip off;", "gzip on; gzip_types text/event-stream application/json;")
+    fails_with(d.check_streaming_config(H, nginx_ev(site=site), 443), "gzip on for text/event-stream")
+    # gzip of other types only is fine for streams
+    site = GATEKIT_CONF.replace("gzip off;", "gzip on; gzip_types application/json;")
+    passes(d.check_streaming_config(H, nginx_ev(site=site), 443))
+
+
+def test_streaming_config_fails_without_the_gateways_server():
+    fails_with(d.check_streaming_config(H, nginx_ev(), 8443), "no TLS server on port 8443")
+    fails_with(d.check_streaming_config(H, {"dump": ""}, 443), "printed nothing")
+
+
+def test_streaming_config_ignores_braces_and_hashes_in_quotes():
+    site = GATEKIT_CONF.replace("gzip off;", "gzip off; return_text '{ # not a comment }';")
+    passes(d.check_streaming_config(H, nginx_ev(site=site), 443))
+
+
+@pytest.mark.parametrize("status,arrivals,error,want", [
+    (200, [0.0, 0.2, 0.4], None, d.OK),
+    (200, [0.0, 0.001, 0.002], None, d.FAIL),  # buffered then flushed at once
+    (200, [0.3], None, d.FAIL),
+    (502, [], None, d.FAIL),
+    (None, [], "ConnectError: refused", d.FAIL),
+])
+def test_evaluate_stream(status, arrivals, error, want):
+    assert d.evaluate_stream(status, arrivals, error)[0] == want
+
+
+# ---- TLS, exposure --------------------------------------------------------------------------------------
+NOW = time.mktime((2026, 1, 1, 0, 0, 0, 0, 0, 0))
+
+
+def test_tls_ok_far_from_expiry():
+    r = d.check_tls(H, nginx_ev(), 443, 14, NOW)
+    passes(r)
+    assert "/etc/gatekit/tls/gateway.crt expires in" in r.evidence
+
+
+def test_tls_fails_near_expiry_and_on_nginx_t():
+    fails_with(d.check_tls(H, nginx_ev(not_after="Jan  5 00:00:00 2026 GMT"), 443, 14, NOW), "expires in 4.0 days (limit 14)")
+    fails_with(d.check_tls(H, nginx_ev(test_ok=False), 443, 14, NOW), "nginx -t failed", "unknown directive")
+
+
+def test_tls_fails_on_an_unreadable_certificate():
+    ev = nginx_ev()
+    ev["certs"]["/etc/gatekit/tls/gateway.crt"] = {"not_after": None, "error": "Could not open file"}
+    fails_with(d.check_tls(H, ev, 443, 14, NOW), "Could not open file")
+
+
+def test_exposure():
+    passes(d.check_exposure(H, gateway()))
+    gw = gateway()
+    gw["instances"]["litellm@4001.service"]["exposure"] = 6.4
+    gw["instances"]["litellm@4002.service"]["exposure"] = None
+    fails_with(d.check_exposure(H, gw), "exposure 6.4 > 2.5", "litellm@4002.service: systemd-analyze security gave no score")
+
+
+# ---- Redis, PostgreSQL ----------------------------------------------------------------------------------
+GOOD_REDIS = {"target": "10.0.0.3:6379", "without_auth": "ERR NOAUTH Authentication required.", "with_auth": "PONG", "cooldowns": []}
+GOOD_PG = {"target": "10.0.0.3:5432", "without_auth": "password requested (scram-sha-256)", "with_auth": "ok"}
+
+
+def test_redis_and_postgres_ok():
+    passes(d.check_redis(H, {"redis": GOOD_REDIS}, None))
+    passes(d.check_postgres(H, {"postgres": GOOD_PG}, {"pg_isready": {"rc": 0, "output": "accepting"}}))
+    passes(d.check_redis("data1", None, {"redis_local": {"target": "127.0.0.1:6379", "without_auth": GOOD_REDIS["without_auth"]}}))
+    assert d.check_redis(H, {}, {}) is None  # a host with no Redis to look at gets no row
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"without_auth": "PONG"}, "answers PING without a password"),
+    ({"with_auth": "ERR WRONGPASS invalid username-password pair"}, "with the password"),
+    ({"error": "ConnectionRefusedError: [Errno 111] Connection refused"}, "Connection refused"),
+])
+def test_redis_fails(change, words):
+    fails_with(d.check_redis(H, {"redis": {**GOOD_REDIS, **change}}, None), words)
+
+
+@pytest.mark.parametrize("gw_change,data,words", [
+    ({"without_auth": "ok (no password asked)"}, None, "without password: ok (no password asked)"),
+    ({"with_auth": "refused: 28P01 password authentication failed"}, None, "28P01"),
+    ({}, {"pg_isready": {"rc": 2, "output": "no response"}}, "pg_isready: no response"),
+])
+def test_postgres_fails(gw_change, data, words):
+    fails_with(d.check_postgres(H, {"postgres": {**GOOD_PG, **gw_change}}, data), words)
+
+
+# ---- supply chain ---------------------------------------------------------------------------------------
+LOCK = """# hash lock
+litellm==1.106.2 \\
+    --hash=sha256:aaaa
+PyYAML==6.0.3 \\
+    --hash=sha256:bbbb
+typing_extensions==4.15.0 ; python_version < "3.13" \\
+    --hash=sha256:cccc
+"""
+
+
+def good_venv(**extra):
+    return {"present": True, "path": "/opt/litellm/venv", "files": 10,
+            "dists": {"litellm": "1.106.2", "PyYAML": "6.0.3", "typing-extensions": "4.15.0"},
+            "modified": [], "missing": [], "unrecorded": [], "unrecorded_pth": [], **extra}
+
+
+KIT_PROCS = [{"pid": 1, "unit": "litellm@4001.service", "command": "/opt/litellm/venv/bin/python3 launch"},
+             {"pid": 2, "unit": "gatekit-venv-install.service", "command": "..."}]
+
+
+def test_lock_pins_normalizes_names():
+    assert d.lock_pins(LOCK) == {"litellm": "1.106.2", "pyyaml": "6.0.3", "typing-extensions": "4.15.0"}
+
+
+def test_supply_chain_ok():
+    passes(d.check_supply_chain(H, good_venv(), KIT_PROCS, d.lock_pins(LOCK)))
+
+
+@pytest.mark.parametrize("venv,procs,words", [
+    (good_venv(modified=["lib/python3.11/site-packages/litellm/main.py"]), [], "modified: lib/python3.11/site-packages/litellm/main.py"),
+    (good_venv(missing=["bin/litellm"]), [], "missing: bin/litellm"),
+    (good_venv(unrecorded=["lib/python3.11/site-packages/zz.pth"], unrecorded_pth=["lib/python3.11/site-packages/zz.pth"]), [],
+     ".pth in no RECORD: lib/python3.11/site-packages/zz.pth"),
+    (good_venv(unrecorded=["lib/python3.11/site-packages/evil.py"]), [], "file in no RECORD: lib/python3.11/site-packages/evil.py"),
+    (good_venv(dists={"litellm": "1.82.7", "PyYAML": "6.0.3", "typing-extensions": "4.15.0"}), [], "litellm 1.82.7 (lock: 1.106.2)"),
+    (good_venv(dists={"litellm": "1.106.2", "PyYAML": "6.0.3", "typing-extensions": "4.15.0", "evil": "1.0"}), [], "evil 1.0 is not in the lock"),
+    (good_venv(dists={"litellm": "1.106.2"}), [], "pyyaml 6.0.3 (locked) not installed"),
+    (good_venv(), [{"pid": 9, "unit": "cron.service", "command": "/opt/litellm/venv/bin/python3 -c x"}], "unit cron.service runs from the venv"),
+    ({"present": False, "path": "/opt/litellm/venv"}, [], "no venv at /opt/litellm/venv"),
+])
+def test_supply_chain_fails(venv, procs, words):
+    fails_with(d.check_supply_chain(H, venv, procs, d.lock_pins(LOCK)), words)
+
+
+def test_supply_chain_allows_pip_with_the_pip_installer():
+    venv = good_venv(dists={"litellm": "1.106.2", "PyYAML": "6.0.3", "typing-extensions": "4.15.0", "pip": "25.0"})
+    fails_with(d.check_supply_chain(H, venv, [], d.lock_pins(LOCK)), "pip 25.0 is not in the lock")
+    passes(d.check_supply_chain(H, venv, [], d.lock_pins(LOCK), extra_allowed=("pip",)))
+
+
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def test_probe_venv_finds_modified_missing_and_unrecorded_files(tmp_path):
+    """The collector's venv walk, on a small venv-shaped tree."""
+    root = tmp_path / "venvs" / "abc"
+    site = root / "lib" / "python3.11" / "site-packages"
+    (site / "pkg" / "__pycache__").mkdir(parents=True)
+    (site / "pkg-1.0.dist-info").mkdir()
+    files = {"pkg/__init__.py": b"x = 1\n", "pkg/core.py": b"def f(): pass\n", "pkg/gone.py": b"", "pkg.pth": b"./pkg\n"}
+    record = []
+    for rel, data in files.items():
+        record.append(f"{rel},{_record_hash(data)},{len(data)}")
+        if rel != "pkg/gone.py":
+            (site / rel).write_bytes(data)
+    metadata = b"Metadata-Version: 2.1\nName: pkg\nVersion: 1.0\n"
+    record += [f"pkg-1.0.dist-info/METADATA,{_record_hash(metadata)},{len(metadata)}", "pkg-1.0.dist-info/RECORD,,"]
+    (site / "pkg-1.0.dist-info" / "RECORD").write_text("\n".join(record) + "\n")
+    (site / "pkg-1.0.dist-info" / "METADATA").write_bytes(metadata)
+    (site / "pkg" / "__pycache__" / "core.cpython-311.pyc").write_bytes(b"bytecode")  # compiled at install
+    (site / "pkg" / "__pycache__" / "hook.cpython-311.pyc").write_bytes(b"bytecode")  # no source: planted
+    (root / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (root / "bin").mkdir()
+    (root / "bin" / "python3").write_text("")
+    (site / "pkg" / "core.py").write_bytes(b"import os; os.system('curl evil')\n")  # tampered
+    (site / "zz-hook.pth").write_text("import evil\n")  # planted
+    (site / "evil.py").write_text("")
+    link = tmp_path / "venv"
+    link.symlink_to(root)
+    ev = probe.venv({"venv": str(link), "venv_scaffolding": ["pyvenv.cfg"]})
+    assert ev["dists"] == {"pkg": "1.0"}
+    assert ev["modified"] == ["lib/python3.11/site-packages/pkg/core.py"]
+    assert ev["missing"] == ["lib/python3.11/site-packages/pkg/gone.py"]
+    assert ev["unrecorded_pth"] == ["lib/python3.11/site-packages/zz-hook.pth"]
+    assert ev["unrecorded"] == ["lib/python3.11/site-packages/evil.py", "lib/python3.11/site-packages/pkg/__pycache__/hook.cpython-311.pyc",
+                                "lib/python3.11/site-packages/zz-hook.pth"]
+    r = d.check_supply_chain(H, ev, [], {"pkg": "1.0"})
+    fails_with(r, "modified: lib/python3.11/site-packages/pkg/core.py", ".pth in no RECORD")
+
+
+# ---- drift, output --------------------------------------------------------------------------------------
+def test_drift_counts_real_changes_only():
+    plan = {"plan": [
+        {"name": "LiteLLM Proxy | Render LiteLLM config.yaml", "hosts_with_change": ["gw1"], "hosts_with_conditional_change": []},
+        {"name": "LiteLLM Proxy | Restart litellm@4001", "hosts_with_change": [], "hosts_with_conditional_change": ["gw1", "gw2"]},
+    ], "results": None}
+    changes = d.drift_by_host(plan)
+    assert changes == {"gw1": ["LiteLLM Proxy | Render LiteLLM config.yaml"]}
+    fails_with(d.check_drift("gw1", changes.get("gw1")), "Render LiteLLM config.yaml")
+    passes(d.check_drift("gw2", changes.get("gw2", [])))
+    fails_with(d.check_drift("gw2", None, "pyinfra --dry failed (rc=1): boom"), "boom")
+
+
+def test_results_json_ok_only_without_failures():
+    ok = [d.Result(H, "tls", d.OK, "fine"), d.skipped(H, "streaming_call", "no --calls")]
+    assert json.loads(d.results_json(ok))["ok"] is True
+    assert json.loads(d.results_json(ok + [d.Result(H, "memory", d.FAIL, "x", "y")]))["ok"] is False
+
+
+def test_probe_command_carries_no_secret_and_runs_stdlib_python():
+    from gatekit.doctor_run import probe_command
+
+    params = {"gateway": True, "secret_env": SECRET_ENV}
+    cmd = probe_command(params)
+    assert cmd.startswith("python3 -I -c ")
+    for value in SECRETS.values():
+        assert value not in cmd
+    arg = json.loads(base64.b64decode(cmd.rsplit(" ", 1)[1]))
+    assert arg == params
+
+
+def test_probe_imports_only_the_standard_library():
+    import ast
+    import sys
+
+    tree = ast.parse(Path(probe.__file__).read_text())
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert names - {"__future__"} <= set(sys.stdlib_module_names), names
