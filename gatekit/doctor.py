@@ -531,10 +531,11 @@ def drift_by_host(dry_plan: dict) -> dict[str, list[str]]:
 
 def check_drift(host: str, changes: list[str] | None, error: str | None = None) -> Result:
     if error:
-        return Result(host, "drift", FAIL, error, "run the printed pyinfra command to see why")
+        return Result(host, "drift", FAIL, error, "run pyinfra INVENTORY deploy.py --dry to see why")
     return _result(host, "drift", [f"a deploy would: {c}" for c in changes or []],
                    "a deploy would change nothing",
-                   "something changed the host by hand: review the operations above, then redeploy")
+                   "the host differs from what the kit would deploy (a hand edit, or the kit/spec changed since the last "
+                   "deploy): review the operations above, then redeploy")
 
 
 # ---- the whole host -------------------------------------------------------------------------------------

@@ -128,11 +128,12 @@ def dry_run(inventory_file: Path, limit: str | None) -> tuple[dict[str, list[str
     if not deploy.exists():
         return None, f"{deploy} not found (kit installed from its wheel): run pyinfra INVENTORY deploy.py --dry yourself"
     pyinfra = Path(sys.executable).with_name("pyinfra")
-    cmd = [str(pyinfra) if pyinfra.exists() else "pyinfra", "-y", "--dry", "--json", str(inventory_file.resolve()), str(deploy)]
+    # No -y: it turns off pyinfra's change detection, and --dry then reports every operation as unchanged.
+    cmd = [str(pyinfra) if pyinfra.exists() else "pyinfra", "--dry", "--json", str(inventory_file.resolve()), str(deploy)]
     if limit:
         cmd += ["--limit", limit]
     try:
-        p = subprocess.run(cmd, cwd=KIT_ROOT, capture_output=True, text=True, timeout=900)
+        p = subprocess.run(cmd, cwd=KIT_ROOT, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return None, "pyinfra --dry timed out after 900 s"
     try:
