@@ -226,16 +226,21 @@ def run_doctor(inventory_file: Path, calls: bool = False, only: str | None = Non
         drift = pool.submit(dry_run, inventory_file, only and hosts[0].name)
         evidence = {h.name: pool.submit(collect, h, probe_params(h, contexts[h.name])) for h in hosts}
         results: list[d.Result] = []
+        unreachable = set()
         for h in hosts:
             ev, err = evidence[h.name].result()
             if err:
+                unreachable.add(h.name)
                 results.append(d.Result(h.name, "connect", d.FAIL, err,
                                         "check that the host is up and that SSH as in the inventory works (pyinfra HOST exec -- true)"))
                 continue
             results += host_results(h, contexts[h.name], ev, calls)
         changes, err = drift.result()
     for h in hosts:
-        results.append(d.check_drift(h.name, None if changes is None else changes.get(h.name, []), err))
+        if h.name in unreachable:
+            results.append(d.skipped(h.name, "drift", "host not reachable (see connect)"))
+        else:
+            results.append(d.check_drift(h.name, None if changes is None else changes.get(h.name, []), err))
     order = {h.name: i for i, h in enumerate(hosts)}
     return sorted(results, key=lambda r: order.get(r.host, -1))  # stable: each host's checks together, in order
 
