@@ -521,11 +521,14 @@ def check_supply_chain(host: str, venv: dict, venv_units: list[dict], pins: dict
 # ---- drift ----------------------------------------------------------------------------------------------
 def drift_by_host(dry_plan: dict) -> dict[str, list[str]]:
     """{host name: operations a deploy would change} from `pyinfra --dry --json` (conditional ones excluded:
-    they run only if an earlier operation changes something)."""
+    they run only if an earlier operation changes something). pyinfra keys operations by their place in the
+    deploy, so one entry can carry the names of several hosts' operations (the nth file of one loop): all
+    are given, joined by " / "."""
     out: dict[str, list[str]] = {}
     for op in dry_plan.get("plan") or []:
+        label = " / ".join(op.get("names") or [op.get("name", "?")])
         for name in op.get("hosts_with_change") or []:
-            out.setdefault(name, []).append(op.get("name", "?"))
+            out.setdefault(name, []).append(label)
     return out
 
 

@@ -489,11 +489,12 @@ def test_probe_venv_finds_modified_missing_and_unrecorded_files(tmp_path):
 # ---- drift, output --------------------------------------------------------------------------------------
 def test_drift_counts_real_changes_only():
     plan = {"plan": [
-        {"name": "LiteLLM Proxy | Render LiteLLM config.yaml", "hosts_with_change": ["gw1"], "hosts_with_conditional_change": []},
+        {"name": "LiteLLM Proxy | Render LiteLLM config.yaml", "names": ["LiteLLM Proxy | Install layout.py",
+         "LiteLLM Proxy | Render LiteLLM config.yaml"], "hosts_with_change": ["gw1"], "hosts_with_conditional_change": []},
         {"name": "LiteLLM Proxy | Restart litellm@4001", "hosts_with_change": [], "hosts_with_conditional_change": ["gw1", "gw2"]},
     ], "results": None}
     changes = d.drift_by_host(plan)
-    assert changes == {"gw1": ["LiteLLM Proxy | Render LiteLLM config.yaml"]}
+    assert changes == {"gw1": ["LiteLLM Proxy | Install layout.py / LiteLLM Proxy | Render LiteLLM config.yaml"]}
     fails_with(d.check_drift("gw1", changes.get("gw1")), "Render LiteLLM config.yaml")
     passes(d.check_drift("gw2", changes.get("gw2", [])))
     fails_with(d.check_drift("gw2", None, "pyinfra --dry failed (rc=1): boom"), "boom")
