@@ -91,7 +91,7 @@ def alerts(spec: GatewaySpec, s: dict) -> list[dict]:
                "5m", "warning",
                "{{ $labels.model_group }}: p99 request latency {{ $value | humanizeDuration }}",
                "compare litellm_llm_api_latency_metric (provider) with the total: queueing in the gateway or a slow provider"),
-        _alert("StaleKey", 'max by (host, port, secret) (gatekit_stale_key) > 0', "", "critical",
+        _alert("StaleKey", "max by (host, port, secret) (gatekit_stale_key) > 0", "1m", "critical",
                "{{ $labels.host }}: litellm@{{ $labels.port }} runs with a {{ $labels.secret }} other than the current one",
                "pyinfra INVENTORY rotate_keys.py --data rotate={{ $labels.secret }}; then gatekit doctor"),
         _alert("TLSCertificateExpiry",

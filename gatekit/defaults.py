@@ -71,6 +71,7 @@ DEFAULTS: dict[str, object] = {
     "monitoring_node_exporter_port": 9100,  # node_exporter on every host's private address
     "monitoring_redis_exporter_port": 9121,  # redis_exporter on the Redis host's private address
     "monitoring_postgres_exporter_port": 9187,  # postgres_exporter on the PostgreSQL host's private address
+    "monitoring_alertmanagers": [],  # "host:port" of Alertmanagers Prometheus sends firing alerts to (email, chat, paging); empty = alerts are seen in Prometheus (/alerts, /api/v1/alerts) only
     "monitoring_blackbox_port": 9115,  # blackbox_exporter on the monitoring host's loopback: probes each gateway's public liveness and TLS certificate
     "monitoring_error_ratio": 0.05,  # alert when more than this share of a provider's calls fail (5xx or timeouts) over 5 min
     "monitoring_429_ratio": 0.05,  # alert when more than this share of a provider's calls are answered 429 over 5 min

@@ -80,6 +80,8 @@ def prometheus_config(hosts: list[Monitored], s: dict, private_address: str, lay
         "global": {"scrape_interval": f"{s['monitoring_scrape_interval']}s",
                    "evaluation_interval": f"{s['monitoring_scrape_interval']}s"},
         "rule_files": [layout.alert_rules],
+        **({"alerting": {"alertmanagers": [{"static_configs": [{"targets": list(s["monitoring_alertmanagers"])}]}]}}
+           if s["monitoring_alertmanagers"] else {}),
         "scrape_configs": scrape_jobs(hosts, s, private_address),
     }
     body = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)

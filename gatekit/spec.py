@@ -338,6 +338,7 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
     problems += _nginx_problems(merged, where)
     problems += _network_list_problems(merged, "litellm_egress_allow", where, "is no allowlist at all")
     problems += _extra_env_problems(merged["litellm_extra_env"], where)
+    problems += _alertmanager_problems(merged["monitoring_alertmanagers"], where)
     for key, (pattern, fix) in _TOKEN_RULES.items():
         value = merged[key]
         if not re.fullmatch(pattern, value):
@@ -455,6 +456,22 @@ def _network_list_problems(merged: dict, key: str, where: str, whole_internet: s
         if parsed.prefixlen == 0:
             problems.append(f"{where}: settings.{key}: {net!r} {whole_internet}. Fix: list the networks needed "
                             "(an empty list for the default).")
+    return problems
+
+
+_HOST_PORT_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})$")
+
+
+def _alertmanager_problems(value, where: str) -> list[str]:
+    """Each entry lands in prometheus.yml as one target: host:port, nothing else."""
+    fix = "Fix: a list like ['alerts.example.org:9093', '10.0.0.9:9093']."
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return [f"{where}: settings.monitoring_alertmanagers: {str(value)[:80]!r}. {fix}"]
+    problems = []
+    for entry in value:
+        m = _HOST_PORT_RE.fullmatch(entry)
+        if not m or not 1 <= int(m.group(1)) <= 65535:
+            problems.append(f"{where}: settings.monitoring_alertmanagers: {entry[:80]!r} is not host:port. {fix}")
     return problems
 
 

@@ -29,8 +29,8 @@ def up(single: bool, exit_after: bool) -> int:
         return 2
     lab = Lab.create(SANDBOX_DIR, run_id="sandbox")
     try:
-        groups = ({"gateways": ["gw1"], "redis": ["gw1"], "postgres": ["gw1"]} if single
-                  else {"gateways": ["gw1", "gw2"], "redis": ["data1"], "postgres": ["data1"]})
+        groups = ({"gateways": ["gw1"], "redis": ["gw1"], "postgres": ["gw1"], "monitoring": ["gw1"]} if single
+                  else {"gateways": ["gw1", "gw2"], "redis": ["data1"], "postgres": ["data1"], "monitoring": ["data1"]})
         print("starting the fake LLM provider and the wheelhouse, booting hosts ...", flush=True)
         lab.setup(groups)
         print(f"deploying: pyinfra {lab.inventory_path} deploy.py ...", flush=True)

@@ -172,6 +172,8 @@ class Lab:
                 "litellm_ready_timeout": 300,
                 "litellm_memory_high": "1400M",
                 "litellm_memory_max": "1600M",
+                # Alerts and dashboards are tested against live data: scrape and evaluate every 5 s.
+                "monitoring_scrape_interval": 5,
                 **self.settings,
             },
         }

@@ -102,6 +102,13 @@ def monitoring_setup() -> Setup | None:
             want.file(L.unit_path(unit), template(tpl, s=s, layout=L, private_address=addr),
                       notify=("daemon-reload", "restart:loopback"), name=f"Render {unit}")
         units.append((L.prometheus_loopback_socket, ""))
+    if "gateways" in groups:
+        secrets = credentials.secrets_for_gateway(ctx)
+        for unit, tpl in ((L.unitstats_service, "monitoring/gatekit-unitstats.service.j2"),
+                          (L.unitstats_timer, "monitoring/gatekit-unitstats.timer.j2")):
+            want.file(L.unit_path(unit), template(tpl, s=s, layout=L, secrets=secrets),
+                      notify=("daemon-reload", f"restart:{L.unitstats_timer}"), name=f"Render {unit}")
+        units.append((L.unitstats_timer, ""))
     want.units = [u for u, _ in units]
     want.read()
     want.apply()

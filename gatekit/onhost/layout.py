@@ -244,6 +244,8 @@ class Layout:
     # Prometheus listens on one address; this socket gives it the loopback one too (systemd-socket-proxyd).
     prometheus_loopback_socket = "gatekit-prometheus-loopback.socket"
     prometheus_loopback_service = "gatekit-prometheus-loopback.service"
+    unitstats_service = "gatekit-unitstats.service"  # gateways: instance memory and stale keys for node_exporter
+    unitstats_timer = "gatekit-unitstats.timer"
     postgres_monitor_role = "prometheus"  # peer-authenticated over the socket: the exporter's system user
 
     @property

@@ -17,12 +17,13 @@ import pytest
 from lab.env import Lab
 from lab.fakeprovider import FakeProviderClient
 
-GROUPS = {"gateways": ["gw1", "gw2"], "redis": ["data1"], "postgres": ["data1"]}
+GROUPS = {"gateways": ["gw1", "gw2"], "redis": ["data1"], "postgres": ["data1"], "monitoring": ["data1"]}
 # gw1 runs with the default paths and ports, gw2 with other values of every setting that moves a path or
 # a port (host data overrides the spec's settings), so deploy, re-run and rotation are tested with both.
 NON_DEFAULT = {"litellm_home": "/srv/gk-litellm", "litellm_config_dir": "/srv/gk-etc/litellm",
                "litellm_ports": [4301, 4302], "litellm_workers": 2, "nginx_https_port": 8443,
-               "nginx_selfsigned_dir": "/srv/gk-etc/tls"}
+               "nginx_selfsigned_dir": "/srv/gk-etc/tls", "nginx_metrics_port": 9470,
+               "monitoring_node_exporter_port": 9101}
 HOST_SETTINGS = {"gw2": NON_DEFAULT}
 
 

@@ -163,3 +163,18 @@ def test_the_monitoring_group_is_optional_and_checked_like_the_others():
     assert len(bad) == 1 and "inv.py: monitoring: m: private_address" in bad[0]
     typo = check_hosts("inv.py", {**base, "monitor": [("m", {"private_address": "10.0.0.3"})]})
     assert typo == ["inv.py: 'monitor': unknown group. Fix: use gateways, redis, postgres, monitoring."]
+
+
+def test_alertmanagers_are_rendered_only_when_set():
+    assert "alerting" not in config()
+    cfg = config(s={**S, "monitoring_alertmanagers": ["am1.example.org:9093", "10.9.0.40:9093"]})
+    assert cfg["alerting"] == {"alertmanagers": [{"static_configs": [{"targets": ["am1.example.org:9093", "10.9.0.40:9093"]}]}]}
+
+
+@pytest.mark.parametrize("value", [["am1"], ["am1:0"], ["am1:70000"], ["am1:9093\n  - evil:1"], ["a b:9093"], "am1:9093", [9093]])
+def test_alertmanagers_that_are_not_host_port_are_refused_in_one_line(value):
+    from gatekit.spec import check_settings
+
+    (problem,) = check_settings({"monitoring_alertmanagers": value}, "prod.gateway.yaml")
+    assert problem.startswith("prod.gateway.yaml: settings.monitoring_alertmanagers:") and "Fix:" in problem
+    assert "\n" not in problem

@@ -39,6 +39,7 @@ context = dict(
     prisma_engines_mirror="", egress_allow=["10.0.0.5"], lib_dir=L.lib_dir,
     usage_db="host=10.0.0.5 port=5432 dbname=litellm user=litellm", log_level="WARNING",
     units_regex="(nginx)[.]service", credential="redis_password", metrics_allow=["10.0.0.7/32"],
+    secrets={"openai_key": "GK_SECRET_OPENAI_KEY"},
 )
 root = files("gatekit.templates")
 names = sorted(f"{d.name}/{f.name}" for d in root.iterdir() if d.is_dir() and d.name != "__pycache__"
@@ -70,7 +71,8 @@ def test_wheel_holds_only_the_gatekit_namespace(wheel):
     assert tops == {"gatekit", wheel.name.split("-py3")[0] + ".dist-info"}, tops
     for expected in ("gatekit/roles/litellm.py", "gatekit/roles/packages.py", "gatekit/templates/litellm/litellm@.service.j2",
                      "gatekit/templates/nginx/gatekit.conf.j2", "gatekit/requirements/litellm.lock",
-                     "gatekit/requirements/uv.lock", "gatekit/onhost/rotate.py", "gatekit/onhost/layout.py", "gatekit/onhost/keyauth.py", "gatekit/onhost/gcpolicy.py"):
+                     "gatekit/requirements/uv.lock", "gatekit/onhost/rotate.py", "gatekit/onhost/layout.py", "gatekit/onhost/keyauth.py", "gatekit/onhost/gcpolicy.py",
+                     "gatekit/onhost/unitstats.py", "gatekit/templates/monitoring/grafana-dashboard.json"):
         assert expected in names, expected
     checkout_templates = sorted(str(p.relative_to(REPO / "templates")) for p in (REPO / "templates").rglob("*.j2"))
     assert sorted(n.removeprefix("gatekit/templates/") for n in names if n.endswith(".j2")) == checkout_templates

@@ -1,0 +1,179 @@
+"""What Prometheus cannot see of a gateway's LiteLLM instances, written for node_exporter's textfile collector.
+
+Run as root by gatekit-unitstats.timer (roles/monitoring.py) on every gateway of a monitored fleet:
+    python3 -E -s -S {lib}/unitstats.py --out DIR/gatekit.prom --secret NAME=ENVVAR ...
+Metrics:
+- gatekit_unit_memory_bytes / _memory_max_bytes / _memory_high_bytes{unit}: the cgroup's memory against the
+  unit's limits (guard #1: silent OOM);
+- gatekit_stale_key{port, secret}: 1 when a running process of litellm@PORT holds a key other than the
+  host's current credential (by fingerprint of /proc/PID/environ, never the value), or started before that
+  credential was last written (guard #2: rotated key, old key still used);
+- gatekit_unitstats_timestamp_seconds: when this ran (an alert-free way to see it stopped).
+Python stdlib only; reads layout.json beside it. Never prints or writes a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+if __package__:
+    from .instance import fingerprint
+    from .layout import Layout
+else:  # on the host: uploaded beside this program
+    from instance import fingerprint
+    from layout import Layout
+
+PROPS = ("ActiveState", "MainPID", "MemoryCurrent", "MemoryMax", "MemoryHigh", "ExecMainStartTimestampMonotonic")
+
+
+def unit_props(units: list[str]) -> dict[str, dict[str, str]]:
+    """`systemctl show` for each unit, one call."""
+    out = subprocess.run(["systemctl", "show", "-p", ",".join(("Id", *PROPS)), *units],
+                         capture_output=True, text=True, timeout=30).stdout
+    props, current = {}, {}
+    for line in out.splitlines() + [""]:
+        if not line.strip():
+            if current.get("Id"):
+                props[current["Id"]] = current
+            current = {}
+            continue
+        key, _, value = line.partition("=")
+        current[key] = value
+    return props
+
+
+def children(proc: str = "/proc") -> dict[int, list[int]]:
+    """{ppid: [pid]} of every process (uvicorn's workers are the main process's children)."""
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def descendants(pid: int, tree: dict[int, list[int]]) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += tree.get(p, [])
+    return out
+
+
+def environ_fingerprints(pid: int, variables: dict[str, str], proc: str = "/proc") -> dict[str, str | None]:
+    """{secret name: fingerprint of its variable in the process, None when absent}; values never leave."""
+    try:
+        with open(f"{proc}/{pid}/environ", "rb") as fh:
+            env = dict(item.split(b"=", 1) for item in fh.read().split(b"\0") if b"=" in item)
+    except OSError:
+        return {}
+    found = {}
+    for name, var in variables.items():
+        value = env.get(var.encode())
+        found[name] = fingerprint(value.decode(errors="replace")) if value is not None else None
+    return found
+
+
+def start_time(pid: int, proc: str = "/proc") -> float | None:
+    """A process's start in seconds since boot."""
+    try:
+        with open(f"{proc}/{pid}/stat") as fh:
+            ticks = int(fh.read().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def boot_time() -> float:
+    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def stale_keys(layout: Layout, port: int, main_pid: int, variables: dict[str, str], tree, proc: str = "/proc") -> dict[str, int]:
+    """{secret: 1 if any process of the instance holds another key than the current credential, or started
+    before that credential was written; else 0}."""
+    stale = {name: 0 for name in variables}
+    boot = boot_time()
+    for pid in descendants(main_pid, tree):
+        loaded = environ_fingerprints(pid, variables, proc)
+        started = start_time(pid, proc)
+        for name in variables:
+            try:
+                with open(layout.cred_fingerprint(name)) as fh:
+                    current = fh.read().strip()
+                written = os.stat(layout.cred(name)).st_mtime
+            except OSError:
+                continue
+            if loaded.get(name) and loaded[name] != current:
+                stale[name] = 1
+            if started is not None and boot + started < written - 1:
+                stale[name] = 1
+    return stale
+
+
+def _num(value: str) -> str | None:
+    return value if value.isdigit() else None  # "infinity" and "[not set]" are no numbers
+
+
+def render(layout: Layout, variables: dict[str, str], proc: str = "/proc") -> str:
+    units = [layout.instance(p) for p in layout.litellm_ports]
+    props = unit_props(units)
+    tree = children(proc)
+    lines = [
+        "# HELP gatekit_unit_memory_bytes Memory of the unit's cgroup now.",
+        "# TYPE gatekit_unit_memory_bytes gauge",
+        "# HELP gatekit_unit_memory_max_bytes The unit's MemoryMax (absent when unlimited).",
+        "# TYPE gatekit_unit_memory_max_bytes gauge",
+        "# HELP gatekit_unit_memory_high_bytes The unit's MemoryHigh (absent when unlimited).",
+        "# TYPE gatekit_unit_memory_high_bytes gauge",
+        "# HELP gatekit_stale_key 1 when a running instance holds a key other than the host's current credential.",
+        "# TYPE gatekit_stale_key gauge",
+    ]
+    for port, unit in zip(layout.litellm_ports, units):
+        p = props.get(unit, {})
+        for metric, key in (("memory", "MemoryCurrent"), ("memory_max", "MemoryMax"), ("memory_high", "MemoryHigh")):
+            value = _num(p.get(key, ""))
+            if value is not None and p.get("ActiveState") == "active":
+                lines.append(f'gatekit_unit_{metric}_bytes{{unit="{unit}"}} {value}')
+        pid = int(p.get("MainPID") or 0)
+        if p.get("ActiveState") == "active" and pid > 0:
+            for name, stale in sorted(stale_keys(layout, port, pid, variables, tree, proc).items()):
+                lines.append(f'gatekit_stale_key{{port="{port}",secret="{name}"}} {stale}')
+    lines += ["# HELP gatekit_unitstats_timestamp_seconds When gatekit-unitstats last ran.",
+              "# TYPE gatekit_unitstats_timestamp_seconds gauge",
+              f"gatekit_unitstats_timestamp_seconds {time.time():.0f}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: str, text: str) -> None:
+    # node_exporter must never read half a file: write beside, then rename.
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="unitstats.py")
+    ap.add_argument("--out", required=True, help="the .prom file node_exporter's textfile collector reads")
+    ap.add_argument("--secret", action="append", default=[], metavar="NAME=ENVVAR",
+                    help="a provider key credential and the variable LiteLLM reads it from")
+    args = ap.parse_args(argv)
+    variables = dict(item.split("=", 1) for item in args.secret)
+    write_atomic(args.out, render(Layout.beside(__file__), variables))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""gatekit-unitstats (gatekit/onhost/unitstats.py) on a fake /proc and credentials directory: stale keys by
+fingerprint and by start time, the process tree, and the textfile it writes."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from gatekit.onhost import unitstats
+from gatekit.onhost.instance import fingerprint
+from gatekit.onhost.layout import Layout
+
+TCK = os.sysconf("SC_CLK_TCK")
+VARS = {"openai_key": "GK_SECRET_OPENAI_KEY", "anthropic_key": "GK_SECRET_ANTHROPIC_KEY"}
+
+
+def fake_process(proc, pid, ppid, env: dict[str, str], started_ago: float):
+    d = proc / str(pid)
+    d.mkdir(parents=True)
+    start = int((time.time() - unitstats.boot_time() - started_ago) * TCK)
+    # comm may hold spaces and parentheses: fields are counted after the last ')'.
+    fields = ["S", str(ppid)] + ["0"] * 17 + [str(start)] + ["0"] * 10
+    (d / "stat").write_text(f"{pid} (python3 (x) y) " + " ".join(fields))
+    (d / "environ").write_bytes(b"\0".join(f"{k}={v}".encode() for k, v in env.items()) + b"\0")
+
+
+@pytest.fixture
+def host(tmp_path):
+    L = Layout(gatekit_etc=str(tmp_path / "etc"))
+    os.makedirs(L.creds_dir)
+    for name, value in (("openai_key", "sk-new"), ("anthropic_key", "ak-1")):
+        open(L.cred(name), "w").write("encrypted")
+        os.utime(L.cred(name), (time.time() - 600, time.time() - 600))
+        open(L.cred_fingerprint(name), "w").write(fingerprint(value) + "\n")
+    proc = tmp_path / "proc"
+    return L, proc
+
+
+def test_a_worker_holding_the_previous_key_is_stale_and_the_value_never_leaves(host):
+    L, proc = host
+    fake_process(proc, 100, 1, {"GK_SECRET_OPENAI_KEY": "sk-new", "GK_SECRET_ANTHROPIC_KEY": "ak-1"}, 120)
+    fake_process(proc, 101, 100, {"GK_SECRET_OPENAI_KEY": "sk-old", "GK_SECRET_ANTHROPIC_KEY": "ak-1"}, 100)
+    tree = unitstats.children(str(proc))
+    assert unitstats.descendants(100, tree) == [100, 101]
+    assert unitstats.stale_keys(L, 4001, 100, VARS, tree, str(proc)) == {"openai_key": 1, "anthropic_key": 0}
+    assert unitstats.environ_fingerprints(101, VARS, str(proc)) == {"openai_key": fingerprint("sk-old"),
+                                                                    "anthropic_key": fingerprint("ak-1")}
+
+
+def test_current_keys_are_not_stale(host):
+    L, proc = host
+    fake_process(proc, 100, 1, {"GK_SECRET_OPENAI_KEY": "sk-new", "GK_SECRET_ANTHROPIC_KEY": "ak-1"}, 120)
+    assert unitstats.stale_keys(L, 4001, 100, VARS, unitstats.children(str(proc)), str(proc)) == {
+        "openai_key": 0, "anthropic_key": 0}
+
+
+def test_a_process_started_before_its_credential_was_written_is_stale(host):
+    """Same fingerprint file, but the credential changed after the process started (fingerprint written
+    later, or a credential that never reached the environment)."""
+    L, proc = host
+    fake_process(proc, 100, 1, {"GK_SECRET_OPENAI_KEY": "sk-new", "GK_SECRET_ANTHROPIC_KEY": "ak-1"}, 120)
+    os.utime(L.cred("anthropic_key"), (time.time() - 10, time.time() - 10))
+    assert unitstats.stale_keys(L, 4001, 100, VARS, unitstats.children(str(proc)), str(proc)) == {
+        "openai_key": 0, "anthropic_key": 1}
+
+
+def test_render_writes_memory_and_staleness_only_for_running_instances(host, monkeypatch, tmp_path):
+    L, proc = host
+    fake_process(proc, 100, 1, {"GK_SECRET_OPENAI_KEY": "sk-old", "GK_SECRET_ANTHROPIC_KEY": "ak-1"}, 120)
+    monkeypatch.setattr(unitstats, "unit_props", lambda units: {
+        "litellm@4001.service": {"ActiveState": "active", "MainPID": "100", "MemoryCurrent": "1000",
+                                 "MemoryMax": "2000", "MemoryHigh": "infinity"},
+        "litellm@4003.service": {"ActiveState": "inactive", "MainPID": "0", "MemoryCurrent": "[not set]"}})
+    text = unitstats.render(L, VARS, str(proc))
+    assert 'gatekit_unit_memory_bytes{unit="litellm@4001.service"} 1000' in text
+    assert 'gatekit_unit_memory_max_bytes{unit="litellm@4001.service"} 2000' in text
+    assert "memory_high_bytes" not in text.replace("# HELP gatekit_unit_memory_high_bytes", "").replace(
+        "# TYPE gatekit_unit_memory_high_bytes", "")  # unlimited: absent, not a bogus number
+    assert 'gatekit_stale_key{port="4001",secret="openai_key"} 1' in text
+    assert "4003" not in text
+    assert "sk-old" not in text and "sk-new" not in text
+    out = tmp_path / "gatekit.prom"
+    unitstats.write_atomic(str(out), text)
+    assert out.read_text() == text and oct(out.stat().st_mode & 0o777) == "0o644"
+
