@@ -62,20 +62,20 @@ BOOT = next((int(line.split()[1]) for line in (read("/proc/stat") or "").splitli
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def proc_stat(pid: int) -> tuple[int, float] | None:
+def proc_stat(pid: int, proc: str = "/proc") -> tuple[int, float] | None:
     """(parent pid, start time as epoch seconds)."""
-    text = read(f"/proc/{pid}/stat")
+    text = read(f"{proc}/{pid}/stat")
     if not text:
         return None
     fields = text.rsplit(")", 1)[1].split()  # the command name may hold spaces and parentheses
     return int(fields[1]), BOOT + int(fields[19]) / TICKS
 
 
-def all_parents() -> dict[int, int]:
+def all_parents(proc: str = "/proc") -> dict[int, int]:
     out = {}
-    for d in os.listdir("/proc"):
+    for d in os.listdir(proc):
         if d.isdigit():
-            st = proc_stat(int(d))
+            st = proc_stat(int(d), proc)
             if st:
                 out[int(d)] = st[0]
     return out
@@ -91,8 +91,8 @@ def descendants(pid: int, parents: dict[int, int]) -> list[int]:
     return out
 
 
-def environ(pid: int) -> dict[str, str]:
-    raw = read(f"/proc/{pid}/environ", binary=True) or b""
+def environ(pid: int, proc: str = "/proc") -> dict[str, str]:
+    raw = read(f"{proc}/{pid}/environ", binary=True) or b""
     out = {}
     for item in raw.split(b"\0"):
         k, sep, v = item.partition(b"=")

@@ -5,9 +5,10 @@ Run as root by gatekit-unitstats.timer (roles/monitoring.py) on every gateway of
 Metrics:
 - gatekit_unit_memory_bytes / _memory_max_bytes / _memory_high_bytes{unit}: the cgroup's memory against the
   unit's limits (guard #1: silent OOM);
-- gatekit_stale_key{port, secret}: 1 when a running process of litellm@PORT holds a key other than the
-  host's current credential (by fingerprint of /proc/PID/environ, never the value), or started before that
-  credential was last written (guard #2: rotated key, old key still used);
+- gatekit_stale_key{port, secret}: 1 when litellm@PORT holds a key other than the host's current credential
+  (by fingerprint of the credential systemd decrypted for it and of its workers' /proc/PID/environ, never
+  the value), or a process of it started before that credential was last written (guard #2: rotated key,
+  old key still used);
 - gatekit_unitstats_timestamp_seconds: when this ran (an alert-free way to see it stopped).
 Python stdlib only; reads layout.json beside it. Never prints or writes a secret.
 """
@@ -21,13 +22,13 @@ import sys
 import time
 
 if __package__:
-    from .instance import fingerprint
     from .layout import Layout
+    from .probe import all_parents, descendants, environ, fingerprint, proc_stat, read
 else:  # on the host: uploaded beside this program
-    from instance import fingerprint
     from layout import Layout
+    from probe import all_parents, descendants, environ, fingerprint, proc_stat, read
 
-PROPS = ("ActiveState", "MainPID", "MemoryCurrent", "MemoryMax", "MemoryHigh", "ExecMainStartTimestampMonotonic")
+PROPS = ("ActiveState", "MainPID", "MemoryCurrent", "MemoryMax", "MemoryHigh")
 
 
 def unit_props(units: list[str]) -> dict[str, dict[str, str]]:
@@ -46,78 +47,38 @@ def unit_props(units: list[str]) -> dict[str, dict[str, str]]:
     return props
 
 
-def children(proc: str = "/proc") -> dict[int, list[int]]:
-    """{ppid: [pid]} of every process (uvicorn's workers are the main process's children)."""
-    tree: dict[int, list[int]] = {}
-    for entry in os.listdir(proc):
-        if not entry.isdigit():
-            continue
+def stale_keys(layout: Layout, port: int, main_pid: int, variables: dict[str, str], parents: dict[int, int],
+               proc: str = "/proc") -> dict[str, int]:
+    """{secret: 1 if the instance holds another key than the host's current credential, or a process of it
+    started before that credential was written; else 0}.
+
+    What an instance holds: the credential systemd decrypted for it when it started (the launcher reads it
+    into its own environment, which /proc/PID/environ does not show: that file is the environment at exec),
+    and the environment of each spawned worker (which is)."""
+    held = {}
+    for name in variables:
+        value = read(layout.runtime_credential(port, name))
+        held[name] = {fingerprint(value.rstrip("\n")) if value is not None else None}
+    started = []
+    for pid in descendants(main_pid, parents):
+        env = environ(pid, proc)
+        for name, var in variables.items():
+            if var in env:
+                held[name].add(fingerprint(env[var]))
+        st = proc_stat(pid, proc)
+        started.append(st[1] if st else None)
+    stale = {name: 0 for name in variables}
+    for name in variables:
+        current = (read(layout.cred_fingerprint(name)) or "").strip()
         try:
-            with open(f"{proc}/{entry}/stat") as fh:
-                stat = fh.read()
+            written = os.stat(layout.cred(name)).st_mtime
         except OSError:
             continue
-        ppid = int(stat.rpartition(")")[2].split()[1])
-        tree.setdefault(ppid, []).append(int(entry))
-    return tree
-
-
-def descendants(pid: int, tree: dict[int, list[int]]) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += tree.get(p, [])
-    return out
-
-
-def environ_fingerprints(pid: int, variables: dict[str, str], proc: str = "/proc") -> dict[str, str | None]:
-    """{secret name: fingerprint of its variable in the process, None when absent}; values never leave."""
-    try:
-        with open(f"{proc}/{pid}/environ", "rb") as fh:
-            env = dict(item.split(b"=", 1) for item in fh.read().split(b"\0") if b"=" in item)
-    except OSError:
-        return {}
-    found = {}
-    for name, var in variables.items():
-        value = env.get(var.encode())
-        found[name] = fingerprint(value.decode(errors="replace")) if value is not None else None
-    return found
-
-
-def start_time(pid: int, proc: str = "/proc") -> float | None:
-    """A process's start in seconds since boot."""
-    try:
-        with open(f"{proc}/{pid}/stat") as fh:
-            ticks = int(fh.read().rpartition(")")[2].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def boot_time() -> float:
-    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
-def stale_keys(layout: Layout, port: int, main_pid: int, variables: dict[str, str], tree, proc: str = "/proc") -> dict[str, int]:
-    """{secret: 1 if any process of the instance holds another key than the current credential, or started
-    before that credential was written; else 0}."""
-    stale = {name: 0 for name in variables}
-    boot = boot_time()
-    for pid in descendants(main_pid, tree):
-        loaded = environ_fingerprints(pid, variables, proc)
-        started = start_time(pid, proc)
-        for name in variables:
-            try:
-                with open(layout.cred_fingerprint(name)) as fh:
-                    current = fh.read().strip()
-                written = os.stat(layout.cred(name)).st_mtime
-            except OSError:
-                continue
-            if loaded.get(name) and loaded[name] != current:
-                stale[name] = 1
-            if started is not None and boot + started < written - 1:
-                stale[name] = 1
+        if current and held[name] - {None, current}:
+            stale[name] = 1
+        # A second of slack: start times are known to the clock tick, file times to the write.
+        if any(s is not None and s < written - 1 for s in started):
+            stale[name] = 1
     return stale
 
 
@@ -128,7 +89,7 @@ def _num(value: str) -> str | None:
 def render(layout: Layout, variables: dict[str, str], proc: str = "/proc") -> str:
     units = [layout.instance(p) for p in layout.litellm_ports]
     props = unit_props(units)
-    tree = children(proc)
+    parents = all_parents(proc)
     lines = [
         "# HELP gatekit_unit_memory_bytes Memory of the unit's cgroup now.",
         "# TYPE gatekit_unit_memory_bytes gauge",
@@ -147,7 +108,7 @@ def render(layout: Layout, variables: dict[str, str], proc: str = "/proc") -> st
                 lines.append(f'gatekit_unit_{metric}_bytes{{unit="{unit}"}} {value}')
         pid = int(p.get("MainPID") or 0)
         if p.get("ActiveState") == "active" and pid > 0:
-            for name, stale in sorted(stale_keys(layout, port, pid, variables, tree, proc).items()):
+            for name, stale in sorted(stale_keys(layout, port, pid, variables, parents, proc).items()):
                 lines.append(f'gatekit_stale_key{{port="{port}",secret="{name}"}} {stale}')
     lines += ["# HELP gatekit_unitstats_timestamp_seconds When gatekit-unitstats last ran.",
               "# TYPE gatekit_unitstats_timestamp_seconds gauge",

@@ -122,6 +122,7 @@ def test_known_traffic_gives_exact_counter_deltas_over_workers_and_instances(lab
     url = lab.gateway_url("gw2")
     provider.clear_faults()
     before = scrape(lab, "gw2")
+    since = time.time()
     assert [completion(client, url).status_code for _ in range(4)] == [200] * 4
     with client.stream("POST", f"{url}/v1/chat/completions", json={
             "model": "fast", "stream": True, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}) as r:
@@ -129,29 +130,34 @@ def test_known_traffic_gives_exact_counter_deltas_over_workers_and_instances(lab
     provider.faults(429, 1, model="fake-fast")
     assert completion(client, url).status_code == 429  # never retried, no fallback for fast
     provider.faults(500, 2, model="fake-claude")
-    assert completion(client, url, model="claude").status_code == 200  # claude fails, smart answers
-    provider.faults(500, 1, model="fake-claude")
-    provider.faults(500, 1, model="fake-smart")
-    assert completion(client, url, model="claude").status_code >= 500  # claude fails, its fallback too
+    assert completion(client, url, model="claude").status_code == 200  # claude fails (its retry too): smart answers
     provider.clear_faults()
+    # The provider saw the call and its one retry (retry.num_retries: 1 in the lab's spec); LiteLLM counts
+    # one failed call of the deployment, not one per attempt.
+    assert [r["status"] for r in provider.requests(since=since, model="fake-claude")] == [500, 500]
 
     after = scrape(lab, "gw2")
+    wanted = {  # (metric, labels): what the traffic above must have added, summed over every process
+        ("litellm_deployment_success_responses_total", "model_group=fast"): 5,
+        ("litellm_deployment_success_responses_total", "model_group=smart"): 1,
+        ("litellm_deployment_total_requests_total", "model_group=fast"): 6,
+        ("litellm_deployment_failure_responses_total", "model_group=fast,exception_status=429"): 1,
+        ("litellm_deployment_failure_responses_total", "model_group=claude,exception_status=500"): 1,
+        ("litellm_deployment_total_requests_total", "model_group=claude"): 1,
+        ("litellm_deployment_successful_fallbacks_total", "fallback_model=smart"): 1,
+        ("litellm_llm_api_time_to_first_token_metric_count", "model_group=fast"): 1,
+        ("litellm_request_total_latency_metric_count", "model_group=fast"): 5,
+        ("litellm_proxy_total_requests_metric_total", "status_code=429"): 1,
+    }
 
-    def delta(name, **labels):
-        return total(after, name, api_key_alias="(master)", **labels) - total(before, name, api_key_alias="(master)", **labels)
+    def delta(name, spec):
+        labels = dict(kv.split("=", 1) for kv in spec.split(",")) if spec else {}
+        return (total(after, name, api_key_alias="(master)", **labels)
+                - total(before, name, api_key_alias="(master)", **labels))
 
-    assert delta("litellm_deployment_success_responses_total", model_group="fast") == 5
-    assert delta("litellm_deployment_success_responses_total", model_group="smart") == 1
-    assert delta("litellm_deployment_total_requests_total", model_group="fast") == 6
-    assert delta("litellm_deployment_failure_responses_total", model_group="fast", exception_status="429") == 1
-    assert delta("litellm_deployment_failure_responses_total", model_group="claude", exception_status="500") == 2
-    assert delta("litellm_deployment_failure_responses_total", model_group="smart", exception_status="500") == 1
-    assert delta("litellm_deployment_successful_fallbacks_total", fallback_model="smart") == 1
-    assert delta("litellm_deployment_failed_fallbacks_total", fallback_model="smart") == 1
-    assert delta("litellm_llm_api_time_to_first_token_metric_count", model_group="fast") == 1
-    assert delta("litellm_request_total_latency_metric_count", model_group="fast") == 5
-    assert delta("litellm_proxy_total_requests_metric_total", status_code="429") == 1
-    assert delta("litellm_spend_metric_total", api_provider="openai") > 0
+    got = {key: delta(*key) for key in wanted}
+    assert got == wanted
+    assert delta("litellm_spend_metric_total", "api_provider=openai") > 0
     # Labels stay bounded: nothing from the client's side.
     names = {k for (_, lbs) in after for k, _ in lbs}
     assert not names & {"end_user", "user", "client_ip", "user_agent", "hashed_api_key", "requested_model"}
@@ -163,19 +169,24 @@ def test_known_traffic_gives_exact_counter_deltas_over_workers_and_instances(lab
                what=f"Prometheus to scrape {want} requests on gw2")
 
 
-def test_provider_5xx_fires_the_cooldown_alert(lab, client, provider):
-    """A provider answering 500 puts its deployment in cooldown, and the deployed Prometheus fires
-    DeploymentCooledDown for it."""
+def test_provider_faults_fire_their_alerts(lab, client, provider):
+    """Provider 500s make the error ratio cross its threshold (ProviderErrorRatio pending: it then waits out
+    its `for`); a provider refusing the key (401) puts the deployment in cooldown, and the deployed Prometheus
+    fires DeploymentCooledDown for it. (LiteLLM never cools a single-deployment group down for 5xx unless
+    allowed_fails differs from its default; a 401 it always does.)"""
     url = lab.gateway_url("gw1")
     provider.faults(500, model="fake-claude")
     try:
-        for _ in range(6):  # allowed_fails (3) a minute, then the router cools the deployment down
+        for _ in range(4):
             completion(client, url, model="claude")
+        wait_until(lambda: [a for a in alerts(lab, "ProviderErrorRatio", "pending") + alerts(lab, "ProviderErrorRatio")
+                            if a["labels"]["api_provider"] == "anthropic"], 60, interval=2,
+                   what="ProviderErrorRatio pending for anthropic")
+        provider.clear_faults()
+        provider.faults(401, 2, model="fake-claude")
+        completion(client, url, model="claude")
         wait_until(lambda: [a for a in alerts(lab, "DeploymentCooledDown") if a["labels"]["api_provider"] == "anthropic"],
-                   90, interval=2, what="DeploymentCooledDown for anthropic")
-        # The error ratio crossed its threshold at once; its alert waits out its `for` (pending meanwhile).
-        wait_until(lambda: alerts(lab, "ProviderErrorRatio", "pending") + alerts(lab, "ProviderErrorRatio"), 60,
-                   interval=2, what="ProviderErrorRatio pending")
+                   60, interval=2, what="DeploymentCooledDown for anthropic")
     finally:
         provider.clear_faults()
     # Leave claude served by its own deployment again for the tests that follow (cooldown_time is 30 s).

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gatekit.onhost import unitstats
+from gatekit.onhost import probe, unitstats
 from gatekit.onhost.instance import fingerprint
 from gatekit.onhost.layout import Layout
 
@@ -19,7 +19,7 @@ VARS = {"openai_key": "GK_SECRET_OPENAI_KEY", "anthropic_key": "GK_SECRET_ANTHRO
 def fake_process(proc, pid, ppid, env: dict[str, str], started_ago: float):
     d = proc / str(pid)
     d.mkdir(parents=True)
-    start = int((time.time() - unitstats.boot_time() - started_ago) * TCK)
+    start = int((time.time() - probe.BOOT - started_ago) * TCK)
     # comm may hold spaces and parentheses: fields are counted after the last ')'.
     fields = ["S", str(ppid)] + ["0"] * 17 + [str(start)] + ["0"] * 10
     (d / "stat").write_text(f"{pid} (python3 (x) y) " + " ".join(fields))
@@ -28,7 +28,7 @@ def fake_process(proc, pid, ppid, env: dict[str, str], started_ago: float):
 
 @pytest.fixture
 def host(tmp_path):
-    L = Layout(gatekit_etc=str(tmp_path / "etc"))
+    L = Layout(gatekit_etc=str(tmp_path / "etc"), credentials_runtime_dir=str(tmp_path / "run-creds"))
     os.makedirs(L.creds_dir)
     for name, value in (("openai_key", "sk-new"), ("anthropic_key", "ak-1")):
         open(L.cred(name), "w").write("encrypted")
@@ -42,17 +42,26 @@ def test_a_worker_holding_the_previous_key_is_stale_and_the_value_never_leaves(h
     L, proc = host
     fake_process(proc, 100, 1, {"GK_SECRET_OPENAI_KEY": "sk-new", "GK_SECRET_ANTHROPIC_KEY": "ak-1"}, 120)
     fake_process(proc, 101, 100, {"GK_SECRET_OPENAI_KEY": "sk-old", "GK_SECRET_ANTHROPIC_KEY": "ak-1"}, 100)
-    tree = unitstats.children(str(proc))
-    assert unitstats.descendants(100, tree) == [100, 101]
+    tree = probe.all_parents(str(proc))
+    assert probe.descendants(100, tree) == [100, 101]
     assert unitstats.stale_keys(L, 4001, 100, VARS, tree, str(proc)) == {"openai_key": 1, "anthropic_key": 0}
-    assert unitstats.environ_fingerprints(101, VARS, str(proc)) == {"openai_key": fingerprint("sk-old"),
-                                                                    "anthropic_key": fingerprint("ak-1")}
+
+
+def test_a_single_worker_instance_is_judged_by_the_credential_systemd_decrypted_for_it(host):
+    """One worker: the launcher sets the keys in its own environment after exec, invisible in /proc."""
+    L, proc = host
+    fake_process(proc, 100, 1, {"GK_PORT": "4001"}, 120)
+    os.makedirs(os.path.dirname(L.runtime_credential(4001, "openai_key")))
+    open(L.runtime_credential(4001, "openai_key"), "w").write("sk-old")
+    open(L.runtime_credential(4001, "anthropic_key"), "w").write("ak-1")
+    assert unitstats.stale_keys(L, 4001, 100, VARS, probe.all_parents(str(proc)), str(proc)) == {
+        "openai_key": 1, "anthropic_key": 0}
 
 
 def test_current_keys_are_not_stale(host):
     L, proc = host
     fake_process(proc, 100, 1, {"GK_SECRET_OPENAI_KEY": "sk-new", "GK_SECRET_ANTHROPIC_KEY": "ak-1"}, 120)
-    assert unitstats.stale_keys(L, 4001, 100, VARS, unitstats.children(str(proc)), str(proc)) == {
+    assert unitstats.stale_keys(L, 4001, 100, VARS, probe.all_parents(str(proc)), str(proc)) == {
         "openai_key": 0, "anthropic_key": 0}
 
 
@@ -62,7 +71,7 @@ def test_a_process_started_before_its_credential_was_written_is_stale(host):
     L, proc = host
     fake_process(proc, 100, 1, {"GK_SECRET_OPENAI_KEY": "sk-new", "GK_SECRET_ANTHROPIC_KEY": "ak-1"}, 120)
     os.utime(L.cred("anthropic_key"), (time.time() - 10, time.time() - 10))
-    assert unitstats.stale_keys(L, 4001, 100, VARS, unitstats.children(str(proc)), str(proc)) == {
+    assert unitstats.stale_keys(L, 4001, 100, VARS, probe.all_parents(str(proc)), str(proc)) == {
         "openai_key": 0, "anthropic_key": 1}
 
 
