@@ -30,6 +30,9 @@ RECORDING = [
 ]
 
 
+COOLED = "litellm_deployment_cooled_down_total"
+
+
 def period_seconds(duration: str) -> int:
     """A spec budget duration ("1d", "30d", "12h") in seconds."""
     return int(duration[:-1]) * _SECONDS[duration[-1]]
@@ -81,11 +84,13 @@ def alerts(spec: GatewaySpec, s: dict) -> list[dict]:
                f' / {provider_rate} > {r429}', "5m", "warning",
                "{{ $labels.api_provider }}: {{ $value | humanizePercentage }} of calls are rate limited (429)",
                "raise the provider's limits or lower rpm/tpm in the spec; 429s are never retried"),
+        # A deployment's first cooldown creates its series at 1, which increase() cannot see: new series count too.
         _alert("DeploymentCooledDown",
-               'sum by (api_provider, litellm_model_name) (increase(litellm_deployment_cooled_down_total[5m])) > 0',
+               f'(sum by (api_provider, litellm_model_name) (increase({COOLED}[5m])) > 0)'
+               f' or (sum by (api_provider, litellm_model_name) ({COOLED} unless {COOLED} offset 5m) > 0)',
                "", "warning",
                "{{ $labels.api_provider }}/{{ $labels.litellm_model_name }} was put in cooldown (skipped by the router)",
-               "the deployment failed allowed_fails times in a minute: see ProviderErrorRatio and the journal"),
+               "the provider refused it (401, 404, 408, 429) or it failed too often: see ProviderErrorRatio and journalctl -u litellm@*"),
         _alert("HighP99Latency",
                f'histogram_quantile(0.99, sum by (le, model_group) (rate(litellm_request_total_latency_metric_bucket[10m]))) > {p99}',
                "5m", "warning",

@@ -57,7 +57,8 @@ def stale_keys(layout: Layout, port: int, main_pid: int, variables: dict[str, st
     and the environment of each spawned worker (which is)."""
     held = {}
     for name in variables:
-        value = read(layout.runtime_credential(port, name))
+        # Through the instance's own root: systemd shows a unit's credentials to that unit's namespace only.
+        value = read(f"{proc}/{main_pid}/root{layout.runtime_credential(port, name)}")
         held[name] = {fingerprint(value.rstrip("\n")) if value is not None else None}
     started = []
     for pid in descendants(main_pid, parents):

@@ -177,11 +177,10 @@ def test_provider_faults_fire_their_alerts(lab, client, provider):
     url = lab.gateway_url("gw1")
     provider.faults(500, model="fake-claude")
     try:
-        for _ in range(4):
-            completion(client, url, model="claude")
-        wait_until(lambda: [a for a in alerts(lab, "ProviderErrorRatio", "pending") + alerts(lab, "ProviderErrorRatio")
-                            if a["labels"]["api_provider"] == "anthropic"], 60, interval=2,
-                   what="ProviderErrorRatio pending for anthropic")
+        # A call per check, so failures keep coming across scrapes (a rate needs two samples of a series).
+        wait_until(lambda: completion(client, url, model="claude") and [
+            a for a in alerts(lab, "ProviderErrorRatio", "pending") + alerts(lab, "ProviderErrorRatio")
+            if a["labels"]["api_provider"] == "anthropic"], 90, interval=2, what="ProviderErrorRatio pending for anthropic")
         provider.clear_faults()
         provider.faults(401, 2, model="fake-claude")
         completion(client, url, model="claude")

@@ -231,6 +231,13 @@ def test_all_gateways_converge_and_no_plaintext_anywhere(lab, provider):
         assert live(lab, gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(lab.secret_values["openai_key"])
     assert rotate(lab).changes == 0
     assert lab.deploy().changes == 0
+    # gatekit-unitstats (what the StaleKey alert reads) sees every running instance on the current keys.
+    for gw in gateways(lab):
+        L = lab.layout(gw)
+        prom = lab.hosts[gw].run(f"systemctl start {L.unitstats_service} && cat {L.textfile_dir}/gatekit.prom").stdout
+        stale = [ln for ln in prom.splitlines() if ln.startswith("gatekit_stale_key")]
+        assert {f'port="{p}"' for p in lab.live_ports(gw)} <= {ln.split(",")[0].split("{")[1] for ln in stale}
+        assert stale and all(ln.endswith(" 0") for ln in stale), stale
     # Every key this session used (current and rotated-out ones) is absent from hosts and outputs.
     values = set(lab.secret_values.values()) | set(getattr(lab, "rotated_out", []))
     for text in (final.stdout, final.stderr):

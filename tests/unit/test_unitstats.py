@@ -51,9 +51,10 @@ def test_a_single_worker_instance_is_judged_by_the_credential_systemd_decrypted_
     """One worker: the launcher sets the keys in its own environment after exec, invisible in /proc."""
     L, proc = host
     fake_process(proc, 100, 1, {"GK_PORT": "4001"}, 120)
-    os.makedirs(os.path.dirname(L.runtime_credential(4001, "openai_key")))
-    open(L.runtime_credential(4001, "openai_key"), "w").write("sk-old")
-    open(L.runtime_credential(4001, "anthropic_key"), "w").write("ak-1")
+    root = f"{proc}/100/root"  # the instance's own view: only it sees its credentials
+    os.makedirs(root + os.path.dirname(L.runtime_credential(4001, "openai_key")))
+    open(root + L.runtime_credential(4001, "openai_key"), "w").write("sk-old\n")
+    open(root + L.runtime_credential(4001, "anthropic_key"), "w").write("ak-1")
     assert unitstats.stale_keys(L, 4001, 100, VARS, probe.all_parents(str(proc)), str(proc)) == {
         "openai_key": 1, "anthropic_key": 0}
 
