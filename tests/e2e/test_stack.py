@@ -14,6 +14,7 @@ import ssl
 import statistics
 import time
 
+import httpx
 import pytest
 
 from lab.env import WHEELHOUSE_PORT
@@ -397,12 +398,24 @@ def test_added_host_is_provisioned_existing_unchanged(lab, client):
     assert result.changed_ops(gw3.address), "the new host was not provisioned"
     for name in ("gw1", "gw2"):
         assert result.changed_ops(lab.hosts[name].address) == [], name
-    # The data host admits the new gateway in pg_hba (and reloads); nothing else changes there.
+    # The data host admits the new gateway in pg_hba (and reloads), and its Prometheus scrapes it (checked,
+    # then reloaded); nothing else changes there.
     data_changes = result.changed_ops(lab.hosts["data1"].address)
-    assert sorted(data_changes) == ["PostgreSQL | Reload PostgreSQL for new pg_hba",
+    assert sorted(data_changes) == ["Monitoring | Check Prometheus' configuration and rules (promtool)",
+                                    "Monitoring | Reload Prometheus for its new targets or rules",
+                                    "Monitoring setup | Render Prometheus' scrape configuration",
+                                    "PostgreSQL | Reload PostgreSQL for new pg_hba",
                                     "PostgreSQL | Render pg_hba.conf (only gateway hosts admitted)"], data_changes
     r = completion(client, lab.gateway_url("gw3"))
     assert r.status_code == 200, r.text
+    prometheus = f"http://{lab.hosts['data1'].address}:{lab.host_settings('data1')['monitoring_prometheus_port']}"
+
+    def gw3_scraped():
+        up = httpx.get(f"{prometheus}/api/v1/query", params={"query": f'up{{host="{gw3.address}"}}'}, timeout=30,
+                       trust_env=False).json()["data"]["result"]
+        return {r["metric"]["job"] for r in up if r["value"][1] == "1"} >= {"node", "litellm", "gateway_probe"}
+
+    wait_until(gw3_scraped, 60, what="Prometheus to scrape the new gateway")
     final = lab.deploy()
     assert final.ok and final.changes == 0
 
