@@ -164,7 +164,8 @@ class Lab:
             ],
             "fallbacks": [{"from": "smart", "to": ["fast"]}, {"from": "claude", "to": ["smart"]}],
             "aliases": {"gpt-4o": "smart"},
-            "retry": {"num_retries": 1, "timeout_errors": 1, "server_errors": 1},
+            # A short cooldown: tests that make a deployment cool down wait it out.
+            "retry": {"num_retries": 1, "timeout_errors": 1, "server_errors": 1, "cooldown_time": 10},
             "budgets": {"providers": {"openai": {"max_usd": 1000, "duration": "1d"}}},
             "settings": {
                 "litellm_pip_find_links": f"http://{self.bridge_ip}:{WHEELHOUSE_PORT}/",

@@ -188,7 +188,7 @@ def test_provider_faults_fire_their_alerts(lab, client, provider):
                    60, interval=2, what="DeploymentCooledDown for anthropic")
     finally:
         provider.clear_faults()
-    # Leave claude served by its own deployment again for the tests that follow (cooldown_time is 30 s).
+    # Leave claude served by its own deployment again for the tests that follow (the lab's cooldown_time is 10 s).
     since = time.time()
     wait_until(lambda: completion(client, url, model="claude").status_code == 200
                and provider.requests(since=since, model="fake-claude"), 90, interval=3, what="claude out of cooldown")

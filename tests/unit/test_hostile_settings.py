@@ -8,7 +8,7 @@ import re
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from gatekit import render
+from gatekit import monitoring, render
 from gatekit.defaults import DEFAULTS
 from gatekit.onhost.layout import Layout
 from gatekit.spec import check_settings
@@ -35,6 +35,9 @@ def render_all(s: dict) -> dict[str, str]:
         "redis": render.template("redis/redis.conf.j2", s=s, private_address="10.0.0.5", password_hash="0" * 64),
         "postgres": render.template("postgres/gatekit.conf.j2", s=s, private_address="10.0.0.5"),
         "pg_hba": render.template("postgres/pg_hba.conf.j2", s=s, gateway_addresses=["10.0.0.6"]),
+        "prometheus_unit": render.template("monitoring/prometheus.conf.j2", s=s, layout=L, private_address="10.0.0.5"),
+        "prometheus": monitoring.prometheus_config(
+            [monitoring.Monitored("gw1", "10.0.0.6", frozenset({"gateways"}), s)], s, "10.0.0.5", L),
     }
 
 
