@@ -45,6 +45,23 @@ PROMETHEUS_EXCLUDED_LABELS = ("end_user", "user", "user_email", "user_alias", "h
                               "project_id", "project_alias")
 
 
+# LiteLLM's metrics about its own database's entities (names as LiteLLM 1.106.2 defines them; it refuses to
+# start on a name it does not know, so a LiteLLM upgrade that renames one fails the e2e suite, never silently).
+PROMETHEUS_EXCLUDED_METRICS = (
+    "litellm_remaining_team_budget_metric", "litellm_team_max_budget_metric", "litellm_team_budget_remaining_hours_metric",
+    "litellm_team_members_metric",
+    "litellm_remaining_org_budget_metric", "litellm_org_max_budget_metric", "litellm_org_budget_remaining_hours_metric",
+    "litellm_remaining_api_key_budget_metric", "litellm_api_key_max_budget_metric",
+    "litellm_api_key_budget_remaining_hours_metric",
+    "litellm_remaining_user_budget_metric", "litellm_user_max_budget_metric", "litellm_user_budget_remaining_hours_metric",
+    "litellm_remaining_customer_budget_metric", "litellm_customer_max_budget_metric",
+    "litellm_customer_budget_remaining_hours_metric",
+    "litellm_pod_lock_manager_size", "litellm_in_memory_daily_spend_update_queue_size",
+    "litellm_redis_daily_spend_update_queue_size", "litellm_in_memory_spend_update_queue_size",
+    "litellm_redis_spend_update_queue_size",
+)
+
+
 def litellm_config(spec: GatewaySpec, settings: dict, redis: dict | None, fingerprints: dict | None = None) -> dict:
     """LiteLLM's config.yaml as data. Secrets appear only as os.environ/... references.
     fingerprints: {secret name: fingerprint} of the keys this config will run with."""
@@ -110,6 +127,10 @@ def litellm_config(spec: GatewaySpec, settings: dict, redis: dict | None, finger
     # the raw requested model) and no key hash (the key's name is the api_key_alias label).
     litellm_settings["require_auth_for_metrics_endpoint"] = False
     litellm_settings["prometheus_exclude_labels"] = list(PROMETHEUS_EXCLUDED_LABELS)
+    if not settings["litellm_database"]:
+        # Without LiteLLM's database there are no LiteLLM users, teams, orgs, customers or virtual-key budgets
+        # to report: off, so no request pays for looking them up (bench/metrics_trim.py measures it).
+        litellm_settings["prometheus_exclude_metrics"] = list(PROMETHEUS_EXCLUDED_METRICS)
     general = {"master_key": "os.environ/LITELLM_MASTER_KEY", "custom_auth": "keyauth.user_api_key_auth"}
     if settings["litellm_database"]:
         general["database_url"] = "os.environ/DATABASE_URL"

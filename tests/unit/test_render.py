@@ -216,7 +216,9 @@ def test_redis_only_with_a_target(spec, settings):
     assert with_redis["redis_host"] == "10.0.0.21"
     assert with_redis["redis_port"] == 6380
     assert with_redis["redis_password"] == "os.environ/REDIS_PASSWORD"
-    assert "redis" not in litellm_config_yaml(spec, settings, None)
+    text = litellm_config_yaml(spec, settings, None)
+    # No Redis setting and no reference to its password (metric names may say "redis": they are excluded ones).
+    assert not re.search(r"^\s*redis\w*:", text, re.M) and "REDIS" not in text and "cache_params" not in text
 
 
 def test_database_url_only_with_database(spec, settings):
@@ -905,3 +907,21 @@ def test_each_instances_metrics_only_from_admin_networks(settings):
     assert not [p for p in locs if p.startswith("=") and p not in {f"= /metrics/{n}/" for n in (4301, 4302, 4303, 4304)}]
     regexes = [p.removeprefix("~").strip() for p in locs if p.startswith("~")]
     assert not [r for r in regexes if re.search(r, "/metrics/4301/")]
+
+
+def test_metrics_of_litellms_own_database_are_off_without_it_and_none_the_kit_reads(spec, settings):
+    """No LiteLLM database: no LiteLLM users, teams, orgs, customers or virtual-key budgets to report, and no
+    request should pay for looking them up. None of them feeds an alert or a dashboard panel."""
+    import json
+
+    from gatekit.alerts import alerts
+    from gatekit.resources import templates_dir
+
+    ls = render.litellm_config(spec, settings, REDIS)["litellm_settings"]
+    assert ls["prometheus_exclude_metrics"] == list(render.PROMETHEUS_EXCLUDED_METRICS)
+    assert "litellm_remaining_user_budget_metric" in ls["prometheus_exclude_metrics"]
+    used = " ".join(r["expr"] for r in alerts(spec, settings)) + (templates_dir() / "monitoring" / "grafana-dashboard.json").read_text()
+    assert not [m for m in render.PROMETHEUS_EXCLUDED_METRICS if m in used]
+    json.dumps(ls)  # plain data for config.yaml
+    with_db = render.litellm_config(spec, {**settings, "litellm_database": True}, REDIS)["litellm_settings"]
+    assert "prometheus_exclude_metrics" not in with_db  # LiteLLM's own keys, teams and users exist there
