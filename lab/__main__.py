@@ -43,6 +43,10 @@ def up(single: bool, exit_after: bool) -> int:
         for gw in groups["gateways"]:
             print(f"gateway: {lab.gateway_url(gw)}  (self-signed TLS; master key: "
                   f"gatekit secrets get litellm_master_key --vault {lab.vault_path} --key-file {lab.key_file})")
+        for mon in groups.get("monitoring", []):
+            port = lab.host_settings(mon)["monitoring_prometheus_port"]
+            print(f"prometheus: http://{lab.hosts[mon].address}:{port}  (alerts: /alerts; dashboard: import "
+                  "templates/monitoring/grafana-dashboard.json in a Grafana pointed at it)")
         demo_stream(lab, groups["gateways"][0])
         if exit_after:
             return 0
