@@ -532,6 +532,29 @@ def drift_by_host(dry_plan: dict) -> dict[str, list[str]]:
     return out
 
 
+def check_monitoring(host: str, data: dict) -> Result | None:
+    """A monitoring host: Prometheus ready with gatekit's alert rules, and every target that should answer
+    answering. Firing alerts are evidence, not a failure: the checks above judge what they point at."""
+    ev = data.get("prometheus")
+    if ev is None:
+        return None
+    fix = ("systemctl status prometheus on the monitoring host; for a target down: its exporter's or instance's "
+           "unit on that host (systemctl status prometheus-node-exporter, litellm@PORT), then the private network")
+    if "error" in ev:
+        return Result(host, "monitoring", FAIL, f"Prometheus on 127.0.0.1:{ev.get('port')}: {ev['error']}", fix)
+    problems = []
+    if not ev.get("ready"):
+        problems.append("Prometheus is not ready")
+    if not ev.get("alert_rules"):
+        problems.append("no alert rule loaded (promtool check config, then a reload)")
+    problems += [f"target down: {t.get('job')} on {t.get('host')}" + (f" port {t['port']}" if t.get("port") else "")
+                 for t in ev.get("down", [])]
+    firing = ev.get("firing") or []
+    return _result(host, "monitoring", problems,
+                   f"Prometheus ready, {ev.get('alert_rules')} alert rules, {ev.get('targets')} targets, every live one up"
+                   + (f"; firing: {', '.join(firing)}" if firing else "; no alert firing"), fix)
+
+
 def check_drift(host: str, changes: list[str] | None, error: str | None = None) -> Result:
     if error:
         return Result(host, "drift", FAIL, error, "run pyinfra INVENTORY deploy.py --dry to see why")

@@ -55,6 +55,8 @@ def probe_params(host, ctx) -> dict:
         params["redis_port"] = s["redis_port"]
     if "postgres" in host.groups:
         params["postgres_port"] = s["postgres_port"]
+    if "monitoring" in host.groups:
+        params["prometheus_port"] = s["monitoring_prometheus_port"]
     return params
 
 
@@ -184,7 +186,7 @@ def host_results(host, ctx, ev: dict, calls: bool) -> list[d.Result]:
         lock = lock_file(s)
         extra = ("pip",) if s["litellm_installer"] == "pip" else ()
         out.append(d.check_supply_chain(name, gw["venv"], gw.get("venv_units", []), d.lock_pins(lock.read_text()), extra))
-    for r in (d.check_redis(name, gw, data), d.check_postgres(name, gw, data)):
+    for r in (d.check_redis(name, gw, data), d.check_postgres(name, gw, data), d.check_monitoring(name, data)):
         if r is not None:
             out.append(r)
     return out

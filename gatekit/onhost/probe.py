@@ -421,8 +421,47 @@ def gateway(p: dict) -> dict:
     return out
 
 
+# ---- Prometheus (monitoring hosts) --------------------------------------------------------------------
+# Targets that should answer and do not: every job but LiteLLM's, and LiteLLM instances whose unit runs (the
+# standby set of the blue/green pair is stopped by design). The same join as the LiteLLMInstanceDown alert.
+DOWN_QUERIES = ('up{job!="litellm"} == 0',
+                'up{job="litellm"} == 0 and on (host, port) (gatekit:litellm_unit_active == 1)')
+
+
+def prometheus_get(port: int, path: str):
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        body = r.read().decode(errors="replace")
+    return json.loads(body) if path.startswith("/api/") else body
+
+
+def prometheus_check(port: int) -> dict:
+    """Ready, gatekit's rules loaded, targets down, alerts firing: what Prometheus itself says (read-only API)."""
+    import urllib.parse
+
+    out: dict = {"port": port}
+    try:
+        out["ready"] = "Ready" in prometheus_get(port, "/-/ready")
+        groups = prometheus_get(port, "/api/v1/rules?type=alert")["data"]["groups"]
+        out["alert_rules"] = sum(len(g["rules"]) for g in groups)
+        out["targets"] = len(prometheus_get(port, "/api/v1/targets?state=active")["data"]["activeTargets"])
+        down = []
+        for q in DOWN_QUERIES:
+            result = prometheus_get(port, "/api/v1/query?query=" + urllib.parse.quote(q))["data"]["result"]
+            down += [{k: r["metric"].get(k) for k in ("job", "host", "port", "instance")} for r in result]
+        out["down"] = down
+        out["firing"] = sorted({a["labels"]["alertname"] for a in prometheus_get(port, "/api/v1/alerts")["data"]["alerts"]
+                                if a["state"] == "firing"})
+    except (OSError, ValueError, KeyError) as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"[:200]
+    return out
+
+
 def data_host(p: dict) -> dict:
     out = {}
+    if "prometheus_port" in p:
+        out["prometheus"] = prometheus_check(p["prometheus_port"])
     if "redis_port" in p:
         out["redis_local"] = redis_check("127.0.0.1", p["redis_port"], 0, None)
     if "postgres_port" in p:

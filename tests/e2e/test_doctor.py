@@ -17,7 +17,7 @@ from lab.env import REPO
 
 CHECKS_GATEWAY = {"memory", "stale_key", "retries_cost", "routing", "routing_calls", "streaming_config", "streaming_call",
                   "exposure", "tls", "supply_chain", "redis", "postgres", "drift"}
-CHECKS_DATA = {"redis", "postgres", "drift"}
+CHECKS_DATA = {"redis", "postgres", "monitoring", "drift"}  # data1 is the monitoring host too
 BACKUP = "/root/gk-doctor-backup"
 
 

@@ -228,6 +228,28 @@ def test_a_key_swapped_under_a_running_instance_is_reported_stale(lab):
                what="gatekit_stale_key back to 0")
 
 
+def test_doctor_sees_a_target_prometheus_cannot_scrape(lab):
+    """doctor's monitoring check on the monitoring host: ok on the healthy lab, fails naming the target while
+    gw1's node_exporter is stopped, ok again once it runs."""
+    from tests.e2e.test_doctor import by_host, doctor
+
+    gw1 = lab.hosts["gw1"]
+
+    def monitoring_check():
+        _, data, _ = doctor(lab, "--host", "data1")
+        return by_host(lab, data)["data1"]["monitoring"]
+
+    assert monitoring_check()["status"] == "ok"
+    gw1.run("systemctl stop prometheus-node-exporter")
+    try:
+        failed = wait_until(lambda: (r := monitoring_check())["status"] == "fail" and r, 60, interval=2,
+                            what="doctor to see gw1's node_exporter down")
+        assert f"target down: node on {gw1.address}" in failed["evidence"] and failed["fix"]
+    finally:
+        gw1.run("systemctl start prometheus-node-exporter")
+    wait_until(lambda: monitoring_check()["status"] == "ok", 60, interval=2, what="doctor's monitoring check ok again")
+
+
 PROMQL_WORDS = {"sum", "max", "min", "avg", "count", "by", "without", "on", "ignoring", "group_left", "group_right",
                 "rate", "increase", "histogram_quantile", "time", "and", "or", "unless"}
 

@@ -526,3 +526,42 @@ def test_probe_imports_only_the_standard_library():
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert names - {"__future__"} <= set(sys.stdlib_module_names), names
+
+
+# ---- monitoring -------------------------------------------------------------------------------------------
+HEALTHY_PROM = {"port": 9090, "ready": True, "alert_rules": 15, "targets": 16, "down": [], "firing": []}
+
+
+def test_monitoring_is_checked_only_on_monitoring_hosts():
+    assert d.check_monitoring("db1", {"pg_isready": {"rc": 0, "output": ""}}) is None
+
+
+def test_monitoring_ok_names_what_fires_without_failing():
+    r = d.check_monitoring("mon1", {"prometheus": HEALTHY_PROM})
+    assert r.status == d.OK and "15 alert rules" in r.evidence and "no alert firing" in r.evidence
+    r = d.check_monitoring("mon1", {"prometheus": {**HEALTHY_PROM, "firing": ["OOMKill", "StaleKey"]}})
+    assert r.status == d.OK and "firing: OOMKill, StaleKey" in r.evidence
+
+
+@pytest.mark.parametrize("broken, words", [
+    ({"ready": False}, "not ready"),
+    ({"alert_rules": 0}, "no alert rule loaded"),
+    ({"down": [{"job": "node", "host": "gw1", "port": None}]}, "target down: node on gw1"),
+    ({"down": [{"job": "litellm", "host": "gw2", "port": "4001"}]}, "target down: litellm on gw2 port 4001"),
+])
+def test_monitoring_fails_on_each_problem(broken, words):
+    r = d.check_monitoring("mon1", {"prometheus": {**HEALTHY_PROM, **broken}})
+    assert r.status == d.FAIL and words in r.evidence and r.fix
+
+
+def test_monitoring_fails_when_prometheus_does_not_answer():
+    r = d.check_monitoring("mon1", {"prometheus": {"port": 9090, "error": "URLError: refused"}})
+    assert r.status == d.FAIL and "127.0.0.1:9090" in r.evidence
+
+
+def test_the_collectors_down_queries_skip_the_stopped_standby_set():
+    """The LiteLLM query joins on the unit actually running, like the LiteLLMInstanceDown alert."""
+    from gatekit.alerts import LITELLM_UNIT_ACTIVE
+
+    assert 'job!="litellm"' in probe.DOWN_QUERIES[0]
+    assert 'job="litellm"' in probe.DOWN_QUERIES[1] and f"and on (host, port) ({LITELLM_UNIT_ACTIVE} == 1)" in probe.DOWN_QUERIES[1]
