@@ -54,3 +54,21 @@ def secret_locations(lab, values) -> list[str]:
         finally:
             host.run("rm -f /root/.gk-patterns", check=False)
     return found
+
+
+def prometheus_query(lab, expr: str) -> list[dict]:
+    """An instant query against the lab's Prometheus (on its monitoring host's private address)."""
+    mon = lab.groups["monitoring"][0]
+    url = f"http://{lab.hosts[mon].address}:{lab.host_settings(mon)['monitoring_prometheus_port']}/api/v1/query"
+    r = httpx.get(url, params={"query": expr}, timeout=30, trust_env=False).json()
+    assert r["status"] == "success", (expr, r)
+    return r["data"]["result"]
+
+
+def wait_for_scrapes(lab, timeout: float = 90):
+    """Until Prometheus has seen every target that should answer answer (after a deploy or a restart, its last
+    scrape may predate the instance's readiness)."""
+    from gatekit.onhost.probe import DOWN_QUERIES
+
+    wait_until(lambda: not [r for q in DOWN_QUERIES for r in prometheus_query(lab, q)], timeout, interval=2,
+               what="every live target up in Prometheus")

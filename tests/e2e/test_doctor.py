@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from gatekit.render import redis_acl_hash
+from lab.checks import wait_for_scrapes
 from lab.env import REPO
 
 CHECKS_GATEWAY = {"memory", "stale_key", "retries_cost", "routing", "routing_calls", "streaming_config", "streaming_call",
@@ -43,6 +44,7 @@ def by_host(lab, data: dict) -> dict[str, dict[str, dict]]:
 
 
 def test_doctor_passes_on_the_deployed_lab(lab):
+    wait_for_scrapes(lab)  # the monitoring check reads Prometheus' last scrape of each target
     rc, data, _ = doctor(lab, "--calls")
     results = by_host(lab, data)
     bad = [r for r in data["results"] if r["status"] != "ok"]
@@ -145,6 +147,7 @@ def test_each_check_fails_on_its_break_and_passes_after_the_repair(lab):
         data1.run("redis-cli", check=False, input=f"AUTH {redis_pw}\nSELECT {lab.host_settings('data1')['redis_litellm_db']}\n"
                                                    f"DEL deployment:{claude_id}:cooldown\n")
 
+    wait_for_scrapes(lab)
     rc, data, _ = doctor(lab)
     bad = [r for r in data["results"] if r["status"] == "fail"]
     assert rc == 0 and data["ok"] and not bad, bad

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from gatekit.alerts import LITELLM_UNIT_ACTIVE
-from lab.checks import completion, wait_until
+from lab.checks import completion, prometheus_query, wait_until
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "templates" / "monitoring" / "grafana-dashboard.json"
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
@@ -32,9 +32,7 @@ def prom_url(lab) -> str:
 
 
 def query(lab, expr: str) -> list[dict]:
-    r = httpx.get(f"{prom_url(lab)}/api/v1/query", params={"query": expr}, timeout=30, trust_env=False).json()
-    assert r["status"] == "success", (expr, r)
-    return r["data"]["result"]
+    return prometheus_query(lab, expr)
 
 
 def value(lab, expr: str) -> float | None:
