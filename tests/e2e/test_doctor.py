@@ -171,3 +171,33 @@ def test_redis_without_a_password_fails_on_the_data_host_and_the_gateways(lab):
         data1.run("redis-cli", check=False, input=f"ACL SETUSER default resetpass #{redis_acl_hash(pw)}\n")
     rc, data, _ = doctor(lab, "--host", "data1")
     assert rc == 0 and by_host(lab, data)["data1"]["redis"]["status"] == "ok", data
+
+
+def test_the_call_checks_fail_on_a_lumped_stream_and_a_failing_model(lab, provider):
+    """--calls, broken for real: gw2's nginx buffers streams (told to ignore LiteLLM's X-Accel-Buffering, which
+    otherwise turns buffering off per response), so the streamed call arrives in one lump; the provider fails
+    every call of one model, so routing_calls names it on every gateway. Both pass once undone."""
+    gw2 = lab.hosts["gw2"]
+    site = lab.layout("gw2").nginx_site
+    save(gw2, site)
+    try:
+        gw2.run(f"sed -i 's/proxy_buffering off;/proxy_buffering on; proxy_ignore_headers X-Accel-Buffering;/' {site}"
+                " && nginx -t && systemctl reload nginx")
+        provider.faults(500, model="fake-smart")
+        rc, data, _ = doctor(lab, "--calls")
+        r = by_host(lab, data)
+        assert rc == 1
+        assert r["gw2"]["streaming_call"]["status"] == "fail", r["gw2"]["streaming_call"]
+        assert r["gw1"]["streaming_call"]["status"] == "ok", r["gw1"]["streaming_call"]
+        for gw in ("gw1", "gw2"):
+            calls = r[gw]["routing_calls"]
+            assert calls["status"] == "fail" and "smart" in calls["evidence"] and calls["fix"], calls
+            assert "fast" not in calls["evidence"], calls
+    finally:
+        provider.clear_faults()
+        restore(gw2, site)
+        gw2.run("systemctl reload nginx", check=False)
+    rc, data, _ = doctor(lab, "--calls")
+    r = by_host(lab, data)
+    for gw in ("gw1", "gw2"):
+        assert {r[gw][c]["status"] for c in ("streaming_call", "routing_calls", "streaming_config")} == {"ok"}, r[gw]
