@@ -1,7 +1,7 @@
 """What the monitoring host scrapes, as data: pure, so the controller's tests check it without hosts.
 
 Every target carries `host` (the inventory name), so alerts and dashboards speak of hosts, not addresses.
-Jobs (the contract of templates/monitoring/alerts.yml.j2 and grafana-dashboard.json):
+Jobs (the contract of gatekit/alerts.py and templates/monitoring/grafana-dashboard.json):
 - litellm: each LiteLLM instance's own /metrics/PORT/ through the gateway's nginx metrics listener, one
   target per port (label `port`). The standby half of the blue/green pair is stopped by design, so its
   targets are down: alerts join `up` with the unit's state instead of reading `up` alone.

@@ -52,13 +52,14 @@ def monitoring_addresses() -> list[str]:
 
 def monitored_hosts() -> list:
     """Every inventory host with what the monitoring host needs of it (gatekit.monitoring.Monitored)."""
-    from gatekit.inventory import context, settings_for
+    from gatekit.inventory import GROUPS, OPTIONAL_GROUPS, context, settings_for
     from gatekit.monitoring import Monitored
 
     spec = context(host).spec
+    kit_groups = (*GROUPS, *OPTIONAL_GROUPS)
     seen = {}
-    for group in ("gateways", "redis", "postgres", "monitoring"):
+    for group in kit_groups:
         for h in group_hosts(inventory, group):
             seen.setdefault(h.name, h)
-    return [Monitored(h.name, h.data.private_address, frozenset(g for g in h.groups if g in (
-        "gateways", "redis", "postgres", "monitoring")), settings_for(spec, h.data.dict())) for h in seen.values()]
+    return [Monitored(h.name, h.data.private_address, frozenset(g for g in h.groups if g in kit_groups),
+                      settings_for(spec, h.data.dict())) for h in seen.values()]

@@ -17,34 +17,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 
 if __package__:
     from .layout import Layout
-    from .probe import all_parents, descendants, environ, fingerprint, proc_stat, read
+    from .probe import all_parents, descendants, environ, fingerprint, proc_stat, read, unit_props
+    from .rotate import write_atomic
 else:  # on the host: uploaded beside this program
     from layout import Layout
-    from probe import all_parents, descendants, environ, fingerprint, proc_stat, read
-
-PROPS = ("ActiveState", "MainPID", "MemoryCurrent", "MemoryMax", "MemoryHigh")
-
-
-def unit_props(units: list[str]) -> dict[str, dict[str, str]]:
-    """`systemctl show` for each unit, one call."""
-    out = subprocess.run(["systemctl", "show", "-p", ",".join(("Id", *PROPS)), *units],
-                         capture_output=True, text=True, timeout=30).stdout
-    props, current = {}, {}
-    for line in out.splitlines() + [""]:
-        if not line.strip():
-            if current.get("Id"):
-                props[current["Id"]] = current
-            current = {}
-            continue
-        key, _, value = line.partition("=")
-        current[key] = value
-    return props
+    from probe import all_parents, descendants, environ, fingerprint, proc_stat, read, unit_props
+    from rotate import write_atomic
 
 
 def stale_keys(layout: Layout, port: int, main_pid: int, variables: dict[str, str], parents: dict[int, int],
@@ -89,7 +72,7 @@ def _num(value: str) -> str | None:
 
 def render(layout: Layout, variables: dict[str, str], proc: str = "/proc") -> str:
     units = [layout.instance(p) for p in layout.litellm_ports]
-    props = unit_props(units)
+    props = {unit: unit_props(unit) for unit in units}
     parents = all_parents(proc)
     lines = [
         "# HELP gatekit_unit_memory_bytes Memory of the unit's cgroup now.",
@@ -115,15 +98,6 @@ def render(layout: Layout, variables: dict[str, str], proc: str = "/proc") -> st
               "# TYPE gatekit_unitstats_timestamp_seconds gauge",
               f"gatekit_unitstats_timestamp_seconds {time.time():.0f}"]
     return "\n".join(lines) + "\n"
-
-
-def write_atomic(path: str, text: str) -> None:
-    # node_exporter must never read half a file: write beside, then rename.
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,10 +79,10 @@ def test_a_process_started_before_its_credential_was_written_is_stale(host):
 def test_render_writes_memory_and_staleness_only_for_running_instances(host, monkeypatch, tmp_path):
     L, proc = host
     fake_process(proc, 100, 1, {"GK_SECRET_OPENAI_KEY": "sk-old", "GK_SECRET_ANTHROPIC_KEY": "ak-1"}, 120)
-    monkeypatch.setattr(unitstats, "unit_props", lambda units: {
-        "litellm@4001.service": {"ActiveState": "active", "MainPID": "100", "MemoryCurrent": "1000",
-                                 "MemoryMax": "2000", "MemoryHigh": "infinity"},
-        "litellm@4003.service": {"ActiveState": "inactive", "MainPID": "0", "MemoryCurrent": "[not set]"}})
+    props = {"litellm@4001.service": {"ActiveState": "active", "MainPID": "100", "MemoryCurrent": "1000",
+                                      "MemoryMax": "2000", "MemoryHigh": "infinity"},
+             "litellm@4003.service": {"ActiveState": "inactive", "MainPID": "0", "MemoryCurrent": "[not set]"}}
+    monkeypatch.setattr(unitstats, "unit_props", lambda unit: props.get(unit, {}))
     text = unitstats.render(L, VARS, str(proc))
     assert 'gatekit_unit_memory_bytes{unit="litellm@4001.service"} 1000' in text
     assert 'gatekit_unit_memory_max_bytes{unit="litellm@4001.service"} 2000' in text
