@@ -11,7 +11,7 @@ scheduled send, so queueing is never hidden) steps up the rate; a rate is held w
 with 0 failures, p99 under 1 s and at least 97% of the scheduled requests sent on time. 20% of the requests are
 streams. Printed per contender: the highest rate held, p50/p99 there, added latency (p50/p99 minus the
 provider called directly at the same rate), CPU seconds per 1,000 requests (the contender's processes only),
-resident memory (RSS and PSS summed over its processes), HTTP 500s and LiteLLM's ContextVar errors in its
+resident memory (RSS and PSS summed over its processes, and the units' MemoryCurrent), HTTP 500s and LiteLLM's ContextVar errors in its
 journal. `wrk` (Debian's, closed loop) cross-checks the generator's top rate on the same run.
 `--soak N` then sends N requests to the kit at its highest held rate and counts 500s and ContextVar errors.
 
@@ -141,12 +141,16 @@ class Gateway:
             total += sum(int(x) for x in f[11:15])  # utime stime cutime cstime
         return total / hz
 
-    def memory_mb(self, units: list[str]) -> tuple[float, float]:
+    def memory_mb(self, units: list[str]) -> tuple[float, float, float]:
+        """(RSS, PSS, MemoryCurrent) in MB, summed over the units: MemoryCurrent is what MemoryMax limits
+        (the cgroup's charge, page cache included)."""
         pids = [p for u in units for p in self.pids(u)]
         out = self.sh("for p in " + " ".join(map(str, pids)) + "; do grep -E '^(Rss|Pss):' /proc/$p/smaps_rollup; done")
         rss = sum(int(ln.split()[1]) for ln in out.splitlines() if ln.startswith("Rss"))
         pss = sum(int(ln.split()[1]) for ln in out.splitlines() if ln.startswith("Pss"))
-        return rss / 1024, pss / 1024
+        current = sum(int(v) for u in units
+                      if (v := self.sh(f"systemctl show -p MemoryCurrent --value {u}").strip()).isdigit())
+        return rss / 1024, pss / 1024, current / 2**20
 
     def restarts(self, units: list[str]) -> int:
         return sum(int(self.sh(f"systemctl show -p NRestarts --value {u}").strip() or 0) for u in units)
@@ -208,12 +212,12 @@ def measure(gw: Gateway, name: str, ports: list[int], units: list[str], rates: l
         else:
             break
         time.sleep(2)
-    rss, pss = gw.memory_mb(units)
+    rss, pss, current = gw.memory_mb(units)
     # Everything the contender logged (and nginx's errors), for the 500s, 502s or restarts counted here.
     journal = gw.journal(units, since)
     nginx_errors = gw.sh("tail -n 200 /var/log/nginx/error.log", check=False)
     Path(__file__).with_name(f"gateway-{name}.log").write_text(journal + nginx_errors)
-    return {"name": name, "best": best, "steps": steps, "rss_mb": rss, "pss_mb": pss,
+    return {"name": name, "best": best, "steps": steps, "rss_mb": rss, "pss_mb": pss, "current_mb": current,
             "restarts": gw.restarts(units) - restarts0,
             "http500": sum(s["http500"] for s in steps), "contextvar": count_contextvar(journal)}
 
@@ -284,12 +288,12 @@ def main():
     print(f"\nprovider direct p50/p99 at {rates[0]:.0f}/s: {direct['p50_ms']:.1f}/{direct['p99_ms']:.1f} ms; "
           f"rates held {args.seconds:.0f} s each, 20% streams, open loop")
     print(f"{'contender':<10} {'held/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'+p50':>6} {'+p99':>6} {'cpu s/1k':>9} "
-          f"{'RSS MB':>7} {'PSS MB':>7} {'500s':>5} {'ctxvar':>6} {'restart':>7} {'wrk/s':>6}")
+          f"{'RSS MB':>7} {'PSS MB':>7} {'cgrp MB':>7} {'500s':>5} {'ctxvar':>6} {'restart':>7} {'wrk/s':>6}")
     for r in rows:
         b = r["best"] or {"rate": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "cpu_s_per_1000": float("nan")}
         print(f"{r['name']:<10} {b['rate']:>7.0f} {b['p50_ms']:>7.1f} {b['p99_ms']:>7.1f} "
               f"{b['p50_ms'] - direct['p50_ms']:>6.1f} {b['p99_ms'] - direct['p99_ms']:>6.1f} {b['cpu_s_per_1000']:>9.1f} "
-              f"{r['rss_mb']:>7.0f} {r['pss_mb']:>7.0f} {r['http500']:>5} {r['contextvar']:>6} {r['restarts']:>7} "
+              f"{r['rss_mb']:>7.0f} {r['pss_mb']:>7.0f} {r['current_mb']:>7.0f} {r['http500']:>5} {r['contextvar']:>6} {r['restarts']:>7} "
               f"{(r['wrk'] or float('nan')):>6.0f}")
     stock1 = next((r for r in rows if r["name"] == "stock-1" and r["best"]), None)
     kit = next((r for r in rows if r["name"] == "kit" and r["best"]), None)

@@ -72,3 +72,23 @@ def wait_for_scrapes(lab, timeout: float = 90):
 
     wait_until(lambda: not [r for q in DOWN_QUERIES for r in prometheus_query(lab, q)], timeout, interval=2,
                what="every live target up in Prometheus")
+
+
+# Allocates 32 MiB every 10 ms (6.4 GB in all) inside a unit's memory cgroup (argv[1]), with the OOM score
+# adjustment argv[2]: the kernel's OOM killer must act when the unit reaches its MemoryMax.
+OOM_ALLOCATOR = (
+    "import os, sys, time\n"
+    "open(sys.argv[1] + '/cgroup.procs', 'w').write(str(os.getpid()))\n"
+    "open('/proc/self/oom_score_adj', 'w').write(sys.argv[2])  # 0, or higher to be killed first\n"
+    "blocks = []\n"
+    "for _ in range(200):\n"
+    "    blocks.append(bytearray(32 * 1024 * 1024))\n"
+    "    time.sleep(0.01)\n"
+    "print('survived')\n"
+)
+
+
+def unit_memory_cgroup(host, unit: str) -> str:
+    """The unit's memory cgroup directory (the sandbox hosts run cgroup v1's memory controller)."""
+    cg = host.run(f"systemctl show {unit} -p ControlGroup --value").stdout.strip()
+    return f"/sys/fs/cgroup/memory{cg}"

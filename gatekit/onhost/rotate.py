@@ -19,12 +19,16 @@ Steps (each recorded in a journal so an interrupted run is recovered on the next
   ready        /health/readiness of every NEW instance
   canary       a 1-token completion per rotated deployment, sent to each NEW instance directly, answered
                by that deployment (x-litellm-model-id), fallbacks and retries disabled
-  switch       nginx upstream -> the NEW set (nginx -t, graceful reload)
+  switch       nginx upstream -> the NEW set (nginx -t, graceful reload), done only once every nginx worker
+               from before the reload has stopped taking connections (until then one may still send a
+               request to OLD, which the drain would then find gone: 502)
   purge        Redis keys of the old key's deployments in LiteLLM's DB (cooldowns, counters); never FLUSH*
   canary-nginx the same canary through nginx over TLS
   drain        the OLD set stops gracefully (in-flight requests finish), NEW enabled at boot instead of OLD
   record       /var/lib/gatekit/live.json: ports, secret versions, fingerprints, time
-Any failure: upstream back to OLD, NEW stopped, previous credentials restored, exit 1 naming the step.
+Any failure: upstream back to OLD, NEW stopped, previous credentials restored, exit 1 naming the step;
+an OLD instance that systemd started again after the swap (a crash, a reboot) started from the refused key,
+so it is restarted from the restored one, one at a time (their systemd InvocationIDs are in the journal).
 """
 
 from __future__ import annotations
@@ -125,7 +129,63 @@ def set_upstream(ports):
     if test.returncode != 0:
         write_atomic(LAYOUT.nginx_upstream, text)
         raise RuntimeError(f"nginx -t refused the new upstream: {test.stderr.strip()[-300:]}")
-    run("systemctl", "reload", "nginx.service")  # graceful: old workers finish their requests
+    before = nginx_workers()
+    run("systemctl", "reload", LAYOUT.nginx_unit)  # graceful: old workers finish their requests
+    wait_switched(before, SWITCH_TIMEOUT)
+
+
+# ---- nginx's workers: when a reload has taken effect ------------------------------------------------
+SWITCH_TIMEOUT = 30.0
+RETIRING = "shutting down"  # nginx's title for a worker told to stop: it has closed its listening sockets
+
+
+def nginx_workers(proc: str = "/proc") -> dict[int, str]:
+    """{pid: title} of nginx's worker processes (children of its master, whose titles name them)."""
+    master = run("systemctl", "show", "-P", "MainPID", LAYOUT.nginx_unit, check=False).stdout.strip()
+    if not master.isdigit() or master == "0":
+        return {}
+    workers = {}
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{entry}/stat") as fh:
+                ppid = fh.read().rsplit(")", 1)[1].split()[1]
+            if ppid != master:
+                continue
+            with open(f"{proc}/{entry}/cmdline", "rb") as fh:
+                title = fh.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if "worker process" in title:
+            workers[int(entry)] = title
+    return workers
+
+
+def switch_pending(before: dict[int, str], now: dict[int, str]) -> str | None:
+    """Why a reload has not taken effect yet, or None once it has: every worker that ran before it is gone or
+    retiring (it takes no new connection, so no request can reach the set it was configured with), and a
+    worker started after it serves."""
+    serving = [pid for pid, title in now.items() if pid in before and RETIRING not in title]
+    if serving:
+        return f"nginx workers {', '.join(map(str, sorted(serving)))} from before the reload still take connections"
+    if not [pid for pid, title in now.items() if pid not in before and RETIRING not in title]:
+        return "no nginx worker started by the reload"
+    return None
+
+
+def wait_switched(before: dict[int, str], timeout: float):
+    """`systemctl reload nginx` returns once nginx's master has the signal; its old workers take connections
+    (with the old upstream) until the master has started new ones and told the old ones to stop. The switch
+    is done only then: the old set must not be stopped before (a request there would find it gone: 502)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = switch_pending(before, nginx_workers())
+        if pending is None:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nginx's reload did not take effect within {timeout:.0f} s: {pending}")
+        time.sleep(0.05)
 
 
 # ---- credentials -----------------------------------------------------------------------------------
@@ -354,7 +414,36 @@ def recover(journal: dict):
         stop_instances(new)
         if journal.get("swapped"):
             restore_creds(names)
+            if "old_invocations" in journal:  # a journal of an older release did not record them
+                restart_started_since(old, journal["old_invocations"], journal.get("ready_timeout", 120.0))
     os.unlink(LAYOUT.journal_file)
+
+
+def invocations(ports) -> dict[str, str]:
+    """{port: systemd's InvocationID} of the instances running now: a new id means a new start."""
+    ids = {}
+    for port in ports:
+        props = run("systemctl", "show", "-p", "ActiveState", "-p", "InvocationID", LAYOUT.instance(port),
+                    check=False).stdout
+        values = dict(line.split("=", 1) for line in props.splitlines() if "=" in line)
+        if values.get("ActiveState") in ("active", "activating", "reloading"):
+            ids[str(port)] = values.get("InvocationID", "")
+    return ids
+
+
+def restart_started_since(old, recorded: dict[str, str], ready_timeout: float):
+    """After a rollback: an old instance that (re)started after the swap (systemd restarted it after a crash,
+    or a reboot) started from the credentials being rolled back, so it serves the refused key. Restart those
+    one at a time, each ready before the next, so the rest of the set keeps serving."""
+    for port, invocation in invocations(old).items():
+        if recorded.get(port) == invocation:
+            continue
+        log(f"litellm@{port} started during the rotation, from the refused key: restarting it", err=True)
+        run("systemctl", "restart", LAYOUT.instance(int(port)), check=False)
+        try:
+            wait_ready(int(port), ready_timeout)
+        except Exception as exc:  # noqa: BLE001 - systemd keeps restarting it; the rollback itself is done
+            log(f"warning: litellm@{port} not ready after its restart: {exc}", err=True)
 
 
 def hand_over(old, new):
@@ -420,7 +509,9 @@ def rotate(args) -> int:
     journal = {"old_ports": old, "new_ports": new, "secrets": staged, "deployments": ids, "purge": old_ids,
                "started": time.time(),
                "swapped": False, "https_port": https_port, "master_cred": args.master_cred,
-               "redis_cred": args.redis_cred, "settle": args.settle}
+               "redis_cred": args.redis_cred, "settle": args.settle, "ready_timeout": args.ready_timeout,
+               # Which start of each old instance holds the old key: one that starts after the swap does not.
+               "old_invocations": invocations(old)}
     write_atomic(LAYOUT.journal_file, json.dumps(journal))
     step = "swap-creds"
     try:
@@ -469,6 +560,7 @@ def rotate(args) -> int:
             stop_instances(new)
             if journal["swapped"]:
                 restore_creds(staged)
+                restart_started_since(old, journal["old_invocations"], args.ready_timeout)
             discard_staged(staged)
             os.unlink(LAYOUT.journal_file)
         log(f"step {step} failed: {exc}", err=True)

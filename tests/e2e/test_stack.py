@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from lab.env import WHEELHOUSE_PORT
-from lab.checks import completion, secret_locations, wait_until
+from lab.checks import OOM_ALLOCATOR, completion, secret_locations, unit_memory_cgroup, wait_until
 
 PORT = 4001
 UNIT = f"litellm@{PORT}.service"
@@ -256,21 +256,8 @@ def test_kill_9_main_process_is_restarted(lab, client):
     assert r
 
 
-ALLOC = (
-    "import os, sys, time\n"
-    "open(sys.argv[1] + '/cgroup.procs', 'w').write(str(os.getpid()))\n"
-    "open('/proc/self/oom_score_adj', 'w').write(sys.argv[2])  # 0, or higher to be killed first\n"
-    "blocks = []\n"
-    "for _ in range(200):\n"
-    "    blocks.append(bytearray(32 * 1024 * 1024))\n"
-    "    time.sleep(0.01)\n"
-    "print('survived')\n"
-)
-
-
 def _unit_memory_cgroup(host) -> str:
-    cg = host.run(f"systemctl show {UNIT} -p ControlGroup --value").stdout.strip()
-    return f"/sys/fs/cgroup/memory{cg}"
+    return unit_memory_cgroup(host, UNIT)
 
 
 def test_memory_max_is_enforced_by_the_kernel(lab, client):
@@ -278,7 +265,7 @@ def test_memory_max_is_enforced_by_the_kernel(lab, client):
     cg = _unit_memory_cgroup(gw)
     limit = int(gw.run(f"cat {cg}/memory.limit_in_bytes").stdout)
     assert limit == int(_show(gw, "MemoryMax")), "MemoryMax is not applied to the unit's memory cgroup"
-    gw.put("/root/alloc.py", ALLOC)
+    gw.put("/root/alloc.py", OOM_ALLOCATOR)
 
     # 1. A process in the unit allocating 6.4 GB against a ~1.1 GB MemoryMax is killed by the kernel;
     #    LiteLLM itself keeps serving.

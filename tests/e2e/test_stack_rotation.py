@@ -16,7 +16,7 @@ import pytest
 from lab.env import PYINFRA, REPO, fake_key
 from gatekit.vault import fingerprint, resolve_key, set_secret
 from lab.load import Load
-from lab.checks import completion, secret_locations, wait_until
+from lab.checks import OOM_ALLOCATOR, completion, secret_locations, unit_memory_cgroup, wait_until
 
 OPENAI_MODELS = {"fake-fast", "fake-smart"}
 
@@ -199,6 +199,116 @@ def test_kill_9_of_a_live_instance_fails_only_its_in_flight_requests(lab, client
     assert len(served_after) > 50, len(served_after)
     assert after == [], after[:5]
     assert len(in_flight) <= 3, in_flight  # at most one per client thread: those on the dead process
+    assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
+
+
+def _kill_when_the_other_set_starts(lab, gw: str, rotate_args: tuple) -> tuple[dict, float, str]:
+    """Start a rotation of gw in a thread and kill -9 the first live instance once the rotation has swapped
+    the credentials and starts the other set. Returns (outcome holder, monotonic time of the kill, victim)."""
+    import threading
+
+    host, L = lab.hosts[gw], lab.layout(gw)
+    live_before = lab.live_ports(gw)
+    standby = L.other_set(live_before)
+    victim = L.instance(live_before[0])
+    outcome: dict = {}
+    rotation = threading.Thread(target=lambda: outcome.setdefault("r", rotate(lab, *rotate_args)))
+    rotation.start()
+    outcome["thread"] = rotation
+    wait_until(lambda: host.run(f"systemctl is-active {L.instance(standby[0])}", check=False).stdout.strip()
+               in ("activating", "active"), 120, interval=0.2, what="the rotation to start the other set")
+    pid = _main_pid(host, victim)
+    host.run(f"kill -9 {pid}")
+    return outcome, time.monotonic(), victim
+
+
+def test_kill_9_of_a_live_instance_during_a_rotation_under_load(lab, client, provider):
+    """While the rotation brings up the other set, one instance of the live set dies (kill -9) and systemd
+    starts it again: only its in-flight requests may fail, the rotation completes, and the gateway ends on
+    the new key. (This found nginx's reload racing the drain: the old set was stopped while nginx's old
+    workers still took connections for it, 2 requests answered 502; the switch now waits for them.)"""
+    gw = gateways(lab)[0]
+    new = fake_key("openai-kill9")
+    set_vault(lab, "openai_key", new)
+    with Load(lab, [gw], threads_per_gateway=3) as load:
+        time.sleep(1)
+        outcome, killed_at, victim = _kill_when_the_other_set_starts(lab, gw, ("--limit", lab.hosts[gw].address))
+        outcome["thread"].join(timeout=600)
+        time.sleep(2)
+    result = outcome["r"]
+    after, in_flight = _after_death(load, killed_at)
+    print(f"kill -9 {victim} mid-rotation: rotation ok={result.ok}; {len(after)} failed after the kill, "
+          f"{len(in_flight)} in flight", load.summary())
+    assert result.ok, result.stderr[-3000:]
+    assert after == [], after[:5]
+    assert len(in_flight) <= 3, in_flight
+    assert live(lab, gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(new)
+    since = time.time()
+    for _ in range(3):
+        assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
+    assert openai_fps(provider, since) == {fingerprint(new)}
+
+
+def test_instance_restarted_from_a_rejected_key_mid_rotation_is_restarted_by_the_rollback(lab, client, provider):
+    """A live instance dies after the swap and systemd starts it from the new key, which the canary then
+    rejects: the rollback restores the old key and restarts that instance from it, so after the rollback no
+    instance serves the rejected key (the provider sees only the old key, unitstats no stale key)."""
+    gw = gateways(lab)[0]
+    host, L = lab.hosts[gw], lab.layout(gw)
+    current = lab.secret_values["openai_key"]
+    bad = fake_key("openai-rejected-after-crash")
+    provider.revoke(fingerprint(bad))
+    set_vault(lab, "openai_key", bad)
+    try:
+        outcome, _, victim = _kill_when_the_other_set_starts(lab, gw, ("--limit", host.address))
+        outcome["thread"].join(timeout=600)
+        result = outcome["r"]
+        assert not result.ok and "step canary failed" in result.stderr, result.stderr[-3000:]
+        assert f"{victim.split('.')[0]} started during the rotation, from the refused key: restarting it" in \
+            result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
+        since = time.time()
+        for _ in range(6):  # both live instances, whichever nginx picks
+            assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
+        assert openai_fps(provider, since) == {fingerprint(current)}
+        prom = host.run(f"systemctl start {L.unitstats_service} && cat {L.textfile_dir}/gatekit.prom").stdout
+        stale = [ln for ln in prom.splitlines() if ln.startswith("gatekit_stale_key")]
+        assert stale and all(ln.endswith(" 0") for ln in stale), stale
+    finally:
+        set_vault(lab, "openai_key", current)
+
+
+def test_oom_kill_of_a_live_instance_under_load_fails_only_its_in_flight_requests(lab, client):
+    """The kernel's OOM killer ends one live instance (a process in its cgroup allocates past MemoryMax, and
+    the instance's raised OOM score makes it the kernel's choice): nginx passes new requests to the other
+    instance while systemd restarts it."""
+    gw = gateways(lab)[0]
+    host, L = lab.hosts[gw], lab.layout(gw)
+    live_ports = lab.live_ports(gw)
+    assert len(live_ports) == 2, live_ports
+    victim = L.instance(live_ports[0])
+    cg = unit_memory_cgroup(host, victim)
+    host.put("/root/alloc.py", OOM_ALLOCATOR)
+    pid = _main_pid(host, victim)
+    host.run(f"echo 1000 > /proc/{pid}/oom_score_adj")
+    since = host.run("date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
+    with Load(lab, [gw], threads_per_gateway=3) as load:
+        time.sleep(2)
+        host.run(f"python3 /root/alloc.py {cg} 0; true", check=False, timeout=180)
+        killed_at = time.monotonic()  # the allocator ends after the instance (the kernel's second choice)
+        wait_until(lambda: _main_pid(host, victim) not in (0, pid), 30, what="systemd to restart it")
+        assert host.run(f"python3 {L.program('instance.py')} wait-ready {live_ports[0]} --timeout 120",
+                        timeout=130).returncode == 0
+        time.sleep(2)
+    journal = host.run(f"journalctl -u {victim} --since '{since}' --no-pager -o cat").stdout
+    assert "status=9/KILL" in journal, journal[-2000:]
+    # Requests sent while the allocator ran may have been in flight on the instance when the kernel chose it.
+    after, in_flight = _after_death(load, killed_at)
+    served_after = [r for r in load.results if r[0] > killed_at]
+    print(f"OOM kill of {victim}: {len(served_after)} requests after, {len(after)} failed; "
+          f"{len(in_flight)} in flight failed", load.summary())
+    assert len(served_after) > 30, len(served_after)
+    assert after == [], after[:5]
+    assert len(in_flight) <= 3, in_flight
     assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
 
 

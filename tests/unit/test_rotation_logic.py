@@ -118,7 +118,11 @@ class FakeHost:
         monkeypatch.setattr(R, "canary", self.canary)
         monkeypatch.setattr(R, "purge_redis", self.purge_redis)
         monkeypatch.setattr(R, "unit_secret", self.unit_secret)
+        monkeypatch.setattr(R, "nginx_workers", self.nginx_workers)
+        monkeypatch.setattr(R, "invocations", self.invocations)
         monkeypatch.setattr(R.time, "sleep", lambda s: self.events.append(("sleep", s)))
+        self.generation = 1  # nginx's workers: a reload starts generation N+1 and retires generation N
+        self.starts = {p: 1 for p in self.running}  # how often systemd started each instance
 
     # -- fakes --
     def run(self, *argv, check=True):
@@ -130,12 +134,19 @@ class FakeHost:
                 rc, err = 1, "nginx: [emerg] host not found in upstream"
         elif argv[:2] == ("systemctl", "reload"):
             self.events.append(("reload", up()))
+            self.generation += 1
+        elif argv[:2] == ("systemctl", "restart"):
+            port = int(re.fullmatch(r"litellm@(\d+)\.service", argv[2]).group(1))
+            self.events.append(("restart", port, self.cred_text("openai_key")))
+            self.running.add(port)
+            self.starts[port] = self.starts.get(port, 0) + 1
         elif argv[:2] == ("systemctl", "start"):
             for unit in argv[2:]:
                 if unit.startswith("litellm@"):
                     port = int(re.fullmatch(r"litellm@(\d+)\.service", unit).group(1))
                     self.events.append(("start", port))
                     self.running.add(port)
+                    self.starts[port] = self.starts.get(port, 0) + 1
         elif argv[:2] in (("systemctl", "enable"), ("systemctl", "disable")):
             self.events.extend((argv[1], unit) for unit in argv[2:])
         if check and rc:
@@ -164,6 +175,18 @@ class FakeHost:
         if "purge" in self.fail:
             raise self.fail["purge"]
         return 3
+
+    def nginx_workers(self):
+        retiring = {10 * (self.generation - 1) + 1: "nginx: worker process is shutting down"} if self.generation > 1 else {}
+        return {**retiring, 10 * self.generation + 1: "nginx: worker process"}
+
+    def invocations(self, ports):
+        return {str(p): f"run-{p}-{self.starts.get(p, 0)}" for p in ports if p in self.running}
+
+    def crash_and_restart(self, port):
+        """systemd restarting an instance after it died: it starts from the credential in place now."""
+        self.starts[port] = self.starts.get(port, 0) + 1
+        self.running.add(port)
 
     def unit_secret(self, port, name):
         self.events.append(("unit_secret", port, name))
@@ -406,6 +429,87 @@ def test_set_upstream_refused_by_nginx_restores_the_file(gw):
     assert sorted(p.name for p in gw.nginx.iterdir()) == ["upstream.conf"]
 
 
+def test_switch_pending_until_every_old_worker_retires_and_a_new_one_serves():
+    before = {11: "nginx: worker process", 12: "nginx: worker process"}
+    # The master has the signal but has not started or told anyone yet.
+    assert "11, 12 from before the reload still take connections" in R.switch_pending(before, dict(before))
+    # New workers run, one old worker has not yet processed its QUIT: it still accepts with the old upstream.
+    now = {11: "nginx: worker process is shutting down", 12: "nginx: worker process", 21: "nginx: worker process"}
+    assert "12 from before" in R.switch_pending(before, now)
+    # Old workers retiring (or gone) and a new one serving: done.
+    assert R.switch_pending(before, {11: "nginx: worker process is shutting down", 21: "nginx: worker process"}) is None
+    assert R.switch_pending(before, {21: "nginx: worker process"}) is None
+    # Old workers retired but nothing new serves (the master failed to load the new configuration).
+    assert R.switch_pending(before, {11: "nginx: worker process is shutting down"}) == "no nginx worker started by the reload"
+    assert R.switch_pending(before, {}) == "no nginx worker started by the reload"
+
+
+def test_nginx_workers_reads_the_masters_children_and_their_titles(tmp_path, monkeypatch):
+    def proc(pid, ppid, title, comm="nginx"):
+        d = tmp_path / str(pid)
+        d.mkdir()
+        (d / "stat").write_text(f"{pid} ({comm}) S {ppid} {pid} {pid} 0 -1 4194624 0 0\n")
+        (d / "cmdline").write_bytes(title.encode() + b"\0")
+    proc(100, 1, "nginx: master process /usr/sbin/nginx -g daemon on; master_process on;")
+    proc(101, 100, "nginx: worker process")
+    proc(102, 100, "nginx: worker process is shutting down")
+    proc(103, 1, "nginx: worker process")  # another nginx (not this master's)
+    proc(104, 100, "weird) name", comm="a) b")  # a title with a parenthesis: stat is parsed from the last ')'
+    (tmp_path / "self").mkdir()
+    calls = []
+
+    def run(*argv, check=True):
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "100\n", "")
+
+    monkeypatch.setattr(R, "run", run)
+    assert R.nginx_workers(str(tmp_path)) == {101: "nginx: worker process", 102: "nginx: worker process is shutting down"}
+    assert calls == [("systemctl", "show", "-P", "MainPID", "nginx.service")]
+    monkeypatch.setattr(R, "run", lambda *a, check=True: subprocess.CompletedProcess(a, 0, "0\n", ""))
+    assert R.nginx_workers(str(tmp_path)) == {}  # nginx not running: no workers, never a guess
+
+
+def test_set_upstream_returns_only_once_the_old_workers_stopped_taking_connections(gw, monkeypatch):
+    polls = []
+    real = gw.nginx_workers
+
+    def slow_master():  # the old worker gets its QUIT only on the fourth look after the reload
+        workers = real()
+        if gw.generation > 1:
+            polls.append(1)
+            if len(polls) < 4:
+                workers[11] = "nginx: worker process"
+        return workers
+
+    monkeypatch.setattr(R, "nginx_workers", slow_master)
+    R.set_upstream([4002])
+    assert len(polls) == 4
+    assert gw.kinds() == ["nginx -t", "reload", "sleep", "sleep", "sleep"]
+
+
+def test_set_upstream_raises_when_the_reload_never_takes_effect(gw, monkeypatch):
+    clock = iter(range(0, 1000, 5))
+    monkeypatch.setattr(R.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(R, "nginx_workers", lambda: {11: "nginx: worker process"})  # the master kept the old ones
+    with pytest.raises(RuntimeError, match=r"reload did not take effect within 30 s: nginx workers 11 from before"):
+        R.set_upstream([4002])
+
+
+def test_rotate_waits_for_the_switch_before_the_canary_through_nginx_and_the_drain(gw, monkeypatch):
+    _ready(gw)
+    seen = []
+    real = gw.nginx_workers
+
+    def workers():
+        seen.append(gw.kinds()[-1])
+        return real()
+
+    monkeypatch.setattr(R, "nginx_workers", workers)
+    assert R.rotate(args()) == 0
+    assert seen == ["nginx -t", "reload"]  # looked before the reload and after it, nothing else ran between
+    assert gw.kinds().index("reload") < gw.kinds().index("canary-nginx") < gw.kinds().index("sleep")
+
+
 # --- rotate(): the whole transaction -----------------------------------------------------------------------
 
 
@@ -536,6 +640,36 @@ def test_rotate_failure_in_canary_rolls_back(gw, capsys):
     assert gw.of("purge") == [] and gw.of("canary-nginx") == []
     err = capsys.readouterr().err
     assert "step canary failed" in err and "HTTP 401" in err
+
+
+def test_rollback_restarts_an_old_instance_that_systemd_restarted_from_the_refused_key(gw4, monkeypatch, capsys):
+    """Old set 4001+4002, new 4003+4004: 4001 dies after the swap and systemd starts it again, from the new
+    credential. The canary refuses the key: the rollback restores the old credential, then restarts 4001
+    (only 4001) and waits for it, so no instance keeps serving the refused key."""
+    gw = gw4
+    _ready(gw)
+    real_canary = gw.canary
+
+    def canary(base_url, master_key, ids, check_header):
+        if base_url.endswith(":4003"):
+            gw.crash_and_restart(4001)
+        real_canary(base_url, master_key, ids, check_header)
+        raise RuntimeError("fast--0: HTTP 401: invalid api key")
+
+    monkeypatch.setattr(R, "canary", canary)
+    assert R.rotate(args()) == 1
+    assert gw.of("restart") == [("restart", 4001, "OLD-cred")]  # after the credential is back
+    kinds = gw.kinds()
+    assert kinds[kinds.index("restart") + 1] == "ready" and gw.of("ready")[-1] == ("ready", 4001)
+    assert gw.running == {4001, 4002}
+    assert "litellm@4001 started during the rotation, from the refused key: restarting it" in capsys.readouterr().err
+
+
+def test_rollback_restarts_nothing_when_no_old_instance_restarted(gw):
+    _ready(gw)
+    gw.fail["canary"] = RuntimeError("fast--0: HTTP 401: invalid api key")
+    assert R.rotate(args()) == 1
+    assert gw.of("restart") == []
 
 
 def test_rotate_failure_of_swap_creds_itself_discards_the_staged_files(gw, monkeypatch, capsys):
@@ -680,6 +814,24 @@ def test_recover_back_when_nginx_is_still_on_old(gw):
     assert gw.live() is None
     assert up() == 4001 and gw.of("reload") == []
     assert gw.of("enable") == [] and gw.of("disable") == []
+
+
+def test_recover_back_restarts_old_instances_started_after_the_swap(gw):
+    """Cut off after the swap, then the host rebooted: the old instance started at boot from the new credential.
+    Rolling back restores the old one and restarts that instance from it; a journal without the record (an
+    older release) restarts nothing."""
+    journal = _interrupted(gw, upstream=4001, swapped=True)
+    journal["old_invocations"] = {"4001": "run-4001-1"}
+    gw.crash_and_restart(4001)  # the boot
+    R.recover(journal)
+    assert gw.of("restart") == [("restart", 4001, "OLD-cred")]
+    assert gw.journal() is None and gw.cred_text("openai_key") == "OLD-cred"
+
+    gw.events.clear()
+    journal = _interrupted(gw, upstream=4001, swapped=True)
+    gw.crash_and_restart(4001)
+    R.recover(journal)
+    assert gw.of("restart") == []
 
 
 def test_recover_back_before_the_swap_leaves_creds_alone(gw):
