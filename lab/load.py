@@ -58,8 +58,10 @@ class Load:
         try:
             if stream:
                 with c.stream("POST", url, json={**body, "stream": True}) as r:
+                    if r.status_code != 200:  # what answered: nginx's own page or LiteLLM's JSON
+                        return False, f"{model} stream {r.status_code} {r.read().decode(errors='replace')[:120]}", False
                     lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
-                ok = r.status_code == 200 and bool(lines) and lines[-1] == "data: [DONE]" and len(lines) >= 3
+                ok = bool(lines) and lines[-1] == "data: [DONE]" and len(lines) >= 3
                 return ok, f"{model} stream {r.status_code} {len(lines)} events", False
             r = c.post(url, json=body)
             return r.status_code == 200 and "fake-answer" in r.text, f"{model} {r.status_code} {r.text[:120]}", False

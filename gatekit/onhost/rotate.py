@@ -20,8 +20,8 @@ Steps (each recorded in a journal so an interrupted run is recovered on the next
   canary       a 1-token completion per rotated deployment, sent to each NEW instance directly, answered
                by that deployment (x-litellm-model-id), fallbacks and retries disabled
   switch       nginx upstream -> the NEW set (nginx -t, graceful reload), done only once every nginx worker
-               from before the reload has stopped taking connections (until then one may still send a
-               request to OLD, which the drain would then find gone: 502)
+               from before the reload has stopped taking connections (until then one still sends requests
+               to OLD: seen, the canary through nginx answered by an old instance after the reload returned)
   purge        Redis keys of the old key's deployments in LiteLLM's DB (cooldowns, counters); never FLUSH*
   canary-nginx the same canary through nginx over TLS
   drain        the OLD set stops gracefully (in-flight requests finish), NEW enabled at boot instead of OLD
@@ -131,7 +131,9 @@ def set_upstream(ports):
         raise RuntimeError(f"nginx -t refused the new upstream: {test.stderr.strip()[-300:]}")
     before = nginx_workers()
     run("systemctl", "reload", LAYOUT.nginx_unit)  # graceful: old workers finish their requests
+    t0 = time.monotonic()
     wait_switched(before, SWITCH_TIMEOUT)
+    log(f"nginx on {named(ports)}: its workers from before the reload took connections for {time.monotonic() - t0:.2f} s more")
 
 
 # ---- nginx's workers: when a reload has taken effect ------------------------------------------------

@@ -63,9 +63,10 @@ def client(lab) -> httpx.Client:
 
 # ---- diagnostics: a failed test leaves every host's recent logs behind --------------------------------
 NOTABLE = re.compile(r"Traceback|Error|error\]|502|killed|oom|Failed|ContextVar|cooldown", re.I)
-DIAG_CMD = ("journalctl --no-pager -o short-monotonic --since=-{secs}s -u 'litellm@*' -u nginx -u 'gatekit*' "
+DIAG_CMD = ("journalctl --no-pager -o short-precise --since=-{secs}s -u 'litellm@*' -u nginx -u 'gatekit*' "
             "-u redis-server -u 'postgresql*' | tail -n 600; echo '==== nginx error.log'; "
-            "tail -n 80 /var/log/nginx/error.log 2>/dev/null; echo '==== units'; "
+            "grep -v 'GET /metrics/' /var/log/nginx/error.log 2>/dev/null | tail -n 80; echo '==== nginx 5xx (access.log)'; "
+            "grep -E '\" 5[0-9]{{2}} ' /var/log/nginx/access.log 2>/dev/null | tail -n 20; echo '==== units'; "
             "systemctl show -p Id -p ActiveState -p NRestarts -p MemoryCurrent -p ExecMainStatus 'litellm@*' 2>/dev/null")
 
 
@@ -87,7 +88,7 @@ def pytest_runtest_makereport(item, call):
             (folder / f"{name}.log").write_text(out.stdout + out.stderr)
             lines.append(f"{name}: {folder / (name + '.log')}")
             # The lines that usually say why, in the report itself (CI keeps only its output).
-            lines += [f"  {ln[:300]}" for ln in out.stdout.splitlines() if NOTABLE.search(ln)][-15:]
+            lines += [f"  {ln[:300]}" for ln in out.stdout.splitlines() if NOTABLE.search(ln) and "/metrics/" not in ln][-15:]
         except Exception as exc:  # noqa: BLE001 - diagnostics must never mask the failure itself
             lines.append(f"{name}: no logs ({exc})")
     report.sections.append(("host logs", "\n".join(lines)))

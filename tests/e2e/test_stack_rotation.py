@@ -168,6 +168,18 @@ def _main_pid(host, unit: str) -> int:
     return int(host.run(f"systemctl show -p MainPID --value {unit}").stdout.strip())
 
 
+def _kill_9(host, pid: int, port: int | None = None) -> float:
+    """kill -9, then wait until the process is dead; returns that moment (monotonic). SIGKILL is sent at once,
+    but the kernel takes a while to tear a large process down (tens of ms, longer on a busy host), and until
+    its files are closed its listening socket still completes connections, which are then reset: requests in
+    flight on the dying process (seen: a 502 42 ms long, begun 5 ms before systemd saw the process die).
+    Dead = its port no longer listens (an instance's main process), or it is gone or a zombie (a worker,
+    whose listening socket its supervisor holds)."""
+    gone = f"! ss -Hltn 'sport = :{port}' | grep -q ." if port else f"! grep -qs '^State:.*[RSDT]' /proc/{pid}/status"
+    host.run(f"kill -9 {pid}; for i in $(seq 2000); do {gone} && exit 0; sleep 0.005; done; exit 1")
+    return time.monotonic()
+
+
 def _after_death(load, killed_at: float) -> tuple[list, list]:
     """(failures of requests that started after the kill, failures of requests in flight at it)."""
     after = [r for r in load.failures if r[0] > killed_at]
@@ -186,8 +198,7 @@ def test_kill_9_of_a_live_instance_fails_only_its_in_flight_requests(lab, client
     pid = _main_pid(host, victim)
     with Load(lab, [gw], threads_per_gateway=3) as load:
         time.sleep(2)
-        host.run(f"kill -9 {pid}")
-        killed_at = time.monotonic()
+        killed_at = _kill_9(host, pid, live[0])
         # Until the killed instance is back and serving again: the other one carried the whole load.
         wait_until(lambda: _main_pid(host, victim) not in (0, pid), 30, what="systemd to restart it")
         assert host.run(f"python3 {L.program('instance.py')} wait-ready {live[0]} --timeout 120", timeout=130).returncode == 0
@@ -218,15 +229,14 @@ def _kill_when_the_other_set_starts(lab, gw: str, rotate_args: tuple) -> tuple[d
     wait_until(lambda: host.run(f"systemctl is-active {L.instance(standby[0])}", check=False).stdout.strip()
                in ("activating", "active"), 120, interval=0.2, what="the rotation to start the other set")
     pid = _main_pid(host, victim)
-    host.run(f"kill -9 {pid}")
-    return outcome, time.monotonic(), victim
+    return outcome, _kill_9(host, pid, live_before[0]), victim
 
 
 def test_kill_9_of_a_live_instance_during_a_rotation_under_load(lab, client, provider):
     """While the rotation brings up the other set, one instance of the live set dies (kill -9) and systemd
     starts it again: only its in-flight requests may fail, the rotation completes, and the gateway ends on
-    the new key. (This found nginx's reload racing the drain: the old set was stopped while nginx's old
-    workers still took connections for it, 2 requests answered 502; the switch now waits for them.)"""
+    the new key. With 2 LiteLLM processes starting beside it, the killed one takes longer to die, and requests
+    nginx sent it meanwhile are reset (502): in flight on the dying process, counted as such by _kill_9.)"""
     gw = gateways(lab)[0]
     new = fake_key("openai-kill9")
     set_vault(lab, "openai_key", new)
@@ -322,8 +332,7 @@ def test_kill_9_of_a_worker_fails_only_its_in_flight_requests(lab):
     assert len(workers) >= 2, workers
     with Load(lab, [gw], threads_per_gateway=3) as load:
         time.sleep(2)
-        host.run(f"kill -9 {workers[0]}")
-        killed_at = time.monotonic()
+        killed_at = _kill_9(host, int(workers[0]))
         wait_until(lambda: len(set(host.run(f"pgrep -P {supervisor}").stdout.split()) - {workers[0]}) >= 2, 120,
                    what="uvicorn to replace the worker")
         time.sleep(2)
