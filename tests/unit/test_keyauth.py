@@ -442,3 +442,39 @@ def test_budget_problem_names_the_budget_and_the_reset_day(today, resets):
     problem = ka.budget_problem("alice", 10.0, 10.0, today)
     assert "'alice'" in problem and "$10.00" in problem and resets in problem
     assert "$12.35" in ka.budget_problem("alice", 10.0, 12.346, today)
+
+
+def _import_keyauth_in(code: str) -> str:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    onhost = Path(__file__).resolve().parents[2] / "gatekit" / "onhost"
+    return subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(onhost)!r})\n" + code],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_inside_litellm_without_the_otel_sdk_the_otel_logger_import_fails_at_once():
+    """LiteLLM's auth imports litellm.integrations.otel.logger on every request; without the OpenTelemetry SDK
+    that import can only fail, half-way and again per request. Loaded inside LiteLLM, keyauth records it as
+    unimportable (None in sys.modules: an immediate ModuleNotFoundError, which LiteLLM already handles)."""
+    out = _import_keyauth_in(
+        "import types; sys.modules['litellm'] = types.ModuleType('litellm')\n"
+        "import keyauth\n"
+        "print(repr(sys.modules.get('litellm.integrations.otel.logger', 'absent')))\n"
+        "try:\n    import litellm.integrations.otel.logger\nexcept ModuleNotFoundError:\n    print('fails')\n"
+    )
+    assert out.splitlines() == ["None", "fails"]
+
+
+def test_outside_litellm_or_with_the_otel_sdk_nothing_is_recorded():
+    assert _import_keyauth_in("import keyauth\nprint('litellm.integrations.otel.logger' in sys.modules)") == "False"
+    # With the SDK importable (a stub package here), the real import must stay possible.
+    out = _import_keyauth_in(
+        "import types, importlib.machinery\n"
+        "sdk = types.ModuleType('opentelemetry.sdk'); sdk.__spec__ = importlib.machinery.ModuleSpec('opentelemetry.sdk', None)\n"
+        "otel = types.ModuleType('opentelemetry'); otel.__path__ = []; otel.sdk = sdk\n"
+        "sys.modules.update({'opentelemetry': otel, 'opentelemetry.sdk': sdk, 'litellm': types.ModuleType('litellm')})\n"
+        "import keyauth\nprint('litellm.integrations.otel.logger' in sys.modules)"
+    )
+    assert out == "False"

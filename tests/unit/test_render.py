@@ -472,7 +472,7 @@ ENV_FOR = {
 }
 
 
-def launcher(database: bool, venv: str = "/opt/litellm/venv") -> str:
+def launcher(database: bool, venv: str = "/opt/litellm/venv", workers: int = 2) -> str:
     return render.template(
         "litellm/launch.py.j2",
         venv=venv,
@@ -485,7 +485,7 @@ def launcher(database: bool, venv: str = "/opt/litellm/venv") -> str:
         db_port=5432,
         config_path="/etc/litellm/config.yaml",
         bind="127.0.0.1",
-        workers=2,
+        workers=workers,
         healthcheck_timeout=120,
         keepalive_timeout=75,
         max_requests=10000,
@@ -503,6 +503,16 @@ def test_launcher_is_valid_python_without_secrets(database):
     assert '"--config", "/etc/litellm/config.yaml"' in text
     assert '"--host", "127.0.0.1"' in text
     assert '"--num_workers", "2"' in text
+
+
+@pytest.mark.parametrize("database", [False, True])
+def test_launcher_uses_prometheus_multiprocess_mode_only_for_several_workers(database):
+    """One worker serves /metrics from memory (multiprocess mode costs CPU on every request); several share files."""
+    assert 'os.environ["PROMETHEUS_MULTIPROC_DIR"] = ' in launcher(database, workers=2)
+    single = launcher(database, workers=1)
+    compile(single, "gatekit-litellm-launch", "exec")
+    assert 'os.environ["PROMETHEUS_MULTIPROC_DIR"] = ' not in single
+    assert 'os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)' in single
 
 
 def _fake_litellm_cli(tmp_path):
