@@ -362,3 +362,31 @@ def test_all_gateways_converge_and_no_plaintext_anywhere(lab, provider):
     for text in (final.stdout, final.stderr):
         assert not [v for v in values if v in text]
     assert secret_locations(lab, values) == []
+
+
+def test_a_rebooted_gateway_serves_with_the_current_key_and_the_next_deploy_changes_nothing(lab, client, provider):
+    """gw2 (non-default paths and ports), after every rotation above: a reboot brings the live set back at boot
+    (its instances are the ones enabled), from the current credentials, behind nginx, with no stale key."""
+    gw = gateways(lab)[1]
+    host, L = lab.hosts[gw], lab.layout(gw)
+    live_before = lab.live_ports(gw)
+    took = lab.sandbox.reboot(gw)
+    print(f"reboot of {gw} to ssh-ready: {took:.1f} s")
+    assert float(host.run("cut -d' ' -f1 /proc/uptime").stdout) < 60, "the host did not reboot"
+    for port in live_before:
+        assert host.run(f"python3 {L.program('instance.py')} wait-ready {port} --timeout 180", timeout=190).returncode == 0
+    standby = L.other_set(live_before)
+    assert all(host.run(f"systemctl is-active {L.instance(p)}", check=False).stdout.strip() != "active" for p in standby)
+    since = time.time()
+    wait_until(lambda: completion(client, lab.gateway_url(gw), model="fast").status_code == 200, 60,
+               what="the rebooted gateway to answer through nginx")
+    for _ in range(3):
+        assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
+    current = live(lab, gw)["secrets"]["openai_key"]["fingerprint"]
+    assert current == fingerprint(lab.secret_values["openai_key"])  # the vault's key (converged above)
+    assert openai_fps(provider, since) == {current}
+    prom = host.run(f"systemctl start {L.unitstats_service} && cat {L.textfile_dir}/gatekit.prom").stdout
+    stale = [ln for ln in prom.splitlines() if ln.startswith("gatekit_stale_key")]
+    assert stale and all(ln.endswith(" 0") for ln in stale), stale
+    again = lab.deploy()
+    assert again.ok and again.changes == 0, again.changed_ops(host.address)
