@@ -171,13 +171,18 @@ class Gateway:
             "#!/bin/sh\nset -e\n"
             + "".join(f'export {var}="$(cat "$CREDENTIALS_DIRECTORY/{name}")"\n' for name, var in env_for.items())
             # The kit's environment file names its log level; the stock launch keeps LiteLLM's default.
-            + f"unset LITELLM_LOG\nexport PYTHONPATH={lib}\nexec {self.L.venv}/bin/litellm --config {self.L.config} --port {STOCK_PORT}"
+            # As `pip install litellm[proxy]` has it: without httptools (the kit's lock adds it), so uvicorn
+            # parses HTTP with h11. A module that refuses to import stands in for the missing package.
+            + f"unset LITELLM_LOG\nexport PYTHONPATH=/var/lib/gk-bench-stock/no-httptools:{lib}\n"
+            + f"exec {self.L.venv}/bin/litellm --config {self.L.config} --port {STOCK_PORT}"
             + (f" --num_workers {workers}" if workers else "") + "\n"
         )
         self.host.put("/usr/local/sbin/gk-bench-stock", script, mode="0755")
         creds = " ".join(f"-p LoadCredentialEncrypted={n}:{self.L.cred(n)}" for n in env_for)
         self.sh(f"systemctl stop {STOCK_UNIT} 2>/dev/null; systemctl reset-failed {STOCK_UNIT} 2>/dev/null; "
-                f"install -d -o {self.L.litellm_user} /var/lib/gk-bench-stock; "
+                f"install -d -o {self.L.litellm_user} /var/lib/gk-bench-stock /var/lib/gk-bench-stock/no-httptools; "
+                f"echo 'raise ImportError(\"httptools: not in a stock litellm[proxy] install\")' "
+                f"> /var/lib/gk-bench-stock/no-httptools/httptools.py; "
                 f"systemd-run --unit={STOCK_UNIT} -p User={self.L.litellm_user} -p EnvironmentFile={self.L.env_file} "
                 f"-p WorkingDirectory=/var/lib/gk-bench-stock -p PrivateTmp=yes {creds} /usr/local/sbin/gk-bench-stock", check=True)
         deadline = time.time() + 300
