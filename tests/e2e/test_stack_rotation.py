@@ -187,6 +187,23 @@ def _after_death(load, killed_at: float) -> tuple[list, list]:
     return after, in_flight
 
 
+def _restarted_and_ready(host, L, victim: str, pid: int, port: int):
+    """Until systemd has started the dead instance again and it serves: the other one carried the whole load."""
+    wait_until(lambda: _main_pid(host, victim) not in (0, pid), 30, what="systemd to restart it")
+    assert host.run(f"python3 {L.program('instance.py')} wait-ready {port} --timeout 120", timeout=130).returncode == 0
+    time.sleep(2)
+
+
+def _only_in_flight_failed(load, killed_at: float, what: str, min_after: int):
+    after, in_flight = _after_death(load, killed_at)
+    served_after = [r for r in load.results if r[0] > killed_at]
+    print(f"{what}: {len(served_after)} requests after the death, {len(after)} failed; "
+          f"{len(in_flight)} in flight failed; retried {load.retries}", load.summary())
+    assert len(served_after) > min_after, len(served_after)
+    assert after == [], after[:5]
+    assert len(in_flight) <= 3, in_flight  # at most one per client thread: those on the dead process
+
+
 def test_kill_9_of_a_live_instance_fails_only_its_in_flight_requests(lab, client):
     """gw1 serves from two single-worker instances at once: while systemd restarts the killed one (10-20 s),
     nginx passes every new request it cannot connect with to the other."""
@@ -199,17 +216,8 @@ def test_kill_9_of_a_live_instance_fails_only_its_in_flight_requests(lab, client
     with Load(lab, [gw], threads_per_gateway=3) as load:
         time.sleep(2)
         killed_at = _kill_9(host, pid, live[0])
-        # Until the killed instance is back and serving again: the other one carried the whole load.
-        wait_until(lambda: _main_pid(host, victim) not in (0, pid), 30, what="systemd to restart it")
-        assert host.run(f"python3 {L.program('instance.py')} wait-ready {live[0]} --timeout 120", timeout=130).returncode == 0
-        time.sleep(2)
-    after, in_flight = _after_death(load, killed_at)
-    served_after = [r for r in load.results if r[0] > killed_at]
-    print(f"kill -9 {victim}: {len(served_after)} requests after the kill, {len(after)} failed; "
-          f"{len(in_flight)} in flight failed; retried {load.retries}", load.summary())
-    assert len(served_after) > 50, len(served_after)
-    assert after == [], after[:5]
-    assert len(in_flight) <= 3, in_flight  # at most one per client thread: those on the dead process
+        _restarted_and_ready(host, L, victim, pid, live[0])
+    _only_in_flight_failed(load, killed_at, f"kill -9 {victim}", min_after=50)
     assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
 
 
@@ -305,20 +313,11 @@ def test_oom_kill_of_a_live_instance_under_load_fails_only_its_in_flight_request
         time.sleep(2)
         host.run(f"python3 /root/alloc.py {cg} 0; true", check=False, timeout=180)
         killed_at = time.monotonic()  # the allocator ends after the instance (the kernel's second choice)
-        wait_until(lambda: _main_pid(host, victim) not in (0, pid), 30, what="systemd to restart it")
-        assert host.run(f"python3 {L.program('instance.py')} wait-ready {live_ports[0]} --timeout 120",
-                        timeout=130).returncode == 0
-        time.sleep(2)
+        _restarted_and_ready(host, L, victim, pid, live_ports[0])
     journal = host.run(f"journalctl -u {victim} --since '{since}' --no-pager -o cat").stdout
     assert "status=9/KILL" in journal, journal[-2000:]
     # Requests sent while the allocator ran may have been in flight on the instance when the kernel chose it.
-    after, in_flight = _after_death(load, killed_at)
-    served_after = [r for r in load.results if r[0] > killed_at]
-    print(f"OOM kill of {victim}: {len(served_after)} requests after, {len(after)} failed; "
-          f"{len(in_flight)} in flight failed", load.summary())
-    assert len(served_after) > 30, len(served_after)
-    assert after == [], after[:5]
-    assert len(in_flight) <= 3, in_flight
+    _only_in_flight_failed(load, killed_at, f"OOM kill of {victim}", min_after=30)
     assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
 
 
