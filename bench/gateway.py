@@ -15,7 +15,11 @@ resident memory (RSS and PSS summed over its processes, and the units' MemoryCur
 journal. `wrk` (Debian's, closed loop) cross-checks the generator's top rate on the same run.
 `--soak N` then sends N requests to the kit at its highest held rate and counts 500s and ContextVar errors.
 
+`--cpu-rounds N` then runs the kit and stock-1 side by side and alternates them N rounds at `--cpu-rate`:
+CPU per request with the machine's drift shared alike (one pass each varied by 10-20% between runs).
+
 Usage: .venv/bin/python bench/gateway.py [--seconds 30] [--rates 20,40,...] [--soak 20000] [--only kit,stock-1]
+       [--cpu-rounds 6 --cpu-rate 60]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import re
 import shutil
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -227,6 +232,25 @@ def measure(gw: Gateway, name: str, ports: list[int], units: list[str], rates: l
             "http500": sum(s["http500"] for s in steps), "contextvar": count_contextvar(journal)}
 
 
+def cpu_rounds(gw: Gateway, contenders: dict[str, tuple[list[int], list[str]]], rounds: int, rate: float,
+               seconds: float) -> dict[str, list[float]]:
+    """CPU s/1,000 requests per contender and round, the contenders alternating (order reversed every other
+    round) while all run: a slow drift of the shared machine hits each of them alike, unlike one pass each."""
+    out: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for i in range(rounds):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            ports, units = contenders[name]
+            gw.point_nginx(ports)
+            asyncio.run(open_loop(gw.url, gw.headers, rate, 3))  # fresh keep-alive connections to this one
+            cpu0 = gw.cpu_seconds(units)
+            step = asyncio.run(open_loop(gw.url, gw.headers, rate, seconds))
+            out[name].append((gw.cpu_seconds(units) - cpu0) / step["sent"] * 1000)
+            print(f"  round {i + 1} {name:<8} {rate:.0f}/s  cpu {out[name][-1]:.1f} s/1000  failed {step['failed']}  "
+                  f"p99 {step['p99_ms']:.0f} ms", flush=True)
+    return out
+
+
 def wrk_rate(gw: Gateway, connections: int, seconds: int) -> float | None:
     """Debian's wrk, closed loop, non-streamed only: the top throughput the generator should not beat."""
     if not shutil.which("wrk"):
@@ -250,11 +274,14 @@ def main():
     ap.add_argument("--soak", type=int, default=0, help="requests sent to the kit at its highest rate (ContextVar count)")
     ap.add_argument("--only", default="kit,stock-1,stock-N")
     ap.add_argument("--settings", default="{}", help="JSON settings for the kit's deploy, e.g. '{\"litellm_workers\": 2}'")
+    ap.add_argument("--cpu-rounds", type=int, default=0,
+                    help="then alternate the kit and stock-1 (both running) this many rounds at --cpu-rate: CPU per request")
+    ap.add_argument("--cpu-rate", type=float, default=60)
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     only = args.only.split(",")
     base = sb.ensure_base(seed_debs=KIT_PACKAGES)
-    rows, soak = [], None
+    rows, soak, alternating = [], None, None
     with tempfile.TemporaryDirectory(prefix="gk-bench-gw-") as tmp:
         lab = Lab.create(Path(tmp), base=base, settings=json.loads(args.settings))
         try:
@@ -286,6 +313,11 @@ def main():
                 if stock_workers is not None:
                     gw.stop_stock()
                 rows.append(row)
+            if args.cpu_rounds:
+                gw.start_stock(None)
+                alternating = cpu_rounds(gw, {"kit": (gw.kit_ports, kit_units), "stock-1": ([STOCK_PORT], [STOCK_UNIT])},
+                                         args.cpu_rounds, args.cpu_rate, args.seconds)
+                gw.stop_stock()
             gw.point_nginx(gw.kit_ports)
         finally:
             lab.stop()
@@ -314,11 +346,20 @@ def main():
         print(f"kit vs stock-1: {kit['best']['rate'] / stock1['best']['rate']:.2f}x the rate (target >= 2), "
               f"{kit['best']['cpu_s_per_1000'] / stock1['best']['cpu_s_per_1000']:.2f}x the CPU per request at each one's "
               f"top rate, {at_common['kit'] / at_common['stock-1']:.2f}x at {common:.0f}/s (target <= 0.8)")
+    if alternating:
+        print(f"CPU s/1,000 at {args.cpu_rate:.0f}/s, {args.cpu_rounds} alternating rounds of {args.seconds:.0f} s "
+              f"(both running, nginx pointed at one at a time):")
+        for name, values in alternating.items():
+            print(f"  {name:<8} median {statistics.median(values):5.1f}   rounds " + " ".join(f"{v:.1f}" for v in values))
+        ratios = [k / s_ for k, s_ in zip(alternating["kit"], alternating["stock-1"])]
+        print(f"  kit / stock-1 within each round: median {statistics.median(ratios):.2f}   "
+              + " ".join(f"{r:.2f}" for r in ratios) + " (target <= 0.8)")
     if soak:
         print(f"soak: {soak['sent']} requests to the kit at {soak['rate']:.0f}/s: {soak['failed']} failed, "
               f"{soak['http500']} HTTP 500, {soak['contextvar']} ContextVar errors, p99 {soak['p99_ms']:.0f} ms")
     Path(__file__).with_suffix(".json").write_text(json.dumps({"direct": direct, "rows": rows, "soak": soak,
-                                                               "cpu_at_common_rate": {"rate": common, **at_common}}, indent=1))
+                                                               "cpu_at_common_rate": {"rate": common, **at_common},
+                                                               "alternating_cpu": alternating}, indent=1))
 
 
 if __name__ == "__main__":
