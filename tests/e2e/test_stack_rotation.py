@@ -172,7 +172,8 @@ def _kill_9(host, pid: int, port: int | None = None) -> float:
     """kill -9, then wait until the process is dead; returns that moment (monotonic). SIGKILL is sent at once,
     but the kernel takes a while to tear a large process down (tens of ms, longer on a busy host), and until
     its files are closed its listening socket still completes connections, which are then reset: requests in
-    flight on the dying process (seen: a 502 42 ms long, begun 5 ms before systemd saw the process die).
+    flight on the dying process (seen: a 502 begun after the SIGKILL, 42 ms long, ending 5 ms before systemd
+    saw the process die).
     Dead = its port no longer listens (an instance's main process), or it is gone or a zombie (a worker,
     whose listening socket its supervisor holds)."""
     gone = f"! ss -Hltn 'sport = :{port}' | grep -q ." if port else f"! grep -qs '^State:.*[RSDT]' /proc/{pid}/status"
