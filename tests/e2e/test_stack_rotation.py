@@ -205,19 +205,24 @@ def _only_in_flight_failed(load, killed_at: float, what: str, min_after: int):
     assert len(in_flight) <= 3, in_flight  # at most one per client thread: those on the dead process
 
 
+def _first_of_two_live(lab):
+    """gw1's host, layout, and the first of its two live single-worker instances: (gw, host, L, port, unit)."""
+    gw = gateways(lab)[0]
+    host, L = lab.hosts[gw], lab.layout(gw)
+    live_ports = lab.live_ports(gw)
+    assert len(live_ports) == 2, live_ports
+    return gw, host, L, live_ports[0], L.instance(live_ports[0])
+
+
 def test_kill_9_of_a_live_instance_fails_only_its_in_flight_requests(lab, client):
     """gw1 serves from two single-worker instances at once: while systemd restarts the killed one (10-20 s),
     nginx passes every new request it cannot connect with to the other."""
-    gw = gateways(lab)[0]
-    host, L = lab.hosts[gw], lab.layout(gw)
-    live = lab.live_ports(gw)
-    assert len(live) == 2, live
-    victim = L.instance(live[0])
+    gw, host, L, port, victim = _first_of_two_live(lab)
     pid = _main_pid(host, victim)
     with Load(lab, [gw], threads_per_gateway=3) as load:
         time.sleep(2)
-        killed_at = _kill_9(host, pid, live[0])
-        _restarted_and_ready(host, L, victim, pid, live[0])
+        killed_at = _kill_9(host, pid, port)
+        _restarted_and_ready(host, L, victim, pid, port)
     _only_in_flight_failed(load, killed_at, f"kill -9 {victim}", min_after=50)
     assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
 
@@ -300,11 +305,7 @@ def test_oom_kill_of_a_live_instance_under_load_fails_only_its_in_flight_request
     """The kernel's OOM killer ends one live instance (a process in its cgroup allocates past MemoryMax, and
     the instance's raised OOM score makes it the kernel's choice): nginx passes new requests to the other
     instance while systemd restarts it."""
-    gw = gateways(lab)[0]
-    host, L = lab.hosts[gw], lab.layout(gw)
-    live_ports = lab.live_ports(gw)
-    assert len(live_ports) == 2, live_ports
-    victim = L.instance(live_ports[0])
+    gw, host, L, port, victim = _first_of_two_live(lab)
     cg = unit_memory_cgroup(host, victim)
     host.put("/root/alloc.py", OOM_ALLOCATOR)
     pid = _main_pid(host, victim)
@@ -314,7 +315,7 @@ def test_oom_kill_of_a_live_instance_under_load_fails_only_its_in_flight_request
         time.sleep(2)
         host.run(f"python3 /root/alloc.py {cg} 0; true", check=False, timeout=180)
         killed_at = time.monotonic()  # the allocator ends after the instance (the kernel's second choice)
-        _restarted_and_ready(host, L, victim, pid, live_ports[0])
+        _restarted_and_ready(host, L, victim, pid, port)
     journal = host.run(f"journalctl -u {victim} --since '{since}' --no-pager -o cat").stdout
     assert "status=9/KILL" in journal, journal[-2000:]
     # Requests sent while the allocator ran may have been in flight on the instance when the kernel chose it.
