@@ -41,6 +41,12 @@ def openai_fps(provider, since: float) -> set[str]:
     return {r["fingerprint"] for r in provider.requests(since=since) if r.get("model") in OPENAI_MODELS}
 
 
+def stale_key_lines(host, L) -> list[str]:
+    """gatekit-unitstats run now: its gatekit_stale_key lines (what the StaleKey alert reads), one per port and secret."""
+    prom = host.run(f"systemctl start {L.unitstats_service} && cat {L.textfile_dir}/gatekit.prom").stdout
+    return [ln for ln in prom.splitlines() if ln.startswith("gatekit_stale_key")]
+
+
 def gateways(lab) -> list[str]:
     return list(lab.groups["gateways"])
 
@@ -294,8 +300,7 @@ def test_instance_restarted_from_a_rejected_key_mid_rotation_is_restarted_by_the
         for _ in range(6):  # both live instances, whichever nginx picks
             assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
         assert openai_fps(provider, since) == {fingerprint(current)}
-        prom = host.run(f"systemctl start {L.unitstats_service} && cat {L.textfile_dir}/gatekit.prom").stdout
-        stale = [ln for ln in prom.splitlines() if ln.startswith("gatekit_stale_key")]
+        stale = stale_key_lines(host, L)
         assert stale and all(ln.endswith(" 0") for ln in stale), stale
     finally:
         set_vault(lab, "openai_key", current)
@@ -354,8 +359,7 @@ def test_all_gateways_converge_and_no_plaintext_anywhere(lab, provider):
     # gatekit-unitstats (what the StaleKey alert reads) sees every running instance on the current keys.
     for gw in gateways(lab):
         L = lab.layout(gw)
-        prom = lab.hosts[gw].run(f"systemctl start {L.unitstats_service} && cat {L.textfile_dir}/gatekit.prom").stdout
-        stale = [ln for ln in prom.splitlines() if ln.startswith("gatekit_stale_key")]
+        stale = stale_key_lines(lab.hosts[gw], L)
         assert {f'port="{p}"' for p in lab.live_ports(gw)} <= {ln.split(",")[0].split("{")[1] for ln in stale}
         assert stale and all(ln.endswith(" 0") for ln in stale), stale
     # Every key this session used (current and rotated-out ones) is absent from hosts and outputs.
@@ -386,8 +390,7 @@ def test_a_rebooted_gateway_serves_with_the_current_key_and_the_next_deploy_chan
     current = live(lab, gw)["secrets"]["openai_key"]["fingerprint"]
     assert current == fingerprint(lab.secret_values["openai_key"])  # the vault's key (converged above)
     assert openai_fps(provider, since) == {current}
-    prom = host.run(f"systemctl start {L.unitstats_service} && cat {L.textfile_dir}/gatekit.prom").stdout
-    stale = [ln for ln in prom.splitlines() if ln.startswith("gatekit_stale_key")]
+    stale = stale_key_lines(host, L)
     assert stale and all(ln.endswith(" 0") for ln in stale), stale
     again = lab.deploy()
     assert again.ok and again.changes == 0, again.changed_ops(host.address)
