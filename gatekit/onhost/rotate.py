@@ -43,10 +43,11 @@ import sys
 import time
 
 if __package__:
-    from . import instance
+    from . import instance, probe
     from .layout import Layout
 else:  # on the host: uploaded beside this program
     import instance
+    import probe
     from layout import Layout
 
 LAYOUT = Layout()  # main() reads the host's own from layout.json beside this program
@@ -143,24 +144,16 @@ RETIRING = "shutting down"  # nginx's title for a worker told to stop: it has cl
 
 def nginx_workers(proc: str = "/proc") -> dict[int, str]:
     """{pid: title} of nginx's worker processes (children of its master, whose titles name them)."""
-    master = run("systemctl", "show", "-P", "MainPID", LAYOUT.nginx_unit, check=False).stdout.strip()
+    master = probe.unit_props(LAYOUT.nginx_unit).get("MainPID", "0")
     if not master.isdigit() or master == "0":
         return {}
     workers = {}
-    for entry in os.listdir(proc):
-        if not entry.isdigit():
+    for pid, ppid in probe.all_parents(proc).items():
+        if ppid != int(master):
             continue
-        try:
-            with open(f"{proc}/{entry}/stat") as fh:
-                ppid = fh.read().rsplit(")", 1)[1].split()[1]
-            if ppid != master:
-                continue
-            with open(f"{proc}/{entry}/cmdline", "rb") as fh:
-                title = fh.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
+        title = (probe.read(f"{proc}/{pid}/cmdline", binary=True) or b"").replace(b"\0", b" ").decode("utf-8", "replace").strip()
         if "worker process" in title:
-            workers[int(entry)] = title
+            workers[pid] = title
     return workers
 
 
@@ -425,11 +418,9 @@ def invocations(ports) -> dict[str, str]:
     """{port: systemd's InvocationID} of the instances running now: a new id means a new start."""
     ids = {}
     for port in ports:
-        props = run("systemctl", "show", "-p", "ActiveState", "-p", "InvocationID", LAYOUT.instance(port),
-                    check=False).stdout
-        values = dict(line.split("=", 1) for line in props.splitlines() if "=" in line)
-        if values.get("ActiveState") in ("active", "activating", "reloading"):
-            ids[str(port)] = values.get("InvocationID", "")
+        props = probe.unit_props(LAYOUT.instance(port))
+        if props.get("ActiveState") in ("active", "activating", "reloading"):
+            ids[str(port)] = props.get("InvocationID", "")
     return ids
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from gatekit.defaults import DEFAULTS
 from gatekit.onhost.layout import Layout
 from gatekit.resources import onhost_source
+from roles.litellm import ONHOST_PROGRAMS
 
 NON_DEFAULT = {**DEFAULTS, "litellm_home": "/srv/gk", "litellm_config_dir": "/srv/gk-etc", "litellm_ports": [4301, 4302],
                "nginx_https_port": 8443, "litellm_bind": "127.0.0.2", "postgres_version": 16, "litellm_user": "gk"}
@@ -45,11 +46,11 @@ def test_json_round_trip():
 
 
 def test_uploaded_programs_read_the_layout_beside_them_without_gatekit(tmp_path):
-    """As deployed: layout.py, instance.py and rotate.py in one directory with layout.json, run by a
+    """As deployed: the programs the deploy uploads, in one directory with layout.json, run by a
     Python without site-packages (-S: no gatekit, no third-party module)."""
     lib = tmp_path / "lib"
     lib.mkdir()
-    for name in ("layout.py", "instance.py", "rotate.py"):
+    for name in ONHOST_PROGRAMS:
         (lib / name).write_text(onhost_source(name))
     L = Layout.from_settings(NON_DEFAULT)
     (lib / "layout.json").write_text(L.to_json())

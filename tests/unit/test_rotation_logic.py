@@ -448,7 +448,7 @@ def test_nginx_workers_reads_the_masters_children_and_their_titles(tmp_path, mon
     def proc(pid, ppid, title, comm="nginx"):
         d = tmp_path / str(pid)
         d.mkdir()
-        (d / "stat").write_text(f"{pid} ({comm}) S {ppid} {pid} {pid} 0 -1 4194624 0 0\n")
+        (d / "stat").write_text(f"{pid} ({comm}) S {ppid} {pid} {pid} 0 -1 4194624 0 0 0 0 0 0 0 0 20 0 1 0 5000 0 0\n")
         (d / "cmdline").write_bytes(title.encode() + b"\0")
     proc(100, 1, "nginx: master process /usr/sbin/nginx -g daemon on; master_process on;")
     proc(101, 100, "nginx: worker process")
@@ -458,14 +458,14 @@ def test_nginx_workers_reads_the_masters_children_and_their_titles(tmp_path, mon
     (tmp_path / "self").mkdir()
     calls = []
 
-    def run(*argv, check=True):
-        calls.append(argv)
-        return subprocess.CompletedProcess(argv, 0, "100\n", "")
+    def unit_props(unit):
+        calls.append(unit)
+        return {"ActiveState": "active", "MainPID": "100"}
 
-    monkeypatch.setattr(R, "run", run)
+    monkeypatch.setattr(R.probe, "unit_props", unit_props)
     assert R.nginx_workers(str(tmp_path)) == {101: "nginx: worker process", 102: "nginx: worker process is shutting down"}
-    assert calls == [("systemctl", "show", "-P", "MainPID", "nginx.service")]
-    monkeypatch.setattr(R, "run", lambda *a, check=True: subprocess.CompletedProcess(a, 0, "0\n", ""))
+    assert calls == ["nginx.service"]
+    monkeypatch.setattr(R.probe, "unit_props", lambda unit: {"ActiveState": "inactive", "MainPID": "0"})
     assert R.nginx_workers(str(tmp_path)) == {}  # nginx not running: no workers, never a guess
 
 
