@@ -27,9 +27,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import shutil
-import ssl
 import statistics
 import subprocess
 import sys
@@ -37,14 +37,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gatekit.onhost.rotate import upstream_text  # noqa: E402
 from lab import sandbox as sb  # noqa: E402
 from lab.env import KIT_PACKAGES, Lab  # noqa: E402
 from lab.fakeprovider import FakeProviderClient  # noqa: E402
+
+from rawhttp import Pool  # noqa: E402  (beside this script)
 
 GROUPS = {"gateways": ["gw1"], "redis": ["data1"], "postgres": ["data1"]}
 STOCK_PORT = 4190
@@ -54,57 +54,66 @@ BODY = {"model": "fast", "messages": [{"role": "user", "content": "hi"}], "max_t
 
 
 # ---- the open-loop generator ---------------------------------------------------------------------------
-async def _one(client: httpx.AsyncClient, url: str, stream: bool) -> tuple[bool, int]:
+STREAM_BODY = json.dumps({**BODY, "stream": True}).encode()
+PLAIN_BODY = json.dumps(BODY).encode()
+
+
+async def _one(pool: Pool, stream: bool) -> tuple[bool, int]:
     try:
-        if stream:
-            async with client.stream("POST", url, json={**BODY, "stream": True}) as r:
-                last = ""
-                async for line in r.aiter_lines():
-                    if line.startswith("data: "):
-                        last = line
-                return r.status_code == 200 and last == "data: [DONE]", r.status_code
-        r = await client.post(url, json=BODY)
-        return r.status_code == 200 and "fake-answer" in r.text, r.status_code
+        status, data = await pool.post(STREAM_BODY if stream else PLAIN_BODY)
     except Exception:  # noqa: BLE001 - any client-side failure is a failed request
         return False, 0
+    if stream:
+        events = [ln for ln in data.decode("utf-8", "replace").splitlines() if ln.startswith("data: ")]
+        return status == 200 and bool(events) and events[-1] == "data: [DONE]", status
+    return status == 200 and b"fake-answer" in data, status
 
 
 async def open_loop(url: str, headers: dict, rate: float, seconds: float, stream_share: float = 0.2) -> dict:
-    """Requests at a fixed rate for `seconds`; latency from each request's scheduled send time."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+    """Requests at a fixed rate for `seconds`; latency from each request's scheduled send time. Also returns the
+    generator's own CPU per 1,000 requests (it shares the machine's cores with what it measures)."""
     lat, statuses, late = [], {}, 0
     failed = 0
-    async with httpx.AsyncClient(verify=ctx, headers=headers, timeout=30, limits=limits, trust_env=False) as client:
-        loop = asyncio.get_running_loop()
-        n = int(rate * seconds)
-        start = loop.time() + 0.2
-        every = max(1, round(1 / stream_share)) if stream_share else 0
+    pool = Pool(url, headers)
+    cpu0 = time.process_time()
+    loop = asyncio.get_running_loop()
+    n = int(rate * seconds)
+    start = loop.time() + 0.2
+    every = max(1, round(1 / stream_share)) if stream_share else 0
 
-        async def fire(i: int):
-            nonlocal failed, late
-            due = start + i / rate
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -0.05:
-                late += 1  # the generator itself fell behind: the window does not count as held
-            ok, status = await _one(client, url, bool(every) and i % every == every - 1)
-            lat.append(loop.time() - due)
-            statuses[status] = statuses.get(status, 0) + 1
-            if not ok:
-                failed += 1
+    async def fire(i: int):
+        nonlocal failed, late
+        due = start + i / rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.05:
+            late += 1  # the generator itself fell behind: the window does not count as held
+        ok, status = await _one(pool, bool(every) and i % every == every - 1)
+        lat.append(loop.time() - due)
+        statuses[status] = statuses.get(status, 0) + 1
+        if not ok:
+            failed += 1
 
+    try:
         await asyncio.gather(*(fire(i) for i in range(n)))
+    finally:
+        await pool.close()
     lat.sort()
     pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else float("nan")  # noqa: E731
     return {"rate": rate, "sent": n, "failed": failed, "late": late, "p50_ms": pct(0.5), "p99_ms": pct(0.99),
-            "statuses": statuses, "http500": statuses.get(500, 0)}
+            "statuses": statuses, "http500": statuses.get(500, 0),
+            "generator_cpu_s_per_1000": (time.process_time() - cpu0) / max(n, 1) * 1000}
 
 
 def count_contextvar(journal: str) -> int:
     return sum(1 for ln in journal.splitlines() if CONTEXTVAR.search(ln))
+
+
+def local_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process on this machine (the fake provider)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def held(step: dict) -> bool:
@@ -118,6 +127,7 @@ class Gateway:
         self.url = f"{lab.gateway_url(name)}/v1/chat/completions"
         self.headers = {"Authorization": f"Bearer {lab.secret_values['litellm_master_key']}"}
         self.kit_ports = list(lab.live_ports(name))
+        self.provider_pid = lab.procs[0].pid  # Lab.start_services starts the fake provider first
 
     def sh(self, cmd: str, check: bool = True) -> str:
         return self.host.run(cmd, check=check, timeout=600).stdout
@@ -211,12 +221,14 @@ def measure(gw: Gateway, name: str, ports: list[int], units: list[str], rates: l
     since = time.time()
     restarts0 = gw.restarts(units)
     for rate in rates:
-        cpu0 = gw.cpu_seconds(units)
+        cpu0, provider0 = gw.cpu_seconds(units), local_cpu_seconds(gw.provider_pid)
         step = asyncio.run(open_loop(gw.url, gw.headers, rate, seconds))
         step["cpu_s_per_1000"] = (gw.cpu_seconds(units) - cpu0) / step["sent"] * 1000
+        step["provider_cpu_s_per_1000"] = (local_cpu_seconds(gw.provider_pid) - provider0) / step["sent"] * 1000
         steps.append(step)
         print(f"  {name:<8} {rate:>6.0f}/s  p50 {step['p50_ms']:>7.1f} ms  p99 {step['p99_ms']:>7.1f} ms  "
-              f"failed {step['failed']:>4}  late {step['late']:>4}  cpu {step['cpu_s_per_1000']:.1f} s/1000", flush=True)
+              f"failed {step['failed']:>4}  late {step['late']:>4}  cpu {step['cpu_s_per_1000']:.1f} s/1000  "
+              f"(generator {step['generator_cpu_s_per_1000']:.1f}, provider {step['provider_cpu_s_per_1000']:.1f})", flush=True)
         if held(step):
             best = step
         else:
