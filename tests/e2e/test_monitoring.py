@@ -87,6 +87,13 @@ def test_monitoring_listens_privately_and_scrapes_every_live_target(lab):
     standby = {(h, p) for j, h, p, health in targets() if j == "litellm" and health != "up"}
     assert standby == {(gw, str(p)) for gw in lab.groups["gateways"]
                        for p in lab.layout(gw).litellm_ports if p not in lab.live_ports(gw)}
+    # Their refused scrapes are logged to the metrics listener's own log; error.log stays clear of them.
+    for gw in lab.groups["gateways"]:
+        host, port = lab.hosts[gw], lab.host_settings(gw)["nginx_metrics_port"]
+        standby_port = next(p for p in lab.layout(gw).litellm_ports if p not in lab.live_ports(gw))
+        wait_until(lambda: f"/metrics/{standby_port}/" in host.run(
+            "cat /var/log/nginx/gatekit-metrics.error.log 2>/dev/null || true").stdout, 60, what="refused scrape logged")
+        assert f':{port}"' not in host.run("cat /var/log/nginx/error.log").stdout
     # gw2's non-default metrics and node_exporter ports are what Prometheus scrapes.
     s2 = lab.host_settings("gw2")
     assert query(lab, f'up{{job="node", instance="{lab.hosts["gw2"].address}:{s2["monitoring_node_exporter_port"]}"}}')

@@ -148,6 +148,9 @@ def test_the_gateways_metrics_listener_serves_only_instance_metrics_to_the_monit
     assert sorted(re.findall(r"location = (/metrics/\d+/)", block)) == [f"/metrics/{p}/" for p in (4001, 4002, 4003, 4004)]
     assert "proxy_pass http://litellm" not in block  # never the client API
     assert "ssl" not in block
+    # The standby ports' refused scrapes go to their own log, not error.log.
+    assert "error_log /var/log/nginx/gatekit-metrics.error.log;" in block
+    assert text.count("error_log") == 1
 
 
 def test_without_monitoring_hosts_there_is_no_metrics_listener():
