@@ -58,11 +58,12 @@ STREAM_BODY = json.dumps({**BODY, "stream": True}).encode()
 PLAIN_BODY = json.dumps(BODY).encode()
 
 
-async def _one(pool: Pool, stream: bool) -> tuple[bool, int]:
+async def _one(pool: Pool, stream: bool) -> tuple[bool, int | str]:
+    """(answered correctly, HTTP status or the client-side exception's name)."""
     try:
         status, data = await pool.post(STREAM_BODY if stream else PLAIN_BODY)
-    except Exception:  # noqa: BLE001 - any client-side failure is a failed request
-        return False, 0
+    except Exception as exc:  # noqa: BLE001 - any client-side failure is a failed request
+        return False, type(exc).__name__
     if stream:
         events = [ln for ln in data.decode("utf-8", "replace").splitlines() if ln.startswith("data: ")]
         return status == 200 and bool(events) and events[-1] == "data: [DONE]", status
@@ -321,7 +322,11 @@ def main():
                     since = time.time()
                     s = asyncio.run(open_loop(gw.url, gw.headers, row["best"]["rate"], args.soak / row["best"]["rate"]))
                     soak = {"rate": row["best"]["rate"], "sent": s["sent"], "failed": s["failed"], "http500": s["http500"],
-                            "contextvar": gw.contextvar_errors(units, since), "p99_ms": s["p99_ms"]}
+                            "contextvar": gw.contextvar_errors(units, since), "p99_ms": s["p99_ms"],
+                            "statuses": s["statuses"]}
+                    Path(__file__).with_name("gateway-soak.log").write_text(
+                        gw.journal(units, since) + gw.sh("tail -n 200 /var/log/nginx/error.log; "
+                                                         "grep -v '\" 200 ' /var/log/nginx/access.log | tail -n 200", check=False))
                 if stock_workers is not None:
                     gw.stop_stock()
                 rows.append(row)
@@ -368,7 +373,8 @@ def main():
               + " ".join(f"{r:.2f}" for r in ratios) + " (target <= 0.8)")
     if soak:
         print(f"soak: {soak['sent']} requests to the kit at {soak['rate']:.0f}/s: {soak['failed']} failed, "
-              f"{soak['http500']} HTTP 500, {soak['contextvar']} ContextVar errors, p99 {soak['p99_ms']:.0f} ms")
+              f"{soak['http500']} HTTP 500, {soak['contextvar']} ContextVar errors, p99 {soak['p99_ms']:.0f} ms; "
+              f"answers {soak['statuses']}")
     Path(__file__).with_suffix(".json").write_text(json.dumps({"direct": direct, "rows": rows, "soak": soak,
                                                                "cpu_at_common_rate": {"rate": common, **at_common},
                                                                "alternating_cpu": alternating}, indent=1))
