@@ -111,10 +111,14 @@ def count_contextvar(journal: str) -> int:
     return sum(1 for ln in journal.splitlines() if CONTEXTVAR.search(ln))
 
 
+def stat_cpu_ticks(stat: str) -> int:
+    """utime + stime + cutime + cstime from a /proc/PID/stat line (children it reaped included)."""
+    return sum(int(x) for x in stat.rsplit(")", 1)[1].split()[11:15])  # the command name may hold ")"
+
+
 def local_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process on this machine (the fake provider)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of a process on this machine (the fake provider)."""
+    return stat_cpu_ticks(Path(f"/proc/{pid}/stat").read_text()) / os.sysconf("SC_CLK_TCK")
 
 
 def held(step: dict) -> bool:
@@ -151,11 +155,7 @@ class Gateway:
             return 0.0
         out = self.sh("for p in " + " ".join(map(str, pids)) + "; do cat /proc/$p/stat 2>/dev/null; echo; done; getconf CLK_TCK")
         lines = [ln for ln in out.splitlines() if ln.strip()]
-        hz, total = int(lines[-1]), 0
-        for ln in lines[:-1]:
-            f = ln.rsplit(")", 1)[1].split()
-            total += sum(int(x) for x in f[11:15])  # utime stime cutime cstime
-        return total / hz
+        return sum(stat_cpu_ticks(ln) for ln in lines[:-1]) / int(lines[-1])
 
     def memory_mb(self, units: list[str]) -> tuple[float, float, float]:
         """(RSS, PSS, MemoryCurrent) in MB, summed over the units: MemoryCurrent is what MemoryMax limits
@@ -215,6 +215,15 @@ class Gateway:
 
 
 # ---- one contender -------------------------------------------------------------------------------------
+def cpu_step(gw: Gateway, units: list[str], rate: float, seconds: float) -> dict:
+    """One open-loop window, with the CPU per 1,000 requests of the contender's units and of the fake provider."""
+    cpu0, provider0 = gw.cpu_seconds(units), local_cpu_seconds(gw.provider_pid)
+    step = asyncio.run(open_loop(gw.url, gw.headers, rate, seconds))
+    step["cpu_s_per_1000"] = (gw.cpu_seconds(units) - cpu0) / step["sent"] * 1000
+    step["provider_cpu_s_per_1000"] = (local_cpu_seconds(gw.provider_pid) - provider0) / step["sent"] * 1000
+    return step
+
+
 def measure(gw: Gateway, name: str, ports: list[int], units: list[str], rates: list[float], seconds: float) -> dict:
     gw.point_nginx(ports)
     asyncio.run(open_loop(gw.url, gw.headers, rates[0], 10))  # warm-up: the first seconds after a start are slow
@@ -222,10 +231,7 @@ def measure(gw: Gateway, name: str, ports: list[int], units: list[str], rates: l
     since = time.time()
     restarts0 = gw.restarts(units)
     for rate in rates:
-        cpu0, provider0 = gw.cpu_seconds(units), local_cpu_seconds(gw.provider_pid)
-        step = asyncio.run(open_loop(gw.url, gw.headers, rate, seconds))
-        step["cpu_s_per_1000"] = (gw.cpu_seconds(units) - cpu0) / step["sent"] * 1000
-        step["provider_cpu_s_per_1000"] = (local_cpu_seconds(gw.provider_pid) - provider0) / step["sent"] * 1000
+        step = cpu_step(gw, units, rate, seconds)
         steps.append(step)
         print(f"  {name:<8} {rate:>6.0f}/s  p50 {step['p50_ms']:>7.1f} ms  p99 {step['p99_ms']:>7.1f} ms  "
               f"failed {step['failed']:>4}  late {step['late']:>4}  cpu {step['cpu_s_per_1000']:.1f} s/1000  "
@@ -256,9 +262,8 @@ def cpu_rounds(gw: Gateway, contenders: dict[str, tuple[list[int], list[str]]], 
             ports, units = contenders[name]
             gw.point_nginx(ports)
             asyncio.run(open_loop(gw.url, gw.headers, rate, 3))  # fresh keep-alive connections to this one
-            cpu0 = gw.cpu_seconds(units)
-            step = asyncio.run(open_loop(gw.url, gw.headers, rate, seconds))
-            out[name].append((gw.cpu_seconds(units) - cpu0) / step["sent"] * 1000)
+            step = cpu_step(gw, units, rate, seconds)
+            out[name].append(step["cpu_s_per_1000"])
             print(f"  round {i + 1} {name:<8} {rate:.0f}/s  cpu {out[name][-1]:.1f} s/1000  failed {step['failed']}  "
                   f"p99 {step['p99_ms']:.0f} ms", flush=True)
     return out
