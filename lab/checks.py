@@ -1,11 +1,20 @@
-"""Checks the end-to-end tests and benchmarks share: a completion through a gateway, waiting for a
+"""Checks the end-to-end tests and benchmarks share: a client and a completion through a gateway, waiting for a
 condition, and where a secret's plaintext appears on the lab's hosts."""
 
 from __future__ import annotations
 
+import ssl
 import time
 
 import httpx
+
+
+def gateway_client(lab) -> httpx.Client:
+    """A client of the lab's gateways with the master key (their certificates are self-signed)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    headers = {"Authorization": f"Bearer {lab.secret_values['litellm_master_key']}"}
+    return httpx.Client(verify=ctx, headers=headers, timeout=60, trust_env=False)
 
 
 def completion(client: httpx.Client, url: str, model: str = "fast", **extra) -> httpx.Response:

@@ -25,8 +25,8 @@ with a delay between pieces (default 0.2 s); every SSE event is written as its
 own HTTP chunk and flushed immediately.
 
 Keys are never stored: each request is recorded with ``fingerprint(key)`` (the
-first 16 hex characters of sha256(key)), path, model, stream flag, status and
-time.  The test-side control API lives under ``/_control/`` (see
+first 16 hex characters of sha256(key)), path, model, stream flag, status, time
+and the client's address (which gateway sent it).  The test-side control API lives under ``/_control/`` (see
 ``FakeProviderClient`` below for the complete list).
 
 Fault rules (``POST /_control/faults``) match a model (or every model when no
@@ -434,6 +434,7 @@ class ProviderState:
             "deployment": None,
             "stream": False,
             "fingerprint": None,
+            "client": None,
             "status": None,
             "error": None,
             "fault": None,
@@ -464,6 +465,7 @@ class ProviderState:
         model: str | None = None,
         path: str | None = None,
         fp: str | None = None,
+        client: str | None = None,
     ) -> list[dict]:
         with self.lock:
             out = []
@@ -475,6 +477,8 @@ class ProviderState:
                 if path is not None and r["path"] != path:
                     continue
                 if fp is not None and r["fingerprint"] != fp:
+                    continue
+                if client is not None and r["client"] != client:
                     continue
                 out.append(dict(r))
             return out
@@ -718,12 +722,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._send_json(200, {"status": "ok", "service": "gatekit-fakeprovider"})
             else:
                 api = "anthropic" if path.startswith("/v1/messages") else "openai"
-                rec = self.state.new_record(method=method, path=path, api=api, status=404,
+                rec = self._new_record(method=method, path=path, api=api, status=404,
                                             fingerprint=self._fingerprint(api))
                 self._error(api, 404, f"Unknown endpoint {method} {path}")
                 self.state.finish_record(rec, completed=True, error="not_found")
         except _ClientGone:
             self.close_connection = True
+
+    def _new_record(self, **fields: Any) -> dict:
+        """A request's record, with the address it came from (which gateway, when several share this provider)."""
+        return self.state.new_record(client=self.client_address[0], **fields)
 
     # -- auth / errors ---------------------------------------------------
 
@@ -757,7 +765,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _completion(self, api: str, path: str, raw: bytes) -> None:
         state = self.state
         fp = self._fingerprint(api)
-        rec = state.new_record(path=path, api=api, fingerprint=fp)
+        rec = self._new_record(path=path, api=api, fingerprint=fp)
         try:
             body = json.loads(raw.decode("utf-8")) if raw else None
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -882,7 +890,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _count_tokens(self, path: str, raw: bytes) -> None:
         fp = self._fingerprint("anthropic")
-        rec = self.state.new_record(path=path, api="anthropic", fingerprint=fp)
+        rec = self._new_record(path=path, api="anthropic", fingerprint=fp)
         problem = self.state.key_problem(fp)
         if problem is not None:
             self.state.update_record(rec, status=401, error=f"key_{problem}")
@@ -901,7 +909,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _models(self, path: str) -> None:
         fp = self._fingerprint("any")
-        rec = self.state.new_record(method="GET", path=path, api="models", fingerprint=fp)
+        rec = self._new_record(method="GET", path=path, api="models", fingerprint=fp)
         problem = self.state.key_problem(fp)
         if problem is not None:
             self.state.update_record(rec, status=401, error=f"key_{problem}")
@@ -944,7 +952,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if method == "GET" and name == "requests":
                 fp = q("fingerprint")
                 recs = state.list_records(since=qfloat("since"), model=q("model"), path=q("path"),
-                                          fp=_check_fp(fp) if fp else None)
+                                          fp=_check_fp(fp) if fp else None, client=q("client"))
                 self._send_json(200, {"requests": recs})
             elif method == "GET" and name == "fingerprints":
                 self._send_json(200, {"fingerprints": state.fingerprint_summary(qfloat("since"))})
@@ -1161,9 +1169,10 @@ class FakeProviderClient:
                 time.sleep(0.1)
 
     def requests(self, since: float | None = None, model: str | None = None, path: str | None = None,
-                 fingerprint: str | None = None) -> list[dict]:
+                 fingerprint: str | None = None, client: str | None = None) -> list[dict]:
+        """Recorded requests, filtered; `client` is the address a request came from (a gateway's)."""
         return self._call("GET", "requests", query={"since": since, "model": model, "path": path,
-                                                      "fingerprint": fingerprint})["requests"]
+                                                      "fingerprint": fingerprint, "client": client})["requests"]
 
     def fingerprints(self, since: float | None = None) -> dict[str, dict]:
         """{fingerprint: {count, first_seen, last_seen, statuses, models, revoked}}."""

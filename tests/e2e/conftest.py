@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import re
-import ssl
 
 import httpx
 import pytest
 
+from lab.checks import gateway_client
 from lab.env import Lab
 from lab.fakeprovider import FakeProviderClient
 
@@ -53,11 +53,7 @@ def provider(lab) -> FakeProviderClient:
 
 @pytest.fixture(scope="session")
 def client(lab) -> httpx.Client:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # the sandbox gateways use self-signed certificates
-    headers = {"Authorization": f"Bearer {lab.secret_values['litellm_master_key']}"}
-    with httpx.Client(verify=ctx, headers=headers, timeout=60, trust_env=False) as c:
+    with gateway_client(lab) as c:
         yield c
 
 

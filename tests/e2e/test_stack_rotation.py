@@ -10,13 +10,14 @@ import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from lab.env import PYINFRA, REPO, fake_key
 from gatekit.vault import fingerprint, resolve_key, set_secret
 from lab.load import Load
-from lab.checks import OOM_ALLOCATOR, completion, secret_locations, unit_memory_cgroup, wait_until
+from lab.checks import OOM_ALLOCATOR, completion, gateway_client, secret_locations, unit_memory_cgroup, wait_until
 
 OPENAI_MODELS = {"fake-fast", "fake-smart"}
 
@@ -37,8 +38,9 @@ def live(lab, gw: str) -> dict:
     return json.loads(lab.hosts[gw].run("cat /var/lib/gatekit/live.json").stdout)
 
 
-def openai_fps(provider, since: float) -> set[str]:
-    return {r["fingerprint"] for r in provider.requests(since=since) if r.get("model") in OPENAI_MODELS}
+def openai_fps(provider, since: float, client: str | None = None) -> set[str]:
+    """The OpenAI key fingerprints the provider saw since `since` (from one gateway's address, if given)."""
+    return {r["fingerprint"] for r in provider.requests(since=since, client=client) if r.get("model") in OPENAI_MODELS}
 
 
 def stale_key_lines(host, L) -> list[str]:
@@ -114,37 +116,55 @@ def test_rotate_to_rejected_key_rolls_back(lab, client, provider):
         set_vault(lab, "openai_key", current)
 
 
-# Each step of gatekit-rotate, killed (SIGKILL of the on-host rotation process) right after it.
+# Each step of gatekit-rotate, killed (SIGKILL of the on-host rotation process) right after it. Two steps at once,
+# one on each gateway (gw2 has every path and port setting moved): a rotation touches only its own host, and the
+# provider tells the gateways' calls apart by their address.
 STEPS = ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx", "drain"]
+PAIRS = list(zip(STEPS[0::2], STEPS[1::2]))
 
 
-@pytest.mark.parametrize("step", STEPS)
-def test_killed_rotation_keeps_one_key_and_rerun_completes(lab, client, provider, step):
-    gw = gateways(lab)[0]
-    old = lab.secret_values["openai_key"]
-    new = fake_key(f"openai-kill-{step}")
-    set_vault(lab, "openai_key", new)
+def _kill_rotation_after(lab, provider, gw: str, step: str, old: str, new: str):
+    address, L = lab.hosts[gw].address, lab.layout(gw)
     with Load(lab, [gw], threads_per_gateway=1) as load:
-        crashed = rotate(lab, "--limit", lab.hosts[gw].address, "--data", f"gatekit_rotate_fail_after={step}")
+        crashed = rotate(lab, "--limit", address, "--data", f"gatekit_rotate_fail_after={step}")
         after_crash = time.time()
         time.sleep(2)
     assert not crashed.ok
     assert load.failures == [], load.failures[:10]
-    # The host serves, with one key: every request since the crash used the same fingerprint.
-    for _ in range(3):
-        assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
-    used = openai_fps(provider, after_crash)
+    # The host serves, with one key: every request it sent since the crash used the same fingerprint.
+    with gateway_client(lab) as client:
+        for _ in range(3):
+            assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
+    used = openai_fps(provider, after_crash, client=address)
     assert len(used) == 1 and used <= {fingerprint(old), fingerprint(new)}, used
     # A re-run completes the rotation.
     with Load(lab, [gw], threads_per_gateway=1) as load:
-        done = rotate(lab, "--limit", lab.hosts[gw].address)
+        done = rotate(lab, "--limit", address)
     assert done.ok, done.stderr[-3000:]
     assert load.failures == [], load.failures[:10]
     assert live(lab, gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(new)
-    assert lab.hosts[gw].run("test ! -e /var/lib/gatekit/rotation.json", check=False).returncode == 0
+    assert lab.hosts[gw].run(f"test ! -e {L.journal_file}", check=False).returncode == 0
     since = time.time()
-    assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
-    assert openai_fps(provider, since) == {fingerprint(new)}
+    with gateway_client(lab) as client:
+        assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
+    assert openai_fps(provider, since, client=address) == {fingerprint(new)}
+
+
+@pytest.mark.parametrize("steps", PAIRS, ids=["+".join(p) for p in PAIRS])
+def test_killed_rotation_keeps_one_key_and_rerun_completes(lab, provider, steps):
+    old = lab.secret_values["openai_key"]
+    new = fake_key("openai-kill-" + "-".join(steps))
+    set_vault(lab, "openai_key", new)
+    runs = list(zip(gateways(lab), steps))
+    with ThreadPoolExecutor(len(runs)) as pool:
+        futures = [(gw, step, pool.submit(_kill_rotation_after, lab, provider, gw, step, old, new)) for gw, step in runs]
+    errors = []
+    for gw, step, future in futures:
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001 - every gateway's failure is reported, not only the first
+            errors.append(f"{gw}, killed after {step}: {type(exc).__name__}: {exc}")
+    assert not errors, "\n".join(errors)
 
 
 def test_kill_9_of_the_controller_mid_rotation(lab, provider):

@@ -121,6 +121,9 @@ def test_chat_completion_plain(http, ctl):
     assert rec["model"] == "up-a" and rec["deployment"] == "up-a"
     assert rec["stream"] is False and rec["status"] == 200
     assert rec["fingerprint"] == fingerprint(KEY)
+    # The sender's address is recorded and filters: which gateway sent what, when several share one provider.
+    assert rec["client"] == "127.0.0.1"
+    assert ctl.requests(client="127.0.0.1") == [rec] and ctl.requests(client="10.0.0.9") == []
 
 
 def test_chat_completion_stream_chunks_arrive_separately(http, ctl):
