@@ -17,7 +17,8 @@ import pytest
 from lab.env import PYINFRA, REPO, fake_key
 from gatekit.vault import fingerprint, resolve_key, set_secret
 from lab.load import Load
-from lab.checks import OOM_ALLOCATOR, completion, gateway_client, secret_locations, unit_memory_cgroup, wait_until
+from lab.checks import completion, gateway_client, secret_locations, wait_until
+from lab.faults import after_death, kill_9, kill_a_worker, main_pid, oom_kill, restarted_and_ready
 
 OPENAI_MODELS = {"fake-fast", "fake-smart"}
 
@@ -177,7 +178,7 @@ def test_kill_9_of_the_controller_mid_rotation(lab, provider):
         proc = subprocess.Popen(cmd, cwd=REPO, env=lab.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         # Kill once the on-host rotation has started its new instance.
-        wait_until(lambda: lab.hosts[gw].run("test -e /var/lib/gatekit/rotation.json", check=False).returncode == 0,
+        wait_until(lambda: lab.hosts[gw].run(f"test -e {lab.layout(gw).journal_file}", check=False).returncode == 0,
                    60, interval=0.3, what="the rotation to start")
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -190,39 +191,14 @@ def test_kill_9_of_the_controller_mid_rotation(lab, provider):
     assert live(lab, gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(new)
 
 
-def _main_pid(host, unit: str) -> int:
-    return int(host.run(f"systemctl show -p MainPID --value {unit}").stdout.strip())
-
-
-def _kill_9(host, pid: int, port: int | None = None) -> float:
-    """kill -9, then wait until the process is dead; returns that moment (monotonic). SIGKILL is sent at once,
-    but the kernel takes a while to tear a large process down (tens of ms, longer on a busy host), and until
-    its files are closed its listening socket still completes connections, which are then reset: requests in
-    flight on the dying process (seen: a 502 begun after the SIGKILL, 42 ms long, ending 5 ms before systemd
-    saw the process die).
-    Dead = its port no longer listens (an instance's main process), or it is gone or a zombie (a worker,
-    whose listening socket its supervisor holds)."""
-    gone = f"! ss -Hltn 'sport = :{port}' | grep -q ." if port else f"! grep -qs '^State:.*[RSDT]' /proc/{pid}/status"
-    host.run(f"kill -9 {pid}; for i in $(seq 2000); do {gone} && exit 0; sleep 0.005; done; exit 1")
-    return time.monotonic()
-
-
-def _after_death(load, killed_at: float) -> tuple[list, list]:
-    """(failures of requests that started after the kill, failures of requests in flight at it)."""
-    after = [r for r in load.failures if r[0] > killed_at]
-    in_flight = [r for r in load.failures if r[0] <= killed_at]
-    return after, in_flight
-
-
 def _restarted_and_ready(host, L, victim: str, pid: int, port: int):
     """Until systemd has started the dead instance again and it serves: the other one carried the whole load."""
-    wait_until(lambda: _main_pid(host, victim) not in (0, pid), 30, what="systemd to restart it")
-    assert host.run(f"python3 {L.program('instance.py')} wait-ready {port} --timeout 120", timeout=130).returncode == 0
+    restarted_and_ready(host, L, victim, pid, port)
     time.sleep(2)
 
 
 def _only_in_flight_failed(load, killed_at: float, what: str, min_after: int):
-    after, in_flight = _after_death(load, killed_at)
+    after, in_flight = after_death(load, killed_at)
     served_after = [r for r in load.results if r[0] > killed_at]
     print(f"{what}: {len(served_after)} requests after the death, {len(after)} failed; "
           f"{len(in_flight)} in flight failed; retried {load.retries}", load.summary())
@@ -244,10 +220,10 @@ def test_kill_9_of_a_live_instance_fails_only_its_in_flight_requests(lab, client
     """gw1 serves from two single-worker instances at once: while systemd restarts the killed one (10-20 s),
     nginx passes every new request it cannot connect with to the other."""
     gw, host, L, port, victim = _first_of_two_live(lab)
-    pid = _main_pid(host, victim)
+    pid = main_pid(host, victim)
     with Load(lab, [gw], threads_per_gateway=3) as load:
         time.sleep(2)
-        killed_at = _kill_9(host, pid, port)
+        killed_at = kill_9(host, pid, port)
         _restarted_and_ready(host, L, victim, pid, port)
     _only_in_flight_failed(load, killed_at, f"kill -9 {victim}", min_after=50)
     assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
@@ -268,15 +244,15 @@ def _kill_when_the_other_set_starts(lab, gw: str, rotate_args: tuple) -> tuple[d
     outcome["thread"] = rotation
     wait_until(lambda: host.run(f"systemctl is-active {L.instance(standby[0])}", check=False).stdout.strip()
                in ("activating", "active"), 120, interval=0.2, what="the rotation to start the other set")
-    pid = _main_pid(host, victim)
-    return outcome, _kill_9(host, pid, live_before[0]), victim
+    pid = main_pid(host, victim)
+    return outcome, kill_9(host, pid, live_before[0]), victim
 
 
 def test_kill_9_of_a_live_instance_during_a_rotation_under_load(lab, client, provider):
     """While the rotation brings up the other set, one instance of the live set dies (kill -9) and systemd
     starts it again: only its in-flight requests may fail, the rotation completes, and the gateway ends on
     the new key. With 2 LiteLLM processes starting beside it, the killed one takes longer to die, and requests
-    nginx sent it meanwhile are reset (502): in flight on the dying process, counted as such by _kill_9.)"""
+    nginx sent it meanwhile are reset (502): in flight on the dying process, counted as such by kill_9.)"""
     gw = gateways(lab)[0]
     new = fake_key("openai-kill9")
     set_vault(lab, "openai_key", new)
@@ -286,7 +262,7 @@ def test_kill_9_of_a_live_instance_during_a_rotation_under_load(lab, client, pro
         outcome["thread"].join(timeout=600)
         time.sleep(2)
     result = outcome["r"]
-    after, in_flight = _after_death(load, killed_at)
+    after, in_flight = after_death(load, killed_at)
     print(f"kill -9 {victim} mid-rotation: rotation ok={result.ok}; {len(after)} failed after the kill, "
           f"{len(in_flight)} in flight", load.summary())
     assert result.ok, result.stderr[-3000:]
@@ -331,15 +307,11 @@ def test_oom_kill_of_a_live_instance_under_load_fails_only_its_in_flight_request
     the instance's raised OOM score makes it the kernel's choice): nginx passes new requests to the other
     instance while systemd restarts it."""
     gw, host, L, port, victim = _first_of_two_live(lab)
-    cg = unit_memory_cgroup(host, victim)
-    host.put("/root/alloc.py", OOM_ALLOCATOR)
-    pid = _main_pid(host, victim)
-    host.run(f"echo 1000 > /proc/{pid}/oom_score_adj")
+    pid = main_pid(host, victim)
     since = host.run("date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
     with Load(lab, [gw], threads_per_gateway=3) as load:
         time.sleep(2)
-        host.run(f"python3 /root/alloc.py {cg} 0; true", check=False, timeout=180)
-        killed_at = time.monotonic()  # the allocator ends after the instance (the kernel's second choice)
+        killed_at = oom_kill(host, victim)  # the allocator ends after the instance (the kernel's second choice)
         _restarted_and_ready(host, L, victim, pid, port)
     journal = host.run(f"journalctl -u {victim} --since '{since}' --no-pager -o cat").stdout
     assert "status=9/KILL" in journal, journal[-2000:]
@@ -353,18 +325,14 @@ def test_kill_9_of_a_worker_fails_only_its_in_flight_requests(lab):
     gw = gateways(lab)[1]
     host, L = lab.hosts[gw], lab.layout(gw)
     (port,) = lab.live_ports(gw)
-    supervisor = _main_pid(host, L.instance(port))
-    workers = host.run(f"pgrep -P {supervisor}").stdout.split()
-    assert len(workers) >= 2, workers
+    supervisor = main_pid(host, L.instance(port))
     with Load(lab, [gw], threads_per_gateway=3) as load:
         time.sleep(2)
-        killed_at = _kill_9(host, int(workers[0]))
-        wait_until(lambda: len(set(host.run(f"pgrep -P {supervisor}").stdout.split()) - {workers[0]}) >= 2, 120,
-                   what="uvicorn to replace the worker")
+        killed_at = kill_a_worker(host, L.instance(port))  # and uvicorn's supervisor replaced it
         time.sleep(2)
-    after, in_flight = _after_death(load, killed_at)
+    after, in_flight = after_death(load, killed_at)
     print(f"kill -9 of a worker of {L.instance(port)}: {len(after)} failed after, {len(in_flight)} in flight", load.summary())
-    assert _main_pid(host, L.instance(port)) == supervisor  # the instance itself never restarted
+    assert main_pid(host, L.instance(port)) == supervisor  # the instance itself never restarted
     assert after == [], after[:5]
     assert len(in_flight) <= 3, in_flight
 

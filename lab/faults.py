@@ -1,0 +1,67 @@
+"""Deaths of LiteLLM processes on a lab gateway (kill -9 of an instance or of a worker, an OOM kill), shared by
+the end-to-end tests and bench/crash.py, and how requests around a death are told apart: in flight on the
+dying process (may fail) or started after it (must be served)."""
+
+from __future__ import annotations
+
+import time
+
+from lab.checks import OOM_ALLOCATOR, unit_memory_cgroup, wait_until
+
+
+def main_pid(host, unit: str) -> int:
+    return int(host.run(f"systemctl show -p MainPID --value {unit}").stdout.strip())
+
+
+def kill_9(host, pid: int, port: int | None = None) -> float:
+    """kill -9, then wait until the process is dead; returns that moment (monotonic). SIGKILL is sent at once,
+    but the kernel takes a while to tear a large process down (tens of ms, longer on a busy host), and until
+    its files are closed its listening socket still completes connections, which are then reset: requests in
+    flight on the dying process (seen: a 502 begun after the SIGKILL, 42 ms long, ending 5 ms before systemd
+    saw the process die).
+    Dead = its port no longer listens (an instance's main process), or it is gone or a zombie (a worker,
+    whose listening socket its supervisor holds)."""
+    gone = f"! ss -Hltn 'sport = :{port}' | grep -q ." if port else f"! grep -qs '^State:.*[RSDT]' /proc/{pid}/status"
+    host.run(f"kill -9 {pid}; for i in $(seq 2000); do {gone} && exit 0; sleep 0.005; done; exit 1")
+    return time.monotonic()
+
+
+def oom_kill(host, unit: str) -> float:
+    """The kernel's OOM killer ends the unit's main process: a process put in the unit's memory cgroup allocates
+    past MemoryMax, and the main process's raised OOM score makes it the kernel's first choice. Returns when
+    the allocator has ended (the kernel's second choice), so after the death (monotonic)."""
+    cg = unit_memory_cgroup(host, unit)
+    host.put("/root/alloc.py", OOM_ALLOCATOR)
+    host.run(f"echo 1000 > /proc/{main_pid(host, unit)}/oom_score_adj")
+    host.run(f"python3 /root/alloc.py {cg} 0; true", check=False, timeout=180)
+    return time.monotonic()
+
+
+def kill_a_worker(host, unit: str) -> float:
+    """kill -9 of one worker of a multi-worker instance; returns once uvicorn's supervisor has replaced it."""
+    supervisor = main_pid(host, unit)
+    workers = host.run(f"pgrep -P {supervisor}").stdout.split()
+    if len(workers) < 2:
+        raise RuntimeError(f"{unit} has no workers to kill (one process per instance): {workers}")
+    killed_at = kill_9(host, int(workers[0]))
+    wait_until(lambda: len(set(host.run(f"pgrep -P {supervisor}").stdout.split()) - {workers[0]}) >= 2, 120,
+               what="uvicorn to replace the worker")
+    if main_pid(host, unit) != supervisor:
+        raise RuntimeError(f"{unit} restarted: the supervisor died with its worker")
+    return killed_at
+
+
+def restarted_and_ready(host, L, unit: str, pid: int, port: int) -> float:
+    """Waits until systemd has started the dead instance again and it serves; returns that moment (monotonic)."""
+    wait_until(lambda: main_pid(host, unit) not in (0, pid), 30, what="systemd to restart it")
+    if host.run(f"python3 {L.program('instance.py')} wait-ready {port} --timeout 120", timeout=130,
+                check=False).returncode != 0:
+        raise RuntimeError(f"{unit} did not become ready after its restart")
+    return time.monotonic()
+
+
+def after_death(load, killed_at: float) -> tuple[list, list]:
+    """(failures of requests that started after the death, failures of requests in flight at it)."""
+    after = [r for r in load.failures if r[0] > killed_at]
+    in_flight = [r for r in load.failures if r[0] <= killed_at]
+    return after, in_flight
