@@ -36,7 +36,7 @@ def rotate(lab, *extra: str, check: bool = False):
 
 
 def live(lab, gw: str) -> dict:
-    return json.loads(lab.hosts[gw].run("cat /var/lib/gatekit/live.json").stdout)
+    return json.loads(lab.hosts[gw].run(f"cat {lab.layout(gw).live_file}").stdout)
 
 
 def openai_fps(provider, since: float, client: str | None = None) -> set[str]:
