@@ -9,12 +9,16 @@ import time
 import httpx
 
 
-def gateway_client(lab) -> httpx.Client:
-    """A client of the lab's gateways with the master key (their certificates are self-signed)."""
+def lab_client(headers: dict) -> httpx.Client:
+    """A client of the lab's gateways, whose certificates are self-signed, sending `headers` on every call."""
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    headers = {"Authorization": f"Bearer {lab.secret_values['litellm_master_key']}"}
     return httpx.Client(verify=ctx, headers=headers, timeout=60, trust_env=False)
+
+
+def gateway_client(lab) -> httpx.Client:
+    """A client of the lab's gateways with the master key."""
+    return lab_client({"Authorization": f"Bearer {lab.secret_values['litellm_master_key']}"})
 
 
 def completion(client: httpx.Client, url: str, model: str = "fast", **extra) -> httpx.Response:

@@ -723,7 +723,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             else:
                 api = "anthropic" if path.startswith("/v1/messages") else "openai"
                 rec = self._new_record(method=method, path=path, api=api, status=404,
-                                            fingerprint=self._fingerprint(api))
+                                       fingerprint=self._fingerprint(api))
                 self._error(api, 404, f"Unknown endpoint {method} {path}")
                 self.state.finish_record(rec, completed=True, error="not_found")
         except _ClientGone:

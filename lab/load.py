@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import ssl
 import threading
 import time
 
 import httpx
+
+from lab.checks import lab_client
 
 
 class Load:
@@ -27,12 +28,9 @@ class Load:
         ]
 
     def _run(self, gw: str):
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        headers = {"Authorization": f"Bearer {self.api_key}"}
         url = f"{self.lab.gateway_url(gw)}/v1/chat/completions"
         n = 0
-        with httpx.Client(verify=ctx, headers=headers, timeout=60, trust_env=False) as c:
+        with lab_client({"Authorization": f"Bearer {self.api_key}"}) as c:
             while not self.stop_event.is_set():
                 model = self.models[n % len(self.models)]
                 stream = self.streams and (n // len(self.models)) % 2 == 1  # every model both plain and streamed

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import ssl
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from gatekit.onhost.keyauth import RELOAD_SECONDS
-from lab.checks import secret_locations, wait_until
+from lab.checks import lab_client, secret_locations, wait_until
 from lab.load import Load
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,12 +41,10 @@ def add_key(lab, name: str, *opts: str) -> str:
 
 
 def http_client(key: str | None, anthropic: bool = False) -> httpx.Client:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     headers = {}
     if key is not None:
         headers = {"x-api-key": key, "anthropic-version": "2023-06-01"} if anthropic else {"Authorization": f"Bearer {key}"}
-    return httpx.Client(verify=ctx, headers=headers, timeout=60, trust_env=False)
+    return lab_client(headers)
 
 
 def chat(lab, gw: str, key: str | None, model: str = "fast") -> httpx.Response:
