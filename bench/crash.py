@@ -64,7 +64,7 @@ def one_round(lab: Lab, gw: str, fault: str, threads: int) -> dict:
         time.sleep(2)
     after, in_flight = after_death(load, killed_at)
     return {"started_after": sum(1 for r in load.results if r[0] > killed_at), "failed_after": len(after),
-            "failed_in_flight": len(in_flight), "back_s": back_at - killed_at, "retried": load.retries,
+            "failed_in_flight": len(in_flight), "back_s": back_at - killed_at,
             "kinds": dict(Counter(failure_kind(r[3]) for r in load.failures))}
 
 
@@ -94,7 +94,7 @@ def main():
                         rounds.append(r)
                         print(f"{shape:<9} {fault:<17} round {i + 1}: {r['started_after']} started after the death, "
                               f"{r['failed_after']} of them failed; {r['failed_in_flight']} in flight failed; back in "
-                              f"{r['back_s']:.1f} s; retried {r['retried']}; failures {r['kinds']}", flush=True)
+                              f"{r['back_s']:.1f} s; failures {r['kinds']}", flush=True)
                     rows.append({"shape": shape, "gateway": gw, "live_instances": live, "workers": workers,
                                  "fault": fault, "rounds": rounds})
         finally:

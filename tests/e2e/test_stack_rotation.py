@@ -201,7 +201,7 @@ def _only_in_flight_failed(load, killed_at: float, what: str, min_after: int):
     after, in_flight = after_death(load, killed_at)
     served_after = [r for r in load.results if r[0] > killed_at]
     print(f"{what}: {len(served_after)} requests after the death, {len(after)} failed; "
-          f"{len(in_flight)} in flight failed; retried {load.retries}", load.summary())
+          f"{len(in_flight)} in flight failed", load.summary())
     assert len(served_after) > min_after, len(served_after)
     assert after == [], after[:5]
     assert len(in_flight) <= 3, in_flight  # at most one per client thread: those on the dead process
