@@ -3,6 +3,7 @@ condition, and where a secret's plaintext appears on the lab's hosts."""
 
 from __future__ import annotations
 
+import secrets
 import ssl
 import time
 
@@ -40,33 +41,65 @@ def wait_until(fn, timeout: float, interval: float = 1.0, what: str = "condition
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
+# One scan per host. Each of its three parts must find a control value planted just before it (a file, a
+# process's command line, a journal line), so a scan that could not run, or read nothing, fails the test
+# instead of reading as "no secret found". Only file names and counts come back, never a matched value.
+_SECRET_SCAN = r"""
+set -u
+P=/root/.gk-patterns C="$(cat /root/.gk-control-value)"
+printf '%s\n' "$C" > /root/.gk-control
+grep -rlF -f $P --exclude=.gk-patterns --exclude=.gk-control-value --exclude-dir=proc --exclude-dir=sys \
+     --exclude-dir=credentials --exclude-dir=dev / 2>/root/.gk-grep-errors
+echo "files-rc $?"
+echo "grep-errors $(grep -vc 'No such file or directory' /root/.gk-grep-errors)"
+sh -c 'sleep 60' "$C" & ctl=$!
+sleep 0.2
+for f in /proc/[0-9]*/cmdline; do tr '\0' ' ' < $f; echo; done 2>/dev/null | grep -oF -f $P \
+  | awk -v c="$C" '$0 == c {n++} $0 != c {o++} END {print "cmdline", n+0, o+0}'
+kill $ctl
+echo "$C" | systemd-cat -t gk-secret-scan && journalctl --sync
+journalctl --no-pager -o export | grep -aoF -f $P \
+  | awk -v c="$C" '$0 == c {n++} $0 != c {o++} END {print "journal", n+0, o+0}'
+"""
+
+
 def secret_locations(lab, values) -> list[str]:
     """Every place on any host where one of `values` appears in plaintext (files outside the services'
-    runtime credentials, process command lines, the journal)."""
-    patterns = "\n".join(values) + "\n"
+    runtime credentials, process command lines, the journal). Raises AssertionError when a scan did not run."""
     found = []
     for name, host in lab.hosts.items():
-        host.put("/root/.gk-patterns", patterns, mode="0600")
+        control = f"gk-scan-control-{secrets.token_hex(12)}"
+        host.put("/root/.gk-patterns", "\n".join([*values, control]) + "\n", mode="0600")
+        host.put("/root/.gk-control-value", control, mode="0600")
         try:
-            files = host.run(
-                "grep -rlsF -f /root/.gk-patterns --exclude=.gk-patterns --exclude-dir=proc --exclude-dir=sys "
-                "--exclude-dir=credentials --exclude-dir=dev / ; true",
-                timeout=300,
-            ).stdout.split()
-            found += [f"{name}:{f}" for f in files]
-            cmdlines = host.run(
-                "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done | grep -cF -f /root/.gk-patterns; true"
-            ).stdout.strip()
-            if cmdlines != "0":
-                found.append(f"{name}: process command line")
-            journal = host.run(
-                "journalctl --no-pager -o export | grep -caF -f /root/.gk-patterns; true", timeout=120
-            ).stdout.strip()
-            if journal != "0":
-                found.append(f"{name}: journal")
+            out = host.run(_SECRET_SCAN, check=False, timeout=420)
         finally:
-            host.run("rm -f /root/.gk-patterns", check=False)
+            host.run("rm -f /root/.gk-patterns /root/.gk-control /root/.gk-control-value /root/.gk-grep-errors",
+                     check=False)
+        found += _scan_findings(name, out.stdout)
     return found
+
+
+def _scan_findings(name: str, stdout: str) -> list[str]:
+    files, report = [], {}
+    for line in stdout.splitlines():
+        word, _, rest = line.partition(" ")
+        if word in ("files-rc", "grep-errors", "cmdline", "journal"):
+            report[word] = [int(x) for x in rest.split()]
+        else:
+            files.append(line)
+    problems = []
+    if report.get("files-rc", [2])[0] not in (0, 1) and report.get("grep-errors", [1])[0] != 0:
+        problems.append(f"the file scan failed ({report})")
+    if "/root/.gk-control" not in files:
+        problems.append("the file scan did not find its control file")
+    for part in ("cmdline", "journal"):
+        if report.get(part, [0])[0] < 1:
+            problems.append(f"the {part} scan did not find its control value")
+    assert not problems, f"{name}: secret scan could not prove anything: {'; '.join(problems)}"
+    return [f"{name}:{f}" for f in files if f != "/root/.gk-control"] + [
+        f"{name}: {'process command line' if part == 'cmdline' else part} ({report[part][1]} matches)"
+        for part in ("cmdline", "journal") if report[part][1]]
 
 
 def prometheus_query(lab, expr: str) -> list[dict]:

@@ -491,15 +491,17 @@ def test_public_side_reaches_only_the_client_api(lab, client):
 
 
 HOSTILE_PTH_PROBE = r'''
-import json, os, socket
+import errno, json, os, socket
 def _attempts(state):
     results = {}
     def attempt(name, fn):
         try:
             fn()
             results[name] = "allowed"
-        except Exception as exc:
-            results[name] = "denied: " + type(exc).__name__
+        except OSError as exc:  # the errno says which guard refused; the test checks it per attempt
+            results[name] = errno.errorcode.get(exc.errno, str(exc.errno))
+        except Exception as exc:  # a probe that broke (a typo, an empty directory) proves nothing: reported as such
+            results[name] = "probe error: " + type(exc).__name__
     def read(path):
         with open(path, "rb") as fh:
             fh.read(1)
@@ -527,6 +529,19 @@ if os.environ.get("GK_PORT") and os.environ.get("GK_PORT") != "0" and not os.pat
 '''
 
 
+# attempt -> the errno its guard gives (ProtectHome=yes, file modes, ProtectSystem=strict, IPAddressDeny=)
+HOSTILE_PTH_DENIED = {
+    "read /root/.ssh": {"EACCES"},
+    "read /etc/shadow": {"EACCES"},
+    "read encrypted credentials": {"EACCES"},
+    "read another unit's credentials": {"EACCES"},
+    "write a systemd unit": {"EROFS"},
+    "write into the venv": {"EROFS"},
+    "write into the config dir": {"EROFS"},
+    "add a cron job": {"EROFS"},
+}
+
+
 def test_a_hostile_pth_in_the_venv_is_contained(lab, client):
     """Both gateways at once (each start of a standby instance takes a while)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -551,6 +566,10 @@ def _hostile_pth_probe(lab, client, gateway):
     probe = HOSTILE_PTH_PROBE.replace("{creds}", L.creds_dir).replace("{venv}", L.venv).replace(
         "{config_dir}", L.litellm_config_dir).replace("{elsewhere}", elsewhere).replace(
         "{live_credential}", L.runtime_credential(live, "litellm_master_key"))
+    # Every target exists (seen as root): a refusal below is the guard's, not a wrong path's.
+    gw.run(f"test -d /root/.ssh && test -s /etc/shadow && test -n \"$(ls -A {L.creds_dir})\" && "
+           f"test -s {L.runtime_credential(live, 'litellm_master_key')} && test -d {L.venv}/ && "
+           f"test -d {L.litellm_config_dir} && test -d /etc/systemd/system && test -d /etc/cron.d")
     gw.put(f"{site}/gk_hostile_probe.py", probe)
     gw.put(f"{site}/gk_hostile.pth", "import gk_hostile_probe\n")
     result_file = f"{L.instance_dir(standby)}/hostile.json"
@@ -563,10 +582,10 @@ def _hostile_pth_probe(lab, client, gateway):
         gw.run(f"rm -f {site}/gk_hostile.pth {site}/gk_hostile_probe.py {result_file}; "
                f"systemctl stop {L.instance(standby)}", check=False)
     print(gateway, json.dumps(results, indent=1))
-    allowed = {k: v for k, v in results.items() if v == "allowed"}
-    assert len(results) == 9, results
-    if egress:
-        assert allowed == {}, results
-    else:  # outbound connections are open unless litellm_egress_allow is set
-        assert set(allowed) <= {"connect elsewhere"}, results
+    # Each attempt must be refused by the guard meant to stop it, seen in its errno: ENOENT (a wrong path) or a
+    # probe error (a typo, an empty directory) is not containment.
+    want = dict(HOSTILE_PTH_DENIED)
+    want["connect elsewhere"] = {"EPERM"} if egress else {"allowed"}  # open unless litellm_egress_allow is set
+    wrong = {k: results.get(k) for k in want if results.get(k) not in want[k]}
+    assert set(results) == set(want) and wrong == {}, (wrong, results)
     assert gw.run("test -e /etc/systemd/system/gk-hostile.service || test -e /etc/cron.d/gk-hostile", check=False).returncode != 0

@@ -96,6 +96,7 @@ def test_rotate_to_rejected_key_rolls_back(lab, client, provider):
     first, *others = gateways(lab)
     before = {gw: live(lab, gw) for gw in gateways(lab)}
     try:
+        tried_since = time.time()
         with Load(lab, gateways(lab)) as load:
             result = rotate(lab)
         assert not result.ok
@@ -109,6 +110,10 @@ def test_rotate_to_rejected_key_rolls_back(lab, client, provider):
         assert result.changed_ops(lab.hosts[first].address) == []
         for gw in others:
             assert result.changed_ops(lab.hosts[gw].address) == []
+        # Which gateway was tried: only the first one's canary reached the provider with the refused key.
+        tried = {gw for gw in gateways(lab)
+                 if fingerprint(bad) in openai_fps(provider, tried_since, client=lab.hosts[gw].address)}
+        assert tried == {first}, tried
         since = time.time()
         for gw in gateways(lab):
             assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
