@@ -102,6 +102,27 @@ def _scan_findings(name: str, stdout: str) -> list[str]:
         for part in ("cmdline", "journal") if report[part][1]]
 
 
+def redis_cli(lab, *commands: str) -> list[str]:
+    """Run redis-cli commands on the lab's Redis host in LiteLLM's database; the password goes over stdin,
+    never into an argument. Returns one output line per command."""
+    data = lab.groups["redis"][0]
+    db = lab.host_settings(data)["redis_litellm_db"]
+    lines = [f"AUTH {lab.secret_values['redis_password']}", f"SELECT {db}", *commands]
+    out = lab.hosts[data].run("redis-cli", input="\n".join(lines) + "\n").stdout.splitlines()
+    assert out[:2] == ["OK", "OK"], out[:2]
+    return out[2:]
+
+
+def deployment_id(lab, gateway: str, model: str) -> str:
+    """The id LiteLLM knows one of `model`'s deployments by, read from the gateway's live config.yaml."""
+    import yaml
+
+    config = yaml.safe_load(lab.hosts[gateway].run(f"cat {lab.layout(gateway).config}").stdout)
+    mine = [d["model_info"]["id"] for d in config["model_list"] if d["model_name"] == model]
+    assert len(mine) == 1, (model, mine)
+    return mine[0]
+
+
 def prometheus_query(lab, expr: str) -> list[dict]:
     """An instant query against the lab's Prometheus (on its monitoring host's private address)."""
     mon = lab.groups["monitoring"][0]

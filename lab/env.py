@@ -161,6 +161,11 @@ class Lab:
                 {"name": "claude", "price": {"input_per_1m": 3, "output_per_1m": 15},
                  "deployments": [{"provider": "anthropic", "model": "fake-claude", "api_base": base,
                                   "secret": "anthropic_key", "weight": 1}]},
+                # A public name with ':' (as Ollama and vLLM name models): LiteLLM's Redis keys embed it, so
+                # rotation's purge and doctor's cooldown check must match it whole.
+                {"name": "llama3:8b", "price": {"input_per_1m": 0.1, "output_per_1m": 0.1},
+                 "deployments": [{"provider": "openai", "model": "fake-llama3-8b", "api_base": f"{base}/v1",
+                                  "secret": "openai_key", "weight": 1}]},
             ],
             "fallbacks": [{"from": "smart", "to": ["fast"]}, {"from": "claude", "to": ["smart"]}],
             "aliases": {"gpt-4o": "smart"},

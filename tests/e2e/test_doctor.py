@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from gatekit.render import redis_acl_hash
-from lab.checks import wait_for_scrapes
+from lab.checks import deployment_id, redis_cli, wait_for_scrapes
 from lab.env import REPO
 
 CHECKS_GATEWAY = {"memory", "stale_key", "retries_cost", "routing", "routing_calls", "streaming_config", "streaming_call",
@@ -79,8 +79,8 @@ def test_each_check_fails_on_its_break_and_passes_after_the_repair(lab):
     gw1_files = (L1.config, cert1, L1.tls_pair[1])
     gw2_files = (L2.nginx_site, L2.cred("openai_key"), f"{site2}/six.py")
     pg_hba = f"{lab.layout('data1').postgres_conf_dir}/pg_hba.conf"
-    claude_id = next(line.split()[-1] for line in gw1.run(f"grep -E '^\\s+id: claude--' {L1.config}").stdout.splitlines())
-    redis_pw = lab.secret_values["redis_password"]
+    # Two deployments cool down, one of a model named with ':' (LiteLLM's key embeds the name whole).
+    cooling = [deployment_id(lab, "gw1", "claude"), deployment_id(lab, "gw1", "llama3:8b")]
     save(gw1, *gw1_files)
     save(gw2, *gw2_files)
     save(data1, pg_hba)
@@ -103,8 +103,7 @@ def test_each_check_fails_on_its_break_and_passes_after_the_repair(lab):
         gw2.run(f"echo '# planted by test_doctor' > {site2}/zz-doctor-test.pth && echo '# modified by test_doctor' >> {site2}/six.py")
         # data1: PostgreSQL trusts the gateways (no password); a deployment cools down (LiteLLM's key in Redis).
         data1.run(f"sed -i 's/scram-sha-256/trust/' {pg_hba} && systemctl reload postgresql")
-        data1.run("redis-cli", input=f"AUTH {redis_pw}\nSELECT {lab.host_settings('data1')['redis_litellm_db']}\n"
-                                     f"SET deployment:{claude_id}:cooldown doctor-test EX 120\n")
+        redis_cli(lab, *[f"SET deployment:{i}:cooldown doctor-test EX 120" for i in cooling])
 
         rc, data, _ = doctor(lab)
         assert rc == 1 and not data["ok"]
@@ -114,7 +113,7 @@ def test_each_check_fails_on_its_break_and_passes_after_the_repair(lab):
             ("gw1", "memory"): [f"litellm@{p1[0]}.service: MemoryMax=infinity"],
             ("gw1", "exposure"): [f"litellm@{p1[-1]}.service: exposure"],
             ("gw1", "tls"): [f"{cert1} expires in", "days (limit 14)"],
-            ("gw1", "routing"): [f"deployment {claude_id} is cooling down"],
+            ("gw1", "routing"): [f"deployment {i} is cooling down" for i in cooling],
             ("gw1", "drift"): ["Render LiteLLM config.yaml"],
             ("gw2", "streaming_config"): ["proxy_buffering on"],
             ("gw2", "stale_key"): ["before openai_key.cred was last written"],
@@ -144,8 +143,7 @@ def test_each_check_fails_on_its_break_and_passes_after_the_repair(lab):
         gw2.run(f"rm -f {site2}/zz-doctor-test.pth", check=False)
         restore(data1, pg_hba)
         data1.run("systemctl reload postgresql", check=False)
-        data1.run("redis-cli", check=False, input=f"AUTH {redis_pw}\nSELECT {lab.host_settings('data1')['redis_litellm_db']}\n"
-                                                   f"DEL deployment:{claude_id}:cooldown\n")
+        redis_cli(lab, *[f"DEL deployment:{i}:cooldown" for i in cooling])
 
     wait_for_scrapes(lab)
     rc, data, _ = doctor(lab)

@@ -17,10 +17,10 @@ import pytest
 from lab.env import PYINFRA, REPO, fake_key
 from gatekit.vault import fingerprint, resolve_key, set_secret
 from lab.load import Load
-from lab.checks import completion, gateway_client, secret_locations, wait_until
+from lab.checks import completion, deployment_id, gateway_client, redis_cli, secret_locations, wait_until
 from lab.faults import after_death, kill_9, kill_a_worker, main_pid, oom_kill, restarted_and_ready
 
-OPENAI_MODELS = {"fake-fast", "fake-smart"}
+OPENAI_MODELS = {"fake-fast", "fake-smart", "fake-llama3-8b"}
 
 
 def set_vault(lab, name: str, value: str):
@@ -57,11 +57,16 @@ def gateways(lab) -> list[str]:
 def test_rotate_under_load_zero_failed_requests(lab, client, provider):
     old, new = lab.secret_values["openai_key"], fake_key("openai-rot")
     set_vault(lab, "openai_key", new)
+    # The old key's deployment of a model named with ':' is cooling down in the shared Redis (LiteLLM's own key
+    # shape): the purge must find it although the name's ':' looks like LiteLLM's separator.
+    cooling = f"deployment:{deployment_id(lab, 'gw1', 'llama3:8b')}:cooldown"
+    assert redis_cli(lab, f"SET {cooling} gk-test EX 600", f"EXISTS {cooling}") == ["OK", "1"]
     with Load(lab, gateways(lab)) as load:
         result = rotate(lab)
         switched = time.time()
         time.sleep(3)
     assert result.ok, result.stderr[-4000:]
+    assert redis_cli(lab, f"EXISTS {cooling}") == ["0"], "the rotated-out deployment's cooldown was not purged"
     assert len(load.results) > 30, f"too little load to prove anything: {len(load.results)}"
     assert {r[3].split()[1] == "stream" for r in load.results} == {True, False}  # plain and streamed
     assert load.failures == [], load.failures[:10]
