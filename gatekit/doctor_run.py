@@ -74,7 +74,13 @@ def collect(host, params: dict) -> tuple[dict | None, str | None]:
         host.disconnect()
     for line in output.stdout_lines:
         if line.startswith("GATEKIT-PROBE "):
-            return json.loads(line[len("GATEKIT-PROBE "):]), None
+            try:
+                ev = json.loads(line[len("GATEKIT-PROBE "):])
+            except ValueError:
+                ev = None
+            if not isinstance(ev, dict):
+                return None, f"the collector's line is not one JSON object ({len(line)} characters; output cut off?)"
+            return ev, None
     detail = " ".join(output.stderr_lines)[-200:]
     return None, f"the collector failed (python3 -I on the host): {detail or 'no output'}"
 
@@ -139,10 +145,14 @@ def dry_run(inventory_file: Path, limit: str | None) -> tuple[dict[str, list[str
     except subprocess.TimeoutExpired:
         return None, "pyinfra --dry timed out after 900 s"
     try:
-        return d.drift_by_host(json.loads(p.stdout)), None
+        plan = json.loads(p.stdout)
     except ValueError:
         last = [ln.strip() for ln in p.stderr.splitlines() if ln.strip()][-1:] or ["no output"]
         return None, f"pyinfra --dry failed (rc={p.returncode}): {last[0][:200]}"
+    try:
+        return d.drift_by_host(plan), None
+    except (AttributeError, TypeError):
+        return None, f"pyinfra --dry --json printed a plan this gatekit does not read (rc={p.returncode})"
 
 
 # ---- one host -------------------------------------------------------------------------------------------
@@ -155,15 +165,21 @@ def host_results(host, ctx, ev: dict, calls: bool) -> list[d.Result]:
     name, s, spec = host.name, ctx.settings, ctx.spec
     out: list[d.Result] = []
     gw, data = ev.get("gateway"), ev.get("data") or {}
+    now = ev.get("now")
+    now = now if isinstance(now, (int, float)) and not isinstance(now, bool) else time.time()
     if gw is not None:
+        # The checks judge the evidence's shape (each fails on its own); what is read here is only passed on.
+        g = gw if isinstance(gw, dict) else {}
         L = Layout.from_settings(s)
         secret_env = credentials.secrets_for_gateway(ctx)
         vault_fps = {n: fingerprint(ctx.secret(n)) for n in secret_env}
         port = s["nginx_https_port"]
-        out.append(d.check_memory(name, gw, [L.instance(p) for p in L.live_set(gw.get("live_json"))]))
+        live_json = g.get("live_json") if isinstance(g.get("live_json"), str) else None
+        redis = g.get("redis") if isinstance(g.get("redis"), dict) else {}
+        out.append(d.check_memory(name, gw, [L.instance(p) for p in L.live_set(live_json)]))
         out.append(d.check_stale_key(name, gw, vault_fps, secret_env))
-        out.append(d.check_retries_cost(name, gw.get("config"), spec))
-        out.append(d.check_routing(name, gw.get("config"), spec, (gw.get("redis") or {}).get("cooldowns")))
+        out.append(d.check_retries_cost(name, g.get("config"), spec))
+        out.append(d.check_routing(name, g.get("config"), spec, redis.get("cooldowns")))
         url = f"https://{host.data.get('private_address') or name}" + ("" if port == 443 else f":{port}")
         master = ctx.secret(s["litellm_master_key_secret"])
         public = [m.name for m in spec.models] + list(spec.aliases)
@@ -174,7 +190,7 @@ def host_results(host, ctx, ev: dict, calls: bool) -> list[d.Result]:
                                  "(journalctl -u litellm@PORT)"))
         else:
             out.append(d.skipped(name, "routing_calls", "no model calls without --calls"))
-        out.append(d.check_streaming_config(name, gw["nginx"], port))
+        out.append(d.check_streaming_config(name, g.get("nginx"), port, L))
         if calls:
             status, evidence = stream_call(url, master, spec.models[0].name)
             out.append(d.Result(name, "streaming_call", status, evidence, "" if status == d.OK else
@@ -182,10 +198,10 @@ def host_results(host, ctx, ev: dict, calls: bool) -> list[d.Result]:
         else:
             out.append(d.skipped(name, "streaming_call", "no model calls without --calls"))
         out.append(d.check_exposure(name, gw))
-        out.append(d.check_tls(name, gw["nginx"], port, int(s.get("monitoring_cert_days", 14)), ev.get("now") or time.time()))
+        out.append(d.check_tls(name, g.get("nginx"), port, int(s.get("monitoring_cert_days", 14)), now, L))
         lock = lock_file(s)
         extra = ("pip",) if s["litellm_installer"] == "pip" else ()
-        out.append(d.check_supply_chain(name, gw["venv"], gw.get("venv_units", []), d.lock_pins(lock.read_text()), extra))
+        out.append(d.check_supply_chain(name, g.get("venv"), g.get("venv_units", []), d.lock_pins(lock.read_text()), extra))
     for r in (d.check_redis(name, gw, data), d.check_postgres(name, gw, data), d.check_monitoring(name, data)):
         if r is not None:
             out.append(r)

@@ -201,6 +201,10 @@ class Layout:
     nginx_unit = "nginx.service"
 
     @property
+    def nginx_conf(self) -> str:  # nginx's main file: `nginx -T` prints it first, relative includes are from nginx_dir
+        return f"{self.nginx_dir}/nginx.conf"
+
+    @property
     def nginx_include_dir(self) -> str:
         return f"{self.nginx_dir}/gatekit"
 

@@ -356,6 +356,22 @@ def test_tls_fails_on_an_unreadable_certificate():
     fails_with(d.check_tls(H, ev, 443, 14, NOW), "Could not open file")
 
 
+def test_nginx_checks_read_the_layouts_nginx_directory():
+    """nginx -T starts at the layout's nginx.conf; a relative include is relative to its directory."""
+    from gatekit.onhost.layout import Layout
+
+    layout = Layout(nginx_dir="/srv/nginx")
+    dump = nginx_ev()["dump"].replace("include /etc/nginx/conf.d/", "include conf.d/").replace("/etc/nginx/", "/srv/nginx/")
+    ev = {**nginx_ev(), "dump": dump}
+    passes(d.check_streaming_config(H, ev, 443, layout))
+    passes(d.check_tls(H, ev, 443, 14, NOW, layout))
+    fails_with(d.check_streaming_config(H, ev, 443), "no TLS server on port 443")  # the default layout: /etc/nginx
+    no_site = {**ev, "dump": dump.split("\n# configuration file /srv/nginx/conf.d/gatekit.conf:")[0]}
+    r = d.check_streaming_config(H, no_site, 443, layout)
+    fails_with(r, "no TLS server on port 443")
+    assert "/srv/nginx/conf.d/gatekit.conf" in r.fix
+
+
 def test_exposure():
     passes(d.check_exposure(H, gateway()))
     gw = gateway()
@@ -565,3 +581,246 @@ def test_the_collectors_down_queries_skip_the_stopped_standby_set():
 
     assert 'job!="litellm"' in probe.DOWN_QUERIES[0]
     assert 'job="litellm"' in probe.DOWN_QUERIES[1] and f"and on (host, port) ({LITELLM_UNIT_ACTIVE} == 1)" in probe.DOWN_QUERIES[1]
+
+
+# ---- malformed evidence: each check fails on its own, naming what it saw ----------------------------------
+@pytest.mark.parametrize("not_after", ["garbage", "2029-03-09 08:05:21Z", "Feb 30 08:05:21 2029 GMT", "Mar  9 2029", 20290309, ["Mar"]],
+                         ids=repr)
+def test_tls_fails_on_a_certificate_date_it_cannot_parse(not_after):
+    r = d.check_tls(H, nginx_ev(not_after=not_after), 443, 14, NOW)
+    fails_with(r, "/etc/gatekit/tls/gateway.crt", repr(not_after)[:40], "not understood")
+    assert "\n" not in r.evidence and "openssl x509" in r.fix
+
+
+def test_tls_judges_each_certificate_on_its_own():
+    """An unparseable date on one certificate does not hide the other's expiry."""
+    extra = "\n# configuration file /etc/nginx/conf.d/other.conf:\nserver { listen 443 ssl; ssl_certificate /etc/other.crt; }\n"
+    ev = nginx_ev(extra=extra, not_after="garbage")
+    ev["certs"]["/etc/other.crt"] = {"not_after": "Jan  5 00:00:00 2026 GMT", "error": None}
+    r = d.check_tls(H, ev, 443, 14, NOW)
+    fails_with(r, "/etc/gatekit/tls/gateway.crt: end date 'garbage' not understood", "/etc/other.crt expires in 4.0 days")
+
+
+def _gw_with(**changes) -> dict:
+    gw = gateway()
+    for unit_key, value in changes.items():
+        gw["instances"]["litellm@4001.service"][unit_key] = value
+    return gw
+
+
+# Each check, called with evidence the collector of another gatekit version (or a broken host) could print.
+MALFORMED = {
+    "memory": [
+        lambda: d.check_memory(H, {"instances": "garbage"}, LIVE),
+        lambda: d.check_memory(H, {"instances": {"litellm@4001.service": {"props": None}}}, LIVE),
+        lambda: d.check_memory(H, {"instances": {"litellm@4001.service": {}}}, LIVE),
+        lambda: d.check_memory(H, _gw_with(props={**instance(4001)["props"], "MemoryMax": 1600 << 20}), LIVE),
+        lambda: d.check_memory(H, None, LIVE),
+    ],
+    "stale_key": [
+        lambda: d.check_stale_key(H, _gw_with(processes=[{"pid": 1}]), VAULT_FPS, SECRET_ENV),
+        lambda: d.check_stale_key(H, _gw_with(processes=[{"pid": 1, "start": "yesterday", "env": {}}]), VAULT_FPS, SECRET_ENV),
+        lambda: d.check_stale_key(H, _gw_with(runtime_credentials=None), VAULT_FPS, SECRET_ENV),
+        lambda: d.check_stale_key(H, {**gateway(), "credential_files": {"openai_key": None}}, VAULT_FPS, SECRET_ENV),
+        lambda: d.check_stale_key(H, [], VAULT_FPS, SECRET_ENV),
+    ],
+    "retries_cost": [
+        lambda spec: d.check_retries_cost(H, "router_settings: [a, b]\n", spec),
+        lambda spec: d.check_retries_cost(H, "router_settings: {retry_policy: [x]}\n", spec),
+        lambda spec: d.check_retries_cost(H, "router_settings: {fallbacks: [fast]}\n", spec),
+        lambda spec: d.check_retries_cost(H, "router_settings: {fallbacks: [{fast: [[smart]]}]}\n", spec),
+        lambda spec: d.check_retries_cost(H, 42, spec),
+    ],
+    "routing": [
+        lambda spec: d.check_routing(H, "model_list: [fast, smart]\n", spec, []),
+        lambda spec: d.check_routing(H, "model_list: [{model_name: [fast]}]\n", spec, []),
+        lambda spec: d.check_routing(H, "model_list: []\nrouter_settings: {model_group_alias: [gpt-4o]}\n", spec, []),
+        lambda spec: d.check_routing(H, "model_list: [{model_name: fast, litellm_params: [weight]}]\n", spec, []),
+        lambda spec: d.check_routing(H, "router_settings: 7\n", spec, []),
+    ],
+    "streaming_config": [
+        lambda: d.check_streaming_config(H, None, 443),
+        lambda: d.check_streaming_config(H, "nginx -T output", 443),
+        lambda: d.check_streaming_config(H, {"dump": ["# configuration file /etc/nginx/nginx.conf:"]}, 443),
+    ],
+    "tls": [
+        lambda: d.check_tls(H, None, 443, 14, NOW),
+        lambda: d.check_tls(H, {**nginx_ev(), "certs": ["/etc/gatekit/tls/gateway.crt"]}, 443, 14, NOW),
+        lambda: d.check_tls(H, {**nginx_ev(), "certs": {"/etc/gatekit/tls/gateway.crt": "Mar  9 08:05:21 2029 GMT"}}, 443, 14, NOW),
+        lambda: d.check_tls(H, {**nginx_ev(test_ok=False), "test_output": 1}, 443, 14, NOW),
+        lambda: d.check_tls(H, {**nginx_ev(), "dump": 7}, 443, 14, NOW),
+        lambda: d.check_tls(H, nginx_ev(), 443, 14, "now"),
+    ],
+    "exposure": [
+        lambda: d.check_exposure(H, _gw_with(exposure="high")),
+        lambda: d.check_exposure(H, _gw_with(exposure=[1.1])),
+        lambda: d.check_exposure(H, {"instances": ["litellm@4001.service"]}),
+    ],
+    "redis": [
+        lambda: d.check_redis(H, {"redis": "PONG"}, None),
+        lambda: d.check_redis(H, {"redis": {**GOOD_REDIS, "without_auth": 401}}, None),
+        lambda: d.check_redis(H, None, {"redis_local": None}),
+    ],
+    "postgres": [
+        lambda: d.check_postgres(H, {"postgres": None}, None),
+        lambda: d.check_postgres(H, {"postgres": {**GOOD_PG, "without_auth": 0}}, None),
+        lambda: d.check_postgres(H, None, {"pg_isready": {"output": "accepting"}}),
+        lambda: d.check_postgres(H, None, {"pg_isready": "accepting"}),
+    ],
+    "supply_chain": [
+        lambda: d.check_supply_chain(H, None, [], d.lock_pins(LOCK)),
+        lambda: d.check_supply_chain(H, good_venv(dists=["litellm"]), [], d.lock_pins(LOCK)),
+        lambda: d.check_supply_chain(H, good_venv(modified=None), [], d.lock_pins(LOCK)),
+        lambda: d.check_supply_chain(H, good_venv(unrecorded=[3]), [], d.lock_pins(LOCK)),
+        lambda: d.check_supply_chain(H, good_venv(), [{"pid": 9}], d.lock_pins(LOCK)),
+        lambda: d.check_supply_chain(H, good_venv(), None, d.lock_pins(LOCK)),
+    ],
+    "monitoring": [
+        lambda: d.check_monitoring("mon1", {"prometheus": "ready"}),
+        lambda: d.check_monitoring("mon1", {"prometheus": {**HEALTHY_PROM, "down": ["gw1"]}}),
+        lambda: d.check_monitoring("mon1", {"prometheus": {**HEALTHY_PROM, "firing": [1, 2]}}),
+        lambda: d.check_monitoring("mon1", []),
+    ],
+}
+MALFORMED_CASES = [(check, i) for check, calls in MALFORMED.items() for i in range(len(calls))]
+
+
+@pytest.mark.parametrize(("check", "i"), MALFORMED_CASES, ids=[f"{c}-{i}" for c, i in MALFORMED_CASES])
+def test_malformed_evidence_fails_that_check_with_evidence_and_a_fix(spec, check, i):
+    call = MALFORMED[check][i]
+    r = call(spec) if call.__code__.co_argcount else call()
+    assert isinstance(r, d.Result), r
+    assert (r.check, r.status) == (check, d.FAIL), r
+    assert r.evidence and "\n" not in r.evidence and r.fix, r
+    for value in SECRETS.values():
+        assert value not in r.evidence + r.fix
+
+
+def test_malformed_evidence_names_the_field_it_could_not_read():
+    fails_with(d.check_memory(H, {"instances": "garbage"}, LIVE), "instances", "str")
+    fails_with(d.check_supply_chain(H, None, [], {}), "venv", "missing")
+    fails_with(d.check_retries_cost(H, "router_settings: [a]\n", make_spec()), "config.yaml", "router_settings", "list")
+    fails_with(d.check_exposure(H, _gw_with(exposure="high")), "litellm@4001.service", "'high'")
+
+
+def test_an_unforeseen_error_fails_only_its_check_naming_its_type_and_place(monkeypatch):
+    """Not its message: that could quote anything the host printed. GATEKIT_DEBUG=1 raises it."""
+    def boom(*args):
+        raise TypeError("a message quoting sk-master")
+    monkeypatch.delenv("GATEKIT_DEBUG", raising=False)
+    monkeypatch.setattr(d, "gateway_servers", boom)
+    r = d.check_streaming_config(H, nginx_ev(), 443)
+    assert (r.check, r.status) == ("streaming_config", d.FAIL) and r.fix, r
+    assert r.evidence.startswith("evidence not readable (TypeError at gatekit/doctor.py:"), r.evidence
+    assert "sk-master" not in r.evidence + r.fix
+    passes(d.check_exposure(H, gateway()))  # the other checks are untouched
+    monkeypatch.setenv("GATEKIT_DEBUG", "1")
+    with pytest.raises(TypeError, match="sk-master"):
+        d.check_streaming_config(H, nginx_ev(), 443)
+
+
+# ---- the controller side: one host's evidence through every check -----------------------------------------
+def _evidence(spec, **gw_changes) -> dict:
+    gw = gateway(nginx=nginx_ev(), config=live_config(spec), venv=good_venv(), venv_units=[], redis=GOOD_REDIS)
+    gw.update(gw_changes)
+    return {"host": "gw1", "now": NOW, "gateway": gw, "data": {}}
+
+
+@pytest.fixture()
+def run_host(spec, monkeypatch):
+    """doctor_run.host_results on a gateway `gw1` of the test spec, without an inventory."""
+    from types import SimpleNamespace
+
+    from gatekit import doctor_run
+    from gatekit.roles import credentials
+
+    monkeypatch.setattr(credentials, "secrets_for_gateway", lambda ctx: dict(SECRET_ENV))
+    pins = d.lock_pins(LOCK)  # the venv of good_venv(), whatever the kit's real lock pins
+    monkeypatch.setattr(doctor_run.d, "lock_pins", lambda text: pins)
+    host = SimpleNamespace(name=H, data={})
+
+    def run(ev: dict, **settings) -> dict[str, d.Result]:
+        ctx = SimpleNamespace(settings={**DEFAULTS, **settings}, spec=spec, secret=SECRETS.__getitem__)
+        return {r.check: r for r in doctor_run.host_results(host, ctx, ev, calls=False)}
+    return run
+
+
+GATEWAY_ROWS = ["memory", "stale_key", "retries_cost", "routing", "routing_calls", "streaming_config",
+                "streaming_call", "exposure", "tls", "supply_chain", "redis"]
+
+
+def test_host_results_on_healthy_evidence(spec, run_host):
+    results = run_host(_evidence(spec))
+    assert list(results) == GATEWAY_ROWS
+    assert {c for c, r in results.items() if r.status != d.OK} == {"routing_calls", "streaming_call"}, results
+
+
+def test_host_results_read_nginx_where_the_hosts_layout_puts_it(spec, run_host):
+    moved = nginx_ev()["dump"].replace("/etc/nginx/", "/srv/nginx/")
+    results = run_host(_evidence(spec, nginx={**nginx_ev(), "dump": moved}), nginx_dir="/srv/nginx")
+    passes(results["streaming_config"])
+    passes(results["tls"])
+
+
+def test_host_results_go_on_after_an_unparseable_certificate_date(spec, run_host):
+    results = run_host(_evidence(spec, nginx=nginx_ev(not_after="garbage")))
+    assert list(results) == GATEWAY_ROWS
+    fails_with(results["tls"], "'garbage' not understood")
+    assert {c for c, r in results.items() if r.status == d.FAIL} == {"tls"}, results
+
+
+@pytest.mark.parametrize("field,value,failed", [
+    ("nginx", None, {"streaming_config", "tls"}),
+    ("venv", "gone", {"supply_chain"}),
+    ("redis", "PONG", {"redis", "routing"}),  # routing: cooldowns unknown
+    ("instances", None, {"memory"}),  # the live instances are not running
+    ("live_json", 7, set()),  # as a live.json that is no JSON: the blue set
+], ids=repr)
+def test_host_results_give_every_row_on_malformed_gateway_evidence(spec, run_host, field, value, failed):
+    gw = _evidence(spec)["gateway"]
+    if value is None:
+        del gw[field]
+    else:
+        gw[field] = value
+    results = run_host({"now": NOW, "gateway": gw, "data": {}})
+    assert list(results) == GATEWAY_ROWS
+    assert {c for c, r in results.items() if r.status == d.FAIL} == failed, results
+
+
+def test_host_results_use_the_controllers_clock_when_the_hosts_is_not_a_number(spec, run_host):
+    results = run_host({**_evidence(spec), "now": "garbage"})
+    assert list(results) == GATEWAY_ROWS
+    passes(results["tls"])
+
+
+@pytest.mark.parametrize("gw", ["x", [], 7], ids=repr)
+def test_host_results_fail_every_gateway_check_on_gateway_evidence_that_is_no_mapping(spec, run_host, gw):
+    results = run_host({"now": NOW, "gateway": gw, "data": []})
+    assert list(results) == GATEWAY_ROWS + ["postgres"]
+    assert {c for c, r in results.items() if r.status != d.FAIL} == {"routing_calls", "streaming_call"}, results
+    assert "gateway evidence" in results["memory"].evidence and type(gw).__name__ in results["memory"].evidence
+
+
+@pytest.mark.parametrize("line", ["GATEKIT-PROBE {\"now\": ", "GATEKIT-PROBE [1, 2]", "GATEKIT-PROBE null"], ids=repr)
+def test_collect_refuses_a_collector_line_that_is_not_a_json_object(line):
+    from types import SimpleNamespace
+
+    from gatekit.doctor_run import collect
+
+    output = SimpleNamespace(stdout_lines=[line], stderr_lines=[])
+    host = SimpleNamespace(data={}, connect=lambda **kw: None, disconnect=lambda: None,
+                           run_shell_command=lambda *a, **kw: (True, output))
+    ev, err = collect(host, {})
+    assert ev is None and "collector" in err and "JSON object" in err, err
+
+
+@pytest.mark.parametrize("stdout", ["[1, 2]", '{"plan": ["op"]}', '{"plan": [{"name": "x", "hosts_with_change": 7}]}'], ids=repr)
+def test_dry_run_reports_a_plan_it_cannot_read_as_the_drift_checks_error(monkeypatch, stdout):
+    from types import SimpleNamespace
+
+    from gatekit import doctor_run
+
+    monkeypatch.setattr(doctor_run.subprocess, "run", lambda *a, **kw: SimpleNamespace(stdout=stdout, stderr="", returncode=0))
+    changes, err = doctor_run.dry_run(Path("inv.py"), None)
+    assert changes is None and "pyinfra --dry --json printed a plan this gatekit does not read" in err, err
+    fails_with(d.check_drift(H, changes, err), "does not read")
