@@ -312,32 +312,48 @@ def _models_option(value: str, spec) -> list[str]:
 
 
 def _hand_out(key: str, name: str, out: Path | None) -> None:
-    """Show a new key once: on stdout alone (for scripts), or in --out FILE created 0600."""
+    """Show a new key once: on stdout alone (for scripts), or in --out FILE created 0600. Nothing is stored
+    yet: when this fails, the command ends here with one error line."""
     if out is None:
-        click.echo(key)
+        try:
+            click.echo(key)  # and flushed: a closed pipe or a full disk fails here
+        except OSError as exc:
+            _fail(f"stdout: the new key for {name} could not be written ({exc.strerror or type(exc).__name__}); "
+                  "nothing was stored. Fix: run the command again with stdout open, or with --out FILE.", 1)
         click.echo(f"{name}: this key is shown once; it is not stored anywhere.", err=True)
         return
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        _fail(f"{out}: --out: cannot write the new key there ({exc.strerror or type(exc).__name__}); nothing was "
+              "stored. Fix: give a path in an existing directory, to a new or regular file (not a symlink).", 1)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key + "\n")
+    except OSError as exc:
+        _fail(f"{out}: --out: the new key could not be written ({exc.strerror or type(exc).__name__}); nothing was "
+              "stored. Fix: free space or choose another file.", 1)
     click.echo(f"{name}: key written to {out} (0600); it is not stored anywhere else.", err=True)
 
 
 def _store_and_hand_out(spec, table, key: str, name: str, out: Path | None) -> None:
-    """The key file first (the likelier failure), then the keys file; a key is never stored without being
-    handed out, nor handed out without being stored."""
+    """Hand the key out first, then store its hash: a key stored but never seen would be a live credential
+    nobody holds. Handing out fails: nothing is stored. Storing fails: the key handed out never works, and
+    the error says so (a --out file is removed)."""
     from gatekit import clientkeys as ck
 
-    if out is None:
-        ck.save_keys(spec.keys_path, table)
-        _hand_out(key, name, None)
-        return
     _hand_out(key, name, out)
     try:
         ck.save_keys(spec.keys_path, table)
-    except BaseException:
-        out.unlink(missing_ok=True)
+    except BaseException as exc:
+        if out is not None:
+            out.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            where = "printed above" if out is None else f"written to {out} (removed)"
+            _fail(f"{spec.keys_path}: the new key for {name} could not be stored ({exc.strerror or type(exc).__name__}): "
+                  f"the key {where} does not work. Fix: discard it, make {spec.keys_path.parent} writable and run "
+                  "the command again.", 1)
         raise
 
 
