@@ -7,15 +7,17 @@ effective settings of the current host and the decrypted secrets.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import ipaddress
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from gatekit.defaults import DEFAULTS
-from gatekit.spec import GatewaySpec, SpecError, check_settings, load_spec
+from gatekit.spec import GatewaySpec, SpecError, check_settings, key_shown, load_spec, shown
 
 GROUPS = ("gateways", "redis", "postgres")
 OPTIONAL_GROUPS = ("monitoring",)  # Prometheus and its alert rules (roles/monitoring.py)
@@ -65,45 +67,140 @@ def _error(problems: list[str]) -> Exception:
     return PyinfraError("invalid gatekit input:\n  " + "\n  ".join(problems))
 
 
-def check_hosts(inventory_file: str, hosts: dict[str, list[tuple[str, dict]]]) -> list[str]:
-    """Problems with the host entries themselves (groups, private addresses, per-host settings)."""
+# Host data keys gatekit reads besides the settings.
+HOST_KEYS = ("private_address", "memory_mb")
+# Prefixes of gatekit's settings: a host data key with one that is no setting is a typo, not pyinfra's.
+SETTING_PREFIXES = ("litellm_", "nginx_", "redis_", "postgres_", "monitoring_", "rotation_")
+# pyinfra's host names: a host name, an address, or a connector such as @local or @docker/debian:12.
+_HOST_NAME_RE = re.compile(r"[A-Za-z0-9@_.:/\[\]-][A-Za-z0-9@_.:/\[\]+=~-]{0,252}")
+_MAX_MEMORY_MB = 1 << 30  # 1 PB
+
+
+def _entries(inventory_file: str, group: str, entries: object) -> tuple[list[tuple[str, dict]], list[str]]:
+    """The (name, data) entries of a group, each as pyinfra takes it (a name, or a (name, data) pair)."""
+    where = f"{inventory_file}: {group}"
+    if not isinstance(entries, (list, tuple)):
+        return [], [f"{where}: expected a list of hosts, got {shown(entries)}. "
+                    "Fix: a list of (name, data) pairs, e.g. [('gw1', {'private_address': '10.0.0.11'})]."]
+    out, problems = [], []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            entry = (entry, {})
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2):
+            problems.append(f"{where}[{i}]: {shown(entry)} is not a host. "
+                            "Fix: a (name, data) pair, e.g. ('gw1', {'private_address': '10.0.0.11'}).")
+            continue
+        name, data = entry
+        if not isinstance(name, str) or not _HOST_NAME_RE.fullmatch(name):
+            problems.append(f"{where}[{i}]: host name {shown(name)} is not a host name pyinfra can connect to. "
+                            "Fix: a host name or address (letters, digits, '.', '-', ':', '@', '/').")
+            continue
+        if not isinstance(data, dict):
+            problems.append(f"{where}: {name}: host data {shown(data)} is not a mapping. "
+                            "Fix: a dict, e.g. {'private_address': '10.0.0.11'}.")
+            continue
+        out.append((name, data))
+    return out, problems
+
+
+def _key_problems(where: str, data: dict) -> list[str]:
+    """Keys of host (or group) data that are no names, or look like a setting and are none (a typo)."""
     problems = []
+    for k in data:
+        if not isinstance(k, str):
+            problems.append(f"{where}: data key {shown(k)} is not a name. Fix: use string keys, e.g. 'private_address'.")
+        elif k.startswith(SETTING_PREFIXES) and k not in DEFAULTS:
+            close = difflib.get_close_matches(k[:200], DEFAULTS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "see gatekit/defaults.py for every setting"
+            problems.append(f"{where}: {key_shown(k)}: unknown setting. Fix: {hint}")
+    return problems
+
+
+def _memory_mb_ok(mem: object) -> bool:
+    return mem is None or isinstance(mem, int) and not isinstance(mem, bool) and 1 <= mem <= _MAX_MEMORY_MB
+
+
+def _host_value_problems(where: str, data: dict) -> list[str]:
+    """private_address and memory_mb of one host's data."""
+    problems = []
+    addr = data.get("private_address")
+    if addr is None or addr == "":
+        problems.append(f"{where}: private_address missing. Fix: add the host's private IP as private_address.")
+    else:
+        try:
+            ip = ipaddress.ip_address(addr) if isinstance(addr, str) else None
+        except ValueError:
+            ip = None
+        if ip is None:
+            problems.append(f"{where}: private_address {shown(addr)} is not an IP address. Fix: use an IP.")
+        elif ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_reserved or ip.is_link_local \
+                or str(ip) == "255.255.255.255":
+            problems.append(
+                f"{where}: private_address {shown(addr)} is not a unicast address other hosts reach (Redis and "
+                "PostgreSQL listen on it, pg_hba admits it). Fix: use the host's private network IP."
+            )
+    mem = data.get("memory_mb")
+    if not _memory_mb_ok(mem):
+        problems.append(f"{where}: memory_mb {shown(mem)} is not the host's memory in MB. "
+                        "Fix: a whole number of MB, e.g. 4096 (or leave it out).")
+    return problems
+
+
+def _overrides(data: dict) -> dict:
+    # None = not set, as settings_for() reads host data.
+    return {k: v for k, v in data.items() if isinstance(k, str) and k in DEFAULTS and v is not None}
+
+
+def check_hosts(inventory_file: str, hosts: dict[str, list[tuple[str, dict]]], group_data: dict | None = None,
+                spec_settings: dict | None = None) -> list[str]:
+    """Problems with the host entries themselves (groups, private addresses, per-host settings).
+
+    group_data: the data every group gets (groups()'s `data`), under each host's own; spec_settings: the
+    validated spec's settings, which the hosts' settings override (their combined checks see both)."""
+    if not isinstance(hosts, dict):
+        return [f"{inventory_file}: hosts: expected a mapping of group to hosts, got {shown(hosts)}. "
+                f"Fix: e.g. {{'gateways': [...], 'redis': [...], 'postgres': [...]}}."]
+    problems = []
+    base = dict(spec_settings or {})
+    if group_data is not None:
+        if not isinstance(group_data, dict):
+            problems.append(f"{inventory_file}: data: expected a mapping, got {shown(group_data)}. "
+                            "Fix: e.g. {'ssh_user': 'root'}.")
+            group_data = {}
+        where = f"{inventory_file}: data"
+        problems += _key_problems(where, group_data)  # private_address and memory_mb: checked with each host's
+        group_problems = check_settings(_overrides(group_data), where, base=base)
+        problems += group_problems
+        if not group_problems:
+            base.update(_overrides(group_data))
+    else:
+        group_data = {}
+    entries: dict[object, list[tuple[str, dict]]] = {}
+    for group, value in hosts.items():
+        entries[group], bad = _entries(inventory_file, key_shown(group), value)
+        problems += bad
     for group in GROUPS:
-        if not hosts.get(group):
+        if not entries.get(group) and not any(p.startswith(f"{inventory_file}: {group}") for p in problems):
             problems.append(f"{inventory_file}: {group}: no hosts. Fix: list at least one host in {group}.")
     for group in ("redis", "postgres"):
-        if len(hosts.get(group, [])) > 1:
+        if len(entries.get(group, [])) > 1:
             problems.append(
-                f"{inventory_file}: {group}: {len(hosts[group])} hosts; gatekit manages one {group} server. "
+                f"{inventory_file}: {group}: {len(entries[group])} hosts; gatekit manages one {group} server. "
                 f"Fix: keep one host in {group}."
             )
     for group in hosts:
         if group not in (*GROUPS, *OPTIONAL_GROUPS):
-            problems.append(f"{inventory_file}: {str(group)[:80]!r}: unknown group. Fix: use {', '.join((*GROUPS, *OPTIONAL_GROUPS))}.")
-    for group, entries in hosts.items():
-        for name, data in entries:
+            problems.append(f"{inventory_file}: {shown(group)}: unknown group. Fix: use {', '.join((*GROUPS, *OPTIONAL_GROUPS))}.")
+    for group, group_entries in entries.items():
+        if group not in (*GROUPS, *OPTIONAL_GROUPS):
+            continue
+        for name, data in group_entries:
             where = f"{inventory_file}: {group}: {name}"
-            addr = data.get("private_address")
-            if not addr:
-                problems.append(f"{where}: private_address missing. Fix: add the host's private IP as private_address.")
-            else:
-                try:
-                    ip = ipaddress.ip_address(addr) if isinstance(addr, str) else None
-                except ValueError:
-                    ip = None
-                if ip is None:
-                    problems.append(f"{where}: private_address {addr!r} is not an IP address. Fix: use an IP.")
-                elif ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_reserved or ip.is_link_local \
-                        or str(ip) == "255.255.255.255":
-                    problems.append(
-                        f"{where}: private_address {addr!r} is not a unicast address other hosts reach (Redis and "
-                        "PostgreSQL listen on it, pg_hba admits it). Fix: use the host's private network IP."
-                    )
-            overrides = {k: v for k, v in data.items() if k in DEFAULTS}
-            problems += check_settings(overrides, where, data.get("memory_mb"))
-            unknown = [k for k in data if k.startswith(("litellm_", "nginx_", "redis_", "postgres_")) and k not in DEFAULTS]
-            for k in unknown:
-                problems.append(f"{where}: {k}: unknown setting. Fix: see gatekit/defaults.py for every setting.")
+            problems += _key_problems(where, data)
+            data = {**{k: v for k, v in group_data.items() if k in HOST_KEYS}, **data}
+            problems += _host_value_problems(where, data)
+            mem = data.get("memory_mb") if _memory_mb_ok(data.get("memory_mb")) else None
+            problems += check_settings(_overrides(data), where, mem, base=base)
     return problems
 
 
@@ -114,12 +211,13 @@ def groups(inventory_file: str, spec_file: str, hosts: dict[str, list[tuple[str,
     — one host may be in several.
     Returns {group: ([(name, data)], group_data)} for the inventory module's globals.
     """
-    problems = check_hosts(inventory_file, hosts)
-    spec = None
+    problems, spec = [], None
     try:
         spec = load_spec(spec_file)
     except SpecError as exc:
         problems += exc.problems
+    # The hosts' settings override the spec's: checked over them (over the defaults when the spec is refused).
+    problems += check_hosts(inventory_file, hosts, data, spec.settings if spec is not None else None)
     if spec is not None and os.path.basename(sys.argv[0]).startswith("pyinfra"):
         data_args = cli_data(sys.argv[1:])
         if os.environ.get("GATEKIT_ROTATE") and "rotate" not in data_args:
@@ -176,7 +274,8 @@ def context(host) -> Context:
         raise _error(exc.problems) from None
     host_data = host.data.dict()
     settings = settings_for(spec, host_data)
-    problems = check_settings({k: host_data[k] for k in DEFAULTS if host_data.get(k) is not None}, f"host {host.name}")
+    problems = check_settings({k: host_data[k] for k in DEFAULTS if host_data.get(k) is not None}, f"host {host.name}",
+                              base=spec.settings)
     if problems:
         raise _error(problems)
     return Context(spec=spec, settings=settings, secrets=_secrets(str(spec.vault_path)))

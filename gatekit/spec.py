@@ -7,6 +7,7 @@ that is known to break a gateway in production. Every error names the file, the 
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import itertools
 import re
@@ -18,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gatekit.defaults import COMPROMISED_LITELLM_VERSIONS, DEFAULTS, FORBIDDEN_LITELLM_PORTS
+from gatekit.resources import requirements_file
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 SECRET_RE = r"^[a-z][a-z0-9_]{0,63}$"
@@ -61,7 +63,7 @@ class Price(_Strict):
 
 class Deployment(_Strict):
     provider: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="LiteLLM provider prefix: openai, anthropic, ...")
-    model: str = Field(min_length=1, description="the provider's model name")
+    model: str = Field(min_length=1, max_length=512, description="the provider's model name")
     api_base: str = Field(pattern=r"^https?://[^\s/]+", description="provider endpoint")
     secret: str = Field(pattern=SECRET_RE, description="vault secret holding this deployment's API key")
     weight: float = Field(default=1.0, allow_inf_nan=False)
@@ -79,8 +81,8 @@ class Deployment(_Strict):
     @field_validator("model")
     @classmethod
     def _printable(cls, value: str) -> str:
-        if _CONTROL.search(value) or value != value.strip():
-            raise ValueError("control characters or surrounding spaces in the model name")
+        if not value.isprintable() or value != value.strip():
+            raise ValueError("control or invisible characters, or surrounding spaces, in the model name")
         return value
 
 
@@ -137,7 +139,6 @@ class GatewaySpec(_Strict):
     retry: Retry = Field(default_factory=Retry)
     budgets: Budgets = Field(default_factory=Budgets)
     settings: dict[str, Any] = Field(default_factory=dict)
-    litellm_version: str = "1.106.2"
     client_keys: str | None = Field(default=None, description="client keys file (hashes and limits), relative to this spec")
 
     @field_validator("vault", "client_keys")
@@ -145,6 +146,8 @@ class GatewaySpec(_Strict):
     def _vault_relative(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
             raise ValueError("empty path")
+        if v is not None and (not v.isprintable() or len(v) > 1024):
+            raise ValueError("control or invisible characters in the path, or longer than 1024 characters")
         return v
 
     # Filled by load_spec: where the spec came from, for messages and relative paths.
@@ -174,13 +177,33 @@ class GatewaySpec(_Strict):
         return {d.secret for m in self.models for d in m.deployments}
 
 
+_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_.:/@-]{1,80}")
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """`value` for a one-line message: its repr (control and invisible characters escaped), cut to `limit`."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def escaped(text: str, limit: int = 120) -> str:
+    """`text` inside a one-line message, unquoted: line breaks, control and non-ASCII characters escaped."""
+    out = text.encode("unicode_escape").decode("ascii")
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def key_shown(key: object) -> str:
+    """A mapping key as part of a field path: as written when plain, else quoted and escaped."""
+    return key if isinstance(key, str) and _PLAIN_KEY_RE.fullmatch(key) else shown(key, 40)
+
+
 def _loc(loc: tuple) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + key_shown(part)
     return out or "(top level)"
 
 
@@ -207,72 +230,173 @@ def _pydantic_problems(path: Path, exc: ValidationError) -> list[str]:
 
 def parse_size(value: object) -> int:
     """A systemd/Redis-style size ('1536M', '2G', '512mb', 1048576) in bytes."""
-    m = re.fullmatch(r"(\d+)([kmgt]?)b?", str(value), re.IGNORECASE)  # no spaces: the value is rendered as written
-    if not m:
-        raise ValueError(f"not a size: {value!r} (use e.g. 1536M or 2G)")
-    return int(m.group(1)) * 1024 ** "_kmgt".index(m.group(2).lower() or "_")
+    # ASCII digits only (int() would read other scripts' digits, which systemd does not); no spaces: the value
+    # is rendered as written; below 2**63 bytes, what systemd can hold.
+    m = re.fullmatch(r"([0-9]{1,19})([kmgt]?)b?", str(value), re.IGNORECASE)
+    size = int(m.group(1)) * 1024 ** "_kmgt".index(m.group(2).lower() or "_") if m else -1
+    if not 0 <= size < 2**63:
+        raise ValueError(f"not a size: {shown(value, 40)} (use e.g. 1536M or 2G)")
+    return size
 
 
-def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | None = None) -> list[str]:
-    """Problems in a settings mapping (spec-wide or one host's), each naming `where` and the fix."""
+def memory_max_problem(where: str, memory_max: object, host_memory_mb: object) -> str | None:
+    """The one-line problem when MemoryMax (`litellm_memory_max`) is above a host's memory, else None.
+
+    `host_memory_mb`: the host's memory in MB (the inventory's memory_mb, or what the host reports);
+    None or 0 = unknown, nothing to compare. A memory_max that is not a size is reported by check_settings,
+    not here (None)."""
+    if not host_memory_mb or not isinstance(host_memory_mb, int) or isinstance(host_memory_mb, bool):
+        return None
+    try:
+        size = parse_size(memory_max)
+    except ValueError:
+        return None
+    if size <= host_memory_mb * 1024 * 1024:
+        return None
+    return (f"{where}: settings.litellm_memory_max: MemoryMax ({memory_max}) is above the host's memory "
+            f"({host_memory_mb} MB), so it never protects the host. Fix: set litellm_memory_max below the host's memory.")
+
+
+def pricier_without_consent(spec: GatewaySpec, src: str, dst: str) -> bool:
+    """True when a fallback from model `src` to model `dst` goes to a more expensive model (input or output
+    price) and no fallback of the spec from `src` lists `dst` with allow_pricier: true. False when either
+    is not a model of the spec (that is reported as an unknown model, not as a price)."""
+    src_model, dst_model = spec.model(src), spec.model(dst)
+    if src_model is None or dst_model is None or not dst_model.price.dearer_than(src_model.price):
+        return False
+    return not any(fb.from_ == src and any(t.model == dst and t.allow_pricier for t in fb.targets())
+                   for fb in spec.fallbacks)
+
+
+# LiteLLM's hash locks: the lock installed decides the version (roles/venv.py installs it).
+DEFAULT_LOCK, DATABASE_LOCK = "requirements/litellm.lock", "requirements/litellm-db.lock"
+_LITELLM_PIN_RE = re.compile(r"^litellm(?:\[[^\]]*\])?==([^\s;\\]+)", re.IGNORECASE | re.MULTILINE)
+
+
+def lock_name(settings: dict) -> str:
+    """The lock a host with these (merged) settings installs: litellm_requirements, whose default becomes
+    the database lock with litellm_database."""
+    name = settings["litellm_requirements"]
+    return DATABASE_LOCK if settings["litellm_database"] and name == DEFAULT_LOCK else name
+
+
+@functools.lru_cache(maxsize=32)
+def _lock_pin(path: str, mtime_ns: int) -> str | None:
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    pins = _LITELLM_PIN_RE.findall(text)
+    return pins[0] if pins else None
+
+
+def locked_litellm_version(name: str) -> str | None:
+    """The LiteLLM version the lock `name` (a litellm_requirements value) pins, or None when it cannot be read."""
+    path = requirements_file(name)
+    try:
+        return _lock_pin(str(path), path.stat().st_mtime_ns)
+    except (OSError, ValueError):
+        return None
+
+
+def _type_problem(key: str, value: object, where: str) -> str | None:
+    """A value of another type than the default's: a bool is no number, an int is a float."""
+    default = DEFAULTS[key]
+    expected = type(default)
+    if isinstance(value, bool):
+        ok = expected is bool
+    elif expected is float:
+        ok = isinstance(value, (int, float))
+    else:
+        ok = isinstance(value, expected)
+    if ok:
+        return None
+    return (f"{where}: settings.{key}: expected {expected.__name__}, got {shown(value)}. "
+            f"Fix: use a {expected.__name__} like the default {default!r}.")
+
+
+# Every TCP listener a host may run (one host may run every role), in the order they claim their port.
+_LISTENERS = ("nginx_https_port", "nginx_http_port", "nginx_metrics_port", "litellm_ports", "redis_port", "postgres_port",
+              "monitoring_prometheus_port", "monitoring_node_exporter_port", "monitoring_redis_exporter_port",
+              "monitoring_postgres_exporter_port", "monitoring_blackbox_port")
+
+
+def _port_problems(merged: dict, given: set[str], where: str) -> list[str]:
+    """Two listeners on one port: the clash is reported at the setting given here (the inherited one
+    claimed the port first), naming both."""
+    order = [k for k in _LISTENERS if k not in given] + [k for k in _LISTENERS if k in given]
+    taken: dict[int, str] = {}
     problems = []
+    for key in order:
+        value = merged[key]
+        ports = value if key == "litellm_ports" and isinstance(value, list) else [value]
+        for port in ports:
+            if not isinstance(port, int) or isinstance(port, bool) or key == "litellm_ports" and not 1024 <= port <= 65535:
+                continue  # litellm_ports' own check reports it
+            other = taken.setdefault(port, key)
+            if other != key:
+                problems.append(f"{where}: settings.{key}: port {port} is also {other}'s; each listener needs a port of "
+                                f"its own (one host may run every role). Fix: give {key} or {other} another port.")
+                break
+    return problems
+
+
+def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | None = None,
+                   base: dict[str, Any] | None = None) -> list[str]:
+    """Problems in a settings mapping (spec-wide or one host's), each naming `where` and the fix.
+
+    `base`: settings already checked that these override (a host's are checked over the spec's); the checks
+    that combine several settings see DEFAULTS < base < settings. Every problem is reported at once: a value
+    of the wrong type or out of range is reported alone, and the combined checks see the default in its place."""
+    problems: list[str] = []
+    bad: set[str] = set()
     for key, value in settings.items():
+        if not isinstance(key, str):
+            problems.append(f"{where}: settings: {shown(key)} is not a setting name. Fix: see gatekit/defaults.py "
+                            "for every setting.")
+            continue
         if key not in DEFAULTS:
             close = difflib.get_close_matches(key, DEFAULTS, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "see gatekit/defaults.py for every setting"
-            problems.append(f"{where}: settings.{key}: unknown setting. Fix: {hint}")
+            problems.append(f"{where}: settings.{key_shown(key)}: unknown setting. Fix: {hint}")
             continue
-        default = DEFAULTS[key]
-        expected = type(default)
-        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
-        if expected is float and isinstance(value, int):
-            ok = True
-        if not ok:
-            problems.append(
-                f"{where}: settings.{key}: expected {expected.__name__}, got {value!r}. "
-                f"Fix: use a {expected.__name__} like the default {default!r}."
-            )
-    for key, value in settings.items():
-        if key in BOUNDS and isinstance(value, (int, float)):
+        problem = _type_problem(key, value, where)
+        if problem is None and key in BOUNDS:
             low, high = BOUNDS[key]
-            if not (low <= value <= high) or value != value:
-                problems.append(f"{where}: settings.{key}: {value!r} is out of range. Fix: a value from {low} to {high}.")
-    if problems:
-        return problems
+            if not (low <= value <= high):  # also NaN
+                problem = f"{where}: settings.{key}: {shown(value)} is out of range. Fix: a value from {low} to {high}."
+        if problem:
+            problems.append(problem)
+            bad.add(key)
 
-    merged = {**DEFAULTS, **settings}
-    ports = {k: merged[k] for k in ("nginx_https_port", "nginx_http_port", "nginx_metrics_port")}
-    if len(set(ports.values())) < len(ports) or set(ports.values()) & {
-            p for p in (merged["litellm_ports"] if isinstance(merged["litellm_ports"], list) else []) if isinstance(p, int) and p >= 1024}:
-        problems.append(f"{where}: settings.nginx_https_port: nginx's ports ({', '.join(str(p) for p in ports.values())}: "
-                        "https, http, metrics) must differ from each other and from litellm_ports. Fix: pick free ports.")
-    else:
-        # One host may run every role: each listener needs its own port.
-        listeners = ("redis_port", "postgres_port", "monitoring_prometheus_port", "monitoring_node_exporter_port",
-                     "monitoring_redis_exporter_port", "monitoring_postgres_exporter_port", "monitoring_blackbox_port")
-        taken = {**{p: k for k, p in ports.items()}, **{p: "litellm_ports" for p in (
-            merged["litellm_ports"] if isinstance(merged["litellm_ports"], list) else []) if isinstance(p, int)}}
-        for key in listeners:
-            if merged[key] in taken:
-                problems.append(f"{where}: settings.{key}: port {merged[key]} is also {taken[merged[key]]}'s. "
-                                "Fix: give each listener its own port.")
-            taken.setdefault(merged[key], key)
-    try:
-        high, high_max = parse_size(merged["litellm_memory_high"]), parse_size(merged["litellm_memory_max"])
-    except ValueError as exc:
-        return [f"{where}: settings.litellm_memory_high/litellm_memory_max: {exc}. Fix: use sizes like 1536M."]
-    if high >= high_max:
+    given = {k for k in settings if isinstance(k, str) and k in DEFAULTS and k not in bad}
+    merged = {**DEFAULTS, **(base or {}), **{k: settings[k] for k in given}}
+    combined = _combined_problems(merged, given, where, host_memory_mb)
+    # A combined problem that involves a setting already reported (it names it) would be about that
+    # setting's default, not about the value given: left out.
+    return problems + [p for p in combined if not any(re.search(rf"\b{k}\b", p[len(where):]) for k in bad)]
+
+
+def _combined_problems(merged: dict, given: set[str], where: str, host_memory_mb: int | None) -> list[str]:
+    """The checks of values that have the right type and range, alone and together."""
+    problems = _port_problems(merged, given, where)
+    sizes = {}
+    for key in ("litellm_memory_high", "litellm_memory_max"):
+        try:
+            sizes[key] = parse_size(merged[key])
+        except ValueError as exc:
+            problems.append(f"{where}: settings.{key}: {exc}. Fix: a size like the default {DEFAULTS[key]} "
+                            "(digits, then K, M, G or T).")
+    if len(sizes) == 2 and sizes["litellm_memory_high"] >= sizes["litellm_memory_max"]:
         problems.append(
             f"{where}: settings.litellm_memory_high: MemoryHigh ({merged['litellm_memory_high']}) must be below "
             f"MemoryMax ({merged['litellm_memory_max']}); otherwise the kernel kills before it ever throttles. "
             "Fix: lower litellm_memory_high (about 80-85% of litellm_memory_max)."
         )
-    if host_memory_mb is not None and high_max > host_memory_mb * 1024 * 1024:
-        problems.append(
-            f"{where}: settings.litellm_memory_max: MemoryMax ({merged['litellm_memory_max']}) is above the "
-            f"host's memory ({host_memory_mb} MB), so it never protects the host. "
-            "Fix: set litellm_memory_max below the host's memory."
-        )
+    if "litellm_memory_max" in sizes:
+        problem = memory_max_problem(where, merged["litellm_memory_max"], host_memory_mb)
+        if problem:
+            problems.append(problem)
     if merged["nginx_upstream_keepalive_timeout"] >= merged["litellm_keepalive_timeout"]:
         problems.append(
             f"{where}: settings.nginx_upstream_keepalive_timeout: {merged['nginx_upstream_keepalive_timeout']} s must "
@@ -281,8 +405,9 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
             "Fix: lower nginx_upstream_keepalive_timeout or raise litellm_keepalive_timeout."
         )
     ports = merged["litellm_ports"]
-    if not isinstance(ports, list) or not all(isinstance(p, int) and not isinstance(p, bool) and 1024 <= p <= 65535 for p in ports):
-        problems.append(f"{where}: settings.litellm_ports: {ports!r}. Fix: list an even number of ports between 1024 and 65535, e.g. [4001, 4002, 4003, 4004].")
+    if not all(isinstance(p, int) and not isinstance(p, bool) and 1024 <= p <= 65535 for p in ports):
+        problems.append(f"{where}: settings.litellm_ports: {shown(ports)}. Fix: list an even number of ports between "
+                        "1024 and 65535, e.g. [4001, 4002, 4003, 4004].")
     elif set(ports) & FORBIDDEN_LITELLM_PORTS:
         problems.append(
             f"{where}: settings.litellm_ports: 4000 is LiteLLM's default port, and LiteLLM silently moves to a "
@@ -309,26 +434,16 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
             f"({merged['litellm_graceful_timeout']}s), or systemd kills requests still draining. "
             "Fix: raise litellm_timeout_stop_sec."
         )
-    if merged["litellm_workers"] < 1:
-        problems.append(f"{where}: settings.litellm_workers: must be at least 1. Fix: set 1 or more.")
     if merged["litellm_log_level"] not in LOG_LEVELS:
         problems.append(
-            f"{where}: settings.litellm_log_level: {str(merged['litellm_log_level'])[:40]!r}. "
+            f"{where}: settings.litellm_log_level: {shown(merged['litellm_log_level'], 40)}. "
             f"Fix: use one of {', '.join(LOG_LEVELS)} (default WARNING)."
         )
     if merged["litellm_installer"] not in ("uv", "pip"):
         problems.append(
-            f"{where}: settings.litellm_installer: {merged['litellm_installer']!r}. "
+            f"{where}: settings.litellm_installer: {shown(merged['litellm_installer'])}. "
             "Fix: use \"uv\" (default) or \"pip\"."
         )
-    for key in ("litellm_pip_index_url", "litellm_pip_find_links"):
-        url = merged[key]
-        if "://" in url and urlsplit(url).password is not None:
-            problems.append(
-                f"{where}: settings.{key}: the URL carries a password; it would sit in pip's process arguments, "
-                "the install script and the journal. Fix: drop it from the URL and put the credentials in "
-                "/root/.netrc on the hosts (pip reads it)."
-            )
     if bool(merged["nginx_tls_cert"]) != bool(merged["nginx_tls_key"]):
         problems.append(
             f"{where}: settings.nginx_tls_cert/nginx_tls_key: give both or neither "
@@ -342,19 +457,13 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
     for key, (pattern, fix) in _TOKEN_RULES.items():
         value = merged[key]
         if not re.fullmatch(pattern, value):
-            problems.append(f"{where}: settings.{key}: {value!r} is not accepted here. Fix: {fix}.")
-    for key in ("litellm_pip_index_url", "litellm_prisma_engines_mirror", "litellm_pip_find_links"):
-        value = merged[key]
-        if not value or (key == "litellm_pip_find_links" and _PATH_RE.fullmatch(value)):
-            continue
-        problem = url_problem(value) if "://" in value else "not a URL"
-        if problem and "credentials" not in problem:  # credentials: reported above with their own fix
-            problems.append(f"{where}: settings.{key}: {value!r}: {problem}. Fix: a plain http(s) URL"
-                            + (" or an absolute path on the host." if key == "litellm_pip_find_links" else "."))
+            problems.append(f"{where}: settings.{key}: {shown(value)} is not accepted here. Fix: {fix}.")
+    problems += _url_setting_problems(merged, where)
+    problems += _lock_problems(merged, where)
     if not _USER_RE.fullmatch(merged["litellm_user"]) or merged["litellm_user"] == "root":
         problems.append(
-            f"{where}: settings.litellm_user: {merged['litellm_user']!r} is not a system user name gatekit can create "
-            "(lowercase letters, digits, _ and -, at most 32, not root). Fix: use e.g. 'litellm'."
+            f"{where}: settings.litellm_user: {shown(merged['litellm_user'])} is not a system user name gatekit can "
+            "create (lowercase letters, digits, _ and -, at most 32, not root). Fix: use e.g. 'litellm'."
         )
     try:
         bind_ok = ipaddress.IPv4Address(merged["litellm_bind"]).is_loopback
@@ -362,31 +471,85 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
         bind_ok = False
     if not bind_ok:
         # Any other address would let clients past nginx, to the admin routes it keeps from the public.
-        problems.append(f"{where}: settings.litellm_bind: {merged['litellm_bind']!r} is not an IPv4 loopback address "
-                        "(LiteLLM must be reachable only through nginx). Fix: use 127.0.0.1.")
+        problems.append(f"{where}: settings.litellm_bind: {shown(merged['litellm_bind'])} is not an IPv4 loopback "
+                        "address (LiteLLM must be reachable only through nginx). Fix: use 127.0.0.1.")
     return problems
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+def _url_setting_problems(merged: dict, where: str) -> list[str]:
+    problems = []
+    for key in ("litellm_pip_index_url", "litellm_pip_find_links", "litellm_prisma_engines_mirror"):
+        value = merged[key]
+        if not value or (key == "litellm_pip_find_links" and _PATH_RE.fullmatch(value)):
+            continue
+        problem = url_problem(value) if "://" in value else "not a URL"
+        if problem == _URL_CREDENTIALS and key != "litellm_prisma_engines_mirror":
+            problems.append(
+                f"{where}: settings.{key}: the URL carries credentials (a user name or password); they would sit in "
+                "pip's or uv's process arguments, the install script and the journal. Fix: drop them from the URL and "
+                "put them in /root/.netrc on the hosts (pip and uv read it)."
+            )
+        elif problem:
+            problems.append(f"{where}: settings.{key}: {shown(value)}: {problem}. Fix: a plain http(s) URL"
+                            + (" or an absolute path on the host." if key == "litellm_pip_find_links" else "."))
+        elif key == "litellm_prisma_engines_mirror" and "%" in value:
+            problems.append(f"{where}: settings.{key}: {shown(value)}: '%' starts a specifier in the systemd unit it "
+                            "is written to. Fix: a URL without '%'.")
+    return problems
+
+
+def _lock_problems(merged: dict, where: str) -> list[str]:
+    """The lock the hosts install must not pin a compromised LiteLLM (refused here, before any host is touched;
+    roles/venv.py refuses it again when it installs). An unreadable lock is reported by the install."""
+    name = lock_name(merged)
+    version = locked_litellm_version(name)
+    if version in COMPROMISED_LITELLM_VERSIONS:
+        return [f"{where}: settings.litellm_requirements: {escaped(name)} pins litellm=={escaped(version, 40)}, a compromised release. "
+                f"Fix: use the kit's {DEFAULT_LOCK}, or regenerate the lock at another version."]
+    return []
+
+
+_URL_CREDENTIALS = "credentials in the URL would land in config.yaml; keep keys in the vault"
+_NETLOC_RE = re.compile(r"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:\[\]@]+))(?::(?P<port>[0-9]{1,5}))?")
+_URL_HOST_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*\.?")
 
 
 def url_problem(value: str) -> str:
-    """Why `value` is not a plain http(s) URL (no credentials, whitespace, query or fragment), or ''."""
-    if _CONTROL.search(value) or any(c.isspace() for c in value):
-        return "whitespace or control characters in the URL"
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    """Why `value` is not a plain http(s) URL (no credentials, whitespace, query or fragment), or ''.
+    Never raises: whatever urllib cannot split is a problem too."""
+    if not isinstance(value, str):
+        return "not a string"
+    if not value.isprintable() or any(c.isspace() for c in value):
+        return "whitespace or control characters (or invisible ones) in the URL"
+    if len(value) > 2048:
+        return "longer than 2048 characters"
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        has_credentials = parts.username is not None or parts.password is not None
+    except ValueError:
+        return "not a URL urllib can read (a bracket or character out of place)"
+    if parts.scheme not in ("http", "https") or not host:
         return "not an http(s) URL with a host"
-    if parts.username is not None or parts.password is not None:
-        return "credentials in the URL would land in config.yaml; keep keys in the vault"
+    if has_credentials:
+        return _URL_CREDENTIALS
     if parts.query or parts.fragment or "?" in value or "#" in value:
         return "a query or fragment has no place in an API base"
-    try:
-        parts.port
-    except ValueError:
-        return "an invalid port"
-    if any(c in value for c in "\"'<>{}|^`"):
+    if any(c in value for c in "\"'<>{}|^`\\"):
         return "characters that are not valid in a URL"
+    # The host and port as written, not as urllib reads them (it lets through `[::1]x` and `host:`).
+    m = _NETLOC_RE.fullmatch(parts.netloc)
+    if not m:
+        return "not a host name or [IPv6 address], then an optional :port"
+    if m["port"] is not None and not 1 <= int(m["port"]) <= 65535:
+        return "an invalid port"
+    if m["ip6"] is not None:
+        try:
+            ipaddress.IPv6Address(m["ip6"])
+        except ValueError:
+            return "an invalid IPv6 address"
+    elif len(m["name"]) > 253 or not _URL_HOST_RE.fullmatch(m["name"].lower()):
+        return "an invalid host name (letters, digits, '-' and '.'; an international name in its xn-- form)"
     return ""
 
 
@@ -433,10 +596,10 @@ def _nginx_problems(merged: dict, where: str) -> list[str]:
     """Values that go into nginx's config verbatim: each must be one token nginx parses as intended."""
     problems = []
     if not _SERVER_NAME_RE.fullmatch(merged["nginx_server_name"]):
-        problems.append(f"{where}: settings.nginx_server_name: {merged['nginx_server_name']!r} is not a list of host "
-                        "names. Fix: host names separated by single spaces, or '_' for any.")
+        problems.append(f"{where}: settings.nginx_server_name: {shown(merged['nginx_server_name'])} is not a list of "
+                        "host names. Fix: host names separated by single spaces, or '_' for any.")
     if not _SIZE_RE.fullmatch(merged["nginx_client_max_body_size"]):
-        problems.append(f"{where}: settings.nginx_client_max_body_size: {merged['nginx_client_max_body_size']!r}. "
+        problems.append(f"{where}: settings.nginx_client_max_body_size: {shown(merged['nginx_client_max_body_size'])}. "
                         "Fix: a size like 20m (digits, then k, m or g).")
     return problems + _network_list_problems(merged, "nginx_admin_allow", where,
                                              "admits the whole internet to the admin routes")
@@ -445,16 +608,17 @@ def _nginx_problems(merged: dict, where: str) -> list[str]:
 def _network_list_problems(merged: dict, key: str, where: str, whole_internet: str) -> list[str]:
     nets = merged[key]
     if not isinstance(nets, list) or not all(isinstance(n, str) for n in nets):
-        return [f"{where}: settings.{key}: {nets!r}. Fix: a list of networks like ['10.0.0.0/24']."]
+        return [f"{where}: settings.{key}: {shown(nets)}. Fix: a list of networks like ['10.0.0.0/24']."]
     problems = []
     for net in nets:
         try:
             parsed = ipaddress.ip_network(net, strict=True)
         except ValueError as exc:
-            problems.append(f"{where}: settings.{key}: {net!r}: {exc}. Fix: a network like 10.0.0.0/24.")
+            problems.append(f"{where}: settings.{key}: {shown(net)}: {escaped(str(exc))}. "
+                            "Fix: a network like 10.0.0.0/24.")
             continue
         if parsed.prefixlen == 0:
-            problems.append(f"{where}: settings.{key}: {net!r} {whole_internet}. Fix: list the networks needed "
+            problems.append(f"{where}: settings.{key}: {shown(net)} {whole_internet}. Fix: list the networks needed "
                             "(an empty list for the default).")
     return problems
 
@@ -466,12 +630,12 @@ def _alertmanager_problems(value, where: str) -> list[str]:
     """Each entry lands in prometheus.yml as one target: host:port, nothing else."""
     fix = "Fix: a list like ['alerts.example.org:9093', '10.0.0.9:9093']."
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        return [f"{where}: settings.monitoring_alertmanagers: {str(value)[:80]!r}. {fix}"]
+        return [f"{where}: settings.monitoring_alertmanagers: {shown(value)}. {fix}"]
     problems = []
     for entry in value:
         m = _HOST_PORT_RE.fullmatch(entry)
         if not m or not 1 <= int(m.group(1)) <= 65535:
-            problems.append(f"{where}: settings.monitoring_alertmanagers: {entry[:80]!r} is not host:port. {fix}")
+            problems.append(f"{where}: settings.monitoring_alertmanagers: {shown(entry)} is not host:port. {fix}")
     return problems
 
 
@@ -493,12 +657,12 @@ def _extra_env_problems(env, where: str) -> list[str]:
     problems = []
     for name, value in env.items():
         if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
-            problems.append(f"{key}: {name!r} is not an environment variable name. Fix: letters, digits and _.")
+            problems.append(f"{key}: {shown(name)} is not an environment variable name. Fix: letters, digits and _.")
         elif name in KIT_ENV or name.startswith("GK_"):
             problems.append(f"{key}.{name}: set by gatekit itself. Fix: use the matching setting instead.")
         elif not isinstance(value, (str, int, float)) or isinstance(value, bool):
             problems.append(f"{key}.{name}: expected a string or number. Fix: quote it in YAML.")
-        elif _CONTROL.search(str(value)) or any(c in str(value) for c in "\"'\\") or str(value) != str(value).strip():
+        elif not str(value).isprintable() or any(c in str(value) for c in "\"'\\") or str(value) != str(value).strip():
             problems.append(f"{key}.{name}: the value has a line break, control character, quote, backslash or "
                             "surrounding space, which systemd would not read back as written. Fix: a plain one-line value.")
     return problems
@@ -524,10 +688,10 @@ def _host_path_problems(merged: dict, where: str) -> list[str]:
         if key.startswith("nginx_tls_") and not value:
             continue
         parts = value.split("/")
-        if not _PATH_RE.fullmatch(value) or "." in parts or ".." in parts:
+        if not _PATH_RE.fullmatch(value) or "." in parts or ".." in parts or len(value) > 255:
             problems.append(
-                f"{where}: settings.{key}: {value!r} is not an absolute, normalized path of letters, digits, '.', '_' "
-                f"and '-'. Fix: use a path like the default {DEFAULTS[key] or '/etc/ssl/gateway.pem'!r}."
+                f"{where}: settings.{key}: {shown(value)} is not an absolute, normalized path of letters, digits, '.', '_' "
+                f"and '-' (at most 255). Fix: use a path like the default {DEFAULTS[key] or '/etc/ssl/gateway.pem'!r}."
             )
         elif key in MANAGED_DIRS and (value in _RESERVED_DIRS or any(r.startswith(value + "/") for r in _RESERVED_DIRS)):
             problems.append(
@@ -565,19 +729,27 @@ def _semantic_problems(spec: GatewaySpec, secret_names: set[str] | None) -> list
             if d.weight <= 0:
                 problems.append(
                     f"{f}: models[{i}].deployments[{j}].weight: weight {d.weight:g} for {m.name!r} "
-                    f"({d.provider}/{d.model}); LiteLLM never routes to it ('insufficient quota' while the account "
+                    f"({escaped(d.provider + '/' + d.model, 80)}); LiteLLM never routes to it ('insufficient quota' while the account "
                     "has balance). Fix: set a weight > 0, or remove the deployment."
                 )
 
     def unknown(name: str, field: str) -> str:
-        close = difflib.get_close_matches(name, known, n=1)
+        close = difflib.get_close_matches(name[:200], known, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"use one of {sorted(known)}"
         return (
-            f"{f}: {field}: {name!r} is not a model in models (requests routed to it get a 503). "
+            f"{f}: {field}: {shown(name)} is not a model in models (requests routed to it get a 503). "
             f"Fix: {hint} or add the model."
         )
 
     for alias, target in spec.aliases.items():
+        if not re.fullmatch(NAME_RE, alias):
+            # Clients ask for an alias like for a model: the same name rule (it reaches config.yaml, the
+            # client keys' model lists and the usage rows).
+            problems.append(
+                f"{f}: aliases: {shown(alias)} is not a valid model name (a letter or digit, then letters, digits, "
+                "'.', '_', ':', '/' or '-', at most 128). Fix: rename the alias."
+            )
+            continue
         if target not in known:
             problems.append(unknown(target, f"aliases.{alias}"))
         if alias in known:
@@ -597,7 +769,7 @@ def _semantic_problems(spec: GatewaySpec, secret_names: set[str] | None) -> list
                 continue
             if t.model == fb.from_:
                 problems.append(f"{f}: {field}: {t.model!r} falls back to itself. Fix: remove it.")
-            elif src is not None and dst.price.dearer_than(src.price) and not t.allow_pricier:
+            elif pricier_without_consent(spec, fb.from_, t.model):
                 problems.append(
                     f"{f}: {field}: fallback {fb.from_!r} -> {t.model!r} goes to a more expensive model "
                     f"(${dst.price.input_per_1m:g}/${dst.price.output_per_1m:g} vs "
@@ -622,14 +794,9 @@ def _semantic_problems(spec: GatewaySpec, secret_names: set[str] | None) -> list
     for p in spec.budgets.providers:
         if p not in providers:
             problems.append(
-                f"{f}: budgets.providers.{p}: no deployment uses provider {p!r}. "
+                f"{f}: budgets.providers.{key_shown(p)}: no deployment uses provider {shown(p)}. "
                 f"Fix: use one of {sorted(providers)}."
             )
-
-    if spec.litellm_version in COMPROMISED_LITELLM_VERSIONS:
-        problems.append(
-            f"{f}: litellm_version: {spec.litellm_version} is a compromised release. Fix: use 1.106.2."
-        )
 
     problems += check_settings(spec.settings, str(f))
 
@@ -640,10 +807,12 @@ def _semantic_problems(spec: GatewaySpec, secret_names: set[str] | None) -> list
             for j, d in enumerate(m.deployments):
                 needed.setdefault(d.secret, f"models[{i}].deployments[{j}].secret")
         merged = {**DEFAULTS, **spec.settings}
-        for key in ("litellm_master_key_secret", "redis_password_secret"):
-            needed.setdefault(merged[key], f"settings.{key}")
-        if merged["litellm_database"]:
-            needed.setdefault(merged["postgres_password_secret"], "settings.postgres_password_secret")
+        keys = ["litellm_master_key_secret", "redis_password_secret"]
+        if merged["litellm_database"] is True:
+            keys.append("postgres_password_secret")
+        for key in keys:  # a name that is no secret name is reported by check_settings
+            if isinstance(merged[key], str) and re.fullmatch(SECRET_RE, merged[key]):
+                needed.setdefault(merged[key], f"settings.{key}")
         for name, used_by in sorted(needed.items()):
             if name not in secret_names:
                 problems.append(
@@ -657,15 +826,38 @@ def parse_spec(data: object, path: Path, secret_names: set[str] | None = None) -
     """Validate already-parsed YAML data. Raises SpecError listing every problem."""
     if not isinstance(data, dict):
         raise SpecError([f"{path}: (top level): expected a mapping with version, vault, models. Fix: see the example."])
+    retired = _retired_problems(data, path)
     try:
-        spec = GatewaySpec.model_validate(data)
+        spec = GatewaySpec.model_validate({k: v for k, v in data.items() if k not in RETIRED_FIELDS})
     except ValidationError as exc:
-        raise SpecError(_pydantic_problems(path, exc)) from None
+        raise SpecError(retired + _pydantic_problems(path, exc)) from None
     spec._path = path
-    problems = _semantic_problems(spec, secret_names)
+    problems = retired + _semantic_problems(spec, secret_names)
     if problems:
         raise SpecError(problems)
     return spec
+
+
+# Fields a spec once had that nothing reads any more: refused with what replaced them, never silently ignored.
+RETIRED_FIELDS = ("litellm_version",)
+
+
+def _retired_problems(data: dict, path: Path) -> list[str]:
+    """litellm_version: the hash lock the hosts install decides LiteLLM's version; a second number in the spec
+    that nothing installs would only claim a version (a compromised one, or one the lock has left)."""
+    if "litellm_version" not in data:
+        return []
+    settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}
+    merged = {**DEFAULTS, **{k: settings[k] for k in ("litellm_requirements", "litellm_database") if k in settings}}
+    try:
+        name = lock_name(merged)
+        version = locked_litellm_version(name) if isinstance(name, str) else None
+    except (TypeError, ValueError):
+        name, version = DEFAULT_LOCK, None
+    pinned = f"{name} pins litellm {version}" if version else "the lock settings.litellm_requirements names"
+    return [f"{path}: litellm_version: no longer read: the hash lock the hosts install decides LiteLLM's version "
+            f"({escaped(pinned, 200)}). Fix: remove litellm_version; to change the version, point "
+            "settings.litellm_requirements at another hash lock."]
 
 
 class DuplicateKeyError(yaml.YAMLError):
@@ -700,7 +892,7 @@ def read_yaml(path: Path, what: str, fix_missing: str):
     except UnicodeDecodeError as exc:
         raise SpecError([f"{path}: not UTF-8 text (byte {exc.start}). Fix: save the {what} as UTF-8."]) from None
     except DuplicateKeyError as exc:
-        raise SpecError([f"{path}: line {exc.line}: {exc.key!r} is given twice; YAML would silently keep the last. "
+        raise SpecError([f"{path}: line {exc.line}: {shown(exc.key)} is given twice; YAML would silently keep the last. "
                          "Fix: keep one."]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -100,3 +100,41 @@ def test_good_rotate_and_role_values_load(env, monkeypatch):
     monkeypatch.setenv("GATEKIT_ROTATE", "not_a_secret")
     with pytest.raises(PyinfraError, match="not_a_secret"):
         groups("inv.py", str(spec), HOSTS)
+
+
+# --- host and group data: every wrong value is a one-line problem, checked over the spec's settings ------------
+
+
+@pytest.mark.parametrize("entry", [("gw1", {"private_address": "10.0.0.11", "memory_mb": "4096"}), ("gw1",), "gw1",
+                                   ("gw1", ["10.0.0.11"]), ("gw1", {"private_address": 123}),
+                                   ("gw1", {"private_address": "10.0.0.11", "litellm_ports": "4001"}),
+                                   ("gw1", {"private_address": "10.0.0.11", "nginx_server_name": ["gw.example"]})])
+def test_a_malformed_host_stops_the_inventory_with_one_line_problems(env, entry):
+    spec, _, _ = env
+    with pytest.raises(PyinfraError) as exc:
+        groups("inv.py", str(spec), {**HOSTS, "gateways": [entry]})
+    head, *lines = str(exc.value).splitlines()
+    assert head == "invalid gatekit input:" and lines
+    for line in lines:
+        assert line.startswith("  inv.py: gateways") and "Fix:" in line, line
+
+
+def test_group_data_settings_are_checked(env):
+    spec, _, _ = env
+    with pytest.raises(PyinfraError) as exc:
+        groups("inv.py", str(spec), HOSTS, data={"ssh_user": "root", "litellm_workers": "4"})
+    assert "inv.py: data: settings.litellm_workers: expected int, got '4'" in str(exc.value)
+
+
+def test_host_settings_are_checked_over_the_spec_settings(env):
+    import yaml
+
+    spec, _, _ = env
+    data = yaml.safe_load(spec.read_text())
+    data["settings"].update(litellm_memory_high="3G", litellm_memory_max="4G")
+    spec.write_text(yaml.safe_dump(data))
+    gw = ("gw1", {"private_address": "10.0.0.11", "litellm_memory_high": "2G", "memory_mb": 8192})
+    assert groups("inv.py", str(spec), {**HOSTS, "gateways": [gw]})["gateways"]  # 2G < the spec's 4G
+    gw = ("gw1", {"private_address": "10.0.0.11", "litellm_memory_max": "2G"})
+    with pytest.raises(PyinfraError, match=r"gateways: gw1: settings.litellm_memory_high: MemoryHigh \(3G\) must be below"):
+        groups("inv.py", str(spec), {**HOSTS, "gateways": [gw]})

@@ -85,7 +85,6 @@ def test_example_spec_parses():
     ]
     assert spec.retry.auth_errors == spec.retry.bad_request_errors == spec.retry.rate_limit_errors == 0
     assert set(spec.budgets.providers) == {"openai", "anthropic"}
-    assert spec.litellm_version not in {"1.82.7", "1.82.8"}
 
 
 def test_base_spec_is_valid():
@@ -298,7 +297,9 @@ CASES = [
      ["settings.nginx_upstream_keepalive_timeout", "must be below litellm_keepalive_timeout (5 s)", "502",
       "lower nginx_upstream_keepalive_timeout"], SECRETS),
     ("memory-not-a-size", _settings(litellm_memory_max="lots"),
-     ["settings.litellm_memory_high/litellm_memory_max", "not a size"], SECRETS),
+     ["settings.litellm_memory_max", "not a size: 'lots'", "a size like the default 1536M"], SECRETS),
+    ("memory-high-not-a-size", _settings(litellm_memory_high="1.5G"),
+     ["settings.litellm_memory_high", "not a size: '1.5G'"], SECRETS),
     ("unknown-setting-close", _settings(litellm_worker=4),
      ["settings.litellm_worker", "unknown setting", "did you mean 'litellm_workers'?"], SECRETS),
     ("setting-wrong-type", _settings(litellm_workers="4"),
@@ -322,9 +323,11 @@ CASES = [
     ("installer-unknown", _settings(litellm_installer="poetry"),
      ["settings.litellm_installer", "'poetry'", 'use "uv" (default) or "pip"'], SECRETS),
     ("index-url-with-password", _settings(litellm_pip_index_url="https://ci:hunter2@mirror.example/simple"),
-     ["settings.litellm_pip_index_url", "carries a password", "/root/.netrc"], SECRETS),
+     ["settings.litellm_pip_index_url", "carries credentials", "/root/.netrc"], SECRETS),
+    ("index-url-with-user-token", _settings(litellm_pip_index_url="https://tok3n@mirror.example/simple"),
+     ["settings.litellm_pip_index_url", "carries credentials", "/root/.netrc"], SECRETS),
     ("find-links-with-password", _settings(litellm_pip_find_links="https://u:p@wheels.example/"),
-     ["settings.litellm_pip_find_links", "carries a password"], SECRETS),
+     ["settings.litellm_pip_find_links", "carries credentials"], SECRETS),
     ("nginx-cert-without-key", _settings(nginx_tls_cert="/etc/ssl/gw.pem"),
      ["settings.nginx_tls_cert/nginx_tls_key", "give both or neither"], SECRETS),
     ("nginx-key-without-cert", _settings(nginx_tls_key="/etc/ssl/gw.key"),
@@ -363,11 +366,9 @@ CASES = [
      ["budgets.providers.openai.duration", "use a value matching"], SECRETS),
     ("budget-zero", _set("budgets", "providers", "openai", {"max_usd": 0, "duration": "1d"}),
      ["budgets.providers.openai.max_usd", "greater than 0"], SECRETS),
-    # versions
-    ("compromised-litellm-1.82.7", _set("litellm_version", "1.82.7"),
-     ["litellm_version", "1.82.7 is a compromised release"], SECRETS),
-    ("compromised-litellm-1.82.8", _set("litellm_version", "1.82.8"),
-     ["litellm_version", "1.82.8 is a compromised release"], SECRETS),
+    # versions: the hash lock decides; litellm_version is refused (test_litellm_version_is_refused_naming_the_lock)
+    ("litellm-version-retired", _set("litellm_version", "1.82.7"),
+     ["litellm_version", "no longer read", "remove litellm_version"], SECRETS),
 ]
 
 
@@ -812,8 +813,10 @@ def test_numbers_out_of_range_are_refused(key, value):
 
 def test_nginx_ports_must_differ():
     problems = check_settings({"nginx_https_port": 8443, "nginx_http_port": 8443}, "s")
-    assert len(problems) == 1 and "must differ" in problems[0]
-    assert check_settings({"nginx_https_port": 4001}, "s")[0].startswith("s: settings.nginx_https_port")
+    assert len(problems) == 1 and "port 8443 is also nginx_https_port's" in problems[0]
+    assert problems[0].startswith("s: settings.nginx_http_port: ")
+    (p,) = check_settings({"nginx_https_port": 4001}, "s")
+    assert p.startswith("s: settings.nginx_https_port: port 4001 is also litellm_ports'") and "Fix:" in p
 
 
 @pytest.mark.parametrize("field, value", [("input_per_1m", float("inf")), ("output_per_1m", float("nan")),
@@ -845,3 +848,63 @@ def test_log_levels_are_accepted(level):
     from gatekit.spec import check_settings
 
     assert check_settings({"litellm_log_level": level}, "inv/gw.yaml") == []
+
+
+# --- the LiteLLM version: the hash lock decides it, not a number in the spec -----------------------------------
+
+
+def _pinned(lock: Path) -> str:
+    """The litellm==VERSION line of a lock, read here with the test's own pattern."""
+    (version,) = [line.split("==")[1].split()[0] for line in lock.read_text().splitlines() if line.startswith("litellm==")]
+    return version
+
+
+LOCKED = _pinned(REPO / "requirements" / "litellm.lock")
+
+
+@pytest.mark.parametrize("version", ["1.82.7", "9.9.9", LOCKED, 1.0])
+def test_litellm_version_is_refused_naming_the_lock(version):
+    data = base()
+    data["litellm_version"] = version
+    problems = problems_of(data)
+    assert problems == [f"{FILE}: litellm_version: no longer read: the hash lock the hosts install decides LiteLLM's "
+                        f"version (requirements/litellm.lock pins litellm {LOCKED}). Fix: remove litellm_version; to change "
+                        "the version, point settings.litellm_requirements at another hash lock."]
+
+
+def test_litellm_version_names_the_lock_the_settings_choose(tmp_path):
+    lock = tmp_path / "mine.lock"
+    lock.write_text("litellm[proxy]==1.200.0 \\\n    --hash=sha256:" + "0" * 64 + "\n")
+    data = base()
+    data["litellm_version"] = "1.200.0"
+    data["settings"]["litellm_requirements"] = str(lock)
+    (p,) = problems_of(data)
+    assert f"({lock} pins litellm 1.200.0)" in p
+    data["settings"] = {"litellm_database": True}
+    (p,) = matching(problems_of(data, SECRETS | {"postgres_password"}), "litellm_version")
+    assert f"(requirements/litellm-db.lock pins litellm {_pinned(REPO / 'requirements' / 'litellm-db.lock')})" in p
+
+
+def test_the_spec_model_has_no_litellm_version():
+    spec = parse_spec(base(), SPEC_PATH, secret_names=set(SECRETS))
+    assert not hasattr(spec, "litellm_version")
+
+
+@pytest.mark.parametrize("pin", ["litellm==1.82.7", "litellm[proxy]==1.82.8", "LiteLLM==1.82.7"])
+def test_a_lock_pinning_a_compromised_litellm_is_refused_before_any_host(tmp_path, pin):
+    lock = tmp_path / "old.lock"
+    lock.write_text(f"httpx==0.28.1 \\\n    --hash=sha256:{'1' * 64}\n{pin} \\\n    --hash=sha256:{'0' * 64}\n")
+    data = base()
+    data["settings"]["litellm_requirements"] = str(lock)
+    (p,) = problems_of(data)
+    version = pin.split("==")[1]
+    assert p.startswith(f"{FILE}: settings.litellm_requirements: {lock} pins litellm=={version}, a compromised release.")
+    assert "Fix:" in p
+    # a host that points at it is refused as well
+    (p,) = check_settings({"litellm_requirements": str(lock)}, "inv.py: gateways: gw1")
+    assert p.startswith("inv.py: gateways: gw1: settings.litellm_requirements: ")
+
+
+def test_the_kits_locks_pass():
+    assert check_settings({}, "x") == [] and check_settings({"litellm_database": True}, "x") == []
+    assert check_settings({"litellm_requirements": "does/not/exist.lock"}, "x") == []  # unreadable: the install reports it
