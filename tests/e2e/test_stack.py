@@ -534,7 +534,9 @@ HOSTILE_PTH_DENIED = {
     "read /root/.ssh": {"EACCES"},
     "read /etc/shadow": {"EACCES"},
     "read encrypted credentials": {"EACCES"},
-    "read another unit's credentials": {"EACCES"},
+    # Hidden: systemd mounts each unit's credentials where only that unit sees them. ENOENT proves it only
+    # because the probe first shows, as root on the host, that the same path exists.
+    "read another unit's credentials": {"ENOENT"},
     "write a systemd unit": {"EROFS"},
     "write into the venv": {"EROFS"},
     "write into the config dir": {"EROFS"},
