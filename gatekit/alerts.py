@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import yaml
 
+from gatekit.onhost.probe import LITELLM_UNIT_ACTIVE
 from gatekit.spec import GatewaySpec
 
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 # Recording rules the alerts and the dashboard share.
-LITELLM_UNIT_ACTIVE = "gatekit:litellm_unit_active"  # 1 per (host, port) whose litellm@PORT unit systemd runs
+# LITELLM_UNIT_ACTIVE: 1 per (host, port) whose litellm@PORT unit systemd runs. Defined in gatekit/onhost/probe.py:
+# doctor's on-host collector queries it, and is sent to hosts alone.
 RECORDING = [
     {
         "record": LITELLM_UNIT_ACTIVE,

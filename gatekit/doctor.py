@@ -302,9 +302,11 @@ def check_routing(host: str, config_text: str | None, spec: GatewaySpec, cooldow
     if cooldowns is None:
         problems.append("Redis not readable: cooldowns unknown")
     else:
+        from gatekit.onhost.probe import cooldown_deployment
+
         for key in cooldowns:
-            dep = next((seg for seg in key.split(":") if seg in ids), None)
-            if dep is not None:
+            dep = cooldown_deployment(key)  # the whole id: a model name may hold ':' and '/'
+            if dep in ids:
                 problems.append(f"deployment {dep} is cooling down now")
     problems = list(dict.fromkeys(problems))
     return _result(host, "routing", problems,

@@ -28,7 +28,8 @@ from gatekit.spec import parse_size
 from gatekit.roles import credentials, topology
 from gatekit.roles.venv import PACKAGES, VenvBuild  # noqa: F401 - PACKAGES: roles/packages.py reads it here
 
-ONHOST_PROGRAMS = ("layout.py", "instance.py", "rotate.py", "keyauth.py", "gcpolicy.py", "probe.py", "unitstats.py")  # uploaded to Layout.lib_dir with layout.json
+ONHOST_PROGRAMS = ("layout.py", "instance.py", "rotate.py", "keyauth.py", "gcpolicy.py", "probe.py", "unitstats.py",
+                   "upstream.py")  # uploaded to Layout.lib_dir with layout.json
 LOADED_BY_LITELLM = ("keyauth.py", "gcpolicy.py")  # run inside LiteLLM: a new version takes effect through a restart
 LEGACY_FILES = ("{home}/bin/gatekit-rotate",)  # where earlier versions installed the rotation program
 

@@ -11,6 +11,7 @@ from pyinfra.operations import server, systemd
 from gatekit import monitoring
 from gatekit.hoststate import Desired, PackageWave, gateway_probe
 from gatekit.inventory import context
+from gatekit.onhost import upstream
 from gatekit.onhost.layout import Layout
 from gatekit.render import template
 from gatekit.roles import topology
@@ -31,14 +32,10 @@ def nginx(packages: PackageWave | None = None):
     if selfsigned:
         want.dir(s["nginx_selfsigned_dir"])
     want.dir(L.nginx_include_dir)
-    # Every instance of the live set, side by side; rotation moves the set (same text as rendered here).
+    # Every instance of the live set, side by side. Rotation moves the set on the host with the same renderer and
+    # the same values (the host's layout.json), so the file is only ever written one way.
     live = L.live_set(gateway_probe().text(L.live_file))
-    want.file(
-        L.nginx_upstream,
-        template("nginx/upstream.conf.j2", ports=live, bind=s["litellm_bind"], keepalive=s["nginx_upstream_keepalive"],
-                 keepalive_timeout=s["nginx_upstream_keepalive_timeout"]),
-        notify="reload", name="Render the LiteLLM upstream",
-    )
+    want.file(L.nginx_upstream, upstream.for_layout(L, live), notify="reload", name="Render the LiteLLM upstream")
     monitors = topology.monitoring_addresses()
     allow = monitoring.metrics_allow(monitors, s["nginx_admin_allow"]) if monitors else []
     want.file(L.nginx_site, template("nginx/gatekit.conf.j2", s=s, layout=L, tls_cert=cert, tls_key=key,

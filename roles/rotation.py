@@ -20,9 +20,9 @@ from pyinfra.api import FileUploadCommand, deploy, operation
 from pyinfra.api.exceptions import PyinfraError
 
 from gatekit.hoststate import Desired
-from gatekit.inventory import context
-from gatekit.onhost.instance import fingerprint
+from gatekit.inventory import cli_data, context
 from gatekit.onhost.layout import Layout
+from gatekit.onhost.probe import fingerprint
 from gatekit.render import deployment_id
 from gatekit.roles.credentials import encrypt_commands, key_fingerprints, secrets_for_gateway
 from gatekit.roles import topology
@@ -33,10 +33,24 @@ from gatekit.roles.litellm import render_config
 _ROTATIONS: list = []
 
 
+NO_SECRET = "rotate_keys.py: which secrets? Fix: --data rotate=openai_key[,other] (or GATEKIT_ROTATE=...)."
+
+
 def requested() -> list[str]:
     raw = host.data.get("rotate") or os.environ.get("GATEKIT_ROTATE", "")
     names = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
     return sorted({n.strip() for n in names if n and n.strip()})
+
+
+def cli_problems(argv: list[str], environ=os.environ) -> list[str]:
+    """What stops a `pyinfra INVENTORY rotate_keys.py` command line before pyinfra connects to any host: no secret
+    named. pyinfra loads the deploy file only after connecting to every host, so the inventory must check this while
+    it loads (gatekit.inventory.groups, given the command line's arguments), where a secret named but not used by the
+    gateways is refused already (data_problems)."""
+    if not any(os.path.basename(a) == "rotate_keys.py" for a in argv):
+        return []
+    raw = cli_data(argv).get("rotate") or environ.get("GATEKIT_ROTATE", "")
+    return [] if any(n.strip() for n in raw.split(",")) else [NO_SECRET]
 
 
 def deployment_ids(spec, names: set[str], fingerprints: dict[str, str] | None = None) -> list[str]:
@@ -46,42 +60,47 @@ def deployment_ids(spec, names: set[str], fingerprints: dict[str, str] | None = 
             if d.secret in names]
 
 
+def rotate_argv(s: dict, secrets, deployment_ids, purge_ids, fail_after: str = "", fail_at: str = "") -> list[str]:
+    """gatekit-rotate's arguments (gatekit/onhost/rotate.py parser()) for a host whose settings are `s`: every
+    value with a setting comes from it, so gatekit/defaults.py is the only place they are defaulted."""
+    argv = [
+        "--secrets", ",".join(secrets) or "-",
+        "--deployments", ",".join(deployment_ids),
+        "--purge-deployments", ",".join(purge_ids),
+        "--master-cred", s["litellm_master_key_secret"],
+        "--redis-cred", s["redis_password_secret"],
+        "--ready-timeout", str(s["litellm_ready_timeout"]),
+        "--settle", str(s["rotation_settle_sec"]),
+    ]
+    if fail_after:
+        argv += ["--fail-after", fail_after]
+    if fail_at:
+        argv += ["--fail-at", fail_at]
+    return argv
+
+
 @operation()
-def rotate_gateway(layout: Layout, secrets: dict, config: str, deployment_ids: list, purge_ids: list,
-                   ready_timeout: int, settle: float, master_cred: str, redis_cred: str, fail_after: str = "",
-                   fail_at: str = "", redis_host: str = ""):
-    """Stage encrypted credentials and run gatekit-rotate on this host (inside a transient unit, so a
-    dropped SSH session or a killed controller cannot stop it half-way)."""
+def rotate_gateway(layout: Layout, secrets: dict, config: str, argv: list, credentials: list, redis_host: str = ""):
+    """Stage encrypted credentials and run gatekit-rotate with `argv` (rotate_argv) on this host (inside a transient
+    unit, so a dropped SSH session or a killed controller cannot stop it half-way). `credentials`: the names of the
+    master key and the Redis password, which the canaries and the purge authenticate with."""
     yield f"install -d -m 700 {layout.stage_dir}"
     for name, value in secrets.items():
         yield from encrypt_commands(layout, name, value, ".next")
     # The config whose deployment ids carry the new keys' fingerprints; swapped in with the credentials.
     yield FileUploadCommand(io.StringIO(config), f"{layout.config}.next", remote_temp_filename=f"{layout.stage_dir}/.upload-config")
     yield f"chown root:{layout.litellm_user} {layout.config}.next && chmod 640 {layout.config}.next"
-    args = [
-        "--secrets", ",".join(secrets) or "-",
-        "--deployments", ",".join(deployment_ids),
-        "--purge-deployments", ",".join(purge_ids),
-        "--master-cred", master_cred,
-        "--redis-cred", redis_cred,
-        "--ready-timeout", str(ready_timeout),
-        "--settle", str(settle),
-    ]
-    if fail_after:
-        args += ["--fail-after", fail_after]
-    if fail_at:
-        args += ["--fail-at", fail_at]
     # One rotation per host at a time: wait for an earlier one (e.g. from a killed controller) to end.
     unit = layout.rotate_unit
     yield f"while systemctl is-active --quiet {unit}; do sleep 1; done"
     props = " ".join(f"--property={shlex.quote(p)}" for p in ("TimeoutStopSec=120", *helper_sandbox(layout, redis_host)))
     # The credentials the canaries and the purge authenticate with: the file the new instance will start from.
-    for name in sorted({master_cred, redis_cred}):
+    for name in sorted(set(credentials)):
         cred = layout.cred(name)
         props += f' --property="LoadCredentialEncrypted={name}:$([ -e {cred}.next ] && echo {cred}.next || echo {cred})"'
     yield (
         f"systemd-run --quiet --wait --pipe --collect --unit={unit} {props} "
-        f"{HELPER_PYTHON} {layout.program('rotate.py')} " + " ".join(shlex.quote(a) for a in args)
+        f"{HELPER_PYTHON} {layout.program('rotate.py')} " + " ".join(shlex.quote(a) for a in argv)
     )
 
 
@@ -98,7 +117,7 @@ def helper_sandbox(layout: Layout, redis_host: str | None) -> tuple[str, ...]:
     return (
         "UMask=0022", "NoNewPrivileges=yes", "CapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_NET_BIND_SERVICE", "ProtectSystem=strict",
         f"ReadWritePaths={layout.creds_dir} {layout.litellm_config_dir} {layout.gatekit_state_dir} "
-        f"{layout.nginx_include_dir} /var/log/nginx",
+        f"{layout.nginx_include_dir} {layout.nginx_log_dir}",
         "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes", "ProtectKernelTunables=yes",
         "ProtectKernelModules=yes", "ProtectKernelLogs=yes", "ProtectControlGroups=yes", "ProtectClock=yes",
         "ProtectHostname=yes", "RestrictNamespaces=yes", "RestrictRealtime=yes", "RestrictSUIDSGID=yes",
@@ -123,10 +142,8 @@ def old_deployment_ids(from_fingerprints: list[str], new_ids: list[str], journal
 @deploy("Rotate provider keys")
 def rotation():
     names = requested()
-    if not names:
-        raise PyinfraError(
-            "rotate_keys.py: which secrets? Fix: --data rotate=openai_key[,other] (or GATEKIT_ROTATE=...)."
-        )
+    if not names:  # refused before connecting when the inventory calls cli_problems; here for any other way in
+        raise PyinfraError(NO_SECRET)
     if "gateways" not in host.groups:
         return
     ctx = context(host)
@@ -158,15 +175,10 @@ def rotation():
         layout=L,
         secrets=todo,
         config=render_config(ctx),
-        deployment_ids=new_ids,
-        purge_ids=purge_ids,
-        ready_timeout=s["litellm_ready_timeout"],
-        settle=s["rotation_settle_sec"],
-        master_cred=s["litellm_master_key_secret"],
-        redis_cred=s["redis_password_secret"],
+        argv=rotate_argv(s, todo, new_ids, purge_ids, fail_after=str(host.data.get("gatekit_rotate_fail_after") or ""),
+                         fail_at=str(host.data.get("gatekit_rotate_fail_at") or "")),
+        credentials=[s["litellm_master_key_secret"], s["redis_password_secret"]],
         redis_host=(topology.redis_target(s) or {}).get("host", ""),
-        fail_after=str(host.data.get("gatekit_rotate_fail_after") or ""),
-        fail_at=str(host.data.get("gatekit_rotate_fail_at") or ""),
         _serial=True,
         # Stop at the first failure: hosts after a failed one are left untouched.
         _if=lambda: not any(m.is_complete() and m.did_error() for m in _ROTATIONS),

@@ -1,14 +1,14 @@
-"""One LiteLLM instance seen from its host: key fingerprints, HTTP to it, the readiness wait.
+"""One LiteLLM instance seen from its host: HTTP to it, which failures of it are transient, the readiness wait.
 
-Used on the controller (fingerprints), by rotate.py on the host, and run by the deploy after a (re)start:
+Used by rotate.py on the host, and run by the deploy after a (re)start:
     python3 {lib}/instance.py wait-ready PORT --timeout SECONDS
-Python stdlib only; reads the host's layout.json beside it.
+Python stdlib only; reads the host's layout.json beside it. (`fingerprint` is probe.py's, imported here for the
+controller's modules that name it from this one.)
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import ssl
 import subprocess
@@ -16,16 +16,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from http.client import IncompleteRead  # (http is this module's HTTP call)
 
 if __package__:
     from .layout import Layout
+    from .probe import fingerprint  # noqa: F401 - its one definition; the controller's modules import it from here
 else:  # on the host: uploaded beside this program
     from layout import Layout
-
-
-def fingerprint(value: str) -> str:
-    """Names a key without revealing it (the fake provider, the deploy and rotation use the same scheme)."""
-    return hashlib.sha256(value.encode()).hexdigest()[:16]
+    from probe import fingerprint  # noqa: F401
 
 
 def http(url: str, body: dict | None, headers: dict, timeout: float = 30) -> tuple[int, dict, str]:
@@ -38,6 +36,18 @@ def http(url: str, body: dict | None, headers: dict, timeout: float = 30) -> tup
             return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read().decode(errors="replace")
     except urllib.error.HTTPError as e:
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read().decode(errors="replace")
+
+
+def transient(exc: BaseException) -> bool:
+    """A failure that waiting can cure: the instance (or nginx) refused or reset the connection, closed it without
+    an answer, or did not answer in time (it is starting, restarting, or busy). Anything else (an HTTP error
+    status, a TLS or name error, an unreachable network) is an answer, or a fault that no retry changes."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return False
+    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
+        exc = exc.reason
+    # ConnectionError: refused, reset (RemoteDisconnected is one), aborted, broken pipe; TimeoutError: socket.timeout.
+    return isinstance(exc, (ConnectionError, TimeoutError, IncompleteRead))
 
 
 def unit_failed(unit: str) -> bool:
@@ -55,8 +65,9 @@ def wait_ready(layout: Layout, port: int, timeout: float):
         try:
             if http(f"http://{layout.litellm_bind}:{port}/health/readiness", None, {}, timeout=5)[0] == 200:
                 return
-        except OSError:
-            pass
+        except Exception as exc:  # noqa: BLE001 - only transient() ones are waited out
+            if not transient(exc):
+                raise RuntimeError(f"{unit}: /health/readiness: {type(exc).__name__}: {exc}") from exc
         time.sleep(0.5)
     raise RuntimeError(f"{unit} not ready after {timeout:.0f}s: see journalctl -u {unit}")
 
@@ -66,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     ready = sub.add_parser("wait-ready", help="wait for /health/readiness of litellm@PORT")
     ready.add_argument("port", type=int)
-    ready.add_argument("--timeout", type=float, default=120)
+    ready.add_argument("--timeout", type=float, required=True, help="seconds (the deploy passes litellm_ready_timeout)")
     args = ap.parse_args(argv)
     try:
         wait_ready(Layout.beside(__file__), args.port, args.timeout)

@@ -27,6 +27,8 @@ class Layout:
     nginx_tls_cert: str = ""
     nginx_tls_key: str = ""
     nginx_selfsigned_dir: str = "/etc/gatekit/tls"
+    nginx_upstream_keepalive: int = 32  # the upstream file's values (gatekit/onhost/upstream.py): rotation rewrites it
+    nginx_upstream_keepalive_timeout: int = 60
     postgres_version: int = 15
     # Fixed locations (no setting); fields only so that tests can point them into a temporary directory.
     gatekit_etc: str = "/etc/gatekit"
@@ -36,6 +38,7 @@ class Layout:
     credentials_runtime_dir: str = "/run/credentials"  # where systemd decrypts a unit's credentials
     systemd_dir: str = "/etc/systemd/system"
     nginx_dir: str = "/etc/nginx"
+    nginx_log_dir: str = "/var/log/nginx"  # Debian's nginx logs (`nginx -t` opens them)
     redis_dir: str = "/etc/redis"
     postgres_dir: str = "/etc/postgresql"
     prometheus_state_dir: str = "/var/lib/prometheus"  # Debian's packages' home for Prometheus' data and textfiles

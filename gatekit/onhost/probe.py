@@ -5,8 +5,13 @@ works on hosts without gatekit's lib directory (data hosts) and imports nothing 
 compromised dependency there must never run as root). Python 3.11 standard library only.
 
 Read-only: it writes no file, starts or stops nothing. Secrets never leave the host: a key a process
-holds is reported as its fingerprint (SHA-256[:16], as gatekit.onhost.instance.fingerprint), and the
-Redis/PostgreSQL passwords are read from a live instance's runtime credentials only to log in from here.
+holds is reported as its fingerprint (fingerprint() below), and the Redis/PostgreSQL passwords are read from
+a live instance's runtime credentials only to log in from here.
+
+It is also where the facts shared by the controller and every on-host program are defined, once: the key
+fingerprint, the litellm.env parser, the Redis client, LiteLLM's Redis key names and the unit-active metric's
+name. They live here because this file is sent alone (doctor_run.py ships only it), so it can import no
+sibling; rotate.py, instance.py and unitstats.py import it, and the controller imports gatekit.onhost.probe.
 
 Parameters: one JSON object (base64) in argv[1], built by gatekit.doctor_run.probe_params: paths, ports and
 names (never a secret).
@@ -29,7 +34,13 @@ import time
 
 
 def fingerprint(value: str) -> str:
+    """Names a key without revealing it: the credential's .fp file, the deployment ids in LiteLLM's config,
+    live.json, doctor's and unitstats' view of what a process holds (the lab's fake provider writes it out)."""
     return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+# The recording rule (gatekit/alerts.py) that is 1 per (host, port) whose litellm@PORT unit systemd runs.
+LITELLM_UNIT_ACTIVE = "gatekit:litellm_unit_active"
 
 
 def run(*cmd: str, timeout: float = 60) -> tuple[int, str, str]:
@@ -249,54 +260,159 @@ def venv_units(p: dict) -> list[dict]:
     return out
 
 
-# ---- Redis and PostgreSQL, logged into from here -----------------------------------------------------
-def redis_call(sock_file, sock, *args: str):
-    sock.sendall(b"".join([f"*{len(args)}\r\n".encode()] + [b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args]))
-    line = sock_file.readline()
-    kind, rest = line[:1], line[1:].rstrip(b"\r\n").decode(errors="replace")
-    if kind == b"*":
-        items = []
-        for _ in range(int(rest)):
-            items.append(_redis_item(sock_file))
-        return items
-    if kind == b"$":
-        n = int(rest)
-        return None if n < 0 else sock_file.read(n + 2)[:-2].decode(errors="replace")
-    return ("ERR " if kind == b"-" else "") + rest
+# ---- Redis: the client (rotate.py purges with it), LiteLLM's key names, the check ---------------------------
+class RedisError(RuntimeError):
+    """An error reply ("-WRONGPASS ..."): the server's words, never the arguments sent (a password)."""
+
+    def __init__(self, reply: str):
+        super().__init__(f"redis: {reply[:200]}")
+        self.reply = reply
 
 
-def _redis_item(f):
-    line = f.readline()
-    kind, rest = line[:1], line[1:].rstrip(b"\r\n").decode(errors="replace")
-    if kind == b"$":
-        n = int(rest)
-        return None if n < 0 else f.read(n + 2)[:-2].decode(errors="replace")
-    if kind == b"*":
-        return [_redis_item(f) for _ in range(int(rest))]
-    return rest
+class Redis:
+    """The few Redis commands gatekit needs (AUTH, SELECT, PING, SCAN, DEL) over RESP, in the standard library:
+    the programs using it run as root, so nothing from LiteLLM's venv (a compromised dependency there) may run
+    in them. Bulk strings come back as bytes, status replies as str; an error reply raises RedisError."""
+
+    def __init__(self, host: str, port: int, db: int | None = None, password: str | None = None, timeout: float = 5.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = self.sock.makefile("rb")
+        try:
+            if password:
+                self.call("AUTH", password)
+            if db is not None:
+                self.call("SELECT", str(db))
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.buf.close()
+        self.sock.close()
+
+    def call(self, *args: str | bytes):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            b = a.encode() if isinstance(a, str) else a
+            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        self.sock.sendall(b"".join(out))
+        return self._reply()
+
+    def _reply(self):
+        line = self.buf.readline()
+        if not line.endswith(b"\r\n"):
+            raise ConnectionError("redis: connection closed")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode(errors="replace")
+        if kind == b"-":
+            raise RedisError(rest.decode(errors="replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else self.buf.read(n + 2)[:-2]
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._reply() for _ in range(n)]
+        raise ValueError(f"redis: unexpected reply {line[:40]!r}")
+
+    def scan_iter(self, match: str, count: int = 500):
+        cursor = "0"
+        while True:
+            cursor, keys = self.call("SCAN", cursor, "MATCH", match, "COUNT", str(count))
+            cursor = cursor.decode()
+            yield from keys
+            if cursor == "0":
+                return
+
+    def delete(self, *keys) -> int:
+        return self.call("DEL", *keys)
+
+
+# LiteLLM's router state per deployment in Redis, as LiteLLM 1.106.2 (requirements/litellm.lock) names it. <id> is
+# the deployment's model_info.id (gatekit.render.deployment_id: "<public model name>--<index>--<key fingerprint>");
+# a public name may hold ':' and '/', so a key is never split on ':' to find its id: the id must fill its place in
+# one of these shapes exactly.
+#   deployment:<id>:cooldown                  router_utils/cooldown_cache.py (CooldownCache.get_cooldown_cache_key)
+#   <id>:fails, <id>:successes                router_utils/router_callbacks/track_deployment_metrics.py
+#   [global_router:]<id>:<model>:<kind>:<HH-MM>   types/router.py RouterCacheEnum (global_router:, kind tpm, rpm,
+#                                             itpm, otpm) and router_strategy/lowest_tpm_rpm_v2.py (tpm, rpm)
+#   <id>:<tpm|rpm>:<HH-MM>                    router_strategy/lowest_tpm_rpm.py
+# <model> is the deployment's litellm_params.model, "<provider>/<model>" as gatekit renders it (a provider name is
+# [a-z][a-z0-9_]*, spec.py). Never router state: deployment_spend:<id>:<period> and deployment_budget_start_time:<id>
+# (router_strategy/budget_limiter.py) are money spent, kept across a rotation.
+COOLDOWN_PREFIX, COOLDOWN_SUFFIX = "deployment:", ":cooldown"
+COUNTER_SUFFIXES = (":fails", ":successes")
+USAGE_PREFIX = "global_router:"
+_USAGE_TAIL = re.compile(r"(?:[a-z][a-z0-9_]*/.*:)?(?:tpm|rpm|itpm|otpm):[^:]+", re.S)
+
+
+def cooldown_key(deployment_id: str) -> str:
+    return f"{COOLDOWN_PREFIX}{deployment_id}{COOLDOWN_SUFFIX}"
+
+
+def cooldown_deployment(key: str) -> str | None:
+    """The whole deployment id a cooldown key names, whatever ':' it holds; None for any other key."""
+    if key.startswith(COOLDOWN_PREFIX) and key.endswith(COOLDOWN_SUFFIX) \
+            and len(key) > len(COOLDOWN_PREFIX) + len(COOLDOWN_SUFFIX):
+        return key[len(COOLDOWN_PREFIX):-len(COOLDOWN_SUFFIX)]
+    return None
+
+
+def router_key_deployment(key: str, ids) -> str | None:
+    """Which of `ids` a key of LiteLLM's router state (cooldown, failure and success counters, usage counters)
+    belongs to; None for the state of any other deployment, spend and budget counters, and every other key.
+    When two of `ids` fit one usage key (one is the other plus ':<provider>/...'), the longer one owns it."""
+    ids = set(ids)
+    dep = cooldown_deployment(key)
+    if dep in ids:
+        return dep
+    for suffix in COUNTER_SUFFIXES:
+        if key.endswith(suffix) and key[:-len(suffix)] in ids:
+            return key[:-len(suffix)]
+    rests = [key, key[len(USAGE_PREFIX):]] if key.startswith(USAGE_PREFIX) else [key]
+    for dep in sorted(ids, key=len, reverse=True):
+        if any(r.startswith(dep + ":") and _USAGE_TAIL.fullmatch(r, len(dep) + 1) for r in rests):
+            return dep
+    return None
+
+
+def scan_literal(text: str) -> str:
+    """`text` as a SCAN MATCH pattern that matches only itself (glob characters escaped)."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def _answer(r: Redis, *args: str) -> str:
+    """A reply as doctor reads it: the status ("PONG", "OK"), or "ERR " and the server's error."""
+    try:
+        reply = r.call(*args)
+    except RedisError as exc:
+        return f"ERR {exc.reply}"[:80]
+    return (reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply))[:80]
 
 
 def redis_check(host: str, port: int, db: int, password: str | None) -> dict:
     out = {"target": f"{host}:{port}"}
     try:
-        with socket.create_connection((host, port), timeout=5) as s, s.makefile("rb") as f:
-            out["without_auth"] = redis_call(f, s, "PING")[:80]
+        with Redis(host, port) as r:
+            out["without_auth"] = _answer(r, "PING")
         if password is None:
             return out
-        with socket.create_connection((host, port), timeout=5) as s, s.makefile("rb") as f:
-            auth = redis_call(f, s, "AUTH", password)
-            out["with_auth"] = redis_call(f, s, "PING")[:80] if auth == "OK" else auth[:80]
+        with Redis(host, port) as r:
+            auth = _answer(r, "AUTH", password)
+            out["with_auth"] = _answer(r, "PING") if auth == "OK" else auth
             if auth == "OK":
-                redis_call(f, s, "SELECT", str(db))
-                # LiteLLM's router keeps a cooling-down deployment as deployment:<id>:cooldown (with a TTL).
-                cooling, cursor = [], "0"
-                while True:
-                    cursor, keys = redis_call(f, s, "SCAN", cursor, "MATCH", "*:cooldown", "COUNT", "500")
-                    cooling += keys
-                    if cursor == "0":
-                        break
+                r.call("SELECT", str(db))
+                cooling = [k.decode(errors="replace") for k in r.scan_iter(cooldown_key("*"))]
                 out["cooldowns"] = sorted(cooling)[:50]
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RedisError) as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"[:200]
     return out
 
@@ -381,13 +497,20 @@ def postgres_check(conninfo: str, password: str | None) -> dict:
     return out
 
 
-def env_file(path: str) -> dict[str, str]:
+def parse_env(text: str) -> dict[str, str]:
+    """litellm.env (templates/litellm/litellm.env.j2: NAME=value lines, # comments) as a dict."""
     out = {}
-    for line in (read(path) or "").splitlines():
+    for line in text.splitlines():
+        line = line.strip()
         if "=" in line and not line.startswith("#"):
-            k, v = line.strip().split("=", 1)
+            k, v = line.split("=", 1)
             out[k] = v
     return out
+
+
+def env_file(path: str) -> dict[str, str]:
+    """parse_env of the file; {} when it cannot be read (doctor reports what is missing elsewhere)."""
+    return parse_env(read(path) or "")
 
 
 def live_credential(p: dict, insts: dict, name: str) -> str | None:
@@ -425,7 +548,7 @@ def gateway(p: dict) -> dict:
 # Targets that should answer and do not: every job but LiteLLM's, and LiteLLM instances whose unit runs (the
 # standby set of the blue/green pair is stopped by design). The same join as the LiteLLMInstanceDown alert.
 DOWN_QUERIES = ('up{job!="litellm"} == 0',
-                'up{job="litellm"} == 0 and on (host, port) (gatekit:litellm_unit_active == 1)')
+                f'up{{job="litellm"}} == 0 and on (host, port) ({LITELLM_UNIT_ACTIVE} == 1)')
 
 
 def prometheus_get(port: int, path: str):

@@ -19,16 +19,20 @@ Steps (each recorded in a journal so an interrupted run is recovered on the next
   ready        /health/readiness of every NEW instance
   canary       a 1-token completion per rotated deployment, sent to each NEW instance directly, answered
                by that deployment (x-litellm-model-id), fallbacks and retries disabled
-  switch       nginx upstream -> the NEW set (nginx -t, graceful reload), done only once every nginx worker
+  switch       nginx upstream -> the NEW set (the file as the deploy renders it: upstream.py; nginx -t,
+               graceful reload), done only once every nginx worker
                from before the reload has stopped taking connections (until then one still sends requests
                to OLD: seen, the canary through nginx answered by an old instance after the reload returned)
   purge        Redis keys of the old key's deployments in LiteLLM's DB (cooldowns, counters); never FLUSH*
   canary-nginx the same canary through nginx over TLS
   drain        the OLD set stops gracefully (in-flight requests finish), NEW enabled at boot instead of OLD
   record       /var/lib/gatekit/live.json: ports, secret versions, fingerprints, time
-Any failure: upstream back to OLD, NEW stopped, previous credentials restored, exit 1 naming the step;
-an OLD instance that systemd started again after the swap (a crash, a reboot) started from the refused key,
-so it is restarted from the restored one, one at a time (their systemd InvocationIDs are in the journal).
+Any failure up to canary-nginx: upstream back to OLD, NEW stopped, previous credentials restored, exit 1 naming
+the step; an OLD instance that systemd started again after the swap (a crash, a reboot) started from the refused
+key, so it is restarted from the restored one, one at a time (their systemd InvocationIDs are in the journal).
+A failure in drain or record (past the switch) exits 1 and keeps the journal: the next run finishes forward.
+Every systemctl operation the rotation relies on is checked: a refused one fails its step, naming the units and
+systemctl's words; a rollback it stops half-way keeps the journal for the next run.
 """
 
 from __future__ import annotations
@@ -36,29 +40,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 
 if __package__:
-    from . import instance, probe
+    from . import instance, probe, upstream
     from .layout import Layout
 else:  # on the host: uploaded beside this program
     import instance
     import probe
+    import upstream
     from layout import Layout
 
 LAYOUT = Layout()  # main() reads the host's own from layout.json beside this program
-KEEP_PREFIXES = ("deployment_spend:", "deployment_budget_start_time:")
-STEPS = ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx", "drain", "record"]
 
 
-class StepFailed(Exception):
-    def __init__(self, step: str, reason: str):
-        super().__init__(f"step {step}: {reason}")
-        self.step = step
+class UnitError(RuntimeError):
+    """systemctl refused a unit operation the rotation relies on (the message names the units and its stderr)."""
 
 
 def log(msg: str, err: bool = False):
@@ -74,6 +74,14 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: {(proc.stderr or proc.stdout).strip()[-500:]}")
     return proc
+
+
+def systemctl(verb: str, *args: str):
+    """A unit operation whose exit status counts: UnitError naming the units and systemctl's own words."""
+    proc = run("systemctl", verb, *args, check=False)
+    if proc.returncode != 0:
+        said = (proc.stderr or proc.stdout or "").strip()[-500:] or "no output"
+        raise UnitError(f"systemctl {verb} {' '.join(args)} failed (exit {proc.returncode}): {said}")
 
 
 def write_atomic(path: str, text: str, mode: int = 0o644):
@@ -95,34 +103,21 @@ def read_json(path: str) -> dict | None:
 
 
 # ---- nginx upstream --------------------------------------------------------------------------------
-SERVER_LINE = re.compile(r"^([ \t]*server[ \t]+\S+:)(\d+)\b(.*(?:\n|\Z))", re.M)
-
-
 def upstream_ports() -> list[int]:
     with open(LAYOUT.nginx_upstream) as fh:
-        ports = [int(m.group(2)) for m in SERVER_LINE.finditer(fh.read())]
+        ports = upstream.ports_in(fh.read())
     if not ports:
         raise RuntimeError(f"{LAYOUT.nginx_upstream}: no upstream server line")
     return ports
 
 
-def upstream_text(text: str, ports) -> str:
-    """The upstream file with one server line per port, shaped like its first one (as the deploy renders it)."""
-    first = SERVER_LINE.search(text)
-    if not first:
-        raise RuntimeError(f"{LAYOUT.nginx_upstream}: no upstream server line")
-    end = first.group(3) if first.group(3).endswith("\n") else first.group(3) + "\n"
-    lines = "".join(f"{first.group(1)}{p}{end}" for p in ports)
-    rest = SERVER_LINE.sub("", text)
-    return rest[:first.start()] + lines + rest[first.start():]
-
-
 def set_upstream(ports):
-    """One atomic write (the file is never missing, even when cut off here), then `nginx -t` and a graceful
-    reload; a refused file is put back as it was."""
+    """The file as the deploy renders it for `ports` (upstream.for_layout, the host's layout.json): one atomic write
+    (the file is never missing, even when cut off here), then `nginx -t` and a graceful reload; a refused file is
+    put back as it was."""
     with open(LAYOUT.nginx_upstream) as fh:
         text = fh.read()
-    new = upstream_text(text, ports)
+    new = upstream.for_layout(LAYOUT, ports)
     if new == text:
         return
     write_atomic(LAYOUT.nginx_upstream, new)
@@ -131,7 +126,7 @@ def set_upstream(ports):
         write_atomic(LAYOUT.nginx_upstream, text)
         raise RuntimeError(f"nginx -t refused the new upstream: {test.stderr.strip()[-300:]}")
     before = nginx_workers()
-    run("systemctl", "reload", LAYOUT.nginx_unit)  # graceful: old workers finish their requests
+    systemctl("reload", LAYOUT.nginx_unit)  # graceful: old workers finish their requests
     t0 = time.monotonic()
     wait_switched(before, SWITCH_TIMEOUT)
     log(f"nginx on {named(ports)}: its workers from before the reload took connections for {time.monotonic() - t0:.2f} s more")
@@ -266,99 +261,37 @@ def canary(base_url: str, master_key: str, deployment_ids: list[str], check_head
 
 
 def canary_through_nginx(https_port: int, master_key: str, deployment_ids: list[str], timeout: float = 10.0):
-    """`systemctl reload nginx` returns before the old workers stop taking connections; until then a
-    request may still reach the old instance (which does not know the new deployment ids). Wait for
-    the switch to take effect; only a failure that outlasts it counts."""
+    """The canary over nginx's TLS port. set_upstream returns only once nginx's workers from before the reload stopped
+    taking connections, so whatever answers is the new set: an answer other than 200 fails at once. Only a failure
+    to get an answer at all that waiting cures (instance.transient: refused, reset, timed out) is tried again,
+    until `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             return canary(f"https://127.0.0.1:{https_port}", master_key, deployment_ids, check_header=False)
-        except Exception:
-            if time.monotonic() > deadline:
+        except Exception as exc:  # noqa: BLE001 - re-raised unless transient
+            if not instance.transient(exc) or time.monotonic() > deadline:
                 raise
+            log(f"canary through nginx: {type(exc).__name__}: {exc}; trying again")
             time.sleep(0.3)
 
 
-class Redis:
-    """The few Redis commands the purge needs (AUTH, SELECT, SCAN, DEL) over RESP, in the standard library:
-    the helper runs as root, so it must not import anything from LiteLLM's venv (a compromised dependency
-    there would run as root)."""
-
-    def __init__(self, host: str, port: int, db: int, password: str | None, timeout: float = 5.0):
-        import socket
-
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.buf = self.sock.makefile("rb")
-        if password:
-            self.call("AUTH", password)
-        self.call("SELECT", str(db))
-
-    def close(self):
-        self.buf.close()
-        self.sock.close()
-
-    def call(self, *args: str):
-        out = [f"*{len(args)}\r\n".encode()]
-        for a in args:
-            b = a.encode() if isinstance(a, str) else a
-            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-        self.sock.sendall(b"".join(out))
-        return self._reply()
-
-    def _reply(self):
-        line = self.buf.readline()
-        if not line.endswith(b"\r\n"):
-            raise ConnectionError("redis: connection closed")
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise RuntimeError(f"redis: {rest.decode(errors='replace')[:200]}")
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            data = self.buf.read(n + 2)
-            return data[:-2]
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self._reply() for _ in range(n)]
-        raise RuntimeError(f"redis: unexpected reply {line[:40]!r}")
-
-    def scan_iter(self, match: str, count: int = 500):
-        cursor = "0"
-        while True:
-            cursor, keys = self.call("SCAN", cursor, "MATCH", match, "COUNT", str(count))
-            cursor = cursor.decode()
-            yield from keys
-            if cursor == "0":
-                return
-
-    def delete(self, key) -> int:
-        return self.call("DEL", key)
-
-
-def purge_redis(port: int, deployment_ids: list[str], redis_cred: str = "redis_password") -> int:
-    env = {}
+def purge_redis(port: int, deployment_ids: list[str], redis_cred: str, known_ids=()) -> int:
+    """Delete LiteLLM's router state of `deployment_ids` (cooldowns, failure, success and usage counters) in its
+    Redis DB; never spend or budget counters, never another deployment's keys. A key belongs to a deployment only
+    when the id fills its place in one of LiteLLM's key shapes exactly (probe.router_key_deployment); `known_ids`
+    (the rotation's new ids) let a longer id keep what is its own."""
     with open(LAYOUT.env_file) as fh:
-        for line in fh:
-            if "=" in line and not line.startswith("#"):
-                k, v = line.strip().split("=", 1)
-                env[k] = v
+        env = probe.parse_env(fh.read())
     if "REDIS_HOST" not in env:
         return 0
-    r = Redis(env["REDIS_HOST"], int(env["REDIS_PORT"]), int(env.get("REDIS_DB", 0)), unit_secret(port, redis_cred))
+    known = set(deployment_ids) | set(known_ids)
+    r = probe.Redis(env["REDIS_HOST"], int(env["REDIS_PORT"]), int(env.get("REDIS_DB", 0)), unit_secret(port, redis_cred))
     deleted = 0
     try:
         for dep in deployment_ids:
-            # Only this deployment's keys in LiteLLM's own DB: cooldowns, failure and usage counters.
-            for key in list(r.scan_iter(match=f"*{dep}*", count=500)):
-                name = key.decode(errors="replace")
-                # LiteLLM's keys name a deployment as one ':'-separated segment (deployment:<id>:cooldown,
-                # <id>:fails, <id>:<name>:rpm:<minute>); spend/budget counters are money, not failures: kept.
-                if dep in name.split(":") and not name.startswith(KEEP_PREFIXES):
+            for key in list(r.scan_iter(match=f"*{probe.scan_literal(dep)}*", count=500)):
+                if probe.router_key_deployment(key.decode(errors="replace"), known) == dep:
                     deleted += r.delete(key)
     finally:
         r.close()
@@ -372,45 +305,58 @@ def named(ports) -> str:
 def stop_instances(ports):
     # One call: the instances drain their in-flight requests side by side.
     if ports:
-        run("systemctl", "stop", *(LAYOUT.instance(p) for p in ports), check=False)
-
-
-def old_new(journal: dict) -> tuple[list[int], list[int]]:
-    # A journal written by an older release names one port per side.
-    return (list(journal.get("old_ports") or [journal["old_port"]]),
-            list(journal.get("new_ports") or [journal["new_port"]]))
+        systemctl("stop", *(LAYOUT.instance(p) for p in ports))
 
 
 # ---- the transaction -------------------------------------------------------------------------------
 def recover(journal: dict):
-    """A previous run was interrupted: return the host to one consistent state."""
-    (old, new), names = old_new(journal), journal["secrets"]
+    """A previous run was interrupted: return the host to one consistent state. The journal is removed only once
+    that is done; a unit operation refused on the way (UnitError) leaves it for the next run to finish."""
+    old, new, names = journal["old_ports"], journal["new_ports"], journal["secrets"]
     live = upstream_ports()
-    if set(live) == set(new):
-        # Traffic already moved to the proven new instances: finish forward.
-        log(f"recovering an interrupted rotation forward (nginx already on {named(new)})")
-        ids = journal.get("deployments", [])
-        try:
-            purge_redis(new[0], journal.get("purge", []), journal.get("redis_cred", "redis_password"))
-            canary_through_nginx(journal.get("https_port", LAYOUT.nginx_https_port),
-                                 unit_secret(new[0], journal.get("master_cred", "litellm_master_key")), ids)
-        except Exception as exc:  # noqa: BLE001 - old instance may be gone: report, keep the proven new one
-            log(f"warning: post-switch checks after recovery failed: {exc}", err=True)
-        # As in a run that was not cut off: the switch may be only moments old, so nginx's old workers get
-        # the time to hand their last requests to OLD before it stops.
-        time.sleep(journal.get("settle", 1.0))
-        hand_over(old, new)
-        record(new, names, journal)
-        cleanup_prev(names)
-    else:
+    if set(live) != set(new):
         log(f"rolling back an interrupted rotation (nginx still on {named(live)})")
-        if set(live) != set(old):  # neither set (edited by hand since?): nginx back to the old set
-            set_upstream(old)
+        roll_back(journal)
+        return
+    # Traffic already moved to the proven new instances: finish forward.
+    log(f"recovering an interrupted rotation forward (nginx already on {named(new)})")
+    try:
+        purge_redis(new[0], journal["purge"], journal["redis_cred"], journal["deployments"])
+        canary_through_nginx(LAYOUT.nginx_https_port, unit_secret(new[0], journal["master_cred"]), journal["deployments"])
+    except Exception as exc:  # noqa: BLE001 - old instance may be gone: report, keep the proven new one
+        log(f"warning: post-switch checks after recovery failed: {exc}", err=True)
+    # As in a run that was not cut off: the switch may be only moments old, so nginx's old workers get
+    # the time to hand their last requests to OLD before it stops.
+    time.sleep(journal["settle"])
+    hand_over(old, new)
+    record(new, names, journal)
+    cleanup_prev(names)
+    os.unlink(LAYOUT.journal_file)
+
+
+def roll_back(journal: dict):
+    """Traffic back on the old set, the previous credentials back, the new set stopped, and every old instance
+    that started since the swap (from the refused key) restarted from them; then the journal goes. While nginx
+    cannot be moved back, nothing else is touched (the new set serves). A unit operation refused on the way
+    (UnitError, raised once the others are done) leaves the journal: the next run finishes the rollback (and
+    restarts again, one at a time, the old instances this one restarted)."""
+    old, new, names = journal["old_ports"], journal["new_ports"], journal["secrets"]
+    if set(upstream_ports()) != set(old):  # on the new set, or neither (edited by hand since?): the old set
+        set_upstream(old)
+    if journal["swapped"]:
+        restore_creds(names)  # first: an old instance that restarts from now on gets its key back
+    refused = []
+    try:
         stop_instances(new)
-        if journal.get("swapped"):
-            restore_creds(names)
-            if "old_invocations" in journal:  # a journal of an older release did not record them
-                restart_started_since(old, journal["old_invocations"], journal.get("ready_timeout", 120.0))
+    except UnitError as exc:
+        refused.append(str(exc))
+    if journal["swapped"]:
+        try:
+            restart_started_since(old, journal["old_invocations"], journal["ready_timeout"])
+        except UnitError as exc:
+            refused.append(str(exc))
+    if refused:
+        raise UnitError("; ".join(refused))
     os.unlink(LAYOUT.journal_file)
 
 
@@ -428,22 +374,29 @@ def restart_started_since(old, recorded: dict[str, str], ready_timeout: float):
     """After a rollback: an old instance that (re)started after the swap (systemd restarted it after a crash,
     or a reboot) started from the credentials being rolled back, so it serves the refused key. Restart those
     one at a time, each ready before the next, so the rest of the set keeps serving."""
+    refused = []
     for port, invocation in invocations(old).items():
         if recorded.get(port) == invocation:
             continue
         log(f"litellm@{port} started during the rotation, from the refused key: restarting it", err=True)
-        run("systemctl", "restart", LAYOUT.instance(int(port)), check=False)
+        try:
+            systemctl("restart", LAYOUT.instance(int(port)))
+        except UnitError as exc:  # the others still get theirs; the rollback is then not done
+            refused.append(str(exc))
+            continue
         try:
             wait_ready(int(port), ready_timeout)
-        except Exception as exc:  # noqa: BLE001 - systemd keeps restarting it; the rollback itself is done
+        except RuntimeError as exc:  # systemd keeps restarting it, from the restored key: the rollback is done
             log(f"warning: litellm@{port} not ready after its restart: {exc}", err=True)
+    if refused:
+        raise UnitError("; ".join(refused))
 
 
 def hand_over(old, new):
     """The old set stops gracefully (in-flight requests finish); the new one is started at boot instead."""
     stop_instances(old)
-    run("systemctl", "enable", *(LAYOUT.instance(p) for p in new), check=False)
-    run("systemctl", "disable", *(LAYOUT.instance(p) for p in old), check=False)
+    systemctl("enable", *(LAYOUT.instance(p) for p in new))
+    systemctl("disable", *(LAYOUT.instance(p) for p in old))
 
 
 def cleanup_prev(names: list[str]):
@@ -455,7 +408,6 @@ def cleanup_prev(names: list[str]):
 
 def record(ports, names: list[str], journal: dict):
     live = read_json(LAYOUT.live_file) or {"secrets": {}}
-    live.pop("port", None)  # an older release's single live port
     live["ports"] = list(ports)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for n in names:
@@ -476,14 +428,19 @@ def fault(step: str, args):
 
 
 def rotate(args) -> int:
-    names, ids = args.secrets.split(","), [i for i in args.deployments.split(",") if i]
+    names = args.secrets.split(",")
+    ids = [i for i in args.deployments.split(",") if i]
     old_ids = [i for i in args.purge_deployments.split(",") if i]
-    https_port = args.https_port or LAYOUT.nginx_https_port
     os.makedirs(LAYOUT.gatekit_state_dir, exist_ok=True)
 
     journal = read_json(LAYOUT.journal_file)
     if journal:
-        recover(journal)
+        try:
+            recover(journal)
+        except (RuntimeError, OSError) as exc:  # the journal stays
+            log(f"recovering the interrupted rotation failed: {exc}. Fix: see the units' and nginx's logs, then "
+                "re-run rotate_keys.py: it finishes the recovery", err=True)
+            return 1
     staged = [n for n in names if os.path.exists(LAYOUT.cred(n) + ".next")]
     live_already = [n for n in staged if _read(LAYOUT.cred_fingerprint(n) + ".next") == _read(LAYOUT.cred_fingerprint(n))]
     if live_already:
@@ -500,8 +457,7 @@ def rotate(args) -> int:
     if set(live) != set(old):  # e.g. a set that has grown since the last deploy: every old instance serves
         log(f"nginx serves {live}, part of the set {old}", err=True)
     journal = {"old_ports": old, "new_ports": new, "secrets": staged, "deployments": ids, "purge": old_ids,
-               "started": time.time(),
-               "swapped": False, "https_port": https_port, "master_cred": args.master_cred,
+               "started": time.time(), "swapped": False, "master_cred": args.master_cred,
                "redis_cred": args.redis_cred, "settle": args.settle, "ready_timeout": args.ready_timeout,
                # Which start of each old instance holds the old key: one that starts after the swap does not.
                "old_invocations": invocations(old)}
@@ -517,8 +473,9 @@ def rotate(args) -> int:
         step = "start"
         stop_instances(new)  # leftovers from an earlier attempt must not keep old credentials
         units = [LAYOUT.instance(p) for p in new]
+        # Not checked: it only clears a start limit hit earlier, and a unit still held by one fails `start` below.
         run("systemctl", "reset-failed", *units, check=False)
-        run("systemctl", "start", "--no-block", *units)
+        systemctl("start", "--no-block", *units)
         fault(step, args)
 
         step = "ready"
@@ -538,36 +495,38 @@ def rotate(args) -> int:
         fault(step, args)
 
         step = "purge"
-        deleted = purge_redis(new[0], old_ids, args.redis_cred)
+        deleted = purge_redis(new[0], old_ids, args.redis_cred, ids)
         fault(step, args)
 
         step = "canary-nginx"
-        canary_through_nginx(https_port, master, ids)
+        canary_through_nginx(LAYOUT.nginx_https_port, master, ids)
         fault(step, args)
     except Exception as exc:  # noqa: BLE001 - every failure rolls back the same way
         log(f"FAILED at step {step}: {exc}; rolling back")
-        try:
-            if set(upstream_ports()) != set(old):
-                set_upstream(old)
-        finally:
-            stop_instances(new)
-            if journal["swapped"]:
-                restore_creds(staged)
-                restart_started_since(old, journal["old_invocations"], args.ready_timeout)
-            discard_staged(staged)
-            os.unlink(LAYOUT.journal_file)
         log(f"step {step} failed: {exc}", err=True)
+        discard_staged(staged)  # this run's own: a recovery keeps what a newer run has staged
+        try:
+            roll_back(journal)
+        except (RuntimeError, OSError) as rb:  # the journal stays
+            log(f"rollback not finished: {rb}. Fix: see the units' and nginx's logs, then re-run rotate_keys.py: "
+                "it finishes the rollback (or, while nginx still serves the new set, the rotation)", err=True)
         return 1
 
-    # Past the switch the new key is proven through nginx: from here on only forward.
-    step = "drain"
-    time.sleep(args.settle)  # nginx's old workers hand their last requests to OLD before it stops
-    hand_over(old, new)  # SIGTERM: LiteLLM finishes in-flight requests first
-    fault(step, args)
+    # Past the switch the new key is proven through nginx: from here on only forward. A failure now keeps the
+    # journal, and the next run finishes the rotation (recover).
+    try:
+        step = "drain"
+        time.sleep(args.settle)  # nginx's old workers hand their last requests to OLD before it stops
+        hand_over(old, new)  # SIGTERM: LiteLLM finishes in-flight requests first
+        fault(step, args)
 
-    step = "record"
-    record(new, staged, journal)
-    cleanup_prev(staged)
+        step = "record"
+        record(new, staged, journal)
+        cleanup_prev(staged)
+    except (RuntimeError, OSError) as exc:  # the journal stays
+        log(f"step {step} failed: {exc}. Traffic is on the new set with the new key; fix the cause (a unit: see its "
+            "journal), then re-run rotate_keys.py: it finishes the rotation", err=True)
+        return 1
     os.unlink(LAYOUT.journal_file)
     log(f"rotated {','.join(staged)}: litellm@{named(old)} -> litellm@{named(new)}; "
         f"{len(ids)} canaries passed on each of {len(new)} instances; "
@@ -575,19 +534,24 @@ def rotate(args) -> int:
     return 0
 
 
-def main():
+def parser() -> argparse.ArgumentParser:
+    """rotate.py's command line, as roles/rotation.py (rotate_argv) builds it. No setting has a default here: the
+    controller passes each from the host's settings (gatekit/defaults.py), the only place they are defaulted."""
     ap = argparse.ArgumentParser(prog="gatekit-rotate")
     ap.add_argument("--secrets", required=True, help="comma-separated secret names staged as NAME.cred.next")
     ap.add_argument("--deployments", default="", help="LiteLLM deployment ids with the new keys (canaried)")
     ap.add_argument("--purge-deployments", default="", help="deployment ids of the old keys (Redis state purged)")
-    ap.add_argument("--https-port", type=int, default=0, help="nginx's TLS port (default: layout.json)")
-    ap.add_argument("--master-cred", default="litellm_master_key", help="credential name of the master key")
-    ap.add_argument("--redis-cred", default="redis_password", help="credential name of the Redis password")
-    ap.add_argument("--ready-timeout", type=float, default=120)
-    ap.add_argument("--settle", type=float, default=1.0)
+    ap.add_argument("--master-cred", required=True, help="credential name of the master key (litellm_master_key_secret)")
+    ap.add_argument("--redis-cred", required=True, help="credential name of the Redis password (redis_password_secret)")
+    ap.add_argument("--ready-timeout", type=float, required=True, help="seconds (litellm_ready_timeout)")
+    ap.add_argument("--settle", type=float, required=True, help="seconds after the switch (rotation_settle_sec)")
     ap.add_argument("--fail-after", default="", help=argparse.SUPPRESS)  # tests: SIGKILL self after a step
     ap.add_argument("--fail-at", default="", help=argparse.SUPPRESS)  # tests: fail inside a step
-    args = ap.parse_args()
+    return ap
+
+
+def main():
+    args = parser().parse_args()
     global LAYOUT
     LAYOUT = Layout.beside(__file__)
     sys.exit(rotate(args))

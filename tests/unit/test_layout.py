@@ -15,7 +15,15 @@ from gatekit.resources import onhost_source
 from roles.litellm import ONHOST_PROGRAMS
 
 NON_DEFAULT = {**DEFAULTS, "litellm_home": "/srv/gk", "litellm_config_dir": "/srv/gk-etc", "litellm_ports": [4301, 4302],
-               "nginx_https_port": 8443, "litellm_bind": "127.0.0.2", "postgres_version": 16, "litellm_user": "gk"}
+               "nginx_https_port": 8443, "litellm_bind": "127.0.0.2", "postgres_version": 16, "litellm_user": "gk",
+               "nginx_upstream_keepalive": 48, "nginx_upstream_keepalive_timeout": 50}
+ONHOST = Path(__file__).resolve().parents[2] / "gatekit" / "onhost"
+
+
+def test_every_on_host_module_is_uploaded():
+    """The on-host programs import each other flat on the host: a module of gatekit/onhost/ the deploy does not
+    upload would be missing there (an ImportError at the first rotation, not in any test run from the checkout)."""
+    assert sorted(ONHOST_PROGRAMS) == sorted(p.name for p in ONHOST.glob("*.py") if p.name != "__init__.py")
 
 
 def test_layout_defaults_are_the_settings_defaults():
@@ -55,20 +63,30 @@ def test_uploaded_programs_read_the_layout_beside_them_without_gatekit(tmp_path)
     L = Layout.from_settings(NON_DEFAULT)
     (lib / "layout.json").write_text(L.to_json())
     probe = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]); import instance, layout; "
+        "import importlib, json, sys; sys.path.insert(0, sys.argv[1]); "
+        "mods = [importlib.import_module(m) for m in sys.argv[2:]]; import instance, layout, upstream; "
         "L = layout.Layout.beside(instance.__file__); print(json.dumps([L.config, L.env_file, L.creds_dir, "
-        "L.nginx_upstream, list(L.litellm_ports), L.nginx_https_port, L.litellm_bind, 'gatekit' in sys.modules]))"
+        "L.nginx_upstream, list(L.litellm_ports), L.nginx_https_port, L.litellm_bind, upstream.for_layout(L, [4301]), "
+        "'gatekit' in sys.modules]))"
     )
-    out = subprocess.run([sys.executable, "-S", "-c", probe, str(lib)], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == ["/srv/gk-etc/config.yaml", "/srv/gk-etc/litellm.env", "/etc/gatekit/creds",
-                                      "/etc/nginx/gatekit/upstream.conf", [4301, 4302], 8443, "127.0.0.2", False]
+    # Every uploaded module imports flat, beside the others (as rotate.py, unitstats.py and instance.py run).
+    modules = [name[:-3] for name in ONHOST_PROGRAMS if name not in ("keyauth.py", "gcpolicy.py")]  # those need LiteLLM
+    out = subprocess.run([sys.executable, "-S", "-c", probe, str(lib), *modules], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    *paths, upstream_conf, gatekit_imported = json.loads(out.stdout)
+    assert paths == ["/srv/gk-etc/config.yaml", "/srv/gk-etc/litellm.env", "/etc/gatekit/creds",
+                     "/etc/nginx/gatekit/upstream.conf", [4301, 4302], 8443, "127.0.0.2"]
+    assert not gatekit_imported
+    # The upstream file rotation writes on the host carries the host's bind address and keepalive settings.
+    assert "    server 127.0.0.2:4301 max_fails=0;\n" in upstream_conf
+    assert "    keepalive 48;\n" in upstream_conf and "    keepalive_timeout 50s;\n" in upstream_conf
     for program in ("rotate.py", "instance.py"):
         run = subprocess.run([sys.executable, "-S", str(lib / program), "--help"], capture_output=True, text=True)
         assert run.returncode == 0 and "usage:" in run.stdout, run.stderr
     # Without layout.json the programs refuse to guess the host's paths.
     (lib / "layout.json").unlink()
-    run = subprocess.run([sys.executable, "-S", str(lib / "rotate.py"), "--secrets", "openai_key"],
-                         capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-S", str(lib / "rotate.py"), "--secrets", "openai_key", "--master-cred", "m",
+                          "--redis-cred", "r", "--ready-timeout", "1", "--settle", "0"], capture_output=True, text=True)
     assert run.returncode != 0 and "layout.json missing. Fix: re-run the deploy" in run.stderr, run.stderr
     run = subprocess.run([sys.executable, "-S", str(lib / "instance.py"), "wait-ready", "4001", "--timeout", "1"],
                          capture_output=True, text=True)

@@ -1,16 +1,23 @@
 """Unit tests for key rotation: roles.rotation.deployment_ids and the on-host transaction of
-gatekit/onhost/rotate.py, run on a temporary directory with systemd, nginx, LiteLLM and Redis faked."""
+gatekit/onhost/rotate.py, run on a temporary directory with systemd, nginx, LiteLLM and Redis faked.
+
+The fake host is the default layout: two sets of two instances (blue 4001+4002 live, green 4003+4004), behind
+the upstream file gatekit/onhost/upstream.py renders (what the nginx role deploys). rotate.py's arguments are
+parsed by its own parser, as on the host."""
 
 from __future__ import annotations
 
-import argparse
 import copy
+import dataclasses
+import http.client
 import json
 import os
 import re
+import socket
+import ssl
 import stat
 import subprocess
-import sys
+import urllib.error
 from itertools import chain, combinations
 from pathlib import Path
 
@@ -19,14 +26,16 @@ import yaml
 
 import gatekit.onhost.instance as I
 import gatekit.onhost.rotate as R
-from gatekit.onhost.layout import Layout
 from gatekit.defaults import DEFAULTS
+from gatekit.onhost import upstream
+from gatekit.onhost.layout import Layout
 from gatekit.render import litellm_config
 from gatekit.spec import parse_spec
 from roles.rotation import deployment_ids
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "inventories" / "example.gateway.yaml"
+BLUE, GREEN = (4001, 4002), (4003, 4004)
 
 # --- deployment_ids ----------------------------------------------------------------------------------------
 
@@ -71,57 +80,55 @@ def test_deployment_ids_match_the_rendered_model_info_ids():
 
 
 def up():
-    """nginx's upstream as the fake host's events record it: a port, or a tuple for a set of several."""
-    ports = R.upstream_ports()
-    return ports[0] if len(ports) == 1 else tuple(ports)
+    """The ports nginx's upstream file sends traffic to, as a tuple."""
+    return tuple(R.upstream_ports())
 
 
-def upstream_text(ports) -> str:
-    from gatekit import render
-
-    return render.template("nginx/upstream.conf.j2", ports=list(ports), bind="127.0.0.1", keepalive=32, keepalive_timeout=60)
-
-UPSTREAM_TEXT = """# Rendered by gatekit: the LiteLLM instance(s) nginx sends traffic to.
-upstream litellm {
-    server 127.0.0.1:%d max_fails=0;
-    keepalive 32;
-}
-"""
+def conf(ports) -> str:
+    """The upstream file the deploy renders for the fake host (default bind and keepalive), written out."""
+    servers = "".join(f"    server 127.0.0.1:{p} max_fails=0;\n" for p in ports)
+    return ("# Rendered by gatekit: the LiteLLM instances nginx sends traffic to (every instance of the live set).\n"
+            "# A request that cannot connect to one (it died, or is restarting) goes to the next: proxy_next_upstream.\n"
+            "upstream litellm {\n"
+            "    # Streams hold a connection for minutes: send each request to the instance with the fewest.\n"
+            "    least_conn;\n"
+            f"{servers}"
+            "    keepalive 32;\n"
+            "    # Below LiteLLM's own idle timeout: nginx closes an idle connection before LiteLLM can.\n"
+            "    keepalive_timeout 60s;\n"
+            "}\n")
 
 
 class FakeHost:
     """Files in tmp_path; systemd, nginx, LiteLLM and Redis as recorded fakes."""
 
-    def __init__(self, tmp_path: Path, monkeypatch, live: int = 4001, ports=(4001, 4002)):
+    def __init__(self, tmp_path: Path, monkeypatch, live=BLUE, ports=BLUE + GREEN):
         self.root = tmp_path
         self.creds = tmp_path / "creds"
         self.state = tmp_path / "state"
         self.nginx = tmp_path / "nginx" / "gatekit"
         for d in (self.creds, self.nginx):
             d.mkdir(parents=True)
-        self.upstream = self.nginx / "upstream.conf"
-        self.upstream.write_text(UPSTREAM_TEXT % live if isinstance(live, int) else upstream_text(live))
-        live = {live} if isinstance(live, int) else set(live)
         # Every path the program touches comes from its layout: here all of them under tmp_path.
-        monkeypatch.setattr(R, "LAYOUT", Layout(
-            gatekit_etc=str(tmp_path), gatekit_state_dir=str(self.state), nginx_dir=str(tmp_path / "nginx"),
-            litellm_config_dir=str(tmp_path), litellm_home=str(tmp_path / "home"), litellm_ports=ports,
-        ))
+        layout = Layout(gatekit_etc=str(tmp_path), gatekit_state_dir=str(self.state), nginx_dir=str(tmp_path / "nginx"),
+                        litellm_config_dir=str(tmp_path), litellm_home=str(tmp_path / "home"), litellm_ports=ports)
+        monkeypatch.setattr(R, "LAYOUT", layout)
+        self.upstream = self.nginx / "upstream.conf"
+        self.upstream.write_text(upstream.for_layout(layout, live))  # as the nginx role deploys it
         self.running = set(live)
         self.events: list[tuple] = []
         self.calls: list[tuple] = []
         self.nginx_ok = True
+        self.refuse: dict[tuple[str, str], str] = {}  # (systemctl verb, unit) -> its stderr: exit 1
         self.fail: dict[str, Exception] = {}  # "ready" | "canary" | "canary-nginx" | "purge" -> raised
         monkeypatch.setattr(R, "run", self.run)
-        monkeypatch.setattr(R, "stop_instances", self.stop_instances)
         monkeypatch.setattr(R, "wait_ready", self.wait_ready)
         monkeypatch.setattr(R, "canary", self.canary)
         monkeypatch.setattr(R, "purge_redis", self.purge_redis)
         monkeypatch.setattr(R, "unit_secret", self.unit_secret)
         monkeypatch.setattr(R, "nginx_workers", self.nginx_workers)
         monkeypatch.setattr(R, "invocations", self.invocations)
-        # A clock that moves only when the program sleeps: its waits (the canary through nginx retries for
-        # 10 s) end at once in fake time instead of spinning through real seconds.
+        # A clock that moves only when the program sleeps: its waits end at once in fake time.
         self.clock = 1000.0
         monkeypatch.setattr(R.time, "sleep", self.sleep)
         monkeypatch.setattr(R.time, "monotonic", lambda: self.clock)
@@ -136,31 +143,31 @@ class FakeHost:
             self.events.append(("nginx -t", up()))
             if not self.nginx_ok:
                 rc, err = 1, "nginx: [emerg] host not found in upstream"
-        elif argv[:2] == ("systemctl", "reload"):
-            self.events.append(("reload", up()))
-            self.generation += 1
-        elif argv[:2] == ("systemctl", "restart"):
-            port = int(re.fullmatch(r"litellm@(\d+)\.service", argv[2]).group(1))
-            self.events.append(("restart", port, self.cred_text("openai_key")))
-            self.running.add(port)
-            self.starts[port] = self.starts.get(port, 0) + 1
-        elif argv[:2] == ("systemctl", "start"):
-            for unit in argv[2:]:
-                if unit.startswith("litellm@"):
-                    port = int(re.fullmatch(r"litellm@(\d+)\.service", unit).group(1))
-                    self.events.append(("start", port))
-                    self.running.add(port)
-                    self.starts[port] = self.starts.get(port, 0) + 1
-        elif argv[:2] in (("systemctl", "enable"), ("systemctl", "disable")):
-            self.events.extend((argv[1], unit) for unit in argv[2:])
+        elif argv[0] == "systemctl":
+            verb, units = argv[1], [a for a in argv[2:] if not a.startswith("--")]
+            for unit in units:
+                if (verb, unit) in self.refuse:  # systemctl goes on with the other units, then exits 1
+                    rc, err = 1, self.refuse[(verb, unit)]
+                else:
+                    self.unit_op(verb, unit)
         if check and rc:
             raise RuntimeError(f"{' '.join(argv)}: {err}")
         return subprocess.CompletedProcess(argv, rc, "", err)
 
-    def stop_instances(self, ports):
-        for port in ports:
+    def unit_op(self, verb, unit):
+        port = int(m.group(1)) if (m := re.fullmatch(r"litellm@(\d+)\.service", unit)) else None
+        if verb == "reload" and unit == "nginx.service":
+            self.events.append(("reload", up()))
+            self.generation += 1
+        elif verb == "stop" and port:
             self.events.append(("stop", port))
             self.running.discard(port)
+        elif verb in ("start", "restart") and port:
+            self.events.append(("start", port) if verb == "start" else ("restart", port, self.cred_text("openai_key")))
+            self.running.add(port)
+            self.starts[port] = self.starts.get(port, 0) + 1
+        elif verb in ("enable", "disable"):
+            self.events.append((verb, unit))
 
     def wait_ready(self, port, timeout):
         self.events.append(("ready", port))
@@ -178,8 +185,8 @@ class FakeHost:
         if step in self.fail:
             raise self.fail[step]
 
-    def purge_redis(self, port, ids, redis_cred="redis_password"):
-        self.events.append(("purge", port, list(ids)))
+    def purge_redis(self, port, ids, redis_cred, known_ids=()):
+        self.events.append(("purge", port, list(ids), redis_cred, list(known_ids)))
         if "purge" in self.fail:
             raise self.fail["purge"]
         return 3
@@ -248,12 +255,21 @@ def gw(tmp_path, monkeypatch):
     return FakeHost(tmp_path, monkeypatch)
 
 
-def args(**over):
-    base = dict(secrets="openai_key", deployments="fast--0,smart--0", ports="4001,4002", https_port=443,
-                ready_timeout=5.0, drain_timeout=5.0, settle=0.25, fail_after="", fail_at="",
-                master_cred="litellm_master_key", redis_cred="redis_password", purge_deployments="fast--0,smart--0")
-    base.update(over)
-    return argparse.Namespace(**base)
+def args(secrets="openai_key", deployments="fast--0,smart--0", purge="fast--0--oldoldol,smart--0--oldoldol",
+         ready_timeout=5.0, settle=0.25, fail_after="", fail_at="", master_cred="litellm_master_key",
+         redis_cred="redis_password"):
+    """rotate.py's arguments through its own parser, as the helper unit gets them."""
+    argv = ["--secrets", secrets, "--deployments", deployments, "--purge-deployments", purge,
+            "--master-cred", master_cred, "--redis-cred", redis_cred, "--ready-timeout", str(ready_timeout),
+            "--settle", str(settle)]
+    argv += ["--fail-after", fail_after] if fail_after else []
+    argv += ["--fail-at", fail_at] if fail_at else []
+    return R.parser().parse_args(argv)
+
+
+def test_the_fake_hosts_upstream_is_the_deployed_file(gw):
+    assert gw.upstream.read_text() == conf(BLUE)
+    assert up() == BLUE
 
 
 # --- credentials ----------------------------------------------------------------------------------------
@@ -352,23 +368,23 @@ def test_cleanup_prev_renames_prev_to_retired(gw):
 def test_record_writes_live_json_and_counts_versions(gw):
     gw.state.mkdir()
     gw.put("openai_key", "C1", "fp-one")
-    R.record([4002], ["openai_key"], {})
+    R.record(list(GREEN), ["openai_key"], {})
     first = gw.live()
-    assert first["ports"] == [4002]
+    assert first["ports"] == [4003, 4004]
     assert first["secrets"]["openai_key"]["fingerprint"] == "fp-one"  # NAME.fp, without its newline
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", first["rotated_at"])
     assert first["secrets"]["openai_key"]["rotated_at"] == first["rotated_at"]
 
     gw.put("openai_key", "C2", "fp-two")
-    R.record([4001], ["openai_key"], {})
+    R.record(list(BLUE), ["openai_key"], {})
     gw.put("anthropic_key", "A1", "ant-one")
     gw.put("openai_key", "C3", "fp-three")
-    R.record([4002], ["openai_key", "anthropic_key"], {})
+    R.record(list(GREEN), ["openai_key", "anthropic_key"], {})
     third = gw.live()
     # Each rotation is one version more; the deployed key counts as version 1, so the first rotation is 2.
     assert first["secrets"]["openai_key"]["version"] == 2
     assert third["secrets"]["openai_key"]["version"] == 4
-    assert third["ports"] == [4002]
+    assert third["ports"] == [4003, 4004]
     assert third["secrets"]["openai_key"]["fingerprint"] == "fp-three"
     assert third["secrets"]["anthropic_key"] == {"fingerprint": "ant-one", "version": 2,
                                                  "rotated_at": third["rotated_at"]}
@@ -378,51 +394,60 @@ def test_record_increments_one_at_a_time(gw):
     gw.state.mkdir()
     gw.put("openai_key", "C", "fp")
     seen = []
-    for port in (4002, 4001, 4002):
-        R.record([port], ["openai_key"], {})
-        seen.append((gw.live()["ports"][0], gw.live()["secrets"]["openai_key"]["version"]))
-    assert seen == [(4002, 2), (4001, 3), (4002, 4)]
+    for ports in (GREEN, BLUE, GREEN):
+        R.record(list(ports), ["openai_key"], {})
+        seen.append((tuple(gw.live()["ports"]), gw.live()["secrets"]["openai_key"]["version"]))
+    assert seen == [(GREEN, 2), (BLUE, 3), (GREEN, 4)]
 
 
 def test_record_keeps_secrets_it_did_not_rotate(gw):
     gw.state.mkdir()
     (gw.state / "live.json").write_text(json.dumps(
-        {"port": 4001, "secrets": {"anthropic_key": {"fingerprint": "a", "version": 5, "rotated_at": "x"}}}))
+        {"ports": [4001, 4002], "secrets": {"anthropic_key": {"fingerprint": "a", "version": 5, "rotated_at": "x"}}}))
     gw.put("openai_key", "C", "fp")
-    R.record([4002], ["openai_key"], {})
+    R.record(list(GREEN), ["openai_key"], {})
     live = gw.live()
     assert live["secrets"]["anthropic_key"] == {"fingerprint": "a", "version": 5, "rotated_at": "x"}
-    assert live["secrets"]["openai_key"]["version"] == 2 and live["ports"] == [4002]
+    assert live["secrets"]["openai_key"]["version"] == 2 and live["ports"] == [4003, 4004]
 
 
 # --- nginx upstream -------------------------------------------------------------------------------------
 
 
-def test_upstream_port_parses_the_server_line(gw):
-    assert up() == 4001
-    gw.upstream.write_text("upstream litellm {\n    server 127.0.0.1:4002 max_fails=0;\n}\n")
-    assert up() == 4002
+def test_upstream_ports_are_read_from_the_server_lines(gw):
+    assert up() == BLUE
+    gw.upstream.write_text("upstream litellm {\n    server 127.0.0.1:4003 max_fails=0;\n    server 127.0.0.1:4004;\n}\n")
+    assert up() == GREEN
     gw.upstream.write_text("server 127.0.0.1:4002 max_fails=0;")
-    assert up() == 4002
+    assert up() == (4002,)
 
 
-def test_upstream_port_without_server_line_raises(gw):
+def test_upstream_ports_without_server_line_raises(gw):
     gw.upstream.write_text("upstream litellm {\n    keepalive 32;\n}\n")
     with pytest.raises(RuntimeError, match="no upstream server line"):
         up()
 
 
-def test_set_upstream_rewrites_only_the_port_and_reloads(gw):
-    R.set_upstream([4002])
-    assert gw.upstream.read_text() == UPSTREAM_TEXT % 4002
-    assert gw.events == [("nginx -t", 4002), ("reload", 4002)]
+def test_set_upstream_writes_the_deployed_file_for_the_set_and_reloads(gw):
+    R.set_upstream(list(GREEN))
+    assert gw.upstream.read_text() == conf(GREEN)  # a re-deploy renders the same: zero changes
+    assert gw.events == [("nginx -t", GREEN), ("reload", GREEN)]
     assert ("systemctl", "reload", "nginx.service") in gw.calls
-    assert sorted(p.name for p in gw.nginx.iterdir()) == ["upstream.conf"]  # no .before / .candidate left
+    assert sorted(p.name for p in gw.nginx.iterdir()) == ["upstream.conf"]  # no temporary file left
 
 
-def test_set_upstream_to_the_same_port_does_nothing(gw):
-    R.set_upstream([4001])
-    assert gw.upstream.read_text() == UPSTREAM_TEXT % 4001
+def test_set_upstream_writes_the_hosts_bind_and_keepalive_from_its_layout(gw, monkeypatch):
+    monkeypatch.setattr(R, "LAYOUT", dataclasses.replace(R.LAYOUT, litellm_bind="127.0.0.2", nginx_upstream_keepalive=48,
+                                                          nginx_upstream_keepalive_timeout=50))
+    R.set_upstream(list(GREEN))
+    text = gw.upstream.read_text()
+    assert "    server 127.0.0.2:4003 max_fails=0;\n    server 127.0.0.2:4004 max_fails=0;\n" in text
+    assert "    keepalive 48;\n" in text and "    keepalive_timeout 50s;\n" in text
+
+
+def test_set_upstream_to_the_same_set_does_nothing(gw):
+    R.set_upstream(list(BLUE))
+    assert gw.upstream.read_text() == conf(BLUE)
     assert gw.calls == [] and gw.events == []
 
 
@@ -430,11 +455,17 @@ def test_set_upstream_refused_by_nginx_restores_the_file(gw):
     gw.nginx_ok = False
     original = gw.upstream.read_text()
     with pytest.raises(RuntimeError, match="nginx -t refused the new upstream"):
-        R.set_upstream([4002])
+        R.set_upstream(list(GREEN))
     assert gw.upstream.read_text() == original
     assert gw.of("reload") == []  # never reloaded with a refused configuration
-    assert gw.of("nginx -t") == [("nginx -t", 4002)]  # nginx checked the candidate, not the old file
+    assert gw.of("nginx -t") == [("nginx -t", GREEN)]  # nginx checked the candidate, not the old file
     assert sorted(p.name for p in gw.nginx.iterdir()) == ["upstream.conf"]
+
+
+def test_set_upstream_fails_when_systemctl_refuses_the_reload(gw):
+    gw.refuse[("reload", "nginx.service")] = "Job for nginx.service failed because the control process exited."
+    with pytest.raises(R.UnitError, match=r"systemctl reload nginx.service failed \(exit 1\): Job for nginx.service failed"):
+        R.set_upstream(list(GREEN))
 
 
 def test_switch_pending_until_every_old_worker_retires_and_a_new_one_serves():
@@ -490,7 +521,7 @@ def test_set_upstream_returns_only_once_the_old_workers_stopped_taking_connectio
         return workers
 
     monkeypatch.setattr(R, "nginx_workers", slow_master)
-    R.set_upstream([4002])
+    R.set_upstream(list(GREEN))
     assert len(polls) == 4
     assert gw.kinds() == ["nginx -t", "reload", "sleep", "sleep", "sleep"]
 
@@ -500,7 +531,7 @@ def test_set_upstream_raises_when_the_reload_never_takes_effect(gw, monkeypatch)
     monkeypatch.setattr(R.time, "monotonic", lambda: float(next(clock)))
     monkeypatch.setattr(R, "nginx_workers", lambda: {11: "nginx: worker process"})  # the master kept the old ones
     with pytest.raises(RuntimeError, match=r"reload did not take effect within 30 s: nginx workers 11 from before"):
-        R.set_upstream([4002])
+        R.set_upstream(list(GREEN))
 
 
 def test_rotate_waits_for_the_switch_before_the_canary_through_nginx_and_the_drain(gw, monkeypatch):
@@ -527,12 +558,12 @@ def _ready(gw):
     gw.stage("openai_key", "NEW-cred", "newfp")
 
 
-def assert_rolled_back(gw, old=4001, new=4002, live_before=None):
-    assert up() == old
-    assert gw.upstream.read_text() == UPSTREAM_TEXT % old
-    assert gw.running == {old}
-    assert ("stop", new) in gw.events
-    assert ("stop", old) not in gw.events
+def assert_rolled_back(gw, live_before=None):
+    assert up() == BLUE
+    assert gw.upstream.read_text() == conf(BLUE)
+    assert gw.running == set(BLUE)
+    assert ("stop", 4003) in gw.events and ("stop", 4004) in gw.events
+    assert ("stop", 4001) not in gw.events and ("stop", 4002) not in gw.events
     assert gw.cred_text("openai_key") == "OLD-cred" and gw.fp_text("openai_key") == "oldfp"
     assert gw.cred_text("anthropic_key") == "ANT-cred"
     assert gw.files() == ["anthropic_key.cred", "anthropic_key.fp", "openai_key.cred", "openai_key.fp"]
@@ -545,12 +576,12 @@ def test_rotate_success(gw, capsys):
     _ready(gw)
     assert R.rotate(args()) == 0
 
-    assert up() == 4002
-    assert gw.upstream.read_text() == UPSTREAM_TEXT % 4002
-    assert gw.running == {4002}
+    assert up() == GREEN
+    assert gw.upstream.read_text() == conf(GREEN)  # a re-deploy renders the same: zero changes
+    assert gw.running == set(GREEN)
     assert gw.journal() is None
     live = gw.live()
-    assert live["ports"] == [4002]
+    assert live["ports"] == [4003, 4004]
     assert live["secrets"]["openai_key"]["fingerprint"] == "newfp"
     assert set(live["secrets"]) == {"openai_key"}
     assert gw.cred_text("openai_key") == "NEW-cred" and gw.fp_text("openai_key") == "newfp"
@@ -559,24 +590,39 @@ def test_rotate_success(gw, capsys):
                                  "openai_key.cred.retired", "openai_key.fp.retired"])
 
     # The order of the steps, and what each saw.
-    assert gw.kinds() == ["stop", "start", "ready", "unit_secret", "canary", "nginx -t", "reload", "purge",
-                          "canary-nginx", "sleep", "stop", "enable", "disable"]
-    assert gw.of("stop") == [("stop", 4002), ("stop", 4001)]  # leftover NEW first, OLD only after the switch
-    assert gw.of("start") == [("start", 4002)]
-    assert gw.of("unit_secret") == [("unit_secret", 4002, "litellm_master_key")]
-    # Direct canary: NEW instance, new credential already in place, traffic still on OLD.
-    assert gw.of("canary") == [("canary", "http://127.0.0.1:4002", "sk-master-fake", ["fast--0", "smart--0"],
-                                "NEW-cred", 4001)]
-    assert gw.of("reload") == [("reload", 4002)]
-    assert gw.of("purge") == [("purge", 4002, ["fast--0", "smart--0"])]
+    assert gw.kinds() == ["stop", "stop", "start", "start", "ready", "ready", "unit_secret", "canary", "canary",
+                          "nginx -t", "reload", "purge", "canary-nginx", "sleep", "stop", "stop", "enable", "enable",
+                          "disable", "disable"]
+    # Leftovers of NEW stopped first, OLD only after the switch.
+    assert gw.of("stop") == [("stop", 4003), ("stop", 4004), ("stop", 4001), ("stop", 4002)]
+    # Both new instances start side by side, before either is waited for.
+    assert gw.of("start") == [("start", 4003), ("start", 4004)]
+    assert gw.of("ready") == [("ready", 4003), ("ready", 4004)]
+    assert gw.of("unit_secret") == [("unit_secret", 4003, "litellm_master_key")]
+    # Each new instance proves the key on its own, new credential in place, while nginx still serves the old set.
+    assert gw.of("canary") == [
+        ("canary", "http://127.0.0.1:4003", "sk-master-fake", ["fast--0", "smart--0"], "NEW-cred", BLUE),
+        ("canary", "http://127.0.0.1:4004", "sk-master-fake", ["fast--0", "smart--0"], "NEW-cred", BLUE)]
+    assert gw.of("reload") == [("reload", GREEN)]
+    # The old key's ids purged, the new ones known (a longer id keeps its own keys).
+    assert gw.of("purge") == [("purge", 4003, ["fast--0--oldoldol", "smart--0--oldoldol"], "redis_password",
+                               ["fast--0", "smart--0"])]
     # Canary through nginx, after the switch.
     assert gw.of("canary-nginx") == [("canary-nginx", "https://127.0.0.1:443", "sk-master-fake",
-                                      ["fast--0", "smart--0"], "NEW-cred", 4002)]
+                                      ["fast--0", "smart--0"], "NEW-cred", GREEN)]
     assert gw.of("sleep") == [("sleep", 0.25)]
-    assert gw.of("enable") == [("enable", "litellm@4002.service")]
-    assert gw.of("disable") == [("disable", "litellm@4001.service")]
+    assert gw.of("enable") == [("enable", "litellm@4003.service"), ("enable", "litellm@4004.service")]
+    assert gw.of("disable") == [("disable", "litellm@4001.service"), ("disable", "litellm@4002.service")]
     out = capsys.readouterr().out
-    assert "litellm@4001 -> litellm@4002" in out and "3 Redis keys purged" in out
+    assert "litellm@4001,4002 -> litellm@4003,4004" in out and "3 Redis keys purged" in out
+
+
+def test_rotate_uses_the_credential_names_and_times_it_is_given(gw):
+    _ready(gw)
+    assert R.rotate(args(master_cred="mk_prod", redis_cred="redis_pw_prod", settle=2.5, ready_timeout=30.0)) == 0
+    assert gw.of("unit_secret") == [("unit_secret", 4003, "mk_prod")]
+    assert gw.of("purge")[0][3] == "redis_pw_prod"
+    assert gw.of("sleep") == [("sleep", 2.5)]
 
 
 def test_rotate_journal_during_the_run(gw, monkeypatch):
@@ -589,23 +635,26 @@ def test_rotate_journal_during_the_run(gw, monkeypatch):
         return real_canary(*a, **kw)
 
     monkeypatch.setattr(R, "canary", canary)
-    assert R.rotate(args()) == 0
-    assert seen[0]["old_ports"] == [4001] and seen[0]["new_ports"] == [4002]
+    assert R.rotate(args(master_cred="mk", redis_cred="rp", settle=0.5, ready_timeout=7.0)) == 0
+    assert seen[0]["old_ports"] == [4001, 4002] and seen[0]["new_ports"] == [4003, 4004]
     assert seen[0]["secrets"] == ["openai_key"] and seen[0]["swapped"] is True
+    # Everything a recovery needs, as this run was given it.
+    assert (seen[0]["master_cred"], seen[0]["redis_cred"], seen[0]["settle"], seen[0]["ready_timeout"]) == ("mk", "rp", 0.5, 7.0)
+    assert seen[0]["old_invocations"] == {"4001": "run-4001-1", "4002": "run-4002-1"}
     assert gw.journal() is None
 
 
-def test_rotate_twice_alternates_ports_and_counts_versions(gw):
+def test_rotate_twice_alternates_sets_and_counts_versions(gw):
     _ready(gw)
     assert R.rotate(args()) == 0
     gw.stage("openai_key", "NEWER-cred", "newerfp")
     gw.events.clear()
     assert R.rotate(args()) == 0
-    assert up() == 4001
-    assert gw.running == {4001}
-    assert gw.of("stop") == [("stop", 4001), ("stop", 4002)]
+    assert up() == BLUE and gw.upstream.read_text() == conf(BLUE)
+    assert gw.running == set(BLUE)
+    assert gw.of("stop") == [("stop", 4001), ("stop", 4002), ("stop", 4003), ("stop", 4004)]
     live = gw.live()
-    assert live["ports"] == [4001]
+    assert live["ports"] == [4001, 4002]
     assert live["secrets"]["openai_key"]["fingerprint"] == "newerfp"
     assert live["secrets"]["openai_key"]["version"] == 3
     assert gw.cred_text("openai_key", ".retired") == "NEW-cred"
@@ -629,13 +678,13 @@ def test_rotate_only_the_staged_secrets(gw):
     assert not (gw.creds / "anthropic_key.cred.retired").exists()
 
 
-def test_rotate_from_an_upstream_outside_the_pair_goes_to_the_first_port(gw):
-    gw.upstream.write_text(UPSTREAM_TEXT % 5000)
+def test_rotate_from_an_upstream_outside_the_sets_goes_to_the_first_set(gw):
+    gw.upstream.write_text(conf([5000]))
     gw.running = {5000}
     _ready(gw)
     assert R.rotate(args()) == 0
-    assert up() == 4001
-    assert gw.live()["ports"] == [4001]
+    assert up() == BLUE
+    assert gw.live()["ports"] == [4001, 4002]
     assert ("stop", 5000) in gw.events
 
 
@@ -650,11 +699,33 @@ def test_rotate_failure_in_canary_rolls_back(gw, capsys):
     assert "step canary failed" in err and "HTTP 401" in err
 
 
-def test_rollback_restarts_an_old_instance_that_systemd_restarted_from_the_refused_key(gw4, monkeypatch, capsys):
+def test_one_instance_of_the_new_set_failing_its_canary_rolls_the_whole_set_back(gw, monkeypatch):
+    _ready(gw)
+    real = gw.canary
+
+    def canary(base_url, *a, **kw):
+        real(base_url, *a, **kw)
+        if base_url.endswith(":4004"):
+            raise RuntimeError("fast--0: HTTP 401")
+
+    monkeypatch.setattr(R, "canary", canary)
+    assert R.rotate(args()) == 1
+    assert_rolled_back(gw)
+    assert gw.of("reload") == []  # nginx never left the old set
+
+
+def test_a_set_becomes_ready_within_one_timeout(gw, monkeypatch):
+    _ready(gw)
+    given = []
+    monkeypatch.setattr(R, "wait_ready", lambda port, timeout: given.append(timeout))
+    assert R.rotate(args(ready_timeout=30.0)) == 0
+    assert len(given) == 2 and given[0] <= 30.0 and given[1] <= given[0]
+
+
+def test_rollback_restarts_an_old_instance_that_systemd_restarted_from_the_refused_key(gw, monkeypatch, capsys):
     """Old set 4001+4002, new 4003+4004: 4001 dies after the swap and systemd starts it again, from the new
     credential. The canary refuses the key: the rollback restores the old credential, then restarts 4001
     (only 4001) and waits for it, so no instance keeps serving the refused key."""
-    gw = gw4
     _ready(gw)
     real_canary = gw.canary
 
@@ -669,7 +740,7 @@ def test_rollback_restarts_an_old_instance_that_systemd_restarted_from_the_refus
     assert gw.of("restart") == [("restart", 4001, "OLD-cred")]  # after the credential is back
     kinds = gw.kinds()
     assert kinds[kinds.index("restart") + 1] == "ready" and gw.of("ready")[-1] == ("ready", 4001)
-    assert gw.running == {4001, 4002}
+    assert gw.running == set(BLUE)
     assert "litellm@4001 started during the rotation, from the refused key: restarting it" in capsys.readouterr().err
 
 
@@ -697,7 +768,7 @@ def test_rotate_failure_of_swap_creds_itself_discards_the_staged_files(gw, monke
 
 def test_rotate_failure_in_ready_rolls_back(gw, capsys):
     _ready(gw)
-    gw.fail["ready"] = RuntimeError("litellm@4002 not ready after 5s")
+    gw.fail["ready"] = RuntimeError("litellm@4003 not ready after 5s")
     assert R.rotate(args()) == 1
     assert_rolled_back(gw)
     assert gw.of("canary") == []
@@ -711,8 +782,9 @@ def test_rotate_failure_after_the_switch_switches_back(gw, capsys, where):
     assert R.rotate(args()) == 1
     assert_rolled_back(gw)
     # Traffic had moved to NEW: it is moved back to OLD (nginx -t + graceful reload both ways).
-    assert gw.of("reload") == [("reload", 4002), ("reload", 4001)]
-    assert gw.kinds().index("stop", 1) > gw.kinds().index("reload", gw.kinds().index("reload") + 1)
+    assert gw.of("reload") == [("reload", GREEN), ("reload", BLUE)]
+    second_reload = gw.kinds().index("reload", gw.kinds().index("reload") + 1)
+    assert gw.events.index(("stop", 4003), second_reload) > second_reload  # NEW stops only once traffic is back
     assert f"step {where} failed" in capsys.readouterr().err
 
 
@@ -727,7 +799,7 @@ def test_rotate_nginx_refusing_the_switch_rolls_back(gw, capsys):
 
 def test_rotate_rollback_keeps_an_existing_live_json(gw):
     gw.state.mkdir()
-    before = {"port": 4001, "rotated_at": "2020-01-01T00:00:00Z",
+    before = {"ports": [4001, 4002], "rotated_at": "2020-01-01T00:00:00Z",
               "secrets": {"openai_key": {"fingerprint": "oldfp", "version": 2, "rotated_at": "2020-01-01T00:00:00Z"}}}
     (gw.state / "live.json").write_text(json.dumps(before))
     _ready(gw)
@@ -745,29 +817,29 @@ def test_rotate_fail_at_each_step_up_to_canary_nginx_rolls_back(gw, capsys, step
     assert R.rotate(args(fail_at=step)) == 1
     assert_rolled_back(gw)
     moved = ROLLED_BACK_STEPS.index(step) >= ROLLED_BACK_STEPS.index("switch")
-    assert gw.of("reload") == ([("reload", 4002), ("reload", 4001)] if moved else [])
+    assert gw.of("reload") == ([("reload", GREEN), ("reload", BLUE)] if moved else [])
     err = capsys.readouterr().err
     assert f"step {step} failed: fault injection" in err
 
 
-def test_rotate_fail_at_drain_is_finished_forward_by_the_next_run(gw):
+def test_rotate_fail_at_drain_is_finished_forward_by_the_next_run(gw, capsys):
     # Past the switch (and canary-nginx) the rotation only goes forward: a failure in drain is not rolled back,
     # the journal stays, and the next run completes the rotation.
     _ready(gw)
-    with pytest.raises(RuntimeError, match="fault injection"):
-        R.rotate(args(fail_at="drain"))
-    assert up() == 4002
-    assert gw.running == {4002}
-    assert gw.journal()["swapped"] is True and gw.journal()["new_ports"] == [4002]
+    assert R.rotate(args(fail_at="drain")) == 1
+    assert "step drain failed: fault injection" in capsys.readouterr().err
+    assert up() == GREEN
+    assert gw.running == set(GREEN)
+    assert gw.journal()["swapped"] is True and gw.journal()["new_ports"] == [4003, 4004]
     assert gw.live() is None
     assert gw.cred_text("openai_key") == "NEW-cred" and gw.cred_text("openai_key", ".prev") == "OLD-cred"
 
     gw.events.clear()
     assert R.rotate(args()) == 0  # nothing staged: only the recovery runs
     assert gw.journal() is None
-    assert gw.live()["ports"] == [4002] and gw.live()["secrets"]["openai_key"]["fingerprint"] == "newfp"
+    assert gw.live()["ports"] == [4003, 4004] and gw.live()["secrets"]["openai_key"]["fingerprint"] == "newfp"
     assert gw.cred_text("openai_key") == "NEW-cred" and gw.cred_text("openai_key", ".retired") == "OLD-cred"
-    assert up() == 4002
+    assert up() == GREEN
     assert gw.of("reload") == []
 
 
@@ -775,84 +847,116 @@ def test_rotate_fail_at_record_has_no_injection_point(gw):
     # rotate() calls fault() after every step but `record`: --fail-at record changes nothing.
     _ready(gw)
     assert R.rotate(args(fail_at="record")) == 0
-    assert gw.live()["ports"] == [4002] and gw.journal() is None
+    assert gw.live()["ports"] == [4003, 4004] and gw.journal() is None
+
+
+def _cut_off_after(gw, monkeypatch, step):
+    """A rotation of the staged key whose helper dies (SIGKILL, here SystemExit) right after `step`."""
+    _ready(gw)
+    monkeypatch.setattr(R.os, "kill", lambda pid, sig: (_ for _ in ()).throw(SystemExit(f"killed after {step}")))
+    with pytest.raises(SystemExit):
+        R.rotate(args(fail_after=step))
+
+
+@pytest.mark.parametrize("step", ["swap-creds", "start", "ready", "canary"])
+def test_a_rotation_cut_off_before_the_switch_is_rolled_back_by_the_next_run(gw, monkeypatch, step):
+    _cut_off_after(gw, monkeypatch, step)
+    assert gw.upstream.read_text() == conf(BLUE)  # nginx never left the old set
+    assert gw.journal()["old_ports"] == list(BLUE) and gw.journal()["new_ports"] == list(GREEN)
+    gw.events.clear()
+    assert R.rotate(args()) == 0  # recovery rolls back; then the staged key is gone, so nothing to rotate
+    assert gw.journal() is None
+    assert gw.upstream.read_text() == conf(BLUE) and set(BLUE) <= gw.running
+    assert gw.of("stop") == [("stop", 4003), ("stop", 4004)] and gw.of("reload") == []
+    assert gw.cred_text("openai_key") == "OLD-cred"
+
+
+@pytest.mark.parametrize("step", ["switch", "purge", "canary-nginx", "drain"])
+def test_a_rotation_cut_off_after_the_switch_is_finished_forward_by_the_next_run(gw, monkeypatch, step):
+    _cut_off_after(gw, monkeypatch, step)
+    assert gw.upstream.read_text() == conf(GREEN)
+    assert R.rotate(args()) == 0
+    assert gw.journal() is None and gw.running == set(GREEN)
+    assert gw.live()["ports"] == [4003, 4004] and gw.live()["secrets"]["openai_key"]["fingerprint"] == "newfp"
+    assert gw.upstream.read_text() == conf(GREEN)
 
 
 # --- recover() ------------------------------------------------------------------------------------------
 
 
-def _interrupted(gw, upstream, swapped=True):
-    """A rotation 4001 -> 4002 cut off: creds swapped (or not), NEW started, upstream where given."""
-    gw.upstream.write_text(UPSTREAM_TEXT % upstream)
-    gw.running = {4001, 4002} if upstream == 4002 or swapped else {4001}
+def _interrupted(gw, upstream_on, swapped=True):
+    """A rotation blue -> green cut off: creds swapped (or not), green started, nginx on `upstream_on`."""
+    gw.upstream.write_text(conf(upstream_on))
+    gw.running = set(BLUE) | (set(GREEN) if upstream_on == GREEN or swapped else set())
     if swapped:
         gw.put("openai_key", "NEW-cred", "newfp")
         gw.put("openai_key", "OLD-cred", "oldfp", ".prev")
     else:
         gw.put("openai_key", "OLD-cred", "oldfp")
         gw.stage("openai_key", "NEW-cred", "newfp")
-    journal = {"old_port": 4001, "new_port": 4002, "secrets": ["openai_key"], "started": 1.0, "swapped": swapped}
+    journal = {"old_ports": list(BLUE), "new_ports": list(GREEN), "secrets": ["openai_key"], "started": 1.0,
+               "swapped": swapped, "deployments": ["fast--0--newfp"], "purge": ["fast--0--oldfp"],
+               "master_cred": "mk_prod", "redis_cred": "redis_pw_prod", "settle": 0.5, "ready_timeout": 9.0,
+               "old_invocations": {"4001": "run-4001-1", "4002": "run-4002-1"}}
     gw.write_journal(**journal)
     return journal
 
 
 def test_recover_forward_when_nginx_is_already_on_new(gw):
-    journal = _interrupted(gw, upstream=4002)
+    journal = _interrupted(gw, upstream_on=GREEN)
     R.recover(journal)
     assert gw.journal() is None
-    assert gw.of("stop") == [("stop", 4001)]
-    assert gw.running == {4002}
-    assert gw.of("enable") == [("enable", "litellm@4002.service")]
-    assert gw.of("disable") == [("disable", "litellm@4001.service")]
-    assert gw.live()["ports"] == [4002]
+    assert gw.of("purge") == [("purge", 4003, ["fast--0--oldfp"], "redis_pw_prod", ["fast--0--newfp"])]
+    assert gw.of("unit_secret") == [("unit_secret", 4003, "mk_prod")]
+    assert gw.of("sleep") == [("sleep", 0.5)]
+    assert gw.of("stop") == [("stop", 4001), ("stop", 4002)]
+    assert gw.running == set(GREEN)
+    assert gw.of("enable") == [("enable", "litellm@4003.service"), ("enable", "litellm@4004.service")]
+    assert gw.of("disable") == [("disable", "litellm@4001.service"), ("disable", "litellm@4002.service")]
+    assert gw.live()["ports"] == [4003, 4004]
     assert gw.live()["secrets"]["openai_key"]["fingerprint"] == "newfp"
     assert gw.cred_text("openai_key") == "NEW-cred"
     assert gw.files() == ["openai_key.cred", "openai_key.cred.retired", "openai_key.fp", "openai_key.fp.retired"]
-    assert up() == 4002 and gw.of("reload") == []
+    assert up() == GREEN and gw.of("reload") == []
 
 
 def test_recover_back_when_nginx_is_still_on_old(gw):
-    journal = _interrupted(gw, upstream=4001, swapped=True)
+    journal = _interrupted(gw, upstream_on=BLUE, swapped=True)
     R.recover(journal)
     assert gw.journal() is None
-    assert gw.of("stop") == [("stop", 4002)]
-    assert gw.running == {4001}
+    assert gw.of("stop") == [("stop", 4003), ("stop", 4004)]
+    assert gw.running == set(BLUE)
     assert gw.cred_text("openai_key") == "OLD-cred" and gw.fp_text("openai_key") == "oldfp"
     assert gw.files() == ["openai_key.cred", "openai_key.fp"]
     assert gw.live() is None
-    assert up() == 4001 and gw.of("reload") == []
-    assert gw.of("enable") == [] and gw.of("disable") == []
+    assert up() == BLUE and gw.of("reload") == []
+    assert gw.of("enable") == [] and gw.of("disable") == [] and gw.of("restart") == []
 
 
-def test_recover_back_restarts_old_instances_started_after_the_swap(gw):
-    """Cut off after the swap, then the host rebooted: the old instance started at boot from the new credential.
-    Rolling back restores the old one and restarts that instance from it; a journal without the record (an
-    older release) restarts nothing."""
-    journal = _interrupted(gw, upstream=4001, swapped=True)
-    journal["old_invocations"] = {"4001": "run-4001-1"}
-    gw.crash_and_restart(4001)  # the boot
+def test_recover_back_restarts_the_old_instances_started_after_the_swap(gw, monkeypatch):
+    """Cut off after the swap, then 4001 started again (a crash, a reboot) from the new credential. Rolling back
+    restores the old one and restarts that instance (only it) from it, waiting as long as the journal says."""
+    journal = _interrupted(gw, upstream_on=BLUE, swapped=True)
+    gw.crash_and_restart(4001)
+    waited = []
+    monkeypatch.setattr(R, "wait_ready", lambda port, timeout: waited.append((port, timeout)))
     R.recover(journal)
     assert gw.of("restart") == [("restart", 4001, "OLD-cred")]
+    assert waited == [(4001, 9.0)]
     assert gw.journal() is None and gw.cred_text("openai_key") == "OLD-cred"
-
-    gw.events.clear()
-    journal = _interrupted(gw, upstream=4001, swapped=True)
-    gw.crash_and_restart(4001)
-    R.recover(journal)
-    assert gw.of("restart") == []
 
 
 def test_recover_back_before_the_swap_leaves_creds_alone(gw):
-    journal = _interrupted(gw, upstream=4001, swapped=False)
+    journal = _interrupted(gw, upstream_on=BLUE, swapped=False)
     before = gw.snapshot()
     R.recover(journal)
     assert gw.journal() is None
-    assert gw.of("stop") == [("stop", 4002)]
+    assert gw.of("stop") == [("stop", 4003), ("stop", 4004)]
     assert gw.snapshot() == before  # including the staged .next files
 
 
 def test_recover_keeps_freshly_staged_credentials(gw):
-    journal = _interrupted(gw, upstream=4001, swapped=True)
+    journal = _interrupted(gw, upstream_on=BLUE, swapped=True)
     gw.stage("openai_key", "NEWEST-cred", "newestfp")  # the re-run staged before gatekit-rotate ran
     R.recover(journal)
     assert gw.cred_text("openai_key") == "OLD-cred"
@@ -860,7 +964,7 @@ def test_recover_keeps_freshly_staged_credentials(gw):
 
 
 def test_recover_forward_keeps_freshly_staged_credentials(gw):
-    journal = _interrupted(gw, upstream=4002, swapped=True)
+    journal = _interrupted(gw, upstream_on=GREEN, swapped=True)
     gw.stage("openai_key", "NEWEST-cred", "newestfp")
     R.recover(journal)
     assert gw.cred_text("openai_key") == "NEW-cred"
@@ -868,29 +972,29 @@ def test_recover_forward_keeps_freshly_staged_credentials(gw):
 
 
 def test_rerun_after_an_interrupted_rotation_rolls_back_then_rotates_the_fresh_key(gw):
-    _interrupted(gw, upstream=4001, swapped=True)
+    _interrupted(gw, upstream_on=BLUE, swapped=True)
     gw.stage("openai_key", "NEWEST-cred", "newestfp")
     assert R.rotate(args()) == 0
-    assert up() == 4002
-    assert gw.running == {4002}
+    assert up() == GREEN
+    assert gw.running == set(GREEN)
     assert gw.journal() is None
     assert gw.cred_text("openai_key") == "NEWEST-cred"
     assert gw.cred_text("openai_key", ".retired") == "OLD-cred"  # the key live before the cut-off run
-    assert gw.live()["ports"] == [4002] and gw.live()["secrets"]["openai_key"]["fingerprint"] == "newestfp"
+    assert gw.live()["ports"] == [4003, 4004] and gw.live()["secrets"]["openai_key"]["fingerprint"] == "newestfp"
     # The canary tested the freshly staged key.
     assert gw.of("canary")[0][4] == "NEWEST-cred"
 
 
 def test_rerun_after_an_interrupted_rotation_finishes_forward_then_rotates_the_fresh_key(gw):
-    _interrupted(gw, upstream=4002, swapped=True)
+    _interrupted(gw, upstream_on=GREEN, swapped=True)
     gw.stage("openai_key", "NEWEST-cred", "newestfp")
     assert R.rotate(args()) == 0
-    assert up() == 4001  # forward to 4002, then the new rotation 4002 -> 4001
-    assert gw.running == {4001}
+    assert up() == BLUE  # forward to green, then the new rotation green -> blue
+    assert gw.running == set(BLUE)
     assert gw.cred_text("openai_key") == "NEWEST-cred"
     assert gw.cred_text("openai_key", ".retired") == "NEW-cred"
     live = gw.live()
-    assert live["ports"] == [4001]
+    assert live["ports"] == [4001, 4002]
     assert live["secrets"]["openai_key"] == {"fingerprint": "newestfp", "version": 3,
                                              "rotated_at": live["rotated_at"]}
 
@@ -898,16 +1002,125 @@ def test_rerun_after_an_interrupted_rotation_finishes_forward_then_rotates_the_f
 def test_rerun_restaging_the_key_recovery_already_made_live_rotates_nothing_more(gw):
     # Interrupted after the switch: recovery finishes forward to NEW. The controller could not tell from
     # the fingerprint files and re-staged the same key: it must be discarded, not rotated a second time.
-    _interrupted(gw, upstream=4002, swapped=True)
+    _interrupted(gw, upstream_on=GREEN, swapped=True)
     gw.stage("openai_key", "NEW-cred", "newfp")
     assert R.rotate(args()) == 0
-    assert up() == 4002
+    assert up() == GREEN
     assert not os.path.exists(os.path.join(R.LAYOUT.creds_dir, "openai_key.cred.next"))
     assert not os.path.exists(os.path.join(R.LAYOUT.creds_dir, "openai_key.fp.next"))
     assert gw.live()["secrets"]["openai_key"]["version"] == 2
 
 
-# --- canary, wait_ready, purge_redis with only HTTP/systemd/Redis faked --------------------------------------
+# --- systemctl's exit status: every unit operation the rotation relies on is checked ---------------------------
+
+REFUSED = "Failed to enable unit: Unit file /etc/systemd/system/litellm@.service is masked."
+
+
+def test_a_refused_enable_of_the_new_set_fails_the_drain_and_the_next_run_finishes_it(gw, capsys):
+    """Otherwise the old set would come back at the next boot, with the retired key."""
+    _ready(gw)
+    gw.refuse[("enable", "litellm@4004.service")] = REFUSED
+    assert R.rotate(args()) == 1
+    err = capsys.readouterr().err
+    assert "step drain failed: systemctl enable litellm@4003.service litellm@4004.service failed (exit 1): " + REFUSED in err
+    assert up() == GREEN and gw.running == set(GREEN)  # forward only: traffic stays on the proven set
+    assert gw.journal() is not None and gw.live() is None
+    del gw.refuse[("enable", "litellm@4004.service")]
+    gw.events.clear()
+    assert R.rotate(args()) == 0  # recovery finishes it
+    assert ("enable", "litellm@4004.service") in gw.events and ("disable", "litellm@4002.service") in gw.events
+    assert gw.journal() is None and gw.live()["ports"] == [4003, 4004]
+
+
+@pytest.mark.parametrize("verb, unit", [("disable", "litellm@4001.service"), ("stop", "litellm@4002.service")])
+def test_a_refused_disable_or_stop_of_the_old_set_fails_the_drain(gw, capsys, verb, unit):
+    _ready(gw)
+    gw.refuse[(verb, unit)] = f"Failed to {verb} {unit}: Access denied"
+    assert R.rotate(args()) == 1
+    err = capsys.readouterr().err
+    assert f"step drain failed: systemctl {verb} litellm@4001.service litellm@4002.service failed (exit 1): " in err
+    assert f"Failed to {verb} {unit}: Access denied" in err
+    assert gw.journal() is not None and gw.live() is None
+
+
+@pytest.mark.parametrize("verb, unit, words", [
+    ("stop", "litellm@4004.service", "systemctl stop litellm@4003.service litellm@4004.service failed"),
+    ("start", "litellm@4003.service", "systemctl start --no-block litellm@4003.service litellm@4004.service failed"),
+])
+def test_a_refused_stop_of_leftovers_or_start_of_the_new_set_fails_the_start_step(gw, capsys, verb, unit, words):
+    _ready(gw)
+    gw.refuse[(verb, unit)] = "Job failed. See \"journalctl -xe\" for details."
+    assert R.rotate(args()) == 1
+    err = capsys.readouterr().err
+    assert f"step start failed: {words} (exit 1): Job failed." in err
+    assert gw.of("ready") == [] and gw.of("canary") == []
+    assert gw.cred_text("openai_key") == "OLD-cred" and up() == BLUE
+
+
+def test_a_refused_stop_in_the_rollback_keeps_the_journal_and_the_next_run_finishes_the_rollback(gw, monkeypatch,
+                                                                                                capsys):
+    _ready(gw)
+
+    def canary(*a, **kw):  # from here on, systemd cannot stop 4003
+        gw.refuse[("stop", "litellm@4003.service")] = "Failed to stop litellm@4003.service: Connection timed out"
+        raise RuntimeError("fast--0: HTTP 401: invalid api key")
+
+    monkeypatch.setattr(R, "canary", canary)
+    assert R.rotate(args()) == 1
+    err = capsys.readouterr().err
+    assert "step canary failed" in err
+    assert "rollback not finished: systemctl stop litellm@4003.service litellm@4004.service failed (exit 1): " \
+           "Failed to stop litellm@4003.service: Connection timed out" in err
+    # What could be done is done: traffic and the credential are the old ones; 4004 stopped, 4003 still runs.
+    assert up() == BLUE and gw.cred_text("openai_key") == "OLD-cred"
+    assert gw.running == {4001, 4002, 4003}
+    assert gw.journal() is not None
+    del gw.refuse[("stop", "litellm@4003.service")]
+    gw.events.clear()
+    assert R.rotate(args()) == 0  # the rollback finished, nothing staged any more
+    assert gw.of("stop") == [("stop", 4003), ("stop", 4004)]
+    assert gw.journal() is None and gw.running == set(BLUE) and gw.cred_text("openai_key") == "OLD-cred"
+
+
+def test_a_refused_restart_of_an_old_instance_keeps_the_journal(gw, capsys):
+    journal = _interrupted(gw, upstream_on=BLUE, swapped=True)
+    gw.crash_and_restart(4002)
+    gw.refuse[("restart", "litellm@4002.service")] = "Failed to restart litellm@4002.service: Unit is masked."
+    assert R.rotate(args()) == 1
+    assert "recovering the interrupted rotation failed: systemctl restart litellm@4002.service failed (exit 1): " \
+           "Failed to restart litellm@4002.service: Unit is masked." in capsys.readouterr().err
+    assert gw.journal() == journal  # the next run restarts it again
+    assert gw.cred_text("openai_key") == "OLD-cred" and not set(GREEN) & gw.running
+
+
+def test_the_rotation_calls_systemctl_checked_except_reset_failed(gw, monkeypatch):
+    """Every unit operation goes through R.systemctl (exit status checked), but reset-failed (a failure of it
+    shows in the start that follows)."""
+    _ready(gw)
+    direct, checked, inside = [], [], []
+    real_run, real_systemctl = gw.run, R.systemctl
+
+    def run(*argv, check=True):
+        if argv[0] == "systemctl" and not inside:
+            direct.append(argv[1])
+        return real_run(*argv, check=check)
+
+    def systemctl(verb, *a):
+        checked.append(verb)
+        inside.append(verb)
+        try:
+            return real_systemctl(verb, *a)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(R, "run", run)
+    monkeypatch.setattr(R, "systemctl", systemctl)
+    assert R.rotate(args()) == 0
+    assert direct == ["reset-failed"]
+    assert checked == ["stop", "start", "reload", "stop", "enable", "disable"]
+
+
+# --- canary, wait_ready with only HTTP/systemd faked -------------------------------------------------------
 
 
 @pytest.fixture
@@ -976,158 +1189,104 @@ def test_wait_ready_returns_when_readiness_answers_200(monkeypatch, http_calls):
     assert [c[0] for c in calls] == ["http://127.0.0.1:4002/health/readiness"] * 2
 
 
-def test_purge_redis_without_redis_configured_deletes_nothing(tmp_path, monkeypatch):
-    env = tmp_path / "litellm.env"
-    env.write_text("# no redis\nLITELLM_LOG=INFO\n")
-    monkeypatch.setattr(R, "LAYOUT", Layout(litellm_config_dir=str(tmp_path)))
-    monkeypatch.setitem(sys.modules, "redis", None)  # importing it would fail
-    assert R.purge_redis(4002, ["fast--0"]) == 0
+# --- which failures are waited out: only transient ones (refused, reset, timed out) ----------------------------
 
-
-def test_purge_redis_deletes_only_the_rotated_deployments_keys(tmp_path, monkeypatch):
-    env = tmp_path / "litellm.env"
-    env.write_text("LITELLM_LOG=INFO\nREDIS_HOST=10.0.0.5\nREDIS_PORT=6380\nREDIS_DB=1\n")
-    monkeypatch.setattr(R, "LAYOUT", Layout(litellm_config_dir=str(tmp_path)))
-    monkeypatch.setattr(R, "unit_secret", lambda port, name: f"secret-of-{name}@{port}")
-    made = {}
-
-    class FakeRedis:
-        def __init__(self, host, port, db, password):
-            made.update(host=host, port=port, db=db, password=password)
-            # LiteLLM's real key shapes (router.py / cooldown_cache.py), as bytes like Redis returns them.
-            self.keys = {b"deployment:fast--0:cooldown", b"fast--0:fails", b"fast--0:gpt-4o-mini:rpm:12-30",
-                         b"smart--0:successes", b"claude--0:fails", b"fast--10:fails", b"superfast--0:fails",
-                         b"deployment_spend:fast--0:1d", b"deployment_budget_start_time:fast--0"}
-            self.deleted = []
-
-        def scan_iter(self, match, count):
-            assert match.startswith("*") and match.endswith("*")
-            return [k for k in sorted(self.keys) if match.strip("*").encode() in k]
-
-        def delete(self, key):
-            self.deleted.append(key)
-            return 1
-
-        def close(self):
-            made["closed"] = True
-
-    monkeypatch.setitem(sys.modules, "redis", None)  # rotate.py must not import LiteLLM's venv's redis
-    monkeypatch.setattr(R, "Redis", FakeRedis)
-    r = R.purge_redis(4002, ["fast--0", "smart--0"])
-    assert r == 4
-    assert made["host"] == "10.0.0.5" and made["port"] == 6380 and made["db"] == 1
-    assert made["password"] == "secret-of-redis_password@4002"
-
-
-# --- two instances live at once (the default layout: blue 4001+4002, green 4003+4004) ------------------------
-
-BLUE, GREEN = (4001, 4002), (4003, 4004)
+TRANSIENT = {
+    "refused": ConnectionRefusedError(111, "Connection refused"),
+    "reset": ConnectionResetError(104, "Connection reset by peer"),
+    "closed without answer": http.client.RemoteDisconnected("Remote end closed connection without response"),
+    "read timeout": socket.timeout("timed out"),
+    "refused, through urllib": urllib.error.URLError(ConnectionRefusedError(111, "Connection refused")),
+    "connect timeout, through urllib": urllib.error.URLError(TimeoutError("timed out")),
+}
+FINAL = {
+    "an answer other than 200": RuntimeError("fast--0: HTTP 401: invalid api key"),
+    "name not known": urllib.error.URLError(socket.gaierror(-2, "Name or service not known")),
+    "certificate refused": urllib.error.URLError(ssl.SSLCertVerificationError(1, "certificate verify failed")),
+    "network unreachable": OSError(101, "Network is unreachable"),
+    "a bug": KeyError("x-litellm-model-id"),
+}
 
 
 @pytest.fixture
-def gw4(tmp_path, monkeypatch):
-    return FakeHost(tmp_path, monkeypatch, live=BLUE, ports=BLUE + GREEN)
+def fake_clock(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(R.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(R.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+    monkeypatch.setattr(I.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(I.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+    return now
 
 
-def test_upstream_text_for_a_set_is_what_the_deploy_renders(gw4):
-    for ports in (GREEN, BLUE, (4001,), (4001, 4002, 4003)):
-        assert R.upstream_text(upstream_text(BLUE), ports) == upstream_text(ports)
-    assert R.upstream_ports() == list(BLUE)
+def _failing_canary(monkeypatch, exc, times):
+    calls = []
 
-
-def test_rotate_a_set_of_two(gw4, capsys):
-    _ready(gw4)
-    assert R.rotate(args()) == 0
-    assert gw4.upstream.read_text() == upstream_text(GREEN)  # a re-deploy renders the same: zero changes
-    assert gw4.running == set(GREEN)
-    assert gw4.live()["ports"] == list(GREEN) and "port" not in gw4.live()
-    assert gw4.kinds() == ["stop", "stop", "start", "start", "ready", "ready", "unit_secret", "canary", "canary",
-                           "nginx -t", "reload", "purge", "canary-nginx", "sleep", "stop", "stop", "enable", "enable",
-                           "disable", "disable"]
-    # Both new instances start side by side, before either is waited for.
-    assert gw4.of("start") == [("start", 4003), ("start", 4004)]
-    assert gw4.of("ready") == [("ready", 4003), ("ready", 4004)]
-    # Each new instance proves the key on its own, while nginx still serves the whole old set.
-    assert [(e[1], e[4], e[5]) for e in gw4.of("canary")] == [
-        ("http://127.0.0.1:4003", "NEW-cred", BLUE), ("http://127.0.0.1:4004", "NEW-cred", BLUE)]
-    assert gw4.of("reload") == [("reload", GREEN)]
-    assert gw4.of("stop")[2:] == [("stop", 4001), ("stop", 4002)]  # the old set only after the switch
-    assert gw4.of("enable") == [("enable", "litellm@4003.service"), ("enable", "litellm@4004.service")]
-    assert gw4.of("disable") == [("disable", "litellm@4001.service"), ("disable", "litellm@4002.service")]
-    assert "litellm@4001,4002 -> litellm@4003,4004" in capsys.readouterr().out
-    # And back: green -> blue.
-    gw4.stage("openai_key", "NEWER-cred", "newerfp")
-    assert R.rotate(args()) == 0
-    assert gw4.upstream.read_text() == upstream_text(BLUE) and gw4.running == set(BLUE)
-    assert gw4.live()["ports"] == list(BLUE) and gw4.live()["secrets"]["openai_key"]["version"] == 3
-
-
-def test_one_instance_of_the_new_set_failing_its_canary_rolls_the_whole_set_back(gw4, monkeypatch):
-    _ready(gw4)
-    real = gw4.canary
-
-    def canary(base_url, *a, **kw):
-        real(base_url, *a, **kw)
-        if base_url.endswith(":4004"):
-            raise RuntimeError("fast--0: HTTP 401")
+    def canary(base_url, master_key, ids, check_header):
+        calls.append((base_url, check_header))
+        if len(calls) <= times:
+            raise exc
 
     monkeypatch.setattr(R, "canary", canary)
-    assert R.rotate(args()) == 1
-    assert gw4.upstream.read_text() == upstream_text(BLUE)
-    assert gw4.running == set(BLUE)
-    assert gw4.of("reload") == []  # nginx never left the old set
-    assert gw4.cred_text("openai_key") == "OLD-cred" and gw4.journal() is None
+    return calls
 
 
-def test_a_set_of_two_becomes_ready_within_one_timeout(gw4, monkeypatch):
-    _ready(gw4)
-    given = []
-    monkeypatch.setattr(R, "wait_ready", lambda port, timeout: given.append(timeout))
-    assert R.rotate(args(ready_timeout=30.0)) == 0
-    assert len(given) == 2 and given[0] <= 30.0 and given[1] <= given[0]
+@pytest.mark.parametrize("exc", TRANSIENT.values(), ids=TRANSIENT.keys())
+def test_canary_through_nginx_tries_again_after_a_transient_failure(monkeypatch, fake_clock, exc):
+    calls = _failing_canary(monkeypatch, exc, times=2)
+    R.canary_through_nginx(8443, "sk-m", ["fast--0"])
+    assert calls == [("https://127.0.0.1:8443", False)] * 3
 
 
-def _cut_off_after(gw, monkeypatch, step):
-    """A rotation of the staged key whose helper dies (SIGKILL, here SystemExit) right after `step`."""
-    _ready(gw)
-    monkeypatch.setattr(R.os, "kill", lambda pid, sig: (_ for _ in ()).throw(SystemExit(f"killed after {step}")))
-    with pytest.raises(SystemExit):
-        R.rotate(args(fail_after=step))
+@pytest.mark.parametrize("exc", FINAL.values(), ids=FINAL.keys())
+def test_canary_through_nginx_fails_at_once_on_any_other_failure(monkeypatch, fake_clock, exc):
+    calls = _failing_canary(monkeypatch, exc, times=1)
+    with pytest.raises(type(exc)):
+        R.canary_through_nginx(8443, "sk-m", ["fast--0"])
+    assert len(calls) == 1 and fake_clock[0] == 0.0
 
 
-@pytest.mark.parametrize("step", ["swap-creds", "start", "ready", "canary"])
-def test_a_set_cut_off_before_the_switch_is_rolled_back_by_the_next_run(gw4, monkeypatch, step):
-    _cut_off_after(gw4, monkeypatch, step)
-    assert gw4.upstream.read_text() == upstream_text(BLUE)  # nginx never left the old set
-    assert gw4.journal()["old_ports"] == list(BLUE) and gw4.journal()["new_ports"] == list(GREEN)
-    gw4.events.clear()
-    assert R.rotate(args()) == 0  # recovery rolls back; then the staged key is gone, so nothing to rotate
-    assert gw4.journal() is None
-    assert gw4.upstream.read_text() == upstream_text(BLUE) and set(BLUE) <= gw4.running
-    assert gw4.of("stop") == [("stop", 4003), ("stop", 4004)] and gw4.of("reload") == []
-    assert gw4.cred_text("openai_key") == "OLD-cred"
+def test_canary_through_nginx_gives_up_on_a_transient_failure_after_its_timeout(monkeypatch, fake_clock):
+    calls = _failing_canary(monkeypatch, ConnectionRefusedError(111, "Connection refused"), times=10**6)
+    with pytest.raises(ConnectionRefusedError):
+        R.canary_through_nginx(8443, "sk-m", ["fast--0"], timeout=3.0)
+    assert 3.0 < fake_clock[0] <= 3.3 and len(calls) == 12
 
 
-@pytest.mark.parametrize("step", ["switch", "purge", "canary-nginx", "drain"])
-def test_a_set_cut_off_after_the_switch_is_finished_forward_by_the_next_run(gw4, monkeypatch, step):
-    _cut_off_after(gw4, monkeypatch, step)
-    assert gw4.upstream.read_text() == upstream_text(GREEN)
-    assert R.rotate(args()) == 0
-    assert gw4.journal() is None and gw4.running == set(GREEN)
-    assert gw4.live()["ports"] == list(GREEN) and gw4.live()["secrets"]["openai_key"]["fingerprint"] == "newfp"
-    assert gw4.upstream.read_text() == upstream_text(GREEN)
+def _readiness(monkeypatch, exc, times):
+    calls = []
+
+    def http(url, body, headers, timeout=30):
+        calls.append(url)
+        if len(calls) <= times:
+            raise exc
+        return 200, {}, "{}"
+
+    monkeypatch.setattr(I, "http", http)
+    monkeypatch.setattr(I, "unit_failed", lambda unit: False)
+    return calls
 
 
-def test_a_journal_of_an_older_release_is_recovered(gw4):
-    # Written by a release whose sets held one port each: old_port/new_port.
-    gw4.put("openai_key", "NEW-cred", "newfp")
-    gw4.put("openai_key", "OLD-cred", "oldfp", ".prev")
-    gw4.upstream.write_text(upstream_text((4001,)))
-    journal = {"old_port": 4001, "new_port": 4003, "secrets": ["openai_key"], "started": 1.0, "swapped": True}
-    gw4.write_journal(**journal)
-    R.recover(journal)
-    assert gw4.journal() is None and gw4.cred_text("openai_key") == "OLD-cred"
-    assert ("stop", 4003) in gw4.events
+@pytest.mark.parametrize("exc", TRANSIENT.values(), ids=TRANSIENT.keys())
+def test_wait_ready_waits_out_a_transient_failure(monkeypatch, fake_clock, exc):
+    calls = _readiness(monkeypatch, exc, times=2)
+    R.wait_ready(4003, 30)
+    assert calls == ["http://127.0.0.1:4003/health/readiness"] * 3
+
+
+@pytest.mark.parametrize("exc", [e for k, e in FINAL.items() if k != "an answer other than 200"],
+                         ids=[k for k in FINAL if k != "an answer other than 200"])
+def test_wait_ready_fails_at_once_on_any_other_failure(monkeypatch, fake_clock, exc):
+    calls = _readiness(monkeypatch, exc, times=1)
+    with pytest.raises(RuntimeError, match=rf"litellm@4003.service: /health/readiness: {type(exc).__name__}: "):
+        R.wait_ready(4003, 30)
+    assert len(calls) == 1 and fake_clock[0] == 0.0
+
+
+def test_wait_ready_gives_up_on_a_transient_failure_after_its_timeout(monkeypatch, fake_clock):
+    calls = _readiness(monkeypatch, ConnectionRefusedError(111, "Connection refused"), times=10**6)
+    with pytest.raises(RuntimeError, match=r"litellm@4003.service not ready after 3s"):
+        R.wait_ready(4003, 3)
+    assert len(calls) == 6
 
 
 def test_old_deployment_ids_after_an_interrupted_swap_are_the_journals_not_the_new_keys():
