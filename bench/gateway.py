@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gatekit.onhost.rotate import upstream_text  # noqa: E402
+from gatekit.onhost import upstream  # noqa: E402
 from lab import sandbox as sb  # noqa: E402
 from lab.env import KIT_PACKAGES, Lab  # noqa: E402
 from lab.fakeprovider import FakeProviderClient  # noqa: E402
@@ -138,8 +138,7 @@ class Gateway:
         return self.host.run(cmd, check=check, timeout=600).stdout
 
     def point_nginx(self, ports: list[int]):
-        text = self.sh(f"cat {self.L.nginx_upstream}")
-        self.host.put(self.L.nginx_upstream, upstream_text(text, ports))
+        self.host.put(self.L.nginx_upstream, upstream.for_layout(self.L, ports))
         self.sh("nginx -t -q && systemctl reload nginx")
         time.sleep(1.5)
 

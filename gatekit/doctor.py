@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import yaml
 
 from gatekit.onhost.layout import Layout
-from gatekit.spec import NEVER_RETRIED, RETRY_CLASSES, GatewaySpec
+from gatekit.spec import NEVER_RETRIED, RETRY_CLASSES, GatewaySpec, pricier_without_consent
 
 OK, FAIL, SKIPPED = "ok", "fail", "skipped"
 EXPOSURE_LIMIT = 2.5  # systemd-analyze security: the kit's contract for litellm@PORT (README, security model)
@@ -231,10 +231,6 @@ def _fallbacks(router: dict) -> list[tuple[str, list[str]]]:
     return out
 
 
-def _allowed_pricier(spec: GatewaySpec, src: str, dst: str) -> bool:
-    return any(fb.from_ == src and any(t.model == dst and t.allow_pricier for t in fb.targets()) for fb in spec.fallbacks)
-
-
 @_check("retries_cost")
 def check_retries_cost(host: str, config_text: str | None, spec: GatewaySpec) -> Result:
     cfg, err = parse_config(config_text)
@@ -256,9 +252,10 @@ def check_retries_cost(host: str, config_text: str | None, spec: GatewaySpec) ->
             dst_model = spec.model(dst)
             if src_model is None or dst_model is None:
                 problems.append(f"fallback {src} -> {dst}: not a model of the spec (price unknown)")
-            elif dst_model.price.dearer_than(src_model.price) and not _allowed_pricier(spec, src, dst):
-                problems.append(f"fallback {src} -> {dst} is pricier (${dst_model.price.output_per_1m:g} vs "
-                                f"${src_model.price.output_per_1m:g} per 1M out) and the spec does not allow it")
+            elif pricier_without_consent(spec, src, dst):
+                d, s_ = dst_model.price, src_model.price
+                problems.append(f"fallback {src} -> {dst} is pricier (${d.input_per_1m:g}/${d.output_per_1m:g} vs "
+                                f"${s_.input_per_1m:g}/${s_.output_per_1m:g} per 1M in/out) and the spec does not allow it")
     n_fb = sum(len(targets) for _, targets in fallbacks)
     return _result(host, "retries_cost", problems,
                    f"0 retries for 400/401/403/429, num_retries={num}, {n_fb} fallback(s) none pricier than allowed",

@@ -223,6 +223,9 @@ def groups(inventory_file: str, spec_file: str, hosts: dict[str, list[tuple[str,
         if os.environ.get("GATEKIT_ROTATE") and "rotate" not in data_args:
             data_args["rotate"] = os.environ["GATEKIT_ROTATE"]
         problems += data_problems(spec, data_args)
+        from gatekit.roles.rotation import cli_problems  # here: roles.rotation imports this module
+
+        problems += cli_problems(sys.argv[1:])
     if problems:
         raise _error(problems)
     # The vault's key and MAC, checked while the inventory loads: a wrong key or a tampered vault stops

@@ -24,14 +24,13 @@ from gatekit.inventory import context
 from gatekit.onhost.layout import LAYOUT_JSON, Layout
 from gatekit.render import litellm_config_yaml, template
 from gatekit.resources import onhost_source
-from gatekit.spec import parse_size
+from gatekit.spec import memory_max_problem
 from gatekit.roles import credentials, topology
 from gatekit.roles.venv import PACKAGES, VenvBuild  # noqa: F401 - PACKAGES: roles/packages.py reads it here
 
 ONHOST_PROGRAMS = ("layout.py", "instance.py", "rotate.py", "keyauth.py", "gcpolicy.py", "probe.py", "unitstats.py",
                    "upstream.py")  # uploaded to Layout.lib_dir with layout.json
 LOADED_BY_LITELLM = ("keyauth.py", "gcpolicy.py")  # run inside LiteLLM: a new version takes effect through a restart
-LEGACY_FILES = ("{home}/bin/gatekit-rotate",)  # where earlier versions installed the rotation program
 
 
 def render_config(ctx) -> str:
@@ -130,17 +129,12 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
         want.file(L.migrate_unit_file, template("litellm/litellm-migrate.service.j2", layout=L, credentials=sorted(env_for),
                                                 prisma_engines_mirror=s["litellm_prisma_engines_mirror"]),
                   notify=("daemon-reload", "migrate"), name="Install the LiteLLM database migration unit")
-    for legacy in LEGACY_FILES:
-        want.remove(legacy.format(home=L.litellm_home))
     credentials.declare(want, L, env_for)
     want.read()
 
-    mem_mb = want.state["mem_mb"]
-    if mem_mb and parse_size(s["litellm_memory_max"]) > mem_mb * 1024 * 1024:
-        raise PyinfraError(
-            f"host {host.name}: litellm_memory_max {s['litellm_memory_max']} is above the host's memory "
-            f"({mem_mb} MB), so it never protects the host. Fix: lower litellm_memory_max for this host."
-        )
+    problem = memory_max_problem(f"host {host.name}", s["litellm_memory_max"], want.state["mem_mb"])
+    if problem:
+        raise PyinfraError(problem)
 
     # --- install: the venv first, in the background (the longest step: it overlaps everything else) ---
     # In deploy.py python3-venv comes with the first package wave, so the build starts right after it,

@@ -172,14 +172,13 @@ class Layout:
         return None
 
     def live_set(self, live_json: str | None) -> tuple[int, ...]:
-        """The set nginx serves: the one live.json names (a live.json of an older release names one port: its
-        set), else blue."""
+        """The set nginx serves: the one live.json names, else blue."""
         try:
             data = json.loads(live_json) if live_json else None
         except ValueError:
             data = None
         data = data if isinstance(data, dict) else {}
-        named = data.get("ports") if isinstance(data.get("ports"), list) else [data.get("port")]
+        named = data.get("ports") if isinstance(data.get("ports"), list) else []
         return self.set_of(named) or self.instance_sets[0]
 
     # ---- systemd ------------------------------------------------------------------------------------

@@ -148,11 +148,10 @@ QUAD = Layout(litellm_ports=(4001, 4002, 4003, 4004))  # two instances live at o
     "live_json, expected",
     [
         ("", (4001,)),  # no live.json yet: blue
-        ('{"port": 4002}', (4002,)),  # an older release's live.json
-        ('{"port": 4001}', (4001,)),
+        ('{"port": 4002}', (4001,)),  # a single "port" is no live.json this kit writes: blue
         ('{"ports": [4002], "secrets": {}, "rotated_at": "2025-01-01T00:00:00Z"}', (4002,)),
-        ('{"port": 4003}', (4001,)),  # not one of the pair (ports changed since): blue
-        ('{"port": "4002"}', (4001,)),  # a string is not a port
+        ('{"ports": [4003]}', (4001,)),  # not one of the pair (ports changed since): blue
+        ('{"ports": ["4002"]}', (4001,)),  # a string is not a port
         ('{"ports": "4002"}', (4001,)),
         ('{"ports": 4002}', (4001,)),
         ("{not json", (4001,)),
@@ -173,8 +172,7 @@ def test_live_set_of_a_pair(live_json, expected):
         ('{"ports": [4003, 4004]}', (4003, 4004)),
         ('{"ports": [4004, 4003]}', (4003, 4004)),
         ('{"ports": [4001, 4002]}', (4001, 4002)),
-        ('{"port": 4003}', (4003, 4004)),  # an older release's single live port: its set
-        ('{"port": 4002}', (4001, 4002)),
+        ('{"port": 4003}', (4001, 4002)),  # a single "port" is no live.json this kit writes: blue
         ('{"ports": [4002, 4003]}', (4001, 4002)),  # straddles both sets: not a set, blue
         ('{"ports": [4005, 4006]}', (4001, 4002)),
         ('{"ports": []}', (4001, 4002)),
@@ -331,7 +329,7 @@ def test_command_quoting_never_executes_path_contents(tmp_path):
 
 def test_command_texts_and_users_run(tmp_path):
     live = tmp_path / "live.json"
-    live.write_text(json.dumps({"port": 4002, "secrets": {"openai_key": {"version": 2}}}, indent=1) + "\n")
+    live.write_text(json.dumps({"ports": [4002], "secrets": {"openai_key": {"version": 2}}}, indent=1) + "\n")
     fp = tmp_path / "openai_key.fp"
     fp.write_text("0123456789abcdef\n")
     me = pwd.getpwuid(os.getuid()).pw_name
@@ -345,7 +343,7 @@ def test_command_texts_and_users_run(tmp_path):
     assert state["users"] == {me}
     assert set(state["texts"]) == {str(live), str(fp)}  # a missing file has no text at all
     assert state["texts"][str(fp)] == "0123456789abcdef"
-    assert json.loads(state["texts"][str(live)]) == {"port": 4002, "secrets": {"openai_key": {"version": 2}}}
+    assert json.loads(state["texts"][str(live)]) == {"ports": [4002], "secrets": {"openai_key": {"version": 2}}}
     assert PAIR.live_set(state["texts"][str(live)]) == (4002,)
 
 

@@ -350,23 +350,6 @@ def test_nginx_needs_its_inputs(settings):
         render.template("nginx/gatekit.conf.j2", s=settings, layout=Layout.from_settings(settings), tls_cert="/a")
 
 
-def test_upstream_lists_every_port():
-    conf = render.template("nginx/upstream.conf.j2", ports=[4001, 4002, 4005], bind="127.0.0.1", keepalive=48,
-                           keepalive_timeout=60)
-    lines = directives(conf)
-    servers = [line for line in lines if line.startswith("server ")]
-    assert servers == [f"server 127.0.0.1:{p} max_fails=0;" for p in (4001, 4002, 4005)]
-    assert "keepalive 48;" in lines and "keepalive_timeout 60s;" in lines
-    assert lines[0] == "upstream litellm {" and lines[-1] == "}"
-
-
-def test_upstream_single_port():
-    conf = render.template("nginx/upstream.conf.j2", ports=[4001], bind="127.0.0.1", keepalive=32,
-                           keepalive_timeout=60)
-    assert [line for line in directives(conf) if line.startswith("server ")] == ["server 127.0.0.1:4001 max_fails=0;"]
-    assert "keepalive 32;" in directives(conf)
-
-
 # --- systemd unit -----------------------------------------------------------------------------------------------------
 
 CREDS = ["gk_secret_anthropic_key", "gk_secret_openai_key", "litellm_master_key", "redis_password"]

@@ -136,8 +136,6 @@ def test_an_empty_rotate_is_refused_before_connecting(pyinfra_cli):
     assert "rotate: no secret named" in out, out
 
 
-@pytest.mark.xfail(strict=True, reason="needs gatekit/inventory.py groups() to add roles.rotation.cli_problems(sys.argv[1:]) "
-                                       "to its problems (pyinfra loads rotate_keys.py only after connecting)")
 def test_no_rotate_at_all_is_refused_before_connecting(pyinfra_cli):
     rc, out = pyinfra_cli("-y")
     assert rc not in (0, 99) and "CONNECT-ATTEMPTED" not in out, out
