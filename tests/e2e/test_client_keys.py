@@ -309,6 +309,27 @@ def test_revoking_a_key_takes_effect_on_deploy_without_restart_or_failed_request
     assert s["requests"] > 20 and s["failed"] == 0, s
 
 
+def test_rotating_a_client_key_under_load_swaps_it_without_restart_or_failed_request(lab, keys):
+    """`gatekit keys rotate` + deploy while other clients call: the new key works and the old one is refused on
+    every worker of both gateways, no instance restarts and no request of the other clients fails."""
+    old = add_key(lab, "rotating", "--models", "fast")
+    assert lab.deploy().ok
+    wait_until(lambda: all(chat(lab, gw, old).status_code == 200 for gw in GATEWAYS), timeout=10, what="key works")
+    pids = live_pids(lab)
+    with Load(lab, list(GATEWAYS), models=("fast",), api_key=keys["app"]) as load:
+        new = gatekit(lab, "keys", "rotate", "rotating", "--spec", str(lab.spec_path)).stdout.strip()
+        assert new.startswith("gk-") and new != old
+        assert chat(lab, "gw1", old).status_code == 200  # the old key works until the next deploy
+        assert lab.deploy().ok
+        time.sleep(RELOAD_SECONDS)  # the documented bound for every worker to read the new table
+        assert {chat(lab, GATEWAYS[i % 2], new).status_code for i in range(8)} == {200}
+        assert {chat(lab, GATEWAYS[i % 2], old).status_code for i in range(8)} == {401}
+    assert live_pids(lab) == pids
+    s = load.summary()
+    assert s["requests"] > 20 and s["failed"] == 0, s
+    keys.update({"rotating": new, "rotating-old": old})  # the leak scan below looks for both
+
+
 def test_client_keys_appear_nowhere_on_the_hosts(lab, keys):
     """Only hashes travel: no client key in any file, process command line or journal on any host (the
     calls above sent every one of them through nginx and LiteLLM)."""
