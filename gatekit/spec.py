@@ -228,6 +228,10 @@ def _pydantic_problems(path: Path, exc: ValidationError) -> list[str]:
     return sorted(set(problems))
 
 
+# MemoryHigh=/MemoryMax= as systemd reads them (its suffixes are capitals; 0 is out of range).
+_SYSTEMD_SIZE_RE = re.compile(r"[1-9][0-9]{0,18}[KMGT]?")
+
+
 def parse_size(value: object) -> int:
     """A systemd/Redis-style size ('1536M', '2G', '512mb', 1048576) in bytes."""
     # ASCII digits only (int() would read other scripts' digits, which systemd does not); no spaces: the value
@@ -387,6 +391,13 @@ def _combined_problems(merged: dict, given: set[str], where: str, host_memory_mb
         except ValueError as exc:
             problems.append(f"{where}: settings.{key}: {exc}. Fix: a size like the default {DEFAULTS[key]} "
                             "(digits, then K, M, G or T).")
+            continue
+        if not _SYSTEMD_SIZE_RE.fullmatch(merged[key]):
+            # systemd ignores a MemoryHigh=/MemoryMax= it cannot read (lowercase suffix, "mb", 0): no limit at all.
+            del sizes[key]
+            problems.append(f"{where}: settings.{key}: {shown(merged[key], 40)} is not a size systemd reads (it would "
+                            "ignore the line: the instances would run without that limit). Fix: digits, then K, M, G or T in capitals, above "
+                            f"0, like the default {DEFAULTS[key]}.")
     if len(sizes) == 2 and sizes["litellm_memory_high"] >= sizes["litellm_memory_max"]:
         problems.append(
             f"{where}: settings.litellm_memory_high: MemoryHigh ({merged['litellm_memory_high']}) must be below "
@@ -676,6 +687,9 @@ _RESERVED_DIRS = ("/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/
                   "/usr/share", "/var/lib", "/var/log", "/var/tmp", "/var/cache", "/etc/systemd", "/etc/nginx",
                   "/etc/redis", "/etc/postgresql", "/etc/ssl", "/etc/gatekit/creds", "/var/lib/gatekit",
                   "/var/lib/litellm", "/run/gatekit")
+# The launcher's interpreter under litellm_home (templates/litellm/launch.py.j2's #! line): binfmt_script execs
+# no interpreter path longer than 253 bytes (the #! line and its newline must fit in 256 bytes).
+_LAUNCHER_INTERPRETER = "/venv/bin/python3"
 # Paths go into shell commands, unit files and nginx's config: only plain characters.
 _PATH_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -692,6 +706,12 @@ def _host_path_problems(merged: dict, where: str) -> list[str]:
             problems.append(
                 f"{where}: settings.{key}: {shown(value)} is not an absolute, normalized path of letters, digits, '.', '_' "
                 f"and '-' (at most 255). Fix: use a path like the default {DEFAULTS[key] or '/etc/ssl/gateway.pem'!r}."
+            )
+        elif key == "litellm_home" and len(value) + len(_LAUNCHER_INTERPRETER) > 253:
+            problems.append(
+                f"{where}: settings.litellm_home: {len(value)} characters; the kernel runs the launcher only if its "
+                f"interpreter line (#!{{litellm_home}}{_LAUNCHER_INTERPRETER}) fits in 256 bytes. Fix: a path of at most "
+                f"{253 - len(_LAUNCHER_INTERPRETER)} characters."
             )
         elif key in MANAGED_DIRS and (value in _RESERVED_DIRS or any(r.startswith(value + "/") for r in _RESERVED_DIRS)):
             problems.append(
