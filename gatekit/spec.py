@@ -396,8 +396,8 @@ def _combined_problems(merged: dict, given: set[str], where: str, host_memory_mb
             # systemd ignores a MemoryHigh=/MemoryMax= it cannot read (lowercase suffix, "mb", 0): no limit at all.
             del sizes[key]
             problems.append(f"{where}: settings.{key}: {shown(merged[key], 40)} is not a size systemd reads (it would "
-                            "ignore the line: the instances would run without that limit). Fix: digits, then K, M, G or T in capitals, above "
-                            f"0, like the default {DEFAULTS[key]}.")
+                            "ignore the line: the instances would run without that limit). Fix: digits, then K, M, G "
+                            f"or T in capitals, above 0, like the default {DEFAULTS[key]}.")
     if len(sizes) == 2 and sizes["litellm_memory_high"] >= sizes["litellm_memory_max"]:
         problems.append(
             f"{where}: settings.litellm_memory_high: MemoryHigh ({merged['litellm_memory_high']}) must be below "

@@ -67,9 +67,9 @@ def venv_build(L: Layout, s: dict) -> venv_role.VenvBuild:
 def venv_install_unit(L: Layout, s: dict) -> str:
     """The transient unit of the background venv build (systemd-run's -p properties and command, as the
     shell splits the command roles/venv.py sends) as a unit file."""
+    properties = ("Nice=19", "IOSchedulingPriority=7", "User=root", *venv_role.build_sandbox(L.litellm_home))
     command = background.start_commands(L.venv_install_unit, "gatekit: install LiteLLM into its venv", L.install_script,
-                                        s["litellm_install_timeout"],
-                                        ("Nice=19", "IOSchedulingPriority=7", "User=root", *venv_role.build_sandbox(L.litellm_home)))[1]
+                                        s["litellm_install_timeout"], properties)[1]
     words = shlex.split(command)
     props = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "-p"]
     last = max(i for i, w in enumerate(words) if w == "-p") + 2
@@ -193,7 +193,8 @@ def render_all(s: dict, **fixed) -> dict[str, str]:
         launcher = litellm_role.launcher(s, L, env_for)  # reads the topology too: never cached
     env_names = tuple(sorted(env_for.items()))
     renderers = {
-        "litellm/config.yaml": (lambda t: render.litellm_config_yaml(SPEC, t, redis_target, FINGERPRINTS), (repr(redis_target),)),
+        "litellm/config.yaml": (lambda t: render.litellm_config_yaml(SPEC, t, redis_target, FINGERPRINTS),
+                                (repr(redis_target),)),
         "litellm/litellm.env": (lambda t: render.template(
             "litellm/litellm.env.j2", redis=redis_target, extra_env=t["litellm_extra_env"],
             log_level=t["litellm_log_level"], usage_db=usage_db), (repr(redis_target), usage_db)),
@@ -261,7 +262,8 @@ def executables(L: Layout) -> list[str]:
             "/usr/bin/prometheus-postgres-exporter", "/lib/systemd/systemd-socket-proxyd"]
 
 
-def external_checks(variants: list[dict], workdir: Path, tls_pair: tuple[Path, Path], groups=("nginx", "systemd", "prometheus")) -> list[str]:
+def external_checks(variants: list[dict], workdir: Path, tls_pair: tuple[Path, Path],
+                    groups=("nginx", "systemd", "prometheus")) -> list[str]:
     """The real tools on rendered settings variants (each: its settings): nginx -t of the site and upstream,
     systemd-analyze verify of every unit, promtool check config of prometheus.yml with its rules. Returns
     the failures, each naming its variant."""

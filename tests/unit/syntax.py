@@ -47,8 +47,10 @@ def tool(path: Path | str) -> str:
     return found
 
 
-def run(args: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True, timeout=120, **kw)
+def run(args: list[str], timeout: int = 120, **kw) -> subprocess.CompletedProcess:
+    if "input" not in kw:
+        kw["stdin"] = subprocess.DEVNULL
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
 
 
 # ---- YAML, JSON ------------------------------------------------------------------------------------------
@@ -84,8 +86,8 @@ def json_shape(text: str) -> object:
 
 
 def nginx_statements(text: str) -> list[tuple]:
-    """nginx's tokens as ngx_conf_read_token reads them: (depth, directive, number of arguments, ';' or '{'),
-    and ('}', depth) for a block's end."""
+    """nginx's tokens as ngx_conf_read_token reads them: (depth, directive, number of arguments, ';' or '{', number
+    of $ (variables) in its words), and ('}', depth) for a block's end."""
     out: list[tuple] = []
     words: list[str] = []
     depth, i, n = 0, 0, len(text)
@@ -99,7 +101,7 @@ def nginx_statements(text: str) -> list[tuple]:
         elif c in ";{":
             if not words:
                 raise Broken(f"nginx: unexpected {c!r} at offset {i}")
-            out.append((depth, words[0], len(words) - 1, c))
+            out.append((depth, words[0], len(words) - 1, c, sum(w.count("$") for w in words)))
             words = []
             depth += c == "{"
             i += 1
@@ -208,8 +210,8 @@ _WORDS = ("Exec", "Environment", "LoadCredential")
 def unit_lines(text: str) -> list[tuple]:
     """A unit file as systemd's config parser reads it: (section, key, words, specifiers) per assignment,
     where `words` is the number of words of an Exec*/Environment= value (None for other keys) and
-    `specifiers` the % specifiers it holds. Refused: a line continuation (none of the kit's units has one),
-    a line outside a section, a line that is no assignment, an unknown or unbalanced specifier or quote."""
+    `specifiers` the % specifiers it holds (and the $ expansions of an Exec line). Refused: a line continuation
+    (none of the kit's units has one), a line outside a section, a line that is no assignment, an unknown or unbalanced specifier or quote."""
     out, section = [], None
     for no, line in enumerate(text.split("\n"), 1):
         stripped = line.strip(" \t\r")
@@ -228,6 +230,8 @@ def unit_lines(text: str) -> list[tuple]:
         specifiers = re.findall(r"%.?", value)
         if any(s == "%" or not s[1].isalpha() and s != "%%" for s in specifiers):
             raise Broken(f"unit line {no}: a bad % specifier in {value!r} (a literal % is %%)")
+        if key.startswith("Exec"):  # systemd expands $NAME and ${NAME} in a command's arguments ($$ is a $)
+            specifiers += re.findall(r"\$\$|\$\{?\w*", value)
         words = None
         if key.startswith(_WORDS):
             try:
@@ -619,3 +623,14 @@ def self_signed_pair(d: Path) -> tuple[Path, Path]:
     (d / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                   serialization.NoEncryption()))
     return d / "cert.pem", d / "key.pem"
+
+
+def shell_words(text: str, cwd: Path) -> list[str]:
+    """The words the shell makes of `text` as written into a command line (quotes removed, $ and backquote
+    expansions, globs, splitting) in a restricted bash with no PATH in the empty directory `cwd`: printf is a
+    builtin, so no program runs."""
+    p = run([tool("bash"), "--norc", "--noprofile", "-r", "-c", f"printf '%s\\0' _ {text}"], env={"PATH": "/nonexistent"},
+            cwd=cwd, timeout=10)
+    if p.returncode:
+        raise Broken(f"bash: {p.stderr.strip()}")
+    return p.stdout.split("\0")[1:-1]

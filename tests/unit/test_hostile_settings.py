@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import errno
 import re
+import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -206,6 +208,21 @@ def check_script(s: dict, text: str):
                        key=lambda kv: -len(kv[1])):
         parsed = parsed.replace(v, f"@@{k}@@") if v else parsed
     assert parsed == structure("litellm/venv-install.sh", marked), "venv-install.sh: bash reads other commands"
+    for k, v in inputs.items():
+        if isinstance(v, str) and k not in ("_name", "installer") and not re.fullmatch(r"[A-Za-z0-9._/=:-]*", v):
+            assert _shell_words(v) == shlex.split(v), f"venv-install.sh: the shell reads {k} otherwise: {v!r}"
+
+
+_WORDS: dict = {}
+
+
+def _shell_words(text: str) -> list[str]:
+    if text not in _WORDS:
+        _WORDS[text] = syntax.shell_words(text, Path(_EMPTY_DIR.name))
+    return _WORDS[text]
+
+
+_EMPTY_DIR = tempfile.TemporaryDirectory(prefix="gatekit-words-")  # a glob in a word matches nothing there
 
 
 def check_env(s: dict, text: str, twin_text: str):
@@ -230,7 +247,8 @@ def check_accepted(key: str, s: dict, twin_s: dict) -> dict[str, str]:
     return files
 
 
-GROUPS = {"nginx": ("nginx/",), "systemd": ("systemd/",), "prometheus": ("monitoring/prometheus.yml", "monitoring/alerts.yml")}
+GROUPS = {"nginx": ("nginx/",), "systemd": ("systemd/",),
+          "prometheus": ("monitoring/prometheus.yml", "monitoring/alerts.yml")}
 DEFAULT_FILES = render_all(dict(DEFAULTS))
 
 
@@ -271,8 +289,8 @@ def test_a_setting_is_refused_or_renders_as_intended(key, tls_pair, tmp_path):
         seen.append(value)
         groups = changed_groups(files)
         if groups:
-            accepted.setdefault(tuple(files[n] for n in sorted(files) if n.startswith(("nginx/", "systemd/", "monitoring/"))),
-                                (groups, value))
+            checked = tuple(files[n] for n in sorted(files) if n.startswith(("nginx/", "systemd/", "monitoring/")))
+            accepted.setdefault(checked, (groups, value))
 
     example(value=NON_EMPTY.get(key, DEFAULTS[key]))(one)()  # a valid value always runs: the render is checked
     assert seen, f"settings.{key}: no value was accepted, so no render was checked"

@@ -218,3 +218,22 @@ def test_a_control_character_is_refused_in_every_format():
     for name, fmt in FILES.items():
         with pytest.raises(Broken, match="control character"):
             syntax.structure(fmt, base(name) + "\x1b")
+
+
+def test_expansions_are_seen_where_a_reader_expands():
+    """A $ in a unit's command line, in an nginx word or in a shell word is an expansion there, never a character:
+    each checker tells it from a plain one."""
+    unit = base("systemd/prometheus.service.d/gatekit.conf")
+    assert syntax.unit_lines(unit.replace("retention.time=15d", "retention.time=15d$x")) != \
+        syntax.unit_lines(unit.replace("retention.time=15d", "retention.time=15dxx"))
+    site = base("nginx/gatekit.conf")
+    assert syntax.nginx_statements(site.replace("server_name _;", "server_name $x;", 1)) != \
+        syntax.nginx_statements(site.replace("server_name _;", "server_name xx;", 1))
+
+
+def test_shell_words_are_the_shells(tmp_path):
+    assert syntax.shell_words("'a b' c\\ d \"e\"f", tmp_path) == ["a b", "c d", "ef"]
+    assert syntax.shell_words("https://m/$x?y", tmp_path) == ["https://m/?y"]  # expanded, unlike shlex.split
+    (tmp_path / "match").write_text("")
+    assert syntax.shell_words("ma*", tmp_path) == ["match"]
+    assert syntax.shell_words("$(id) `id`", tmp_path) == []  # no program runs: restricted, no PATH
