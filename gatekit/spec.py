@@ -599,7 +599,11 @@ _TOKEN_RULES = {
     "litellm_requirements": (r"[A-Za-z0-9._/-]+", "a path of letters, digits, '.', '_', '-' and '/'"),
 }
 
-_SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9*_.-]+( [A-Za-z0-9*_.-]+)*$")
+# One server name as nginx takes it: labels of letters, digits, '_' and '-', a wildcard only as "*." in front or
+# ".*" at the end (nginx refuses "*", "*a", "*." and "."), a leading "." (the name and its subdomains) or a
+# trailing one. Checked against nginx -t (tests/unit/test_hostile_settings.py).
+_SERVER_NAME = r"(?:\*\.|\.)?[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*(?:\.\*|\.)?"
+_SERVER_NAME_RE = re.compile(rf"^{_SERVER_NAME}( {_SERVER_NAME})*$")
 _SIZE_RE = re.compile(r"^[0-9]{1,9}[kKmMgG]?$")
 
 
@@ -608,7 +612,8 @@ def _nginx_problems(merged: dict, where: str) -> list[str]:
     problems = []
     if not _SERVER_NAME_RE.fullmatch(merged["nginx_server_name"]):
         problems.append(f"{where}: settings.nginx_server_name: {shown(merged['nginx_server_name'])} is not a list of "
-                        "host names. Fix: host names separated by single spaces, or '_' for any.")
+                        "host names nginx takes. Fix: host names separated by single spaces (a wildcard only as '*.' "
+                        "in front or '.*' at the end), or '_' for any.")
     if not _SIZE_RE.fullmatch(merged["nginx_client_max_body_size"]):
         problems.append(f"{where}: settings.nginx_client_max_body_size: {shown(merged['nginx_client_max_body_size'])}. "
                         "Fix: a size like 20m (digits, then k, m or g).")

@@ -190,7 +190,8 @@ def nginx_check(variants: list[dict], workdir: Path, tls_pair: tuple[Path, Path]
         q = shlex.quote
         script.append(f"{q(nginx)} -t -q -p {q(r + '/')} -e {q(r + '/error.log')} -c {q(r + '/nginx.conf')} "
                       f">{q(r + '/check.out')} 2>&1; echo $? >{q(r + '/check.rc')}")
-    p = run(["unshare", "--net", "sh", "-c", "\n".join(script)])
+    (workdir / "nginx-check.sh").write_text("\n".join(script) + "\n")
+    p = run(["unshare", "--net", "sh", str(workdir / "nginx-check.sh")], timeout=600)
     assert p.returncode == 0, f"unshare --net: {p.stderr}"
     failures = []
     for k, root in enumerate(roots):

@@ -11,6 +11,7 @@ setting whose files differ from the default render, in one batch per setting."""
 from __future__ import annotations
 
 import errno
+import itertools
 import re
 import shlex
 import subprocess
@@ -356,3 +357,21 @@ def test_a_litellm_home_too_long_for_the_launchers_interpreter_line_is_refused(t
     assert check_settings({"litellm_home": "/" + "a" * limit}, "spec.yaml") == [
         f"spec.yaml: settings.litellm_home: {limit + 1} characters; the kernel runs the launcher only if its interpreter "
         f"line (#!{{litellm_home}}/venv/bin/python3) fits in 256 bytes. Fix: a path of at most {limit} characters."]
+
+
+def test_every_server_name_validation_accepts_is_one_nginx_takes(tls_pair, tmp_path):
+    """Every server name of up to 3 characters from "a*._" that validation accepts passes nginx -t, and the ones
+    the property found nginx refusing ("*_", "*", ".", "*a", "*.") are refused in one line."""
+    names = sorted({"".join(p) for n in (1, 2, 3) for p in itertools.product("a*._", repeat=n)})
+    accepted = [n for n in names if not check_settings({"nginx_server_name": n}, "spec.yaml")]
+    assert {"a", "_", "*.a", "a.*", ".a", "a.", "a_a", "*.a a.*"} <= {*accepted, "*.a a.*"}
+    variants = []
+    for name in [*accepted, "*.a a.*"]:
+        s = {**DEFAULTS, "nginx_server_name": name}
+        L, files = layout(s), render_all(s)
+        variants.append({"site": files["nginx/gatekit.conf"], "upstream": files["nginx/upstream.conf"],
+                         "upstream_path": L.nginx_upstream, "tls": L.tls_pair, "log_dir": L.nginx_log_dir})
+    assert syntax.nginx_check(variants, tmp_path, tls_pair) == []
+    for name in ("*_", "*", ".", "*a", "*.", "a*b"):
+        problems = check_settings({"nginx_server_name": name}, "spec.yaml")
+        assert len(problems) == 1 and problems[0].startswith("spec.yaml: settings.nginx_server_name: "), problems
