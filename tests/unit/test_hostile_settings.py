@@ -180,8 +180,8 @@ def sentinel_render(inputs: dict) -> tuple[str, dict]:
 
 def check_launcher(s: dict, text: str):
     """Python reads the launcher as the sentinel render, each value exactly as given (a quote or backslash in a
-    path would change a string or end it), and the kernel finds its interpreter (#! line of at most 255 bytes
-    with the newline, no space in the path: binfmt_script refuses a truncated interpreter)."""
+    path would change a string or end it), and the kernel finds its interpreter (the #! line and its newline in
+    256 bytes, no space in the path: binfmt_script refuses a truncated interpreter)."""
     L = layout(s)
     with rendered.on_gateway():
         env_for = credentials.secrets_for_gateway(rendered.SimpleNamespace(settings=s, spec=rendered.SPEC))
