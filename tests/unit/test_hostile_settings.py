@@ -38,7 +38,8 @@ SPECIAL = [";", "{", "}", '"', "'", "\\", "$", "#", "%", " ", "\t", "\n", "\r", 
 HOSTILE = st.one_of(
     st.text(max_size=40),
     st.sampled_from(["x; return 200", "x\nlocation / {", "a}b", "$(id)", "`id`", "a\"b", "a'b", "a\\b", "#x", " x",
-                     "x\r\nY=1", "/etc/../etc", "/opt/x y", "\x00", "10m;", "_ x", "* ;", "", "%n", "100%"]),
+                     "x\r\nY=1", "/etc/../etc", "/opt/x y", "\x00", "10m;", "_ x", "* ;", "", "%n", "100%", "*", ".",
+                     "*.", "*_", "-", "0"]),
 )
 
 
@@ -66,7 +67,8 @@ def near(draw, base: str):
     return v
 
 
-# A valid non-empty value where the default is empty (an optional line), and unusual values that are valid.
+# A valid non-empty value where the default is empty (an optional line), and unusual values: valid, or not by a
+# hair (what a reader of the file refuses that a validation could let through).
 NON_EMPTY = {"nginx_tls_cert": "/etc/ssl/gw.pem", "nginx_tls_key": "/etc/ssl/gw.key",
              "litellm_prisma_engines_mirror": "https://mirror.example/prisma",
              "litellm_pip_index_url": "https://m.example/simple", "litellm_pip_find_links": "/srv/wheels"}
@@ -77,7 +79,7 @@ ODD = {
     "nginx_selfsigned_dir": ["/etc/gatekit/tls-2", *LONG_PATHS],
     "nginx_tls_cert": ["/etc/ssl/a-b_c.1.pem", *LONG_PATHS],
     "nginx_tls_key": ["/etc/ssl/a-b_c.1.key"],
-    "nginx_server_name": ["gw.example.com *.example.com", "_", "a"],
+    "nginx_server_name": ["gw.example.com *.example.com", "_", "a", ".example.com", "gw.", "*", "*_", ".", "*.", "*a"],
     "nginx_client_max_body_size": ["0", "1k", "20M", "1g", "999999999g"],
     "litellm_memory_high": ["1G", "100", "100B", "1024K", "1280m", "1280Mb", "1t", "0"],
     "litellm_memory_max": ["2G", "1536m", "2g", "2gb", "1536MB", "9999999999999999999", "0"],
