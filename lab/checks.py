@@ -52,7 +52,7 @@ grep -rlF -f $P --exclude=.gk-patterns --exclude=.gk-control-value --exclude-dir
      --exclude-dir=credentials --exclude-dir=dev / 2>/root/.gk-grep-errors
 echo "files-rc $?"
 echo "grep-errors $(grep -vc 'No such file or directory' /root/.gk-grep-errors)"
-sh -c 'sleep 60' "$C" & ctl=$!
+python3 -c 'import time; time.sleep(60)' "$C" </dev/null >/dev/null 2>&1 & ctl=$!  # its fds: ssh need not wait
 sleep 0.2
 for f in /proc/[0-9]*/cmdline; do tr '\0' ' ' < $f; echo; done 2>/dev/null | grep -oF -f $P \
   | awk -v c="$C" '$0 == c {n++} $0 != c {o++} END {print "cmdline", n+0, o+0}'

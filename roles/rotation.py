@@ -1,7 +1,8 @@
 """Rotate provider keys on the gateways: one host at a time, stop at the first failure.
 
 Which secrets: pyinfra data `rotate` ("openai_key,anthropic_key") or env GATEKIT_ROTATE. Their new values
-are already in the vault (`gatekit secrets set`). For each gateway, in inventory order, one operation:
+are already in the vault (`gatekit secrets set`). For each gateway, one at a time, one operation (in
+pyinfra's serial order, which is not the inventory's: pyinfra iterates a set of hosts):
 stage the new credentials encrypted on the host (NAME.cred.next), then run gatekit-rotate there, which
 does the blue/green switch with canaries and rolls back by itself on failure (see gatekit/onhost/rotate.py).
 Every path, unit and port the host program uses comes from the layout.json the deploy put beside it.
