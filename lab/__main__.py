@@ -5,6 +5,8 @@
     python -m lab hosts NAME... [--inventory F]   boot bare hosts only and keep them until Ctrl-C
     python -m lab base [--seed PKG]         build the cached base root file system now
     python -m lab status                    list sandbox runs
+    python -m lab record-facts [--out F]    record a converged lab's facts for tests/unit/test_roles_ops.py
+                                            (boots data1 + gw1 + gw2, deploys, records, tears down)
 """
 
 from __future__ import annotations
@@ -93,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("base", help="build the cached base root file system now")
     b.add_argument("--seed", action="append", default=[], help="package whose .debs to pre-download")
     sub.add_parser("status", help="list sandbox runs")
+    r = sub.add_parser("record-facts", help="boot the e2e lab, deploy, and record what its converged hosts answer "
+                                            "to the roles' facts (tests/unit/fixtures/converged/facts.json)")
+    r.add_argument("--out", type=Path, help="where to write the recording (default: the unit tests' fixture)")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "up":
@@ -109,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "status":
             return sb._cmd_status()
+        if args.cmd == "record-facts":
+            from lab import record_facts
+
+            return record_facts.record_lab(args.out or record_facts.FIXTURE)
     except sb.SandboxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

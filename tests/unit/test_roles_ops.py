@@ -1,25 +1,24 @@
 """Facts in, operations out (pyinfra's own style of operation tests), for the whole deploy.
 
-deploy.py runs against an in-memory inventory (gw1, gw2 with non-default paths and ports, data1 with
-Redis and PostgreSQL) whose facts are fed, not read: no host, no SSH. A converged host yields no
-operation at all; each kind of drift yields exactly the operations that repair it, and the handlers it
-triggers (reload, restart, readiness wait) are the ones whose `_if` then holds.
+deploy.py is collected for every host against facts that are fed, not read: no host, no SSH.
+
+A converged host yields no operation at all: checked against what a real converged lab answered
+(tests/unit/fixtures/converged/facts.json, recorded by `python -m lab record-facts`, lab/record_facts.py),
+every fact answered from its recorded output through the fact's own process(). A role that declares a
+path, content, mode, owner, package or unit the real host does not have yields an operation there.
+
+Drift: an in-memory inventory (gw1, gw2 with non-default paths and ports, data1 with Redis and PostgreSQL)
+whose hosts answer what the roles declare, then changed by a test; each kind of drift yields exactly the
+operations that repair it, and the handlers it triggers (reload, restart, readiness wait) are the ones
+whose `_if` then holds.
 """
 
 from __future__ import annotations
 
 import hashlib
-import runpy
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pyinfra
 import pytest
-from pyinfra.api import Config, Inventory, State
-from pyinfra.api.state import StateStage
-from pyinfra.api.util import PYINFRA_INSTALL_DIR
-from pyinfra.context import ctx_host, ctx_inventory, ctx_state
 
 import gatekit.inventory as gk_inventory
 from gatekit.defaults import DEFAULTS
@@ -32,6 +31,7 @@ from gatekit.onhost.instance import fingerprint
 from gatekit.onhost.layout import Layout
 from gatekit.render import scram_sha256_verifier
 from gatekit.roles.venv import VenvBuild
+from lab.record_facts import REFRESH, Recording, collect, normalized, output_lines, would_run
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "inventories" / "example.gateway.yaml"
@@ -48,8 +48,9 @@ HOSTS = {
 
 
 class FakeHosts:
-    """The hosts' state as HostState would read it, built from what the roles declare (converged), then
-    changed by a test (drift)."""
+    """The hosts' state as HostState would read it, built from what the roles declare (the drift tests'
+    starting point; that it is what a real host holds is test_a_converged_host_yields_no_operation's job),
+    then changed by a test (drift)."""
 
     def __init__(self):
         self.converged = False
@@ -88,6 +89,20 @@ class FakeHosts:
         state["packages"] -= set(drift.get("missing_packages", ()))
         return state
 
+    def answer(self, host, cls, kwargs):
+        if cls is HostState:
+            return self.host_state(host, kwargs)
+        if cls is IPFilteringEnforced:
+            return self.ip_filtering
+        if cls is PostgresLitellmState:
+            user = DEFAULTS["postgres_user"]
+            return {"role": scram_sha256_verifier(SECRETS["postgres_password"], salt_seed=user), "db": user,
+                    "schema": keyauth.SCHEMA_VERSION, "monitor": "prometheus"}
+        raise AssertionError(f"unexpected fact {cls.__name__}: a role read the host outside its one round trip")
+
+    def on_read(self, host, want: Desired):
+        self.declared.setdefault(host.name, []).append(want)
+
 
 @pytest.fixture(scope="module")
 def spec_file(tmp_path_factory) -> Path:
@@ -105,126 +120,143 @@ def spec_file(tmp_path_factory) -> Path:
     return spec
 
 
-def operation_order(state):
-    """pyinfra.api.util.get_operation_order_from_stack without inspect's source lookups (the same line
-    numbers from the same frames, read from the frames themselves: ~20x faster)."""
-    frames, frame = [], sys._getframe(1)
-    while frame is not None:
-        frames.append(frame)
-        frame = frame.f_back
-    frames.reverse()
-    start = next((i for i, f in enumerate(frames) if f.f_code.co_filename == state.current_deploy_filename), 0)
-    return [state.current_op_file_number] + [
-        f.f_lineno for f in frames[start:] if not f.f_code.co_filename.startswith(PYINFRA_INSTALL_DIR)
-    ]
-
-
 @pytest.fixture
 def fake(monkeypatch, spec_file):
-    monkeypatch.setattr(pyinfra, "is_cli", True)
-    monkeypatch.setattr(sys.modules["pyinfra.api.operation"], "get_operation_order_from_stack", operation_order)
     hosts = FakeHosts()
     hosts.spec_file = spec_file
     monkeypatch.setenv("GATEKIT_VAULT_KEY_FILE", str(spec_file.with_name("vault.key")))
     monkeypatch.delenv("GATEKIT_VAULT_PASSPHRASE", raising=False)
     monkeypatch.delenv("GATEKIT_ROTATE", raising=False)
-
-    def get_fact(self, cls, *args, **kwargs):
-        if cls is HostState:
-            return hosts.host_state(self, kwargs)
-        if cls is IPFilteringEnforced:
-            return hosts.ip_filtering
-        if cls is PostgresLitellmState:
-            user = DEFAULTS["postgres_user"]
-            return {"role": scram_sha256_verifier(SECRETS["postgres_password"], salt_seed=user), "db": user,
-                    "schema": keyauth.SCHEMA_VERSION, "monitor": "prometheus"}
-        raise AssertionError(f"unexpected fact {cls.__name__}: a role read the host outside its one round trip")
-
-    real_read = Desired.read
-
-    def read(self):
-        from pyinfra import host
-
-        hosts.declared.setdefault(host.name, []).append(self)
-        return real_read(self)
-
-    monkeypatch.setattr("pyinfra.api.host.Host.get_fact", get_fact)
-    monkeypatch.setattr(Desired, "read", read)
     return hosts
 
 
 def run_deploy(fake: FakeHosts, entry: str = "deploy.py") -> dict[str, list[tuple[str, object]]]:
-    """Collect `entry` for every host as pyinfra's command line does (operations identified by their
-    place in the deploy file); {host: [(operation name, its _if or None, its meta)]}, in order."""
-    groups = gk_inventory.groups("test-inventory.py", str(fake.spec_file), HOSTS)
-    names = list(dict.fromkeys(n for entries, _ in groups.values() for n, _ in entries))
-    inventory = Inventory((names, {}), **groups)
-    state = State(inventory, Config(), check_for_changes=False)
-    state.init(inventory, Config())
-    state.current_deploy_filename = str(REPO / entry)
-    state.current_op_file_number = 0
-    state.set_stage(StateStage.Prepare)
-
-    def collect():
-        with ctx_state.use(state), ctx_inventory.use(inventory):
-            for host in inventory:
-                state.activate_host(host)
-                with ctx_host.use(host):
-                    runpy.run_path(str(REPO / entry), run_name="deploy")
-
-    # In a thread of its own: pyinfra reads the whole call stack for every operation, and pytest's is deep.
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(collect).result()
-    out = {}
-    for host in inventory:
-        ops = []
-        for op_hash in state.get_op_order():
-            data = state.ops[host].get(op_hash)
-            if data is not None:
-                # One operation of the deploy file on all hosts carries every host's name for it.
-                ops.append((Names(state.op_meta[op_hash].names), data.global_arguments.get("_if") or None,
-                            data.operation_meta))
-        out[host.name] = ops
-    return out
-
-
-class Names(frozenset):
-    """The names one operation has across hosts; equal to a name it includes (the host's own)."""
-
-    def __eq__(self, other):
-        return other in self if isinstance(other, str) else frozenset.__eq__(self, other)
-
-    __hash__ = frozenset.__hash__
-
-
-def would_run(ops, changed: set[str] = frozenset()) -> list[str]:
-    """Names of the operations that would run: unconditional ones, and conditional ones whose `_if`
-    holds once the operations named in `changed` have changed the host."""
-    for name, _, meta in ops:
-        if any(c == name for c in changed):
-            meta.set_complete(True, ["changed"], None)
-    result = []
-    for name, conds, _ in ops:
-        conds = conds if isinstance(conds, list) else [conds] if conds else []
-        if all(c() for c in conds):
-            result.append(name)
-    return result
+    """{host: [(operation names, its _if or None, its meta)]}, in order (lab/record_facts.py's collect)."""
+    return collect(fake.spec_file, HOSTS, fake.answer, entry=entry, on_read=fake.on_read)
 
 
 def converge(fake):
-    """First pass: an empty state, to learn what the roles declare; then answer as a converged host."""
+    """First pass: an empty state, to learn what the roles declare; then answer as if the host held it."""
     run_deploy(fake)
     fake.converged = True
 
 
-def test_a_converged_host_yields_no_operation(fake):
-    converge(fake)
-    ops = run_deploy(fake)
-    assert set(ops) == {"gw1", "gw2", "data1"}
-    for host, host_ops in ops.items():
-        unconditional = [name for name, cond, _ in host_ops if cond is None]
-        assert unconditional == [], (host, unconditional)
-        assert would_run(host_ops) == [], host
+# ---- a converged host: what a real one answered --------------------------------------------------------
+@pytest.fixture(scope="module")
+def recorded() -> Recording:
+    return Recording.load()
+
+
+def test_a_converged_host_yields_no_operation(recorded, tmp_path):
+    """Every host of the recorded lab (data1, gw1, gw2 with gw2's non-default paths and ports), every fact
+    answered from what the host answered once deployed: nothing to do. A failure names what would run and
+    the files changed since the recording; when the change was meant, the recording is stale: refresh it
+    (`python -m lab record-facts`, as root) and commit it with the change."""
+    problems = recorded.problems(tmp_path)
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+def _tampered(recorded: Recording, host: str, fact: str, edit) -> Recording:
+    """A copy of the recording whose `host` (its lab name) answered `fact` with edit(lines) instead."""
+    rec = recorded.copy()
+    name = rec.host_name(host)
+    hits = 0
+    for e in rec.facts[name]:
+        if e["fact"] == fact:
+            new = edit(list(e["stdout"]))
+            hits += new != e["stdout"]
+            e["stdout"] = new
+    assert hits, (host, fact, "edit matched no recorded output")
+    return rec
+
+
+def _layout(recorded: Recording, host: str) -> Layout:
+    data = next(d for entries in recorded.hosts.values() for n, d in entries if d.get("sandbox_name") == host)
+    return Layout.from_settings({**DEFAULTS, **recorded.spec.get("settings", {}),
+                                 **{k: v for k, v in data.items() if k in DEFAULTS}})
+
+
+def _edit_path(path, **changes):
+    """Edit the `path ...` line of `path`: mode, user, group or sha1."""
+    fields = ("mode", "user", "group", "sha1")
+
+    def edit(lines):
+        out = []
+        for line in lines:
+            parts = line.split(" ", 6)
+            if parts[0] == "path" and len(parts) == 7 and parts[6] == path:
+                for k, v in changes.items():
+                    parts[2 + fields.index(k)] = v
+                line = " ".join(parts)
+            out.append(line)
+        return out
+
+    return edit
+
+
+def _replace(prefix, new):
+    return lambda lines: [new if line.startswith(prefix) else line for line in lines]
+
+
+def _drop(prefix):
+    return lambda lines: [line for line in lines if not line.startswith(prefix)]
+
+
+# (lab host, fact, edit, operations it then yields there): the recording is what the roles are checked against.
+RECORDED_DRIFTS = {
+    "config.yaml's content (gw2, non-default config dir)": (
+        "gw2", "HostState", lambda r: _edit_path(_layout(r, "gw2").config, sha1="0" * 40),
+        ["LiteLLM Proxy | Render LiteLLM config.yaml (secrets only as os.environ references)"]),
+    "unit file's mode (gw1)": (
+        "gw1", "HostState", lambda r: _edit_path(_layout(r, "gw1").unit_file, mode="600"),
+        ["LiteLLM Proxy | Install the litellm@.service template unit"]),
+    "nginx stopped (gw1)": (
+        "gw1", "HostState", lambda r: _replace("unit nginx.service ", "unit nginx.service inactive enabled"),
+        ["nginx | Enable and start nginx"]),
+    "redis-server not installed (data1)": (
+        "data1", "HostState", lambda r: _drop("pkg redis-server "),
+        ["Packages | Refresh package lists (at most hourly)", "Packages | Install the first wave of packages"]),
+    "PostgreSQL role's password (data1)": (
+        "data1", "PostgresLitellmState", lambda r: _replace("role ", "role SCRAM-SHA-256$4096:other"),
+        [f"PostgreSQL | Set PostgreSQL role {DEFAULTS['postgres_user']}'s password"]),
+}
+
+
+@pytest.mark.parametrize("drift", sorted(RECORDED_DRIFTS))
+def test_the_recorded_answers_are_what_the_roles_are_checked_against(recorded, tmp_path, drift):
+    """One recorded answer changed yields exactly its repair on that host and nothing elsewhere: the replay
+    reads the recorded outputs, it does not rebuild a converged state from what the roles declare."""
+    host, fact, edit, repairs = RECORDED_DRIFTS[drift]
+    ops = _tampered(recorded, host, fact, edit(recorded)).replay(tmp_path)
+    name = recorded.host_name(host)
+    assert _names(ops, name) == repairs
+    for other in set(ops) - {name}:
+        assert _names(ops, other) == [], recorded.label(other)
+
+
+def test_a_fact_asked_differently_than_recorded_says_to_refresh(recorded, tmp_path):
+    """A role that manages one more (or one less) path asks HostState what the recording never read."""
+    rec = recorded.copy()
+    name = rec.host_name("gw1")
+    asked = next(e for e in rec.facts[name] if e["fact"] == "HostState" and e["kwargs"]["paths"])
+    gone = asked["kwargs"]["paths"].pop()
+    problems = rec.problems(tmp_path)
+    assert len(problems) == 1 and "recorded, no longer asked" not in problems[0]
+    assert f"now asked, not recorded: {gone}" in problems[0] and REFRESH in problems[0], problems
+
+
+def test_the_recorder_keeps_output_as_pyinfra_splits_it_and_blanks_only_per_boot_hashes(tmp_path):
+    assert output_lines(b"mem 1\n\npath d 755 root root - /a b\n") == ["mem 1", "", "path d 755 root root - /a b"]
+    assert output_lines(b"") == [] and output_lines(b"x") == ["x"]
+    entry = {"fact": "HostState", "kwargs": {}, "exit": 0,
+             "stdout": ["path f 644 root root " + "a" * 40 + " /etc/declared file", "path f 600 root root " + "b" * 40 + " /x.crt",
+                        "path d 755 root root - /d"]}
+    assert normalized(entry, {"/etc/declared file"})["stdout"] == [
+        "path f 644 root root " + "a" * 40 + " /etc/declared file", "path f 600 root root - /x.crt", "path d 755 root root - /d"]
+    rec = Recording(spec_name="x.gateway.yaml", spec={"version": 1}, secrets={"a": "b"}, hosts={"gateways": [["h", {}]]},
+                    facts={"h": [entry]}, sources={"deploy.py": "0"})
+    assert Recording.load(rec.save(tmp_path / "facts.json")) == rec
 
 
 def test_a_fresh_host_yields_every_install_and_start(fake):
