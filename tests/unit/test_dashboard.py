@@ -96,3 +96,12 @@ def test_latency_panels_show_p50_p95_p99_grouped_by_model_group_not_model_id(das
     for q in ("0.50", "0.95", "0.99"):
         assert f"histogram_quantile({q}, sum by (le, model_group)" in text
     assert "model_id" not in text  # changes with every rotation
+
+
+def test_every_recording_rule_the_dashboard_reads_is_one_gatekit_records(dash):
+    """The dashboard is a static file: a recording rule it names (gatekit:...) must be one alerts.py records, so
+    renaming the rule in its one definition (gatekit/onhost/probe.py) cannot leave a blank panel behind."""
+    from gatekit.alerts import RECORDING
+
+    used = {name for _, e in exprs(dash) for name in re.findall(r"gatekit:[A-Za-z_:]+", e)}
+    assert used and used <= {r["record"] for r in RECORDING}, used
