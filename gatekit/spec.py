@@ -587,7 +587,9 @@ BOUNDS = {
 _IDENT = (r"[a-z_][a-z0-9_]{0,62}", "a lowercase identifier such as litellm")
 _SECRET_NAME = (SECRET_RE.strip("^$"), "a secret name such as litellm_master_key (lowercase, digits, _)")
 _TOKEN_RULES = {
-    "redis_maxmemory": (r"[0-9]{1,12}(?:[kKmMgG][bB]?)?", "a size such as 256mb"),
+    # Redis multiplies the digits by the unit without an overflow check: bounded far below 2^64 bytes (10 TB).
+    "redis_maxmemory": (r"[0-9]{1,12}|[0-9]{1,9}[kK][bB]?|[0-9]{1,6}[mM][bB]?|[0-9]{1,4}[gG][bB]?",
+                        "a size such as 256mb (at most 12 digits of bytes, 9 of k, 6 of m, 4 of g)"),
     "redis_maxmemory_policy": (r"(?:volatile|allkeys)-(?:lru|lfu|random)|volatile-ttl|noeviction",
                                "one of Redis's policies, e.g. allkeys-lru"),
     "postgres_user": _IDENT,
@@ -718,11 +720,20 @@ def _host_path_problems(merged: dict, where: str) -> list[str]:
                 f"interpreter line (#!{{litellm_home}}{_LAUNCHER_INTERPRETER}) fits in 256 bytes. Fix: a path of at most "
                 f"{253 - len(_LAUNCHER_INTERPRETER)} characters."
             )
+        elif key.startswith("nginx_tls_") and (value in _RESERVED_DIRS or any(r.startswith(value + "/") for r in _RESERVED_DIRS)):
+            problems.append(
+                f"{where}: settings.{key}: {value!r} is a system directory, not a file. Fix: the path of the PEM file, "
+                f"like '/etc/ssl/gateway.pem'."
+            )
         elif key in MANAGED_DIRS and (value in _RESERVED_DIRS or any(r.startswith(value + "/") for r in _RESERVED_DIRS)):
             problems.append(
                 f"{where}: settings.{key}: {value!r} is (or holds) a system or gatekit directory whose owner and mode "
                 f"the deploy would change. Fix: use a directory of its own, like the default {DEFAULTS[key]!r}."
             )
+    cert, key_file = merged["nginx_tls_cert"], merged["nginx_tls_key"]
+    if cert and key_file and (cert.startswith(key_file + "/") or key_file.startswith(cert + "/")):
+        problems.append(f"{where}: settings.nginx_tls_cert/nginx_tls_key: {cert!r} and {key_file!r}: one would be the "
+                        "other's directory. Fix: two files (or one PEM file holding both, the same path twice).")
     dirs = {key: merged[key] for key in MANAGED_DIRS}
     for a, b in itertools.combinations(MANAGED_DIRS, 2):
         if dirs[a] == dirs[b]:

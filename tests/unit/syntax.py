@@ -176,10 +176,10 @@ def nginx_check(variants: list[dict], workdir: Path, tls_pair: tuple[Path, Path]
         p = Path(r + v["upstream_path"])
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(v["upstream"])
-        for rel, src in zip(v["tls"], tls_pair):
+        for rel in dict.fromkeys(v["tls"]):  # one path for both: a PEM file holding the certificate and the key
             p = Path(r + rel)
             p.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, p)
+            p.write_bytes(b"".join(src.read_bytes() for path, src in zip(v["tls"], tls_pair) if path == rel))
         Path(r + v["log_dir"]).mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir()
         (root / "site.conf").write_text(rooted(v["site"], r))

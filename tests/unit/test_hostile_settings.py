@@ -377,3 +377,19 @@ def test_every_server_name_validation_accepts_is_one_nginx_takes(tls_pair, tmp_p
     for name in ("*_", "*", ".", "*a", "*.", "a*b"):
         problems = check_settings({"nginx_server_name": name}, "spec.yaml")
         assert len(problems) == 1 and problems[0].startswith("spec.yaml: settings.nginx_server_name: "), problems
+
+
+@pytest.mark.parametrize("cert, key, refused", [
+    ("/etc/ssl", "/etc/ssl/gw.key", True),  # found by the property: the certificate "file" is the key's directory
+    ("/etc", "/etc/ssl/gw.key", True), ("/var", "/etc/ssl/gw.key", True),
+    ("/etc/ssl/gw.pem", "/etc/ssl/gw.pem/key", True),
+    ("/etc/ssl/gw.pem", "/etc/ssl/gw.pem", False),  # one PEM file holding both: nginx reads it twice
+    ("/srv/tls/gw.pem", "/srv/tls/gw.key", False),
+])
+def test_a_tls_path_that_is_a_directory_is_refused(cert, key, refused, tls_pair, tmp_path):
+    problems = check_settings({"nginx_tls_cert": cert, "nginx_tls_key": key}, "spec.yaml")
+    assert bool(problems) == refused, problems
+    assert all(p.startswith("spec.yaml: settings.nginx_tls_") and "Fix:" in p for p in problems), problems
+    if not refused:  # and what is accepted passes nginx -t
+        s = {**DEFAULTS, "nginx_tls_cert": cert, "nginx_tls_key": key}
+        assert rendered.external_checks([s], tmp_path, tls_pair, ("nginx",)) == []

@@ -908,3 +908,14 @@ def test_a_lock_pinning_a_compromised_litellm_is_refused_before_any_host(tmp_pat
 def test_the_kits_locks_pass():
     assert check_settings({}, "x") == [] and check_settings({"litellm_database": True}, "x") == []
     assert check_settings({"litellm_requirements": "does/not/exist.lock"}, "x") == []  # unreadable: the install reports it
+
+
+@pytest.mark.parametrize("value, ok", [
+    ("256mb", True), ("0", True), ("1073741824", True), ("9999gb", True), ("512M", True), ("999999999kb", True),
+    ("999999999999gb", False),  # 1e21 bytes: Redis's multiplication wraps around 2^64 into another limit
+    ("10000gb", False), ("9999999mb", False), ("1tb", False), ("256 mb", False),
+])
+def test_redis_maxmemory_is_a_size_redis_reads_as_written(value, ok):
+    problems = check_settings({"redis_maxmemory": value}, "spec.yaml")
+    assert (problems == []) is ok, problems
+    assert ok or (len(problems) == 1 and problems[0].startswith("spec.yaml: settings.redis_maxmemory:") and "Fix:" in problems[0])
