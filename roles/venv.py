@@ -56,7 +56,7 @@ def _index_args(s: dict, tool: str) -> list[str]:
     elif s["litellm_pip_index_url"]:
         url = s["litellm_pip_index_url"]
         args += ["--index-url", url]
-    if url.startswith("http://") and tool == "pip":
+    if urlsplit(url).scheme == "http" and tool == "pip":  # the scheme, any case: HTTP:// is plain HTTP too
         # The operator chose a plain-HTTP mirror; --require-hashes still pins every byte. (uv needs no flag.)
         args += ["--trusted-host", urlsplit(url).hostname]
     return args

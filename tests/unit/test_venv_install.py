@@ -214,6 +214,9 @@ def test_switch_replaces_a_plain_venv_directory_from_older_deploys(tmp_path, fak
         ({"litellm_pip_find_links": "http://10.0.0.1:8080/"},
          ["--no-index", "--find-links http://10.0.0.1:8080/", "--trusted-host 10.0.0.1"],
          ["--no-index", "--find-links http://10.0.0.1:8080/"], ["--trusted-host"]),
+        ({"litellm_pip_index_url": "HTTP://Mirror.example:8080/simple"},  # the scheme in capitals is plain HTTP too
+         ["--index-url HTTP://Mirror.example:8080/simple", "--trusted-host mirror.example"],
+         ["--index-url HTTP://Mirror.example:8080/simple"], ["--trusted-host"]),
         ({"litellm_pip_index_url": "https://mirror.example/simple"},
          ["--index-url https://mirror.example/simple"], ["--index-url https://mirror.example/simple"],
          ["--trusted-host", "--no-index"]),
