@@ -793,10 +793,15 @@ def _semantic_problems(spec: GatewaySpec, secret_names: set[str] | None) -> list
                 f"{f}: aliases.{alias}: the alias shadows the model of the same name. Fix: rename the alias."
             )
 
+    first_from: dict[str, int] = {}
     for i, fb in enumerate(spec.fallbacks):
         src = spec.model(fb.from_)
         if src is None:
             problems.append(unknown(fb.from_, f"fallbacks[{i}].from"))
+        if fb.from_ in first_from:  # LiteLLM uses the first entry for a model: a second one would be ignored
+            problems.append(f"{f}: fallbacks[{i}].from: {shown(fb.from_)} already has its fallbacks in "
+                            f"fallbacks[{first_from[fb.from_]}]. Fix: list all of its targets there, in order.")
+        first_from.setdefault(fb.from_, i)
         for j, t in enumerate(fb.targets()):
             dst = spec.model(t.model)
             field = f"fallbacks[{i}].to[{j}]"

@@ -919,3 +919,12 @@ def test_redis_maxmemory_is_a_size_redis_reads_as_written(value, ok):
     problems = check_settings({"redis_maxmemory": value}, "spec.yaml")
     assert (problems == []) is ok, problems
     assert ok or (len(problems) == 1 and problems[0].startswith("spec.yaml: settings.redis_maxmemory:") and "Fix:" in problems[0])
+
+
+def test_a_second_fallback_entry_for_the_same_model_is_refused():
+    # LiteLLM takes the first {model: [...]} entry that names the model: the second would be silently ignored.
+    data = base()
+    data["fallbacks"] = [*data["fallbacks"], {"from": "claude", "to": ["fast"]}]
+    assert problems_of(data) == [
+        f"{SPEC_PATH}: fallbacks[2].from: 'claude' already has its fallbacks in fallbacks[1]. "
+        "Fix: list all of its targets there, in order."]
