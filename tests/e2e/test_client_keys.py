@@ -320,13 +320,17 @@ def test_rotating_a_client_key_under_load_swaps_it_without_restart_or_failed_req
         new = gatekit(lab, "keys", "rotate", "rotating", "--spec", str(lab.spec_path)).stdout.strip()
         assert new.startswith("gk-") and new != old
         assert chat(lab, "gw1", old).status_code == 200  # the old key works until the next deploy
+        deploy_started = time.monotonic()
         assert lab.deploy().ok
+        deploy_ended = time.monotonic()
         time.sleep(RELOAD_SECONDS)  # the documented bound for every worker to read the new table
         assert {chat(lab, GATEWAYS[i % 2], new).status_code for i in range(8)} == {200}
         assert {chat(lab, GATEWAYS[i % 2], old).status_code for i in range(8)} == {401}
     assert live_pids(lab) == pids
     s = load.summary()
-    assert s["requests"] > 20 and s["failed"] == 0, s
+    # Traffic all along (one client per gateway, about 0.8 s a call): calls sent while the deploy ran, none failed.
+    during = [r for r in load.results if deploy_started <= r[0] <= deploy_ended]
+    assert s["requests"] >= 10 and during and s["failed"] == 0, (s, len(during))
     keys.update({"rotating": new, "rotating-old": old})  # the leak scan below looks for both
 
 
