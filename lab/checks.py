@@ -53,7 +53,7 @@ grep -rlF -f $P --exclude=.gk-patterns --exclude=.gk-control-value --exclude-dir
 echo "files-rc $?"
 echo "grep-errors $(grep -vc 'No such file or directory' /root/.gk-grep-errors)"
 python3 -c 'import time; time.sleep(60)' "$C" </dev/null >/dev/null 2>&1 & ctl=$!  # its fds: ssh need not wait
-sleep 0.2
+for i in $(seq 100); do grep -qF -- "$C" /proc/$ctl/cmdline 2>/dev/null && break; sleep 0.05; done  # exec'd
 for f in /proc/[0-9]*/cmdline; do tr '\0' ' ' < $f; echo; done 2>/dev/null | grep -oF -f $P \
   | awk -v c="$C" '$0 == c {n++} $0 != c {o++} END {print "cmdline", n+0, o+0}'
 kill $ctl
