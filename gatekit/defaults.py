@@ -64,6 +64,9 @@ DEFAULTS: dict[str, object] = {
     "litellm_egress_allow": [],  # addresses/CIDRs LiteLLM may connect to (providers' IPs; Redis and PostgreSQL are added); empty = no egress filter. IPs only: systemd filters packets, not host names
     "litellm_restart_on_secret_change": False,  # let deploy restart the live instance for a changed key (downtime); default: refuse, use rotate_keys.py
     "rotation_settle_sec": 1.0,  # pause after the nginx switch before the old instance stops
+    # --- rollout: the order a change that restarts LiteLLM (a key rotation, a deploy's new config) reaches the gateways; fleet-wide, spec settings only ---
+    "rollout_first_gateway": "",  # the gateway that takes a change alone first, canaries passed before any other starts; empty = the first of the inventory's gateways
+    "rollout_batch": "1",  # after the first, how many gateways change side by side: a count ("2") or a share of the rest ("25%"); the first failure stops every later batch
     # --- monitoring (hosts in the optional `monitoring` group run Prometheus; every host runs node_exporter) ---
     "monitoring_prometheus_port": 9090,  # Prometheus' HTTP API and UI, on the monitoring host's private address and loopback only
     "monitoring_scrape_interval": 15,  # seconds between scrapes (and between rule evaluations)

@@ -172,6 +172,23 @@ class Desired:
         for path, (name, signals) in self.absent.items():
             self.notify(signals, self.ensure_absent(name, path))
 
+    def differs(self, dest: str) -> bool:
+        """A declared file whose content, mode or owner on the host is not the declared one (or that is missing)."""
+        content, user, group, mode = self.files[dest]
+        cur = self.state["paths"].get(dest)
+        sha1 = hashlib.sha1(content.encode()).hexdigest()
+        return not (cur and cur[0] == "f" and cur[4] == sha1 and _mode(cur[1]) == _mode(mode) and cur[2:4] == (user, group))
+
+    def take_changed(self, signal: str, every: bool = False) -> dict[str, tuple]:
+        """The declared files raising `signal` that differ on the host (`every`: all of them), {dest: (content, user,
+        group, mode)}, taken out of what apply() writes: the caller stages them instead (a blue/green switch swaps
+        them in)."""
+        taken = {dest: self.files[dest] for dest, (_, signals) in self.declared.items()
+                 if dest in self.files and signal in signals and (every or self.differs(dest))}
+        for dest in taken:
+            del self.declared[dest]
+        return taken
+
     def ensure_packages(self, name: str, installed_by: PackageWave | None = None, notify=()):
         """Install what is missing; `installed_by`: a deploy-wide wave that already installs it this run."""
         missing = [p for p in self.packages if p not in self.state["packages"]]
@@ -192,9 +209,7 @@ class Desired:
 
     def ensure_file(self, name: str, dest: str, **kwargs):
         content, user, group, mode = self.files[dest]
-        cur = self.state["paths"].get(dest)
-        sha1 = hashlib.sha1(content.encode()).hexdigest()
-        if cur and cur[0] == "f" and cur[4] == sha1 and _mode(cur[1]) == _mode(mode) and cur[2:4] == (user, group):
+        if not self.differs(dest):
             return UNCHANGED
         return files.put(name=name, src=io.StringIO(content), dest=dest, user=user, group=group, mode=mode, **kwargs)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gatekit.defaults import DEFAULTS
-from gatekit.spec import GatewaySpec, SpecError, check_settings, key_shown, load_spec, shown
+from gatekit.spec import HOST_NAME, GatewaySpec, SpecError, check_settings, key_shown, load_spec, shown
 
 GROUPS = ("gateways", "redis", "postgres")
 OPTIONAL_GROUPS = ("monitoring",)  # Prometheus and its alert rules (roles/monitoring.py)
@@ -70,9 +70,10 @@ def _error(problems: list[str]) -> Exception:
 # Host data keys gatekit reads besides the settings.
 HOST_KEYS = ("private_address", "memory_mb")
 # Prefixes of gatekit's settings: a host data key with one that is no setting is a typo, not pyinfra's.
-SETTING_PREFIXES = ("litellm_", "nginx_", "redis_", "postgres_", "monitoring_", "rotation_")
-# pyinfra's host names: a host name, an address, or a connector such as @local or @docker/debian:12.
-_HOST_NAME_RE = re.compile(r"[A-Za-z0-9@_.:/\[\]-][A-Za-z0-9@_.:/\[\]+=~-]{0,252}")
+SETTING_PREFIXES = ("litellm_", "nginx_", "redis_", "postgres_", "monitoring_", "rotation_", "rollout_")
+# Settings of the fleet as a whole (the order changes reach the gateways): the spec's settings only.
+FLEET_SETTINGS = ("rollout_first_gateway", "rollout_batch")
+_HOST_NAME_RE = re.compile(HOST_NAME)
 _MAX_MEMORY_MB = 1 << 30  # 1 PB
 
 
@@ -146,6 +147,12 @@ def _host_value_problems(where: str, data: dict) -> list[str]:
     return problems
 
 
+def _fleet_setting_problems(where: str, data: dict) -> list[str]:
+    return [f"{where}: settings.{k}: a fleet-wide setting (the order a change reaches the gateways) cannot be set "
+            "per host. Fix: put it in the spec's settings." for k in FLEET_SETTINGS
+            if isinstance(data, dict) and data.get(k) is not None]
+
+
 def _overrides(data: dict) -> dict:
     # None = not set, as settings_for() reads host data.
     return {k: v for k, v in data.items() if isinstance(k, str) and k in DEFAULTS and v is not None}
@@ -168,7 +175,7 @@ def check_hosts(inventory_file: str, hosts: dict[str, list[tuple[str, dict]]], g
                             "Fix: e.g. {'ssh_user': 'root'}.")
             group_data = {}
         where = f"{inventory_file}: data"
-        problems += _key_problems(where, group_data)  # private_address and memory_mb: checked with each host's
+        problems += _key_problems(where, group_data) + _fleet_setting_problems(where, group_data)  # private_address and memory_mb: checked with each host's
         group_problems = check_settings(_overrides(group_data), where, base=base)
         problems += group_problems
         if not group_problems:
@@ -179,6 +186,11 @@ def check_hosts(inventory_file: str, hosts: dict[str, list[tuple[str, dict]]], g
     for group, value in hosts.items():
         entries[group], bad = _entries(inventory_file, key_shown(group), value)
         problems += bad
+    first = (spec_settings or {}).get("rollout_first_gateway")
+    if first and entries.get("gateways") and first not in [name for name, _ in entries["gateways"]]:
+        problems.append(f"{inventory_file}: gateways: the spec's rollout_first_gateway {shown(first)} is not one of them. "
+                        f"Fix: name one of {', '.join(name for name, _ in entries['gateways'])}, or leave it empty "
+                        "(the first gateway listed).")
     for group in GROUPS:
         if not entries.get(group) and not any(p.startswith(f"{inventory_file}: {group}") for p in problems):
             problems.append(f"{inventory_file}: {group}: no hosts. Fix: list at least one host in {group}.")
@@ -196,7 +208,7 @@ def check_hosts(inventory_file: str, hosts: dict[str, list[tuple[str, dict]]], g
             continue
         for name, data in group_entries:
             where = f"{inventory_file}: {group}: {name}"
-            problems += _key_problems(where, data)
+            problems += _key_problems(where, data) + _fleet_setting_problems(where, data)
             data = {**{k: v for k, v in group_data.items() if k in HOST_KEYS}, **data}
             problems += _host_value_problems(where, data)
             mem = data.get("memory_mb") if _memory_mb_ok(data.get("memory_mb")) else None

@@ -583,6 +583,9 @@ BOUNDS = {
     "monitoring_cert_days": (1, 3650), "monitoring_budget_burn": (0.01, 100),
 }
 
+# pyinfra's host names: a host name, an address, or a connector such as @local or @docker/debian:12.
+HOST_NAME = r"[A-Za-z0-9@_.:/\[\]-][A-Za-z0-9@_.:/\[\]+=~-]{0,252}"
+
 # Settings that reach a rendered file, a command or an SQL statement as one token.
 _IDENT = (r"[a-z_][a-z0-9_]{0,62}", "a lowercase identifier such as litellm")
 _SECRET_NAME = (SECRET_RE.strip("^$"), "a secret name such as litellm_master_key (lowercase, digits, _)")
@@ -599,6 +602,9 @@ _TOKEN_RULES = {
     "postgres_password_secret": _SECRET_NAME,
     "monitoring_retention": (r"[1-9][0-9]{0,5}(?:ms|s|m|h|d|w|y)", "a duration such as 15d (digits, then ms, s, m, h, d, w or y)"),
     "litellm_requirements": (r"[A-Za-z0-9._/-]+", "a path of letters, digits, '.', '_', '-' and '/'"),
+    "rollout_batch": (r"[1-9][0-9]{0,3}|(?:[1-9][0-9]?|100)%", "a count of gateways such as 2, or a share such as 25%"),
+    "rollout_first_gateway": (f"|{HOST_NAME}",
+                              "empty (the first gateway listed) or the name of a gateway in the inventory"),
 }
 
 # One server name as nginx takes it: labels of letters, digits, '_' and '-', a wildcard only as "*." in front or

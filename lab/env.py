@@ -72,6 +72,8 @@ class Lab:
     secret_values: dict[str, str] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     procs: list[subprocess.Popen] = field(default_factory=list)
+    extra_models: list[dict] = field(default_factory=list)  # appended to the spec's models (write_spec)
+    weights: dict[str, int] = field(default_factory=dict)  # {model: weight of its first deployment}, over the spec's
 
     # ---- setup -------------------------------------------------------------------------------
     @classmethod
@@ -183,6 +185,10 @@ class Lab:
                 **self.settings,
             },
         }
+        spec["models"] += self.extra_models
+        for model in spec["models"]:
+            if model["name"] in self.weights:
+                model["deployments"][0]["weight"] = self.weights[model["name"]]
         self.spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
 
     def setup(self, groups: dict[str, list[str]], host_settings: dict[str, dict] | None = None):

@@ -43,24 +43,38 @@ def declare(want: Desired, layout: Layout, names) -> None:
     want.paths_to_check += [layout.cred(n) for n in names]
 
 
-def install(ctx, layout: Layout, names, want: Desired, refuse_live_change: bool = True) -> list:
-    """Encrypt each secret whose fingerprint differs from the host's; only changed secrets travel.
-    refuse_live_change: a changed secret stops the deploy (LiteLLM's keys change by rotation only)."""
+def pending(ctx, layout: Layout, names, want: Desired) -> tuple[dict[str, str], list[str]]:
+    """({name: value} of each secret whose fingerprint differs from the host's or that is missing there, [names of
+    those that replace a credential already on the host])."""
     todo = {
         name: ctx.secret(name)
         for name in sorted(names)
         if want.text(layout.cred_fingerprint(name)) != fingerprint(ctx.secret(name))
         or layout.cred(name) not in want.state["paths"]
     }
-    # A changed key on a running gateway would need a restart, and a restart is a gap in service and
-    # the moment old and new keys get mixed up. That is rotate_keys.py's job (blue/green, canary, rollback).
     changed = sorted(n for n in todo if layout.cred(n) in want.state["paths"] and want.text(layout.cred_fingerprint(n)))
-    if changed and refuse_live_change and not ctx.settings["litellm_restart_on_secret_change"]:
+    return todo, changed
+
+
+def refuse_changed_keys(ctx, changed: list[str]):
+    """A changed key on a running gateway is rotate_keys.py's job (blue/green, canary, rollback), unless the
+    operator set litellm_restart_on_secret_change."""
+    if changed and not ctx.settings["litellm_restart_on_secret_change"]:
         raise PyinfraError(
             f"host {host.name}: {', '.join(changed)} in the vault differ from the credentials live on the host. "
             f"Fix: rotate without downtime: pyinfra INVENTORY rotate_keys.py --data rotate={','.join(changed)} "
             "(or set litellm_restart_on_secret_change: true to accept a restart)."
         )
+
+
+def install(ctx, layout: Layout, names, want: Desired, refuse_live_change: bool = True, skip=()) -> list:
+    """Encrypt each secret whose fingerprint differs from the host's; only changed secrets travel.
+    refuse_live_change: a changed secret stops the deploy (LiteLLM's keys change by rotation only); `skip`: names
+    the caller stages itself (a blue/green switch)."""
+    todo, changed = pending(ctx, layout, names, want)
+    if refuse_live_change:
+        refuse_changed_keys(ctx, changed)
+    todo = {n: v for n, v in todo.items() if n not in skip}
     if not todo:
         return []
     fps = ", ".join(f"{name} ({fingerprint(value)})" for name, value in todo.items())

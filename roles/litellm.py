@@ -4,8 +4,13 @@ Every instance of the live set (Layout.instance_sets) runs and serves behind ngi
 key rotation's (roles/rotation.py).
 
 Stages: install (user, venv) -> configure (config.yaml, env, launcher, on-host programs, credentials,
-unit) -> activate (daemon-reload only when a unit changed; new inputs restart the live instances one
-at a time, each ready before the next goes, so nginx always has one to pass requests to). Every on-host path comes from the host's Layout.
+unit) -> activate. On a gateway that serves, a change to what LiteLLM starts from (config, environment,
+launcher, unit, a program LiteLLM loads, a key with litellm_restart_on_secret_change) is never written over the
+live files: it is staged and goes live through the blue/green switch (roles/rotation.py switch_in_waves: the other
+instance set starts from it, canaries, nginx switches, the old set drains; a failure rolls back), the first
+gateway alone, then the others in batches. A gateway that does not serve yet gets its files in place and starts.
+A new venv (a LiteLLM upgrade) alone still restarts the live instances one at a time, each ready before the next.
+Every on-host path comes from the host's Layout.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from gatekit.clientkeys import host_table, load_keys
 from gatekit.facts import IPFilteringEnforced
 from gatekit.inventory import context
 from gatekit.onhost.layout import LAYOUT_JSON, Layout
-from gatekit.render import litellm_config_yaml, template
+from gatekit.render import litellm_config, litellm_config_yaml, template
 from gatekit.resources import onhost_source
 from gatekit.spec import memory_max_problem
 from gatekit.roles import credentials, topology
+from gatekit.roles.switch import deployment_digests, public_names, rotate_argv, switch_in_waves, touched_deployments
 from gatekit.roles.venv import PACKAGES, VenvBuild  # noqa: F401 - PACKAGES: roles/packages.py reads it here
 
 ONHOST_PROGRAMS = ("layout.py", "instance.py", "rotate.py", "keyauth.py", "gcpolicy.py", "probe.py", "unitstats.py",
@@ -36,6 +42,23 @@ LOADED_BY_LITELLM = ("keyauth.py", "gcpolicy.py")  # run inside LiteLLM: a new v
 def render_config(ctx) -> str:
     """config.yaml for the keys in the vault (deployment ids carry each key's fingerprint)."""
     return litellm_config_yaml(ctx.spec, ctx.settings, topology.redis_target(ctx.settings), credentials.key_fingerprints(ctx))
+
+
+def config_digests(ctx) -> dict[str, str]:
+    """{deployment id: digest} of the config render_config renders (roles/rotation.py deployment_digests)."""
+    return deployment_digests(litellm_config(ctx.spec, ctx.settings, topology.redis_target(ctx.settings),
+                                             credentials.key_fingerprints(ctx)))
+
+
+@dataclass
+class Switch:
+    """What a serving gateway's change stages for the blue/green switch instead of writing it live."""
+
+    files: dict  # path -> (content, user, group, mode)
+    secrets: dict  # name -> value: keys changed with litellm_restart_on_secret_change
+    argv: list
+    credentials: list
+    redis_host: str
 
 
 @dataclass
@@ -51,6 +74,7 @@ class Gateway:
     want: Desired  # its signals: "daemon-reload", "restart", "migrate"
     was_active: dict[int, bool]  # per live port
     running_enabled: dict[int, bool]
+    switch: Switch | None = None  # a serving gateway's change, staged
 
     @property
     def restarted(self) -> list[int]:
@@ -79,11 +103,9 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
 
     # Read first (one round trip) which of the blue/green pair is live and whether a rotation is pending.
     probe = gateway_probe()
-    if L.journal_file in probe.state["texts"]:
-        raise PyinfraError(
-            f"host {host.name}: a key rotation is in progress or was interrupted ({L.journal_file}). "
-            "Fix: re-run rotate_keys.py for this inventory; it completes or rolls back the rotation."
-        )
+    # A switch (a rotation or a deploy's) that was cut off: this deploy's switch recovers it first (gatekit-rotate
+    # rolls it back or finishes it), then switches to what this deploy stages, if that is not live by then.
+    interrupted = L.journal_file in probe.state["texts"]
     ports = L.live_set(probe.text(L.live_file))
     instances = [L.instance(p) for p in ports]
 
@@ -146,8 +168,11 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
     want.ensure_user("Create the litellm system user", svc, L.litellm_state_dir)
 
     # --- configure ----------------------------------------------------------------------------
+    was_active = {p: want.state["units"].get(L.instance(p), ("", ""))[0] == "active" for p in ports}
+    switch = (staged_change(ctx, L, want, env_for, probe.text(L.live_file), interrupted)
+              if any(was_active.values()) or interrupted else None)
     want.apply()
-    want.notify("restart", *credentials.install(ctx, L, env_for, want))
+    want.notify("restart", *credentials.install(ctx, L, env_for, want, skip=switch.secrets if switch else ()))
     return Gateway(
         settings=s,
         layout=L,
@@ -156,9 +181,32 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
         install_started=venv_changed,
         credentials=sorted(env_for),
         want=want,
-        was_active={p: want.state["units"].get(L.instance(p), ("", ""))[0] == "active" for p in ports},
+        was_active=was_active,
         running_enabled={p: want.state["units"].get(L.instance(p)) == ("active", "enabled") for p in ports},
+        switch=switch,
     )
+
+
+def staged_change(ctx, L: Layout, want: Desired, env_for: dict, live_record: str, interrupted: bool) -> Switch | None:
+    """On a serving gateway: the files that would restart LiteLLM and the keys changed on purpose, taken out of what
+    the role writes live, for the switch; None when there are none. A new credential (a secret the live set never
+    loaded) is still written in place: nothing running reads it. After an interrupted switch every such file is
+    staged: the host's files may be either side's until gatekit-rotate has recovered."""
+    s = ctx.settings
+    files = want.take_changed("restart", every=interrupted)
+    _, changed = credentials.pending(ctx, L, env_for, want)
+    credentials.refuse_changed_keys(ctx, changed)
+    secrets = {n: ctx.secret(n) for n in changed}
+    if not files and not secrets and not interrupted:
+        return None
+    digests = config_digests(ctx)
+    argv = rotate_argv(s, secrets, touched_deployments(digests, live_record), [], files=sorted(files),
+                       models=public_names(ctx.spec), digests=digests, change="deploy",
+                       fail_after=str(host.data.get("gatekit_rotate_fail_after") or ""),
+                       fail_at=str(host.data.get("gatekit_rotate_fail_at") or ""))
+    return Switch(files=files, secrets=secrets, argv=argv,
+                  credentials=[s["litellm_master_key_secret"], s["redis_password_secret"]],
+                  redis_host=(topology.redis_target(s) or {}).get("host", ""))
 
 
 def launcher(s: dict, L: Layout, env_for: dict) -> str:
@@ -197,6 +245,12 @@ def litellm_start(gw: Gateway):
     for port in gw.ports:
         if not gw.running_enabled[port]:
             systemd.service(name=f"Enable and start {L.instance(port)}", service=L.instance(port), running=True, enabled=True)
+    if gw.switch:
+        sw = gw.switch
+        what = ", ".join([*sorted(sw.secrets), *(p.rsplit("/", 1)[-1] for p in sorted(sw.files))])
+        switch_in_waves(f"Switch LiteLLM to its new inputs: {what} (blue/green + canaries)", layout=L, secrets=sw.secrets,
+                        files=sw.files, argv=sw.argv, credentials=sw.credentials, redis_host=sw.redis_host)
+        return  # the switch starts the other set from the new inputs (and a new venv): nothing to restart
     restart = want.changed("restart")
     for port in gw.restarted:
         # One at a time, each ready before the next restarts: nginx passes requests to the others meanwhile.
@@ -222,5 +276,5 @@ def litellm_ready(gw: Gateway):
     for port in gw.ports:
         if not gw.was_active[port]:
             wait_ready(gw, port)
-        elif port == gw.restarted[-1]:
+        elif port == gw.restarted[-1] and not gw.switch:
             wait_ready(gw, port, _if=restart)

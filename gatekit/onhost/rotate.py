@@ -1,4 +1,6 @@
-"""gatekit-rotate: blue/green provider-key rotation on ONE gateway host. Installed by the deploy in
+"""gatekit-rotate: the blue/green switch of ONE gateway host, for every change that needs LiteLLM restarted: a
+provider-key rotation (rotate_keys.py) and a deploy that changed the config, environment, launcher, unit or a
+program LiteLLM loads (roles/litellm.py). Installed by the deploy in
 {litellm_home}/lib/gatekit/ beside layout.py, instance.py and the host's layout.json (every path, unit and
 port it touches comes from there), and run (as root, inside a transient systemd unit so a dropped SSH
 session cannot cut it in half) by rotate_keys.py. Python standard library only, run by the system's python3 with
@@ -12,13 +14,15 @@ The layout's litellm_ports are two sets of instances, blue and green (Layout.ins
 of the live set (OLD) serves behind nginx at once; the rotation brings up the other set (NEW).
 
 Steps (each recorded in a journal so an interrupted run is recovered on the next run):
-  swap-creds   the staged NAME.cred.next and config.yaml.next become live (previous kept as .prev); the
-               config's deployment ids carry the new key's fingerprint, so nothing the new key does
+  swap-creds   the staged NAME.cred.next and every staged file (--files: config.yaml, litellm.env, the launcher,
+               the unit, ... each as PATH.next) become live (previous kept as .prev; systemd re-reads a staged
+               unit); the config's deployment ids carry the new key's fingerprint, so nothing the new key does
                in the shared Redis (a failing canary's cooldown) touches the old key's deployments
-  start        every litellm@NEW starts from it (the live instances keep the old key in memory)
+  start        every litellm@NEW starts from them (the live instances keep the old inputs in memory)
   ready        /health/readiness of every NEW instance
-  canary       a 1-token completion per rotated deployment, sent to each NEW instance directly, answered
-               by that deployment (x-litellm-model-id), fallbacks and retries disabled
+  canary       a 1-token completion per changed deployment (--deployments), sent to each NEW instance directly,
+               answered by that deployment (x-litellm-model-id), and one per public model and alias (--models),
+               answered without a fallback; fallbacks and retries disabled
   switch       nginx upstream -> the NEW set (the file as the deploy renders it: upstream.py; nginx -t,
                graceful reload), done only once every nginx worker
                from before the reload has stopped taking connections (until then one still sends requests
@@ -26,9 +30,10 @@ Steps (each recorded in a journal so an interrupted run is recovered on the next
   purge        Redis keys of the old key's deployments in LiteLLM's DB (cooldowns, counters); never FLUSH*
   canary-nginx the same canary through nginx over TLS
   drain        the OLD set stops gracefully (in-flight requests finish), NEW enabled at boot instead of OLD
-  record       /var/lib/gatekit/live.json: ports, secret versions, fingerprints, time
-Any failure up to canary-nginx: upstream back to OLD, NEW stopped, previous credentials restored, exit 1 naming
-the step; an OLD instance that systemd started again after the swap (a crash, a reboot) started from the refused
+  record       /var/lib/gatekit/live.json: ports, secret versions, fingerprints, the config's sha1, the
+               deployments' digests, which change and when
+Any failure up to canary-nginx: upstream back to OLD, NEW stopped, previous credentials and files restored, exit 1
+naming the step (and, for a canary, the model, the deployment and what the provider answered); an OLD instance that systemd started again after the swap (a crash, a reboot) started from the refused
 key, so it is restarted from the restored one, one at a time (their systemd InvocationIDs are in the journal).
 A failure in drain or record (past the switch) exits 1 and keeps the journal: the next run finishes forward.
 Every systemctl operation the rotation relies on is checked: a refused one fails its step, naming the units and
@@ -38,6 +43,7 @@ systemctl's words; a rollback it stops half-way keeps the journal for the next r
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -179,34 +185,41 @@ def wait_switched(before: dict[int, str], timeout: float):
 
 
 # ---- credentials -----------------------------------------------------------------------------------
-def staged_files(names: list[str]) -> list[str]:
-    return [path for n in names for path in (LAYOUT.cred(n), LAYOUT.cred_fingerprint(n))]
+def staged_files(names: list[str], files=()) -> list[str]:
+    """Every path the switch swaps: each credential's .cred and .fp, then the other staged files (--files)."""
+    return [*(path for n in names for path in (LAYOUT.cred(n), LAYOUT.cred_fingerprint(n))), *files]
 
 
-def swap_creds(names: list[str]):
-    """NAME.cred/.fp (and config.yaml when staged) <- their .next; the previous ones kept as .prev.
-    Renames, not copies: owners and modes stay exactly as the deploy set them."""
-    files = staged_files(names)
-    missing = [f + ".next" for f in files if not os.path.exists(f + ".next")]
+def reload_units(files):
+    """systemd reads a unit file at daemon-reload only: after the unit is swapped in or restored."""
+    if LAYOUT.unit_file in files:
+        systemctl("daemon-reload")
+
+
+def swap_creds(names: list[str], files=()):
+    """NAME.cred/.fp and each of `files` <- their .next; the previous ones kept as .prev. Renames, not copies:
+    owners and modes stay exactly as the deploy set them. Nothing is swapped unless all of them are staged."""
+    paths = staged_files(names, files)
+    missing = [f + ".next" for f in paths if not os.path.exists(f + ".next")]
     if missing:
         raise RuntimeError(f"{', '.join(missing)} missing (staging incomplete); nothing swapped")
-    if os.path.exists(LAYOUT.config + ".next"):
-        files.append(LAYOUT.config)
-    for f in files:
+    for f in paths:
         if os.path.exists(f):
             os.replace(f, f + ".prev")
         os.replace(f + ".next", f)
+    reload_units(files)
 
 
-def restore_creds(names: list[str]):
-    for f in [*staged_files(names), LAYOUT.config]:
+def restore_creds(names: list[str], files=()):
+    for f in staged_files(names, files):
         if os.path.exists(f + ".prev"):
             os.replace(f + ".prev", f)
+    reload_units(files)
 
 
-def discard_staged(names: list[str]):
+def discard_staged(names: list[str], files=()):
     # Only on this run's own failure: a recovery must keep what the current run has just staged.
-    for f in [*staged_files(names), LAYOUT.config]:
+    for f in staged_files(names, files):
         if os.path.exists(f + ".next"):
             os.unlink(f + ".next")
 
@@ -242,22 +255,37 @@ def wait_ready(port: int, timeout: float):
     instance.wait_ready(LAYOUT, port, timeout)
 
 
+def _ask(base_url: str, master_key: str, model: str) -> tuple[int, dict, str]:
+    body = {
+        "model": model,  # a deployment id routes to exactly that deployment
+        "messages": [{"role": "user", "content": "ping"}],
+        "max_tokens": 1,
+        "disable_fallbacks": True,
+        "num_retries": 0,
+    }
+    return http(f"{base_url}/v1/chat/completions", body, {"Authorization": f"Bearer {master_key}"})
+
+
 def canary(base_url: str, master_key: str, deployment_ids: list[str], check_header: bool):
     for dep in deployment_ids:
-        body = {
-            "model": dep,  # a deployment id routes to exactly that deployment
-            "messages": [{"role": "user", "content": "ping"}],
-            "max_tokens": 1,
-            "disable_fallbacks": True,
-            "num_retries": 0,
-        }
-        status, headers, text = http(f"{base_url}/v1/chat/completions", body, {"Authorization": f"Bearer {master_key}"})
+        status, headers, text = _ask(base_url, master_key, dep)
         if status != 200:
-            raise RuntimeError(f"{dep}: HTTP {status}: {text[:200]}")
+            raise RuntimeError(f"deployment {dep}: HTTP {status}: {text[:300]}")
         if check_header and headers.get("x-litellm-model-id") != dep:
-            raise RuntimeError(f"{dep}: answered by {headers.get('x-litellm-model-id')!r}, not the rotated deployment")
+            raise RuntimeError(f"deployment {dep}: answered by {headers.get('x-litellm-model-id')!r}, not that deployment")
         if check_header and headers.get("x-litellm-attempted-fallbacks", "0") not in ("0", ""):
-            raise RuntimeError(f"{dep}: answered through a fallback")
+            raise RuntimeError(f"deployment {dep}: answered through a fallback")
+
+
+def canary_models(base_url: str, master_key: str, names: list[str]):
+    """Every public model and alias answers on this instance by itself: 200, no fallback taken."""
+    for name in names:
+        status, headers, text = _ask(base_url, master_key, name)
+        if status != 200:
+            raise RuntimeError(f"model {name} (deployment {headers.get('x-litellm-model-id') or 'none answered'}): "
+                               f"HTTP {status}: {text[:300]}")
+        if headers.get("x-litellm-attempted-fallbacks", "0") not in ("0", ""):
+            raise RuntimeError(f"model {name}: answered through a fallback")
 
 
 def canary_through_nginx(https_port: int, master_key: str, deployment_ids: list[str], timeout: float = 10.0):
@@ -312,7 +340,7 @@ def stop_instances(ports):
 def recover(journal: dict):
     """A previous run was interrupted: return the host to one consistent state. The journal is removed only once
     that is done; a unit operation refused on the way (UnitError) leaves it for the next run to finish."""
-    old, new, names = journal["old_ports"], journal["new_ports"], journal["secrets"]
+    old, new, names, files = journal["old_ports"], journal["new_ports"], journal["secrets"], journal_files(journal)
     live = upstream_ports()
     if set(live) != set(new):
         log(f"rolling back an interrupted rotation (nginx still on {named(live)})")
@@ -330,8 +358,13 @@ def recover(journal: dict):
     time.sleep(journal["settle"])
     hand_over(old, new)
     record(new, names, journal)
-    cleanup_prev(names)
+    cleanup_prev(names, files)
     os.unlink(LAYOUT.journal_file)
+
+
+def journal_files(journal: dict) -> list[str]:
+    """The files a journal's switch swapped besides the credentials (a journal written before --files: the config)."""
+    return journal.get("files", [LAYOUT.config])
 
 
 def roll_back(journal: dict):
@@ -343,9 +376,12 @@ def roll_back(journal: dict):
     old, new, names = journal["old_ports"], journal["new_ports"], journal["secrets"]
     if set(upstream_ports()) != set(old):  # on the new set, or neither (edited by hand since?): the old set
         set_upstream(old)
-    if journal["swapped"]:
-        restore_creds(names)  # first: an old instance that restarts from now on gets its key back
     refused = []
+    if journal["swapped"]:
+        try:  # first: an old instance that restarts from now on gets its key and inputs back
+            restore_creds(names, journal_files(journal))
+        except UnitError as exc:  # the files are back; systemd did not re-read the unit
+            refused.append(str(exc))
     try:
         stop_instances(new)
     except UnitError as exc:
@@ -399,21 +435,36 @@ def hand_over(old, new):
     systemctl("disable", *(LAYOUT.instance(p) for p in old))
 
 
-def cleanup_prev(names: list[str]):
-    # The previous encrypted credential is kept (as .prev) until the rotation is recorded, then retired.
-    for f in [*staged_files(names), LAYOUT.config]:
+def cleanup_prev(names: list[str], files=()):
+    # The previous encrypted credential and files are kept (as .prev) until the switch is recorded, then retired.
+    for f in staged_files(names, files):
         if os.path.exists(f + ".prev"):
             os.replace(f + ".prev", f + ".retired")
 
 
+def file_sha1(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.sha1(fh.read()).hexdigest()
+    except FileNotFoundError:
+        return ""
+
+
 def record(ports, names: list[str], journal: dict):
+    """live.json: what serves now. `gatekit status` and the next deploy read it (which deployments changed)."""
     live = read_json(LAYOUT.live_file) or {"secrets": {}}
     live["ports"] = list(ports)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for n in names:
         prev = live["secrets"].get(n, {})
         live["secrets"][n] = {"fingerprint": fingerprint_of(n), "version": prev.get("version", 1) + 1, "rotated_at": now}
-    live["rotated_at"] = now
+    if names:
+        live["rotated_at"] = now
+    if journal.get("digests"):
+        live["deployments"] = journal["digests"]
+    live["config_sha1"] = file_sha1(LAYOUT.config)
+    live["changed_at"] = now
+    live["change"] = journal.get("change", "rotation")
     if "started" in journal:
         live["last_rotation_seconds"] = round(time.time() - journal["started"], 1)
     write_atomic(LAYOUT.live_file, json.dumps(live, indent=1, sort_keys=True) + "\n", 0o644)
@@ -427,10 +478,28 @@ def fault(step: str, args):
         raise RuntimeError("fault injection")
 
 
+def _list(arg: str) -> list[str]:
+    return [i for i in arg.split(",") if i and i != "-"]
+
+
+def digests(arg: str) -> dict[str, str]:
+    """--digests ID=SHA,...: what each deployment of the staged config is (roles/rotation.py deployment_digests)."""
+    return dict(item.rsplit("=", 1) for item in _list(arg))
+
+
+def _same(path: str) -> bool:
+    try:
+        with open(path + ".next", "rb") as a, open(path, "rb") as b:
+            return a.read() == b.read()
+    except FileNotFoundError:
+        return False
+
+
 def rotate(args) -> int:
-    names = args.secrets.split(",")
-    ids = [i for i in args.deployments.split(",") if i]
-    old_ids = [i for i in args.purge_deployments.split(",") if i]
+    names = _list(args.secrets)
+    ids = _list(args.deployments)
+    old_ids = _list(args.purge_deployments)
+    models = _list(args.models)
     os.makedirs(LAYOUT.gatekit_state_dir, exist_ok=True)
 
     journal = read_json(LAYOUT.journal_file)
@@ -447,8 +516,12 @@ def rotate(args) -> int:
         # Re-staged after an interruption that recovery finished forward: that key is already live.
         discard_staged(live_already)
         staged = [n for n in staged if n not in live_already]
-    if not staged:
-        log("nothing staged: nothing to rotate")
+    files = [f for f in _list(args.files) if os.path.exists(f + ".next")]
+    if not staged and all(_same(f) for f in files):  # re-staged after a recovery finished forward: already live
+        discard_staged([], files)
+        files = []
+    if not staged and not files:
+        log("nothing staged: nothing to switch")
         return 0
 
     live = upstream_ports()
@@ -456,7 +529,8 @@ def rotate(args) -> int:
     new = list(LAYOUT.other_set(old))
     if set(live) != set(old):  # e.g. a set that has grown since the last deploy: every old instance serves
         log(f"nginx serves {live}, part of the set {old}", err=True)
-    journal = {"old_ports": old, "new_ports": new, "secrets": staged, "deployments": ids, "purge": old_ids,
+    journal = {"old_ports": old, "new_ports": new, "secrets": staged, "files": files, "deployments": ids,
+               "models": models, "purge": old_ids, "digests": digests(args.digests), "change": args.change,
                "started": time.time(), "swapped": False, "master_cred": args.master_cred,
                "redis_cred": args.redis_cred, "settle": args.settle, "ready_timeout": args.ready_timeout,
                # Which start of each old instance holds the old key: one that starts after the swap does not.
@@ -467,7 +541,7 @@ def rotate(args) -> int:
         # Recorded before the swap: a crash in the middle of it must still restore the previous files.
         journal["swapped"] = True
         write_atomic(LAYOUT.journal_file, json.dumps(journal))
-        swap_creds(staged)
+        swap_creds(staged, files)
         fault(step, args)
 
         step = "start"
@@ -486,8 +560,10 @@ def rotate(args) -> int:
 
         step = "canary"
         master = unit_secret(new[0], args.master_cred)
-        for port in new:  # each instance proves the new key on its own: none may serve untested
+        for port in new:  # each instance proves the change on its own: none may serve untested
             canary(f"http://{LAYOUT.litellm_bind}:{port}", master, ids, check_header=True)
+            if models:
+                canary_models(f"http://{LAYOUT.litellm_bind}:{port}", master, models)
         fault(step, args)
 
         step = "switch"
@@ -504,7 +580,7 @@ def rotate(args) -> int:
     except Exception as exc:  # noqa: BLE001 - every failure rolls back the same way
         log(f"FAILED at step {step}: {exc}; rolling back")
         log(f"step {step} failed: {exc}", err=True)
-        discard_staged(staged)  # this run's own: a recovery keeps what a newer run has staged
+        discard_staged(staged, files)  # this run's own: a recovery keeps what a newer run has staged
         try:
             roll_back(journal)
         except (RuntimeError, OSError) as rb:  # the journal stays
@@ -522,14 +598,15 @@ def rotate(args) -> int:
 
         step = "record"
         record(new, staged, journal)
-        cleanup_prev(staged)
+        cleanup_prev(staged, files)
     except (RuntimeError, OSError) as exc:  # the journal stays
         log(f"step {step} failed: {exc}. Traffic is on the new set with the new key; fix the cause (a unit: see its "
             "journal), then re-run rotate_keys.py: it finishes the rotation", err=True)
         return 1
     os.unlink(LAYOUT.journal_file)
-    log(f"rotated {','.join(staged)}: litellm@{named(old)} -> litellm@{named(new)}; "
-        f"{len(ids)} canaries passed on each of {len(new)} instances; "
+    what = ",".join([*staged, *(os.path.basename(f) for f in files)])
+    log(f"switched ({args.change}: {what}): litellm@{named(old)} -> litellm@{named(new)}; "
+        f"{len(ids) + len(models)} canaries passed on each of {len(new)} instances; "
         f"{deleted} Redis keys purged")
     return 0
 
@@ -538,7 +615,11 @@ def parser() -> argparse.ArgumentParser:
     """rotate.py's command line, as roles/rotation.py (rotate_argv) builds it. No setting has a default here: the
     controller passes each from the host's settings (gatekit/defaults.py), the only place they are defaulted."""
     ap = argparse.ArgumentParser(prog="gatekit-rotate")
-    ap.add_argument("--secrets", required=True, help="comma-separated secret names staged as NAME.cred.next")
+    ap.add_argument("--secrets", required=True, help="comma-separated secret names staged as NAME.cred.next (- = none)")
+    ap.add_argument("--files", default="", help="comma-separated paths staged as PATH.next (config, env, launcher, unit)")
+    ap.add_argument("--models", default="", help="public model names and aliases canaried on each new instance")
+    ap.add_argument("--digests", default="", help="ID=SHA1 of each deployment of the staged config, recorded")
+    ap.add_argument("--change", default="rotation", help="what the switch is for, recorded (rotation or deploy)")
     ap.add_argument("--deployments", default="", help="LiteLLM deployment ids with the new keys (canaried)")
     ap.add_argument("--purge-deployments", default="", help="deployment ids of the old keys (Redis state purged)")
     ap.add_argument("--master-cred", required=True, help="credential name of the master key (litellm_master_key_secret)")

@@ -156,7 +156,7 @@ def test_litellm_units_are_contained(lab):
     """systemd's own rating of what each LiteLLM unit could do: 2.5 or lower for the instances (6.4 before
     the unit was hardened), the venv build and the rotation helper (9.6 for a transient unit without the
     kit's properties, measured here too), with the instance serving (the rest of the suite runs against it)."""
-    from roles.rotation import helper_sandbox
+    from roles.switch import helper_sandbox
     from roles.venv import build_sandbox
 
     def exposure(host, unit: str) -> float:

@@ -203,14 +203,17 @@ def _drop(prefix):
     return lambda lines: [line for line in lines if not line.startswith(prefix)]
 
 
+SWITCH = "(blue/green + canaries)"
+GW1_TURN = "LiteLLM Proxy | Switch wave 1 of 2: gw1 (another gateway's turn)"
+
 # (lab host, fact, edit, operations it then yields there): the recording is what the roles are checked against.
 RECORDED_DRIFTS = {
     "config.yaml's content (gw2, non-default config dir)": (
         "gw2", "HostState", lambda r: _edit_path(_layout(r, "gw2").config, sha1="0" * 40),
-        ["LiteLLM Proxy | Render LiteLLM config.yaml (secrets only as os.environ references)"]),
+        [GW1_TURN.replace("gw1", "{gw1}")]),  # then its own switch, in the second wave (conditional: only if the first did not fail)
     "unit file's mode (gw1)": (
         "gw1", "HostState", lambda r: _edit_path(_layout(r, "gw1").unit_file, mode="600"),
-        ["LiteLLM Proxy | Install the litellm@.service template unit"]),
+        [f"LiteLLM Proxy | Switch LiteLLM to its new inputs: litellm@.service {SWITCH} (wave 1 of 2: {{gw1}})"]),
     "nginx stopped (gw1)": (
         "gw1", "HostState", lambda r: _replace("unit nginx.service ", "unit nginx.service inactive enabled"),
         ["nginx | Enable and start nginx"]),
@@ -230,7 +233,7 @@ def test_the_recorded_answers_are_what_the_roles_are_checked_against(recorded, t
     host, fact, edit, repairs = RECORDED_DRIFTS[drift]
     ops = _tampered(recorded, host, fact, edit(recorded)).replay(tmp_path)
     name = recorded.host_name(host)
-    assert _names(ops, name) == repairs
+    assert _names(ops, name) == [r.format(gw1=recorded.host_name("gw1")) for r in repairs]
     for other in set(ops) - {name}:
         assert _names(ops, other) == [], recorded.label(other)
 
@@ -276,25 +279,17 @@ def _names(ops, host):
 DRIFTS = {
     "litellm config edited": (
         "gw1", {"paths": {"/etc/litellm/config.yaml": ("f", "640", "root", "litellm", "0" * 40)}},
-        ["LiteLLM Proxy | Render LiteLLM config.yaml (secrets only as os.environ references)"],
-        # Both instances of the live set, one at a time: 4002 serves while 4001 restarts, and back.
-        ["LiteLLM Proxy | Restart litellm@4001.service for its new inputs",
-         "LiteLLM Proxy | Wait for litellm@4001.service /health/readiness",
-         "LiteLLM Proxy | Restart litellm@4002.service for its new inputs",
-         "LiteLLM Proxy | Wait for litellm@4002.service /health/readiness"],
+        # Never written over the live file: staged and switched to (blue/green, canaries), gw1 first and alone.
+        [f"LiteLLM Proxy | Switch LiteLLM to its new inputs: config.yaml {SWITCH} (wave 1 of 2: gw1)"], [],
     ),
     "litellm unit edited (non-default layout)": (
         "gw2", {"paths": {"/etc/systemd/system/litellm@.service": ("f", "644", "root", "root", "0" * 40)}},
-        ["LiteLLM Proxy | Install the litellm@.service template unit"],
-        ["LiteLLM Proxy | Reload systemd units",
-         "LiteLLM Proxy | Restart litellm@4301.service for its new inputs",
-         "LiteLLM Proxy | Wait for litellm@4301.service /health/readiness"],
+        # gw2 switches in the second wave, only if gw1's (here: nothing to do) did not fail.
+        [GW1_TURN], [f"LiteLLM Proxy | Switch LiteLLM to its new inputs: litellm@.service {SWITCH} (wave 2 of 2: gw2)"],
     ),
     "environment file mode loosened (non-default config dir)": (
         "gw2", {"paths": {"/srv/gk-etc/litellm.env": ("f", "644", "root", "litellm", "0" * 40)}},
-        ["LiteLLM Proxy | Render LiteLLM environment (no secrets)"],
-        ["LiteLLM Proxy | Restart litellm@4301.service for its new inputs",
-         "LiteLLM Proxy | Wait for litellm@4301.service /health/readiness"],
+        [GW1_TURN], [f"LiteLLM Proxy | Switch LiteLLM to its new inputs: litellm.env {SWITCH} (wave 2 of 2: gw2)"],
     ),
     "on-host rotation program missing": (
         "gw2", {"paths": {"/srv/gk/lib/gatekit/rotate.py": None}},

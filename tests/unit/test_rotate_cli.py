@@ -1,4 +1,4 @@
-"""rotate_keys.py's command lines: the one the controller builds for gatekit-rotate (roles/rotation.py rotate_argv),
+"""rotate_keys.py's command lines: the one the controller builds for gatekit-rotate (roles/switch.py rotate_argv),
 read by gatekit-rotate's own parser; and the operator's `pyinfra INVENTORY rotate_keys.py`, refused before any host
 is contacted when it names no secret."""
 
@@ -15,7 +15,8 @@ import pytest
 import gatekit.onhost.rotate as R
 from gatekit import vault
 from gatekit.defaults import DEFAULTS
-from roles.rotation import NO_SECRET, cli_problems, rotate_argv
+from roles.rotation import NO_SECRET, cli_problems
+from roles.switch import rotate_argv
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {**DEFAULTS, "litellm_master_key_secret": "mk_prod", "redis_password_secret": "redis_pw_prod",
@@ -23,7 +24,7 @@ SETTINGS = {**DEFAULTS, "litellm_master_key_secret": "mk_prod", "redis_password_
 
 
 def _parsed(argv):
-    # As the operation puts it on the host's command line (roles/rotation.py rotate_gateway), and back.
+    # As the operation puts it on the host's command line (roles/switch.py switch_gateway), and back.
     return R.parser().parse_args(shlex.split(" ".join(shlex.quote(a) for a in argv)))
 
 
@@ -44,6 +45,16 @@ def test_the_defaults_reach_gatekit_rotate_from_gatekit_defaults():
     assert (ns.master_cred, ns.redis_cred) == ("litellm_master_key", "redis_password")
     assert (ns.ready_timeout, ns.settle) == (120.0, 1.0)
     assert (ns.secrets, ns.deployments, ns.purge_deployments, ns.fail_after, ns.fail_at) == ("-", "", "", "", "purge")
+
+
+def test_a_deploys_switch_reads_back_with_its_files_models_and_digests():
+    argv = rotate_argv(DEFAULTS, {}, ["quick--0"], [], files=["/etc/litellm/config.yaml", "/etc/systemd/system/litellm@.service"],
+                       models=["fast", "llama3:8b", "gpt-4o"], digests={"llama3:8b--0--abcd1234": "0123456789ab"},
+                       change="deploy")
+    ns = _parsed(argv)
+    assert R._list(ns.files) == ["/etc/litellm/config.yaml", "/etc/systemd/system/litellm@.service"]
+    assert R._list(ns.models) == ["fast", "llama3:8b", "gpt-4o"] and R._list(ns.secrets) == []
+    assert R.digests(ns.digests) == {"llama3:8b--0--abcd1234": "0123456789ab"} and ns.change == "deploy"
 
 
 @pytest.mark.parametrize("option", ["--master-cred", "--redis-cred", "--ready-timeout", "--settle"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import http.client
+import hashlib
 import json
 import os
 import re
@@ -111,7 +112,8 @@ class FakeHost:
             d.mkdir(parents=True)
         # Every path the program touches comes from its layout: here all of them under tmp_path.
         layout = Layout(gatekit_etc=str(tmp_path), gatekit_state_dir=str(self.state), nginx_dir=str(tmp_path / "nginx"),
-                        litellm_config_dir=str(tmp_path), litellm_home=str(tmp_path / "home"), litellm_ports=ports)
+                        litellm_config_dir=str(tmp_path), litellm_home=str(tmp_path / "home"), litellm_ports=ports,
+                        systemd_dir=str(tmp_path / "systemd"))
         monkeypatch.setattr(R, "LAYOUT", layout)
         self.upstream = self.nginx / "upstream.conf"
         self.upstream.write_text(upstream.for_layout(layout, live))  # as the nginx role deploys it
@@ -124,6 +126,7 @@ class FakeHost:
         monkeypatch.setattr(R, "run", self.run)
         monkeypatch.setattr(R, "wait_ready", self.wait_ready)
         monkeypatch.setattr(R, "canary", self.canary)
+        monkeypatch.setattr(R, "canary_models", self.canary_models)
         monkeypatch.setattr(R, "purge_redis", self.purge_redis)
         monkeypatch.setattr(R, "unit_secret", self.unit_secret)
         monkeypatch.setattr(R, "nginx_workers", self.nginx_workers)
@@ -145,7 +148,7 @@ class FakeHost:
                 rc, err = 1, "nginx: [emerg] host not found in upstream"
         elif argv[0] == "systemctl":
             verb, units = argv[1], [a for a in argv[2:] if not a.startswith("--")]
-            for unit in units:
+            for unit in units or ([None] if verb == "daemon-reload" else []):
                 if (verb, unit) in self.refuse:  # systemctl goes on with the other units, then exits 1
                     rc, err = 1, self.refuse[(verb, unit)]
                 else:
@@ -155,7 +158,7 @@ class FakeHost:
         return subprocess.CompletedProcess(argv, rc, "", err)
 
     def unit_op(self, verb, unit):
-        port = int(m.group(1)) if (m := re.fullmatch(r"litellm@(\d+)\.service", unit)) else None
+        port = int(m.group(1)) if unit and (m := re.fullmatch(r"litellm@(\d+)\.service", unit)) else None
         if verb == "reload" and unit == "nginx.service":
             self.events.append(("reload", up()))
             self.generation += 1
@@ -168,6 +171,9 @@ class FakeHost:
             self.starts[port] = self.starts.get(port, 0) + 1
         elif verb in ("enable", "disable"):
             self.events.append((verb, unit))
+        elif verb == "daemon-reload":
+            unit_file = Path(R.LAYOUT.unit_file)
+            self.events.append(("daemon-reload", unit_file.read_text() if unit_file.exists() else None))
 
     def wait_ready(self, port, timeout):
         self.events.append(("ready", port))
@@ -184,6 +190,11 @@ class FakeHost:
         self.events.append((step, base_url, master_key, list(ids), self.cred_text("openai_key"), up()))
         if step in self.fail:
             raise self.fail[step]
+
+    def canary_models(self, base_url, master_key, names):
+        self.events.append(("canary-models", base_url, list(names), up()))
+        if "canary-models" in self.fail:
+            raise self.fail["canary-models"]
 
     def purge_redis(self, port, ids, redis_cred, known_ids=()):
         self.events.append(("purge", port, list(ids), redis_cred, list(known_ids)))
@@ -257,11 +268,13 @@ def gw(tmp_path, monkeypatch):
 
 def args(secrets="openai_key", deployments="fast--0,smart--0", purge="fast--0--oldoldol,smart--0--oldoldol",
          ready_timeout=5.0, settle=0.25, fail_after="", fail_at="", master_cred="litellm_master_key",
-         redis_cred="redis_password"):
+         redis_cred="redis_password", files="", models="", digests="", change=""):
     """rotate.py's arguments through its own parser, as the helper unit gets them."""
     argv = ["--secrets", secrets, "--deployments", deployments, "--purge-deployments", purge,
             "--master-cred", master_cred, "--redis-cred", redis_cred, "--ready-timeout", str(ready_timeout),
             "--settle", str(settle)]
+    for flag, value in (("--files", files), ("--models", models), ("--digests", digests), ("--change", change)):
+        argv += [flag, value] if value else []
     argv += ["--fail-after", fail_after] if fail_after else []
     argv += ["--fail-at", fail_at] if fail_at else []
     return R.parser().parse_args(argv)
@@ -292,24 +305,25 @@ def test_swap_creds_moves_next_into_place_and_keeps_prev(gw):
 def test_config_is_swapped_restored_and_retired_with_the_credentials(gw, tmp_path, monkeypatch):
     config = tmp_path / "config.yaml"
     assert R.LAYOUT.config == str(config)
+    files = [str(config)]  # --files, as roles/rotation.py passes the config with every rotation
     config.write_text("ids: old\n")
     config.chmod(0o640)
     (tmp_path / "config.yaml.next").write_text("ids: new\n")
     gw.put("openai_key", "OLD-cred", "oldfp")
     gw.stage("openai_key", "NEW-cred", "newfp")
-    R.swap_creds(["openai_key"])
+    R.swap_creds(["openai_key"], files)
     assert config.read_text() == "ids: new\n" and (tmp_path / "config.yaml.prev").read_text() == "ids: old\n"
     # The previous file is moved, not copied: its mode (and owner) are exactly what the deploy set.
     assert stat.S_IMODE(os.stat(tmp_path / "config.yaml.prev").st_mode) == 0o640
-    R.restore_creds(["openai_key"])
+    R.restore_creds(["openai_key"], files)
     assert config.read_text() == "ids: old\n" and gw.cred_text("openai_key") == "OLD-cred"
     (tmp_path / "config.yaml.next").write_text("ids: new\n")
-    R.discard_staged(["openai_key"])
+    R.discard_staged(["openai_key"], files)
     assert not (tmp_path / "config.yaml.next").exists()
     gw.stage("openai_key", "NEW-cred", "newfp")
     (tmp_path / "config.yaml.next").write_text("ids: new\n")
-    R.swap_creds(["openai_key"])
-    R.cleanup_prev(["openai_key"])
+    R.swap_creds(["openai_key"], files)
+    R.cleanup_prev(["openai_key"], files)
     assert (tmp_path / "config.yaml.retired").read_text() == "ids: old\n"
     assert not (tmp_path / "config.yaml.prev").exists()
 
@@ -755,7 +769,7 @@ def test_rotate_failure_of_swap_creds_itself_discards_the_staged_files(gw, monke
     _ready(gw)
     gw.stage("anthropic_key", "ANT-NEW", "antnewfp")
 
-    def swap_fails(names):
+    def swap_fails(names, files=()):
         assert sorted(names) == ["anthropic_key", "openai_key"]
         raise OSError("No space left on device")
 
@@ -1301,3 +1315,72 @@ def test_old_deployment_ids_after_an_interrupted_swap_are_the_journals_not_the_n
     # A journal that cannot be read (or holds no list of names) adds nothing and never fails the run.
     for bad in ("{", "[]", json.dumps({"purge": "fast--0"}), json.dumps({"purge": [1, None]})):
         assert old_deployment_ids(new, new, bad) == []
+
+
+# ---- a deploy's change: files staged beside the live ones, the same switch -----------------------------------
+def _deploy_files(gw) -> dict[str, str]:
+    """The config, environment and unit live on the fake host, each with a staged .next."""
+    L = R.LAYOUT
+    Path(L.systemd_dir).mkdir(exist_ok=True)
+    files = {L.config: "config", L.env_file: "env", L.unit_file: "unit"}
+    for path, what in files.items():
+        Path(path).write_text(f"old {what}\n")
+        Path(path + ".next").write_text(f"new {what}\n")
+    return files
+
+
+def test_a_deploy_change_switches_its_staged_files_and_canaries_every_public_model(gw):
+    files = _deploy_files(gw)
+    assert R.rotate(args(secrets="-", deployments="quick--0", purge="", files=",".join(files),
+                         models="fast,quick,gpt-4o", digests="fast--0=abc,quick--0=def", change="deploy")) == 0
+    for path, what in files.items():
+        assert Path(path).read_text() == f"new {what}\n" and Path(path + ".retired").read_text() == f"old {what}\n"
+        assert not Path(path + ".next").exists() and not Path(path + ".prev").exists()
+    # systemd re-read the new unit before the new set started from it.
+    assert gw.kinds().index("daemon-reload") < gw.kinds().index("start")
+    assert gw.of("daemon-reload") == [("daemon-reload", "new unit\n")]
+    # Each new instance: the changed deployment answered by itself, then every public name, before the switch.
+    assert gw.of("canary-models") == [("canary-models", f"http://127.0.0.1:{p}", ["fast", "quick", "gpt-4o"], BLUE)
+                                      for p in GREEN]
+    assert [e[3] for e in gw.of("canary")] == [["quick--0"], ["quick--0"]]
+    assert up() == GREEN and gw.running == set(GREEN) and gw.journal() is None
+    live = gw.live()
+    assert live["change"] == "deploy" and live["deployments"] == {"fast--0": "abc", "quick--0": "def"}
+    assert live["config_sha1"] == hashlib.sha1(b"new config\n").hexdigest()
+    assert live["secrets"] == {} and "rotated_at" not in live  # no key changed
+
+
+def test_a_deploy_change_whose_public_model_fails_rolls_every_file_back(gw, capsys):
+    files = _deploy_files(gw)
+    gw.fail["canary-models"] = RuntimeError("model quick (deployment quick--0): HTTP 404: model not found")
+    assert R.rotate(args(secrets="-", deployments="", purge="", files=",".join(files), models="fast,quick",
+                         change="deploy")) == 1
+    for path, what in files.items():
+        assert Path(path).read_text() == f"old {what}\n", path
+        assert not [p for p in Path(path).parent.iterdir() if p.name.startswith(Path(path).name + ".")], path
+    # The unit is re-read after the swap and again after it is restored: systemd knows the old one again.
+    assert gw.of("daemon-reload") == [("daemon-reload", "new unit\n"), ("daemon-reload", "old unit\n")]
+    assert up() == BLUE and gw.running == set(BLUE) and gw.journal() is None and gw.live() is None
+    assert "step canary failed: model quick (deployment quick--0): HTTP 404" in capsys.readouterr().err
+
+
+def test_files_staged_again_after_a_recovery_made_them_live_switch_nothing(gw, capsys):
+    files = _deploy_files(gw)
+    for path in files:
+        Path(path).write_text(Path(path + ".next").read_text())
+    assert R.rotate(args(secrets="-", files=",".join(files), models="fast", change="deploy")) == 0
+    assert gw.events == [] and not [p for p in files if Path(p + ".next").exists()]
+    assert "nothing staged" in capsys.readouterr().out
+
+
+def test_a_deploy_switch_cut_off_after_the_swap_is_rolled_back_with_its_files(gw, monkeypatch):
+    files = _deploy_files(gw)
+    monkeypatch.setattr(R.os, "kill", lambda pid, sig: (_ for _ in ()).throw(SystemExit("killed")))
+    with pytest.raises(SystemExit):
+        R.rotate(args(secrets="-", files=",".join(files), models="fast", change="deploy", fail_after="start"))
+    assert Path(R.LAYOUT.config).read_text() == "new config\n" and gw.journal()["files"] == list(files)
+    # The next run (nothing staged any more) recovers: nginx never left the old set, so it rolls back.
+    assert R.rotate(args(secrets="-", files="", models="", change="deploy")) == 0
+    for path, what in files.items():
+        assert Path(path).read_text() == f"old {what}\n", path
+    assert up() == BLUE and gw.running == set(BLUE) and gw.journal() is None

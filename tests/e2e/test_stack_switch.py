@@ -1,0 +1,112 @@
+"""A deploy that changes what LiteLLM starts from, on gateways that serve (runs after test_stack_rotation.py, same
+session and hosts): the blue/green switch with canaries, the first gateway alone, then the others; a change the
+provider refuses is rolled back on the first gateway and never reaches the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import pytest
+
+from lab.checks import completion, gateway_client
+from lab.load import Load
+
+
+def gateways(lab) -> list[str]:
+    return list(lab.groups["gateways"])
+
+
+def live(lab, gw: str) -> dict:
+    return json.loads(lab.hosts[gw].run(f"cat {lab.layout(gw).live_file}").stdout)
+
+
+def config_sha1(lab, gw: str) -> str:
+    return hashlib.sha1(lab.hosts[gw].run(f"cat {lab.layout(gw).config}").stdout.encode()).hexdigest()
+
+
+def canaries(provider, since: float, model: str, gw_address: str) -> list[float]:
+    """When the provider saw calls to upstream `model` from one gateway's address."""
+    return [r["time"] for r in provider.requests(since=since, client=gw_address) if r.get("model") == model]
+
+
+@pytest.fixture
+def spec_restored(lab):
+    """The test edits the lab's spec; the lab's own spec is back afterwards (and deployed by the test)."""
+    saved = (list(lab.extra_models), dict(lab.weights), dict(lab.settings))
+    yield
+    lab.extra_models[:], lab.weights, lab.settings = saved[0], saved[1], saved[2]
+    lab.write_spec()
+
+
+def test_a_spec_change_switches_every_gateway_first_one_alone_then_the_rest_without_a_failed_request(
+        lab, provider, spec_restored):
+    gws = gateways(lab)
+    before = {gw: live(lab, gw) for gw in gws}
+    lab.extra_models.append({"name": "quick", "price": {"input_per_1m": 0.1, "output_per_1m": 0.2},
+                             "deployments": [{"provider": "openai", "model": "fake-quick",
+                                              "api_base": f"{lab.provider_url}/v1", "secret": "openai_key"}]})
+    lab.weights["fast"] = 3
+    lab.settings["rollout_batch"] = "100%"  # gw1 alone, then every other gateway side by side
+    lab.write_spec()
+    since = time.time()
+    with Load(lab, gws, threads_per_gateway=2) as load:
+        result = lab.deploy()
+    print("deploy under load:", load.summary(), f"{result.seconds:.1f} s")
+    assert load.failures == [], load.summary()
+    # Traffic ran through the whole deploy, on every gateway.
+    assert {gw for t, gw, *_ in load.results if t > load.results[0][0] + 5} == set(gws)
+    for gw in gws:
+        now = live(lab, gw)
+        assert now["change"] == "deploy" and now["ports"] != before[gw]["ports"], (gw, now)  # the other set serves
+        assert now["config_sha1"] == config_sha1(lab, gw)
+        # What each deployment is, recorded: the next change canaries only what it adds or alters.
+        assert [i for i in now["deployments"] if i.startswith("quick--0")], now["deployments"]
+    # The canary of the new deployment ran on gw1 (each of its new instances) before any other gateway's.
+    address = {gw: lab.hosts[gw].address for gw in gws}
+    first = canaries(provider, since, "fake-quick", address[gws[0]])
+    assert len(first) >= len(live(lab, gws[0])["ports"]), first
+    for gw in gws[1:]:
+        theirs = canaries(provider, since, "fake-quick", address[gw])
+        assert theirs and min(theirs) > max(first), (gw, theirs, first)
+    with gateway_client(lab) as client:
+        for gw in gws:
+            r = completion(client, lab.gateway_url(gw), model="quick")
+            assert r.status_code == 200, (gw, r.text)
+    again = lab.deploy()
+    assert again.ok and again.changes == 0, {h: again.changed_ops(lab.hosts[h].address) for h in gws}
+
+
+def test_a_model_the_provider_refuses_is_rolled_back_on_the_first_gateway_and_never_reaches_the_others(
+        lab, provider, spec_restored):
+    gws = gateways(lab)
+    before = {gw: (live(lab, gw), config_sha1(lab, gw)) for gw in gws}
+    provider.faults(status=404, model="fake-missing")  # the provider does not know this model
+    lab.extra_models.append({"name": "missing", "price": {"input_per_1m": 0.1, "output_per_1m": 0.2},
+                             "deployments": [{"provider": "openai", "model": "fake-missing",
+                                              "api_base": f"{lab.provider_url}/v1", "secret": "openai_key"}]})
+    lab.write_spec()
+    since = time.time()
+    try:
+        with Load(lab, gws, threads_per_gateway=2) as load:
+            result = lab.deploy(check=False)
+    finally:
+        provider.clear_faults(model="fake-missing")
+    print("refused deploy under load:", load.summary(), f"{result.seconds:.1f} s")
+    assert not result.ok
+    # The deploy names the host, the deployment and what the provider answered.
+    assert lab.hosts[gws[0]].address in result.stderr and "step canary failed" in result.stderr, result.stderr[-3000:]
+    assert "deployment missing--0" in result.stderr and "HTTP 404" in result.stderr, result.stderr[-3000:]
+    assert load.failures == [], load.summary()
+    for gw in gws:  # every gateway serves what it served before: the same set, from the same config
+        assert (live(lab, gw), config_sha1(lab, gw)) == before[gw], gw
+        L = lab.layout(gw)
+        left = lab.hosts[gw].run(f"ls {L.litellm_config_dir} {L.creds_dir} {L.systemd_dir}").stdout.split()
+        assert not [f for f in left if f.endswith((".next", ".prev"))], (gw, left)
+    # Only the first gateway ever called the refused model; the others were never switched.
+    callers = {r["client"] for r in provider.requests(since=since) if r.get("model") == "fake-missing"}
+    assert callers == {lab.hosts[gws[0]].address}, callers
+    for gw in gws[1:]:
+        assert not [n for n in result.changed_ops(lab.hosts[gw].address) if "Switch" in n], gw
