@@ -36,7 +36,9 @@ def rotate(lab, *extra: str, check: bool = False):
 
 
 def live(lab, gw: str) -> dict:
-    return json.loads(lab.hosts[gw].run(f"cat {lab.layout(gw).live_file}").stdout)
+    """The host's live.json ({} before its first switch: a fresh deploy starts the blue set without one)."""
+    text = lab.hosts[gw].run(f"cat {lab.layout(gw).live_file} 2>/dev/null || true").stdout
+    return json.loads(text) if text.strip() else {}
 
 
 def openai_fps(provider, since: float, client: str | None = None) -> set[str]:

@@ -20,7 +20,13 @@ def gateways(lab) -> list[str]:
 
 
 def live(lab, gw: str) -> dict:
-    return json.loads(lab.hosts[gw].run(f"cat {lab.layout(gw).live_file}").stdout)
+    """The host's live.json ({} before its first switch: a fresh deploy starts the blue set without one)."""
+    text = lab.hosts[gw].run(f"cat {lab.layout(gw).live_file} 2>/dev/null || true").stdout
+    return json.loads(text) if text.strip() else {}
+
+
+def live_ports(lab, gw: str) -> tuple[int, ...]:
+    return lab.layout(gw).live_set(json.dumps(live(lab, gw)))
 
 
 def config_sha1(lab, gw: str) -> str:
@@ -44,7 +50,7 @@ def spec_restored(lab):
 def test_a_spec_change_switches_every_gateway_first_one_alone_then_the_rest_without_a_failed_request(
         lab, provider, spec_restored):
     gws = gateways(lab)
-    before = {gw: live(lab, gw) for gw in gws}
+    before = {gw: live_ports(lab, gw) for gw in gws}
     lab.extra_models.append({"name": "quick", "price": {"input_per_1m": 0.1, "output_per_1m": 0.2},
                              "deployments": [{"provider": "openai", "model": "fake-quick",
                                               "api_base": f"{lab.provider_url}/v1", "secret": "openai_key"}]})
@@ -60,7 +66,7 @@ def test_a_spec_change_switches_every_gateway_first_one_alone_then_the_rest_with
     assert {gw for t, gw, *_ in load.results if t > load.results[0][0] + 5} == set(gws)
     for gw in gws:
         now = live(lab, gw)
-        assert now["change"] == "deploy" and now["ports"] != before[gw]["ports"], (gw, now)  # the other set serves
+        assert now["change"] == "deploy" and tuple(now["ports"]) != before[gw], (gw, now)  # the other set serves
         assert now["config_sha1"] == config_sha1(lab, gw)
         # What each deployment is, recorded: the next change canaries only what it adds or alters.
         assert [i for i in now["deployments"] if i.startswith("quick--0")], now["deployments"]
