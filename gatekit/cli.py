@@ -500,5 +500,22 @@ def doctor(inventory: Path, calls: bool, as_json: bool, only: str | None):
         raise click.exceptions.Exit(1)
 
 
+@main.command()
+@click.argument("inventory", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for machines.")
+def status(inventory: Path, as_json: bool):
+    """What each gateway serves now (LiteLLM version, config, key fingerprints, its last change), whether a change
+    is pending or a switch was interrupted, and whether the fleet is mixed. Exit 0 when every gateway is current
+    and the fleet is not mixed, 1 otherwise."""
+    import json as _json
+
+    from gatekit.status import render_text, run_status
+
+    result = run_status(inventory)
+    click.echo(_json.dumps(result, indent=1, sort_keys=True) if as_json else render_text(result))
+    if result["mixed"] or any(g["state"] != "current" for g in result["gateways"]):
+        raise click.exceptions.Exit(1)
+
+
 if __name__ == "__main__":
     main(prog_name="gatekit")

@@ -208,7 +208,9 @@ def host_results(host, ctx, ev: dict, calls: bool) -> list[d.Result]:
     return out
 
 
-def run_doctor(inventory_file: Path, calls: bool = False, only: str | None = None) -> list[d.Result]:
+def load_fleet(inventory_file: Path, only: str | None = None, group: str | None = None):
+    """(hosts, {host name: gatekit context}) of an inventory loaded as pyinfra's CLI loads it (spec and vault
+    validated the same way); `only`: one host by name; `group`: that group's hosts, in inventory order."""
     from pyinfra.api import Config, State
     from pyinfra.api.exceptions import PyinfraError
     from pyinfra.context import ctx_config, ctx_inventory, ctx_state
@@ -227,7 +229,8 @@ def run_doctor(inventory_file: Path, calls: bool = False, only: str | None = Non
     except PyinfraError as exc:
         raise SpecError([f"{inventory_file}: {line.strip()}" for line in str(exc).splitlines() if line.strip()][-5:]) from None
     ctx_inventory.set(inventory)
-    hosts = [h for h in inventory if only is None or h.name == only or h.data.get("sandbox_name") == only]
+    pool = list(inventory.get_group(group, default=[])) if group else list(inventory)
+    hosts = [h for h in pool if only is None or h.name == only or h.data.get("sandbox_name") == only]
     if not hosts:
         raise SpecError([f"{inventory_file}: no host named {only!r}. Fix: use a host name from the inventory."])
     state.init(inventory, config)
@@ -237,9 +240,13 @@ def run_doctor(inventory_file: Path, calls: bool = False, only: str | None = Non
             contexts[h.name] = context(h)
         except PyinfraError as exc:
             raise SpecError([f"host {h.name}: {line.strip()}" for line in str(exc).splitlines() if line.strip()]) from None
-
     # pyinfra's connectors warn about unknown host keys on stderr; the operator's ssh settings are theirs.
     logging.getLogger("pyinfra").setLevel(logging.ERROR)
+    return hosts, contexts
+
+
+def run_doctor(inventory_file: Path, calls: bool = False, only: str | None = None) -> list[d.Result]:
+    hosts, contexts = load_fleet(inventory_file, only)
     with ThreadPoolExecutor(max_workers=len(hosts) + 1) as pool:
         drift = pool.submit(dry_run, inventory_file, only and hosts[0].name)
         evidence = {h.name: pool.submit(collect, h, probe_params(h, contexts[h.name])) for h in hosts}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import secrets
 import ssl
+import subprocess
+import sys
 import time
 
 import httpx
@@ -159,3 +161,15 @@ def unit_memory_cgroup(host, unit: str) -> str:
     """The unit's memory cgroup directory (the sandbox hosts run cgroup v1's memory controller)."""
     cg = host.run(f"systemctl show {unit} -p ControlGroup --value").stdout.strip()
     return f"/sys/fs/cgroup/memory{cg}"
+
+
+def gatekit(lab, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The gatekit CLI of this checkout, as an operator runs it against the lab (its vault key in the environment)."""
+    from lab.env import REPO
+
+    env = {**lab.env(), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "gatekit.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc

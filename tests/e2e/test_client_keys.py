@@ -8,29 +8,16 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from gatekit.onhost.keyauth import RELOAD_SECONDS
-from lab.checks import lab_client, secret_locations, wait_until
+from lab.checks import gatekit, lab_client, secret_locations, wait_until
 from lab.load import Load
 
-REPO = Path(__file__).resolve().parents[2]
 GATEWAYS = ("gw1", "gw2")
-
-
-def gatekit(lab, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**lab.env(), "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "gatekit.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 def add_key(lab, name: str, *opts: str) -> str:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from lab.checks import completion, gateway_client
+from lab.checks import completion, gatekit, gateway_client
 from lab.load import Load
 
 
@@ -23,10 +23,6 @@ def live(lab, gw: str) -> dict:
     """The host's live.json ({} before its first switch: a fresh deploy starts the blue set without one)."""
     text = lab.hosts[gw].run(f"cat {lab.layout(gw).live_file} 2>/dev/null || true").stdout
     return json.loads(text) if text.strip() else {}
-
-
-def live_ports(lab, gw: str) -> tuple[int, ...]:
-    return lab.layout(gw).live_set(json.dumps(live(lab, gw)))
 
 
 def config_sha1(lab, gw: str) -> str:
@@ -50,7 +46,7 @@ def spec_restored(lab):
 def test_a_spec_change_switches_every_gateway_first_one_alone_then_the_rest_without_a_failed_request(
         lab, provider, spec_restored):
     gws = gateways(lab)
-    before = {gw: live_ports(lab, gw) for gw in gws}
+    before = {gw: lab.live_ports(gw) for gw in gws}
     lab.extra_models.append({"name": "quick", "price": {"input_per_1m": 0.1, "output_per_1m": 0.2},
                              "deployments": [{"provider": "openai", "model": "fake-quick",
                                               "api_base": f"{lab.provider_url}/v1", "secret": "openai_key"}]})
@@ -83,6 +79,11 @@ def test_a_spec_change_switches_every_gateway_first_one_alone_then_the_rest_with
             assert r.status_code == 200, (gw, r.text)
     again = lab.deploy()
     assert again.ok and again.changes == 0, {h: again.changed_ops(lab.hosts[h].address) for h in gws}
+    # gatekit status: every gateway current, on one config and version, its last change this deploy.
+    status = json.loads(gatekit(lab, "status", str(lab.inventory_path), "--json").stdout)
+    assert not status["mixed"] and [g["gateway"] for g in status["gateways"]] == [lab.hosts[gw].address for gw in gws]
+    for g, gw in zip(status["gateways"], gws):
+        assert (g["state"], g["last_change"], g["config_sha1"]) == ("current", "deploy", config_sha1(lab, gw)), g
 
 
 def test_a_model_the_provider_refuses_is_rolled_back_on_the_first_gateway_and_never_reaches_the_others(
@@ -116,3 +117,8 @@ def test_a_model_the_provider_refuses_is_rolled_back_on_the_first_gateway_and_ne
     assert callers == {lab.hosts[gws[0]].address}, callers
     for gw in gws[1:]:
         assert not [n for n in result.changed_ops(lab.hosts[gw].address) if "Switch" in n], gw
+    # gatekit status: every gateway on its previous config, the spec's change pending everywhere, exit 1.
+    proc = gatekit(lab, "status", str(lab.inventory_path), "--json", check=False)
+    status = json.loads(proc.stdout)
+    assert proc.returncode == 1 and not status["mixed"], proc.stdout
+    assert [g["state"] for g in status["gateways"]] == ["pending"] * len(gws), status
