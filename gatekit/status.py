@@ -120,28 +120,33 @@ def render_text(status: dict) -> str:
 
 
 def run_status(inventory_file: Path) -> dict:
+    from pyinfra.context import ctx_host
+
     from gatekit.doctor_run import load_fleet
+    from gatekit.onhost.probe import fingerprint
     from gatekit.roles.credentials import secrets_for_gateway
     from gatekit.roles.litellm import render_config
-    from gatekit.onhost.probe import fingerprint
 
     hosts, contexts = load_fleet(inventory_file, group="gateways")
+    want = {}
+    for h in hosts:  # rendered as the deploy renders it, this host's peers read from the inventory through pyinfra's host
+        ctx = contexts[h.name]
+        with ctx_host.use(h):
+            want[h.name] = (hashlib.sha1(render_config(ctx).encode()).hexdigest(),
+                            {n: fingerprint(ctx.secret(n)) for n in secrets_for_gateway(ctx)})
 
     def one(h) -> dict:
-        ctx = contexts[h.name]
-        L = Layout.from_settings(ctx.settings)
+        L = Layout.from_settings(contexts[h.name].settings)
         try:
             h.connect(raise_exceptions=True)
             try:
-                ok, output = h.run_shell_command(evidence_command(L), print_output=False, print_input=False,
-                                                 **({"_sudo": True} if h.data.get("_sudo") else {}))
+                _, output = h.run_shell_command(evidence_command(L), print_output=False, print_input=False,
+                                                **({"_sudo": True} if h.data.get("_sudo") else {}))
             finally:
                 h.disconnect()
         except Exception as exc:  # noqa: BLE001 - any connector failure is one line for the operator
             return unreachable(h.name, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
-        want_fps = {n: fingerprint(ctx.secret(n)) for n in secrets_for_gateway(ctx)}
-        return gateway_status(h.name, parse_evidence(output.stdout_lines),
-                              hashlib.sha1(render_config(ctx).encode()).hexdigest(), want_fps)
+        return gateway_status(h.name, parse_evidence(output.stdout_lines), *want[h.name])
 
     with ThreadPoolExecutor(max_workers=len(hosts) or 1) as pool:
         return fleet_status(list(pool.map(one, hosts)))

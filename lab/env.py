@@ -182,6 +182,8 @@ class Lab:
                 "litellm_memory_max": "1600M",
                 # Alerts and dashboards are tested against live data: scrape and evaluate every 5 s.
                 "monitoring_scrape_interval": 5,
+                # A change (rotation, deploy) reaches gw1 alone, then every other gateway side by side.
+                "rollout_batch": "100%",
                 **self.settings,
             },
         }

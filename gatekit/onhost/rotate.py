@@ -467,6 +467,8 @@ def record(ports, names: list[str], journal: dict):
     live["change"] = journal.get("change", "rotation")
     if "started" in journal:
         live["last_rotation_seconds"] = round(time.time() - journal["started"], 1)
+        # When this host's switch ran (epoch seconds): the fleet's order is checked by them.
+        live["switch_started"], live["switch_done"] = round(journal["started"], 3), round(time.time(), 3)
     write_atomic(LAYOUT.live_file, json.dumps(live, indent=1, sort_keys=True) + "\n", 0o644)
 
 

@@ -378,6 +378,8 @@ def test_an_egress_allowlist_systemd_cannot_enforce_stops_the_deploy(lab):
 
 def test_added_host_is_provisioned_existing_unchanged(lab, client):
     (gw3,) = lab.boot(["gw3"])
+    # A small gateway: one instance per set (the later tests switch it with the others: fewer LiteLLM starts).
+    gw3.data.update({"litellm_ports": [4001, 4002]})
     groups = {**lab.groups, "gateways": [*lab.groups["gateways"], "gw3"]}
     lab.write_inventory(groups)
     result = lab.deploy()

@@ -36,7 +36,8 @@ def canaries(provider, since: float, model: str, gw_address: str) -> list[float]
 
 @pytest.fixture
 def spec_restored(lab):
-    """The test edits the lab's spec; the lab's own spec is back afterwards (and deployed by the test)."""
+    """The test edits the lab's spec; the lab's own spec file is back afterwards (deployed by the next deploy: each
+    test here starts from whatever config the previous one left live, which the switch must handle anyway)."""
     saved = (list(lab.extra_models), dict(lab.weights), dict(lab.settings))
     yield
     lab.extra_models[:], lab.weights, lab.settings = saved[0], saved[1], saved[2]
@@ -51,7 +52,6 @@ def test_a_spec_change_switches_every_gateway_first_one_alone_then_the_rest_with
                              "deployments": [{"provider": "openai", "model": "fake-quick",
                                               "api_base": f"{lab.provider_url}/v1", "secret": "openai_key"}]})
     lab.weights["fast"] = 3
-    lab.settings["rollout_batch"] = "100%"  # gw1 alone, then every other gateway side by side
     lab.write_spec()
     since = time.time()
     with Load(lab, gws, threads_per_gateway=2) as load:
@@ -66,7 +66,10 @@ def test_a_spec_change_switches_every_gateway_first_one_alone_then_the_rest_with
         assert now["config_sha1"] == config_sha1(lab, gw)
         # What each deployment is, recorded: the next change canaries only what it adds or alters.
         assert [i for i in now["deployments"] if i.startswith("quick--0")], now["deployments"]
-    # The canary of the new deployment ran on gw1 (each of its new instances) before any other gateway's.
+    # gw1's switch ended before any other gateway's began; the canary of the new deployment ran on each of gw1's new
+    # instances before any other gateway's.
+    done_first = live(lab, gws[0])["switch_done"]
+    assert all(live(lab, gw)["switch_started"] > done_first for gw in gws[1:]), {gw: live(lab, gw) for gw in gws}
     address = {gw: lab.hosts[gw].address for gw in gws}
     first = canaries(provider, since, "fake-quick", address[gws[0]])
     assert len(first) >= len(live(lab, gws[0])["ports"]), first
@@ -122,3 +125,32 @@ def test_a_model_the_provider_refuses_is_rolled_back_on_the_first_gateway_and_ne
     status = json.loads(proc.stdout)
     assert proc.returncode == 1 and not status["mixed"], proc.stdout
     assert [g["state"] for g in status["gateways"]] == ["pending"] * len(gws), status
+
+
+def test_a_deploy_switch_killed_on_the_first_gateway_is_finished_by_the_next_deploy(lab, provider, spec_restored):
+    """gatekit-rotate SIGKILLed right after nginx switched on the first gateway (the journal stays, nginx is on the new
+    set): the deploy fails there and touches no other gateway; `gatekit status` shows the interrupted switch; the next
+    deploy finishes it forward and switches the others; no request fails throughout."""
+    gws = gateways(lab)
+    before = {gw: config_sha1(lab, gw) for gw in gws}
+    lab.weights["smart"] = 2
+    lab.write_spec()
+    with Load(lab, gws) as load:
+        killed = lab.deploy(extra=["--data", "gatekit_rotate_fail_after=switch"], check=False)
+    assert not killed.ok and "dying after step switch" in killed.stdout + killed.stderr, killed.stderr[-3000:]
+    assert load.failures == [], load.summary()
+    first, rest = gws[0], gws[1:]
+    assert lab.hosts[first].run(f"test -e {lab.layout(first).journal_file}", check=False).returncode == 0
+    assert [config_sha1(lab, gw) for gw in rest] == [before[gw] for gw in rest]
+    status = json.loads(gatekit(lab, "status", str(lab.inventory_path), "--json", check=False).stdout)
+    assert [g["state"] for g in status["gateways"]] == ["interrupted"] + ["pending"] * len(rest), status
+    with Load(lab, gws) as load:
+        done = lab.deploy()
+    print("deploy after a killed switch:", load.summary(), f"{done.seconds:.1f} s")
+    assert load.failures == [], load.summary()
+    for gw in gws:
+        L = lab.layout(gw)
+        assert lab.hosts[gw].run(f"test ! -e {L.journal_file}", check=False).returncode == 0, gw
+        assert live(lab, gw)["config_sha1"] == config_sha1(lab, gw) != before[gw], gw
+    again = lab.deploy()
+    assert again.ok and again.changes == 0, {h: again.changed_ops(lab.hosts[h].address) for h in gws}
