@@ -2,8 +2,9 @@
 through nginx (plain and streamed requests, models on the rotated key and on another key).
 
 gatekit: `pyinfra INVENTORY rotate_keys.py --data rotate=openai_key` (blue/green, canary, switch, drain).
-naive:   the same new key written and the live instance restarted (`systemctl restart`), host by host
-         (deploy with litellm_restart_on_secret_change: true, pyinfra --serial).
+naive:   the same new key encrypted over the live credential and the live instances restarted one at a time, each
+         ready before the next, host by host (lab/naive.py: what a restart-based deploy did; the kit's own deploy
+         with litellm_restart_on_secret_change now switches blue/green too).
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lab import sandbox as sb  # noqa: E402
 from lab.env import KIT_PACKAGES, Lab, fake_key  # noqa: E402
 from lab.load import Load  # noqa: E402
+from lab.naive import encrypt_over, rolling_restart  # noqa: E402
 from gatekit.vault import resolve_key, set_secret  # noqa: E402
 
 GATEWAYS = ["gw1", "gw2"]
@@ -60,14 +60,19 @@ def main():
                         for gw in GATEWAYS}
             rows["gatekit rotate_keys.py"] = {**summary, "total_s": round(result.seconds, 1), "per_host_s": per_host}
 
-            # Baseline: allow the deploy to rewrite the key and restart the live instance, host by host.
-            spec = yaml.safe_load(lab.spec_path.read_text())
-            spec["settings"]["litellm_restart_on_secret_change"] = True
-            lab.spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+            # Baseline: the new key written over the live credential, the live instances restarted, host by host.
             new_key(lab, "bench-naive")
-            summary, result = loaded(lab, action=lambda: lab.deploy(extra=["--serial"]))
-            rows["naive rewrite + restart"] = {**summary, "total_s": round(result.seconds, 1),
-                                               "per_host_s": round(result.seconds / len(GATEWAYS), 1)}
+            t0 = time.monotonic()
+
+            def naive():
+                for gw in GATEWAYS:
+                    encrypt_over(lab, gw, "openai_key", lab.secret_values["openai_key"])
+                    rolling_restart(lab, gw)
+
+            summary, _ = loaded(lab, action=naive)
+            total = time.monotonic() - t0
+            rows["naive rewrite + restart"] = {**summary, "total_s": round(total, 1),
+                                               "per_host_s": round(total / len(GATEWAYS), 1)}
         finally:
             lab.stop()
 

@@ -62,7 +62,7 @@ DEFAULTS: dict[str, object] = {
     "litellm_log_level": "WARNING",  # LITELLM_LOG, LiteLLM's and uvicorn's log level: DEBUG, INFO, WARNING, ERROR or CRITICAL; INFO logs two lines per request (the router's call and uvicorn's access line, CPU on the hot path) that nginx's access log already holds
     "litellm_extra_env": {},  # extra non-secret environment for the proxy
     "litellm_egress_allow": [],  # addresses/CIDRs LiteLLM may connect to (providers' IPs; Redis and PostgreSQL are added); empty = no egress filter. IPs only: systemd filters packets, not host names
-    "litellm_restart_on_secret_change": False,  # let deploy restart the live instance for a changed key (downtime); default: refuse, use rotate_keys.py
+    "litellm_restart_on_secret_change": False,  # let a deploy switch a running gateway to a changed key (blue/green, as rotate_keys.py does); default: refuse and point to rotate_keys.py
     "rotation_settle_sec": 1.0,  # pause after the nginx switch before the old instance stops
     # --- rollout: the order a change that restarts LiteLLM (a key rotation, a deploy's new config) reaches the gateways; fleet-wide, spec settings only ---
     "rollout_first_gateway": "",  # the gateway that takes a change alone first, canaries passed before any other starts; empty = the first of the inventory's gateways

@@ -404,3 +404,20 @@ def test_an_egress_allowlist_systemd_would_not_enforce_stops_the_deploy(fake):
 ])
 def test_ip_filtering_fact_reads_what_the_kernel_answered(output, enforced):
     assert IPFilteringEnforced().process(output) is enforced
+
+
+def test_a_changed_key_on_a_serving_gateway_is_refused_or_switched_never_written_live(fake, spec_file, tmp_path):
+    """A key in the vault other than the one live on gw1: refused by default (rotate_keys.py is the way); with
+    litellm_restart_on_secret_change it is staged and switched to blue/green (no encryption over the live one)."""
+    converge(fake)
+    fake.drift = {"gw1": {"texts": {Layout.from_settings({**DEFAULTS, **{"litellm_ports": [4001, 4002, 4003, 4004]}})
+                                    .cred_fingerprint("openai_key"): "0" * 16}}}
+    with pytest.raises(PyinfraError, match=r"host gw1: openai_key in the vault differ from the credentials live"):
+        run_deploy(fake)
+    allowed = tmp_path / spec_file.name
+    allowed.write_text(spec_file.read_text().replace("\nsettings:\n", "\nsettings:\n  litellm_restart_on_secret_change: true\n"))
+    (tmp_path / "example.secrets.enc.yaml").write_bytes(spec_file.with_name("example.secrets.enc.yaml").read_bytes())
+    fake.spec_file = allowed
+    ops = run_deploy(fake)
+    assert _names(ops, "gw1") == [f"LiteLLM Proxy | Switch LiteLLM to its new inputs: openai_key {SWITCH} (wave 1 of 2: gw1)"]
+    assert would_run(ops["gw2"]) == [], "gw2 serves the vault's key already"
