@@ -32,10 +32,15 @@ def nginx(packages: PackageWave | None = None):
     if selfsigned:
         want.dir(s["nginx_selfsigned_dir"])
     want.dir(L.nginx_include_dir)
-    # Every instance of the live set, side by side. Rotation moves the set on the host with the same renderer and
-    # the same values (the host's layout.json), so the file is only ever written one way.
-    live = L.live_set(gateway_probe().text(L.live_file))
-    want.file(L.nginx_upstream, upstream.for_layout(L, live), notify="reload", name="Render the LiteLLM upstream")
+    # Every instance of the live set, side by side. The switch (rotation, a deploy's change) moves the set on the host
+    # with the same renderer and the same values (the host's layout.json), so the file is only ever written one way.
+    # While a switch is running or was cut off (its journal), the file is the switch's alone: this run's switch
+    # finishes or rolls it back and leaves the file for the set it serves, which live.json then names. (Rendered
+    # here from live.json read before that, it could send nginx to the set the recovery has just stopped.)
+    probe = gateway_probe()
+    if L.journal_file not in probe.state["texts"]:
+        live = L.live_set(probe.text(L.live_file))
+        want.file(L.nginx_upstream, upstream.for_layout(L, live), notify="reload", name="Render the LiteLLM upstream")
     monitors = topology.monitoring_addresses()
     allow = monitoring.metrics_allow(monitors, s["nginx_admin_allow"]) if monitors else []
     want.file(L.nginx_site, template("nginx/gatekit.conf.j2", s=s, layout=L, tls_cert=cert, tls_key=key,

@@ -114,7 +114,7 @@ def test_each_check_fails_on_its_break_and_passes_after_the_repair(lab):
             ("gw1", "exposure"): [f"litellm@{p1[-1]}.service: exposure"],
             ("gw1", "tls"): [f"{cert1} expires in", "days (limit 14)"],
             ("gw1", "routing"): [f"deployment {i} is cooling down" for i in cooling],
-            ("gw1", "drift"): ["Render LiteLLM config.yaml"],
+            ("gw1", "drift"): ["Switch LiteLLM to its new inputs: config.yaml"],  # staged, never written live
             ("gw2", "streaming_config"): ["proxy_buffering on"],
             ("gw2", "stale_key"): ["before openai_key.cred was last written"],
             ("gw2", "supply_chain"): [".pth in no RECORD: lib/python3.11/site-packages/zz-doctor-test.pth",

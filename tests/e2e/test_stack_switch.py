@@ -148,6 +148,10 @@ def test_a_deploy_switch_killed_on_the_first_gateway_is_finished_by_the_next_dep
         done = lab.deploy()
     print("deploy after a killed switch:", load.summary(), f"{done.seconds:.1f} s")
     assert load.failures == [], load.summary()
+    with gateway_client(lab) as client:  # and every gateway serves once it is done (nginx on the set that runs)
+        for gw in gws:
+            r = completion(client, lab.gateway_url(gw), model="smart")
+            assert r.status_code == 200, (gw, r.status_code, r.text[:300])
     for gw in gws:
         L = lab.layout(gw)
         assert lab.hosts[gw].run(f"test ! -e {L.journal_file}", check=False).returncode == 0, gw

@@ -421,3 +421,19 @@ def test_a_changed_key_on_a_serving_gateway_is_refused_or_switched_never_written
     ops = run_deploy(fake)
     assert _names(ops, "gw1") == [f"LiteLLM Proxy | Switch LiteLLM to its new inputs: openai_key {SWITCH} (wave 1 of 2: gw1)"]
     assert would_run(ops["gw2"]) == [], "gw2 serves the vault's key already"
+
+
+def test_after_an_interrupted_switch_the_deploy_recovers_it_and_leaves_nginx_upstream_to_it(fake):
+    """A journal on gw1 (a switch cut off) and an upstream file other than live.json's set (cut off after nginx
+    switched): the deploy stages every input for the switch, which recovers first; the nginx role does not write the
+    upstream back to the set live.json named before the recovery (that set may be the one the recovery stops)."""
+    converge(fake)
+    L = Layout.from_settings({**DEFAULTS, "litellm_ports": [4001, 4002, 4003, 4004]})
+    fake.drift = {"gw1": {"texts": {L.journal_file: '{"old_ports": [4001, 4002], "new_ports": [4003, 4004]}'},
+                          "paths": {L.nginx_upstream: ("f", "644", "root", "root", "0" * 40)}}}
+    ops = run_deploy(fake)
+    names = [n for names, _, _ in ops["gw1"] for n in names]
+    assert not [n for n in names if "upstream" in n], names
+    switch = [m for n in _names(ops, "gw1") for m in n if "Switch LiteLLM to its new inputs" in m]
+    assert len(switch) == 1 and all(f in switch[0] for f in ("config.yaml", "litellm.env", "gatekit-litellm-launch",
+                                                             "litellm@.service")), switch
