@@ -701,6 +701,25 @@ def check_monitoring(host: str, data: dict) -> Result | None:
                    + (f"; firing: {', '.join(firing)}" if firing else "; no alert firing"), fix)
 
 
+@_check("switch")
+def check_switch(host: str, gw: dict) -> Result:
+    """A blue/green switch (rotation or deploy change) whose journal is on the host: running now, or cut off."""
+    journal = _need(gw, dict, "gateway evidence").get("journal")
+    if journal is None:
+        return Result(host, "switch", OK, "no switch running or interrupted")
+    try:
+        j = json.loads(_need(journal, str, "journal"))
+    except ValueError:
+        j = None
+    j = j if isinstance(j, dict) else {}
+    what = ", ".join(str(x)[:80] for x in [*j.get("secrets", []), *j.get("files", [])][:8]) or "unreadable journal"
+    return Result(host, "switch", FAIL,
+                  f"a {str(j.get('change', 'rotation'))[:20]} switch ({what}) from litellm@{j.get('old_ports')} to "
+                  f"litellm@{j.get('new_ports')} is running or was cut off",
+                  "if no deploy or rotation is running: re-run deploy.py (or rotate_keys.py); gatekit-rotate finishes "
+                  "the switch or rolls it back first")
+
+
 def check_drift(host: str, changes: list[str] | None, error: str | None = None) -> Result:
     if error:
         return Result(host, "drift", FAIL, error, "run pyinfra INVENTORY deploy.py --dry to see why")

@@ -46,7 +46,7 @@ def probe_params(host, ctx) -> dict:
         params.update(
             gateway=True, ports=list(L.litellm_ports), secret_env=credentials.secrets_for_gateway(ctx),
             credentials_runtime_dir=L.credentials_runtime_dir, env_file=L.env_file, creds_dir=L.creds_dir,
-            live_file=L.live_file, config=L.config, venv=L.venv, venvs_dir=L.venvs_dir,
+            live_file=L.live_file, journal_file=L.journal_file, config=L.config, venv=L.venv, venvs_dir=L.venvs_dir,
             # Files a venv has that no distribution installed (the venv tool's, uv's lock, the build's stamp).
             venv_scaffolding=["pyvenv.cfg", ".gatekit-stamp", ".lock", ".gitignore", "CACHEDIR.TAG", "bin/Activate.ps1"],
             redis_secret=s["redis_password_secret"], postgres_secret=s["postgres_password_secret"],
@@ -178,11 +178,12 @@ def host_results(host, ctx, ev: dict, calls: bool) -> list[d.Result]:
         redis = g.get("redis") if isinstance(g.get("redis"), dict) else {}
         out.append(d.check_memory(name, gw, [L.instance(p) for p in L.live_set(live_json)]))
         out.append(d.check_stale_key(name, gw, vault_fps, secret_env))
+        out.append(d.check_switch(name, gw))
         out.append(d.check_retries_cost(name, g.get("config"), spec))
         out.append(d.check_routing(name, g.get("config"), spec, redis.get("cooldowns")))
         url = f"https://{host.data.get('private_address') or name}" + ("" if port == 443 else f":{port}")
         master = ctx.secret(s["litellm_master_key_secret"])
-        public = [m.name for m in spec.models] + list(spec.aliases)
+        public = spec.public_names()
         if calls:
             problems = routing_calls(url, master, public)
             out.append(d._result(name, "routing_calls", problems, f"{len(public)} public name(s) answered a 1-token call "

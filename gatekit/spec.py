@@ -176,6 +176,10 @@ class GatewaySpec(_Strict):
     def secrets_used(self) -> set[str]:
         return {d.secret for m in self.models for d in m.deployments}
 
+    def public_names(self) -> list[str]:
+        """Every name a client may call: the models, then the aliases (doctor's calls, the switch's canaries)."""
+        return [*(m.name for m in self.models), *self.aliases]
+
 
 _PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_.:/@-]{1,80}")
 

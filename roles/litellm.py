@@ -31,7 +31,7 @@ from gatekit.render import litellm_config, litellm_config_yaml, template
 from gatekit.resources import onhost_source
 from gatekit.spec import memory_max_problem
 from gatekit.roles import credentials, topology
-from gatekit.roles.switch import deployment_digests, public_names, rotate_argv, switch_in_waves, touched_deployments
+from gatekit.roles.switch import deployment_digests, rotate_argv, switch_in_waves, touched_deployments
 from gatekit.roles.venv import PACKAGES, VenvBuild  # noqa: F401 - PACKAGES: roles/packages.py reads it here
 
 ONHOST_PROGRAMS = ("layout.py", "instance.py", "rotate.py", "keyauth.py", "gcpolicy.py", "probe.py", "unitstats.py",
@@ -201,7 +201,7 @@ def staged_change(ctx, L: Layout, want: Desired, env_for: dict, live_record: str
         return None
     digests = config_digests(ctx)
     argv = rotate_argv(s, secrets, touched_deployments(digests, live_record), [], files=sorted(files),
-                       models=public_names(ctx.spec), digests=digests, change="deploy",
+                       models=ctx.spec.public_names(), digests=digests, change="deploy",
                        fail_after=str(host.data.get("gatekit_rotate_fail_after") or ""),
                        fail_at=str(host.data.get("gatekit_rotate_fail_at") or ""))
     return Switch(files=files, secrets=secrets, argv=argv,

@@ -50,11 +50,6 @@ def touched_deployments(new: dict[str, str], live_record: str) -> list[str]:
     return [i for i, digest in new.items() if recorded.get(i) != digest]
 
 
-def public_names(spec) -> list[str]:
-    """Every name a client may call: the models and the aliases (each canaried on every new instance)."""
-    return [*(m.name for m in spec.models), *spec.aliases]
-
-
 def rotate_argv(s: dict, secrets, deployment_ids, purge_ids, fail_after: str = "", fail_at: str = "", files=(),
                 models=(), digests: dict | None = None, change: str = "rotation") -> list[str]:
     """gatekit-rotate's arguments (gatekit/onhost/rotate.py parser()) for a host whose settings are `s`: every

@@ -531,6 +531,7 @@ def gateway(p: dict) -> dict:
         "instances": insts,
         "credential_files": {name: {"mtime": mtime(p["creds_dir"] + f"/{name}.cred")} for name in p["secret_env"]},
         "live_json": read(p["live_file"]),
+        "journal": read(p["journal_file"]),
         "nginx": nginx(),
         "config": read(p["config"]),
         "venv": venv(p),

@@ -16,7 +16,7 @@ from gatekit.render import redis_acl_hash
 from lab.checks import deployment_id, redis_cli, wait_for_scrapes
 from lab.env import REPO
 
-CHECKS_GATEWAY = {"memory", "stale_key", "retries_cost", "routing", "routing_calls", "streaming_config", "streaming_call",
+CHECKS_GATEWAY = {"memory", "stale_key", "switch", "retries_cost", "routing", "routing_calls", "streaming_config", "streaming_call",
                   "exposure", "tls", "supply_chain", "redis", "postgres", "drift"}
 CHECKS_DATA = {"redis", "postgres", "monitoring", "drift"}  # data1 is the monitoring host too
 BACKUP = "/root/gk-doctor-backup"

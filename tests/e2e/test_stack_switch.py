@@ -144,6 +144,9 @@ def test_a_deploy_switch_killed_on_the_first_gateway_is_finished_by_the_next_dep
     assert [config_sha1(lab, gw) for gw in rest] == [before[gw] for gw in rest]
     status = json.loads(gatekit(lab, "status", str(lab.inventory_path), "--json", check=False).stdout)
     assert [g["state"] for g in status["gateways"]] == ["interrupted"] + ["pending"] * len(rest), status
+    doctor = json.loads(gatekit(lab, "doctor", str(lab.inventory_path), "--json", "--host", first, check=False).stdout)
+    (switch,) = [r for r in doctor["results"] if r["check"] == "switch"]
+    assert switch["status"] == "fail" and "a deploy switch" in switch["evidence"] and "config.yaml" in switch["evidence"]
     with Load(lab, gws) as load:
         done = lab.deploy()
     print("deploy after a killed switch:", load.summary(), f"{done.seconds:.1f} s")

@@ -745,7 +745,7 @@ def run_host(spec, monkeypatch):
     return run
 
 
-GATEWAY_ROWS = ["memory", "stale_key", "retries_cost", "routing", "routing_calls", "streaming_config",
+GATEWAY_ROWS = ["memory", "stale_key", "switch", "retries_cost", "routing", "routing_calls", "streaming_config",
                 "streaming_call", "exposure", "tls", "supply_chain", "redis"]
 
 
@@ -824,3 +824,15 @@ def test_dry_run_reports_a_plan_it_cannot_read_as_the_drift_checks_error(monkeyp
     changes, err = doctor_run.dry_run(Path("inv.py"), None)
     assert changes is None and "pyinfra --dry --json printed a plan this gatekit does not read" in err, err
     fails_with(d.check_drift(H, changes, err), "does not read")
+
+
+def test_switch_fails_while_a_journal_is_on_the_gateway_naming_what_and_where():
+    assert d.check_switch("gw1", {}).status == d.OK
+    journal = json.dumps({"old_ports": [4001, 4002], "new_ports": [4003, 4004], "secrets": [], "change": "deploy",
+                          "files": ["/etc/litellm/config.yaml", "/etc/litellm/litellm.env"]})
+    r = d.check_switch("gw1", {"journal": journal})
+    assert r.status == d.FAIL and r.fix.startswith("if no deploy or rotation is running: re-run deploy.py")
+    assert r.evidence == ("a deploy switch (/etc/litellm/config.yaml, /etc/litellm/litellm.env) from litellm@[4001, 4002] "
+                          "to litellm@[4003, 4004] is running or was cut off")
+    assert d.check_switch("gw1", {"journal": "{cut off"}).evidence.startswith("a rotation switch (unreadable journal)")
+    assert d.check_switch("gw1", {"journal": 7}).status == d.FAIL  # evidence it cannot read fails the check

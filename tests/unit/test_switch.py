@@ -12,7 +12,7 @@ from gatekit.inventory import check_hosts
 from gatekit.onhost.layout import Layout
 from gatekit.render import litellm_config
 from gatekit.spec import check_settings
-from roles.switch import batch_size, deployment_digests, fleet_waves, helper_sandbox, public_names, touched_deployments
+from roles.switch import batch_size, deployment_digests, fleet_waves, helper_sandbox, touched_deployments
 
 from tests.unit.test_spec_hostile import FILE, INV, example, hosts_with, parse_spec, Path
 
@@ -65,7 +65,7 @@ def test_without_a_readable_record_every_deployment_is_touched(spec, record):
 
 
 def test_every_model_and_alias_is_a_public_name(spec):
-    names = public_names(spec)
+    names = spec.public_names()
     assert set(names) == {m.name for m in spec.models} | set(spec.aliases) and len(names) == len(set(names))
 
 
