@@ -157,7 +157,7 @@ def dry_run(inventory_file: Path, limit: str | None) -> tuple[dict[str, list[str
 
 # ---- one host -------------------------------------------------------------------------------------------
 def host_results(host, ctx, ev: dict, calls: bool) -> list[d.Result]:
-    from gatekit.onhost.instance import fingerprint
+    from gatekit.onhost.probe import fingerprint
     from gatekit.onhost.layout import Layout
     from gatekit.roles import credentials
     from gatekit.roles.venv import lock_file

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from gatekit.onhost.instance import fingerprint  # noqa: F401 - names a secret without revealing it
+from gatekit.onhost.probe import fingerprint  # noqa: F401 - names a secret without revealing it
 
 FORMAT_VERSION = 1
 # fullmatch, not ^...$: "$" also matches before a trailing newline.

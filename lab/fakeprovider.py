@@ -101,7 +101,7 @@ _FP_RE = re.compile(r"^[0-9a-f]{16}$")
 
 def fingerprint(key: str) -> str:
     """First 16 hex chars of sha256(key): how keys appear everywhere here. The same scheme as
-    gatekit.onhost.instance.fingerprint, written out because the provider runs without gatekit (python -S)."""
+    gatekit.onhost.probe.fingerprint, written out because the provider runs without gatekit (python -S)."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 

@@ -15,7 +15,7 @@ from pyinfra.api import FileUploadCommand, operation
 from pyinfra.api.exceptions import PyinfraError
 
 from gatekit.hoststate import Desired
-from gatekit.onhost.instance import fingerprint
+from gatekit.onhost.probe import fingerprint
 from gatekit.onhost.layout import Layout
 from gatekit.render import secret_env
 from gatekit.roles import topology

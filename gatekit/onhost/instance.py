@@ -2,8 +2,7 @@
 
 Used by rotate.py on the host, and run by the deploy after a (re)start:
     python3 {lib}/instance.py wait-ready PORT --timeout SECONDS
-Python stdlib only; reads the host's layout.json beside it. (`fingerprint` is probe.py's, imported here for the
-controller's modules that name it from this one.)
+Python stdlib only; reads the host's layout.json beside it.
 """
 
 from __future__ import annotations
@@ -20,10 +19,8 @@ from http.client import IncompleteRead  # (http is this module's HTTP call)
 
 if __package__:
     from .layout import Layout
-    from .probe import fingerprint  # noqa: F401 - its one definition; the controller's modules import it from here
 else:  # on the host: uploaded beside this program
     from layout import Layout
-    from probe import fingerprint  # noqa: F401
 
 
 def http(url: str, body: dict | None, headers: dict, timeout: float = 30) -> tuple[int, dict, str]:

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 from pyinfra.api import FileUploadCommand
 
-from gatekit.onhost.instance import fingerprint
+from gatekit.onhost.probe import fingerprint
 from gatekit.onhost.layout import Layout
 from gatekit.roles import credentials
 

@@ -16,7 +16,7 @@ import yaml
 from gatekit import doctor as d
 from gatekit.defaults import DEFAULTS
 from gatekit.onhost import probe
-from gatekit.onhost.instance import fingerprint
+from gatekit.onhost.probe import fingerprint
 from gatekit.render import litellm_config_yaml
 from gatekit.spec import parse_spec
 

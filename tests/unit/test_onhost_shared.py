@@ -26,8 +26,9 @@ def test_one_fingerprint():
     from roles import credentials, rotation
 
     assert probe.fingerprint("sk-test-key") == "0d62f396c1317066"  # SHA-256[:16], written out
-    for module in (instance, unitstats, vault, credentials, rotation):
+    for module in (unitstats, vault, credentials, rotation):
         assert module.fingerprint is probe.fingerprint, module.__name__
+    assert not hasattr(instance, "fingerprint")  # no second name for it to drift under
 
 
 def test_one_env_parser():

@@ -27,7 +27,7 @@ from pyinfra.api.exceptions import PyinfraError
 from gatekit.facts import IPFilteringEnforced, PostgresLitellmState
 from gatekit.onhost import keyauth
 from gatekit.hoststate import Desired, HostState
-from gatekit.onhost.instance import fingerprint
+from gatekit.onhost.probe import fingerprint
 from gatekit.onhost.layout import Layout
 from gatekit.render import scram_sha256_verifier
 from gatekit.roles.venv import VenvBuild

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from gatekit.onhost import probe, unitstats
-from gatekit.onhost.instance import fingerprint
+from gatekit.onhost.probe import fingerprint
 from gatekit.onhost.layout import Layout
 
 TCK = os.sysconf("SC_CLK_TCK")
