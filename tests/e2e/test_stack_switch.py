@@ -128,14 +128,12 @@ def test_a_hung_provider_costs_one_timeout_then_the_fallback_answers_and_the_nex
                     body = r.text
                 timings.append(round(time.monotonic() - t0, 2))
                 assert r.status_code == 200 and "fake-answer" in body, (stream, r.status_code, body[:300])
+                assert r.headers.get("x-litellm-attempted-fallbacks") not in (None, "0"), dict(r.headers)
         print("hung provider: seconds per call (plain, plain, streamed):", timings, "other models:", load.summary())
         assert load.failures == [], load.summary()
-        seen = [r["model"] for r in provider.requests(since=since, client=lab.hosts[gw].address)
-                if r.get("model") in ("fake-hung", "fake-quick")]
-        # (nginx strips LiteLLM's x-litellm-* headers: the provider's records say who answered.) One attempt reached
-        # the hung deployment; its retry and the next two calls skipped it (cooled down); each call was answered by
-        # the fallback's deployment.
-        assert seen.count("fake-hung") == 1 and seen.count("fake-quick") == 3, seen
+        hung_calls = [r for r in provider.requests(since=since, client=lab.hosts[gw].address) if r.get("model") == "fake-hung"]
+        # One attempt reached the hung deployment; the retry and the next two calls skipped it (cooled down).
+        assert len(hung_calls) == 1, hung_calls
         assert timings[0] < 30, timings  # one 2 s timeout and the fallback, not LiteLLM's 600 s request timeout
     finally:
         provider.clear_faults(model="fake-hung")
