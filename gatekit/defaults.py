@@ -55,9 +55,7 @@ DEFAULTS: dict[str, object] = {
     "litellm_timeout_stop_sec": 45,  # TimeoutStopSec: must exceed the graceful timeout
     "litellm_install_timeout": 1200,  # seconds the background venv install may take before it is stopped and the deploy fails
     "litellm_ready_timeout": 120,  # seconds the deploy waits for /health/readiness after a (re)start
-    "litellm_request_timeout": 600,  # LiteLLM's upstream request timeout in seconds (a fallback: every deployment gets the two below)
-    "litellm_deployment_timeout": 60,  # seconds one attempt at a deployment waits for a call that is not streamed (its whole answer comes at once); then it is a timeout: retried per retry.timeout_errors, the deployment cooled down, then the model's fallbacks. A deployment's own `timeout` overrides it
-    "litellm_deployment_stream_timeout": 30,  # the same for a streamed call: seconds until its first chunk, and between two chunks. A deployment's own `stream_timeout` overrides it
+    "litellm_request_timeout": 600,  # LiteLLM's upstream request timeout in seconds
     "litellm_master_key_secret": "litellm_master_key",  # vault secret holding the proxy master key
     "litellm_database": False,  # True = LiteLLM uses PostgreSQL (needs Prisma engines, see README)
     "litellm_prisma_engines_mirror": "",  # PRISMA_ENGINES_MIRROR for hosts that cannot reach Prisma's server

@@ -73,10 +73,6 @@ def litellm_config(spec: GatewaySpec, settings: dict, redis: dict | None, finger
                 "api_base": d.api_base,
                 "api_key": f"os.environ/{secret_env(d.secret)}",
                 "weight": d.weight,
-                # Per attempt: a provider that accepts a call and never answers costs this long, not the 600 s
-                # request timeout (then a retry per retry.timeout_errors, the deployment cooled down, the fallbacks).
-                "timeout": d.timeout or settings["litellm_deployment_timeout"],
-                "stream_timeout": d.stream_timeout or settings["litellm_deployment_stream_timeout"],
             }
             if d.rpm:
                 params["rpm"] = d.rpm
@@ -101,9 +97,6 @@ def litellm_config(spec: GatewaySpec, settings: dict, redis: dict | None, finger
         "num_retries": spec.retry.num_retries,
         "retry_policy": spec.retry.policy(),
         "allowed_fails": spec.retry.allowed_fails,
-        # A deployment that timed out once is cooled down at once: the next calls skip it (to its model's other
-        # deployments, else the fallbacks) instead of each waiting out its timeout again.
-        "allowed_fails_policy": {"TimeoutErrorAllowedFails": 0},
         "cooldown_time": spec.retry.cooldown_time,
         "timeout": settings["litellm_request_timeout"],
         "fallbacks": [{fb.from_: [t.model for t in fb.targets()]} for fb in spec.fallbacks],
