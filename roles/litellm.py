@@ -6,7 +6,7 @@ key rotation's (roles/rotation.py).
 Stages: install (user, venv) -> configure (config.yaml, env, launcher, on-host programs, credentials,
 unit) -> activate. On a gateway that serves, a change to what LiteLLM starts from (config, environment,
 launcher, unit, a program LiteLLM loads, a key with litellm_restart_on_secret_change) is never written over the
-live files: it is staged and goes live through the blue/green switch (roles/rotation.py switch_in_waves: the other
+live files: it is staged and goes live through the blue/green switch (roles/switch.py switch_in_waves: the other
 instance set starts from it, canaries, nginx switches, the old set drains; a failure rolls back), the first
 gateway alone, then the others in batches. A gateway that does not serve yet gets its files in place and starts.
 A new venv (a LiteLLM upgrade) alone still restarts the live instances one at a time, each ready before the next.
@@ -31,7 +31,7 @@ from gatekit.render import litellm_config, litellm_config_yaml, template
 from gatekit.resources import onhost_source
 from gatekit.spec import memory_max_problem
 from gatekit.roles import credentials, topology
-from gatekit.roles.switch import deployment_digests, rotate_argv, switch_in_waves, touched_deployments
+from gatekit.roles.switch import deployment_digests, fault_injection, rotate_argv, switch_in_waves, touched_deployments
 from gatekit.roles.venv import PACKAGES, VenvBuild  # noqa: F401 - PACKAGES: roles/packages.py reads it here
 
 ONHOST_PROGRAMS = ("layout.py", "instance.py", "rotate.py", "keyauth.py", "gcpolicy.py", "probe.py", "unitstats.py",
@@ -45,7 +45,7 @@ def render_config(ctx) -> str:
 
 
 def config_digests(ctx) -> dict[str, str]:
-    """{deployment id: digest} of the config render_config renders (roles/rotation.py deployment_digests)."""
+    """{deployment id: digest} of the config render_config renders (roles/switch.py deployment_digests)."""
     return deployment_digests(litellm_config(ctx.spec, ctx.settings, topology.redis_target(ctx.settings),
                                              credentials.key_fingerprints(ctx)))
 
@@ -56,9 +56,7 @@ class Switch:
 
     files: dict  # path -> (content, user, group, mode)
     secrets: dict  # name -> value: keys changed with litellm_restart_on_secret_change
-    argv: list
-    credentials: list
-    redis_host: str
+    argv: list  # gatekit-rotate's (rotate_argv)
 
 
 @dataclass
@@ -201,12 +199,8 @@ def staged_change(ctx, L: Layout, want: Desired, env_for: dict, live_record: str
         return None
     digests = config_digests(ctx)
     argv = rotate_argv(s, secrets, touched_deployments(digests, live_record), [], files=sorted(files),
-                       models=ctx.spec.public_names(), digests=digests, change="deploy",
-                       fail_after=str(host.data.get("gatekit_rotate_fail_after") or ""),
-                       fail_at=str(host.data.get("gatekit_rotate_fail_at") or ""))
-    return Switch(files=files, secrets=secrets, argv=argv,
-                  credentials=[s["litellm_master_key_secret"], s["redis_password_secret"]],
-                  redis_host=(topology.redis_target(s) or {}).get("host", ""))
+                       models=ctx.spec.public_names(), digests=digests, change="deploy", **fault_injection())
+    return Switch(files=files, secrets=secrets, argv=argv)
 
 
 def launcher(s: dict, L: Layout, env_for: dict) -> str:
@@ -249,7 +243,7 @@ def litellm_start(gw: Gateway):
         sw = gw.switch
         what = ", ".join([*sorted(sw.secrets), *(p.rsplit("/", 1)[-1] for p in sorted(sw.files))])
         switch_in_waves(f"Switch LiteLLM to its new inputs: {what} (blue/green + canaries)", layout=L, secrets=sw.secrets,
-                        files=sw.files, argv=sw.argv, credentials=sw.credentials, redis_host=sw.redis_host)
+                        files=sw.files, argv=sw.argv)
         return  # the switch starts the other set from the new inputs (and a new venv): nothing to restart
     restart = want.changed("restart")
     for port in gw.restarted:

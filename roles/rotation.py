@@ -22,9 +22,8 @@ from gatekit.onhost.layout import Layout
 from gatekit.onhost.probe import fingerprint
 from gatekit.render import deployment_id
 from gatekit.roles.credentials import key_fingerprints, secrets_for_gateway
-from gatekit.roles import topology
 from gatekit.roles.litellm import config_digests, render_config
-from gatekit.roles.switch import rotate_argv, switch_in_waves
+from gatekit.roles.switch import fault_injection, rotate_argv, switch_in_waves
 
 NO_SECRET = "rotate_keys.py: which secrets? Fix: --data rotate=openai_key[,other] (or GATEKIT_ROTATE=...)."
 
@@ -103,9 +102,5 @@ def rotation():
         secrets=todo,
         # The config whose deployment ids carry the new keys' fingerprints; swapped in with the credentials.
         files={L.config: (config, "root", L.litellm_user, "640")},
-        argv=rotate_argv(s, todo, new_ids, purge_ids, fail_after=str(host.data.get("gatekit_rotate_fail_after") or ""),
-                         fail_at=str(host.data.get("gatekit_rotate_fail_at") or ""), files=[L.config],
-                         digests=config_digests(ctx)),
-        credentials=[s["litellm_master_key_secret"], s["redis_password_secret"]],
-        redis_host=(topology.redis_target(s) or {}).get("host", ""),
+        argv=rotate_argv(s, todo, new_ids, purge_ids, files=[L.config], digests=config_digests(ctx), **fault_injection()),
     )

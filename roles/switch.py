@@ -24,6 +24,7 @@ from pyinfra.api import FileUploadCommand, operation
 from gatekit.defaults import DEFAULTS
 from gatekit.inventory import context, group_hosts
 from gatekit.onhost.layout import Layout
+from gatekit.roles import topology
 from gatekit.roles.credentials import encrypt_commands
 
 # Every gateway's switch operation, of every wave. A wave runs only after the earlier ones, so "an earlier
@@ -157,10 +158,22 @@ def _no_earlier_failure() -> bool:
     return not any(m.is_complete() and m.did_error() for m in _SWITCHES)
 
 
-def switch_in_waves(name: str, **switch):
-    """switch_gateway on this host in its wave of the fleet (waves_of_fleet). The host takes a place in every wave
-    up to its own (an operation that does nothing where it is not in the wave): pyinfra orders operations by what
-    each host runs before what, so wave N+1 then always comes after wave N."""
+def fault_injection() -> dict[str, str]:
+    """The lab's fault injection (host data gatekit_rotate_fail_after / _fail_at: gatekit-rotate kills itself after,
+    or fails inside, that step), as rotate_argv takes it."""
+    return {"fail_after": str(host.data.get("gatekit_rotate_fail_after") or ""),
+            "fail_at": str(host.data.get("gatekit_rotate_fail_at") or "")}
+
+
+def switch_in_waves(name: str, layout: Layout, secrets: dict, files: dict, argv: list):
+    """switch_gateway on this host in its wave of the fleet (waves_of_fleet), authenticating its canaries and purge
+    with the master key and Redis password the host's settings name. The host takes a place in every wave up to its
+    own (an operation that does nothing where it is not in the wave): pyinfra orders operations by what each host
+    runs before what, so wave N+1 then always comes after wave N."""
+    s = context(host).settings
+    switch = dict(layout=layout, secrets=secrets, files=files, argv=argv,
+                  credentials=[s["litellm_master_key_secret"], s["redis_password_secret"]],
+                  redis_host=(topology.redis_target(s) or {}).get("host", ""))
     waves = waves_of_fleet()
     mine = next(i for i, wave in enumerate(waves) if host.name in wave)
     for i in host.loop(range(mine + 1)):

@@ -437,3 +437,22 @@ def test_after_an_interrupted_switch_the_deploy_recovers_it_and_leaves_nginx_ups
     switch = [m for n in _names(ops, "gw1") for m in n if "Switch LiteLLM to its new inputs" in m]
     assert len(switch) == 1 and all(f in switch[0] for f in ("config.yaml", "litellm.env", "gatekit-litellm-launch",
                                                              "litellm@.service")), switch
+
+
+def test_a_rotation_switches_only_the_gateways_whose_key_differs_first_gateway_first(fake, monkeypatch):
+    """rotate_keys.py collected against converged hosts: gw1 and gw2 both hold another openai_key than the vault's;
+    each gets its switch in its own wave (gw1 alone, then gw2, only if gw1's did not fail); with the keys current,
+    nothing."""
+    converge(fake)
+    monkeypatch.setenv("GATEKIT_ROTATE", "openai_key")
+    assert would_run(run_deploy(fake, entry="rotate_keys.py")["gw1"]) == []
+    fps = {h: Layout.from_settings({**DEFAULTS, **({"litellm_ports": [4001, 4002, 4003, 4004]} if h == "gw1" else GW2)})
+           .cred_fingerprint("openai_key") for h in ("gw1", "gw2")}
+    fake.drift = {h: {"texts": {fps[h]: "0" * 16}} for h in fps}
+    ops = run_deploy(fake, entry="rotate_keys.py")
+    rotate = "Rotate provider keys | Rotate openai_key (blue/green + canary)"
+    assert would_run(ops["gw1"]) == [f"{rotate} (wave 1 of 2: gw1)"]
+    assert would_run(ops["gw2"]) == ["Rotate provider keys | Switch wave 1 of 2: gw1 (another gateway's turn)",
+                                     f"{rotate} (wave 2 of 2: gw2)"]
+    gate = [cond for names, cond, _ in ops["gw2"] if f"{rotate} (wave 2 of 2: gw2)" in names]
+    assert gate and gate[0] is not None  # conditional: skipped once an earlier wave failed
