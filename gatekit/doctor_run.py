@@ -60,13 +60,18 @@ def probe_params(host, ctx) -> dict:
     return params
 
 
+def connector_error(exc: BaseException) -> str:
+    """A connector's failure in one line: its type and the first line of its message, cut."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+
+
 def collect(host, params: dict) -> tuple[dict | None, str | None]:
     """(evidence, None) or (None, one line saying why not)."""
     kwargs = {"_sudo": True} if host.data.get("_sudo") else {}
     try:
         host.connect(raise_exceptions=True)
     except Exception as exc:  # noqa: BLE001 - any connector failure is one line for the operator
-        return None, f"cannot connect: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+        return None, f"cannot connect: {connector_error(exc)}"
     try:
         ok, output = host.run_shell_command(probe_command(params), print_output=False, print_input=False,
                                             _timeout=PROBE_TIMEOUT, **kwargs)

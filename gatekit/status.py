@@ -122,7 +122,7 @@ def render_text(status: dict) -> str:
 def run_status(inventory_file: Path) -> dict:
     from pyinfra.context import ctx_host
 
-    from gatekit.doctor_run import load_fleet
+    from gatekit.doctor_run import connector_error, load_fleet
     from gatekit.onhost.probe import fingerprint
     from gatekit.roles.credentials import secrets_for_gateway
     from gatekit.roles.litellm import render_config
@@ -145,7 +145,7 @@ def run_status(inventory_file: Path) -> dict:
             finally:
                 h.disconnect()
         except Exception as exc:  # noqa: BLE001 - any connector failure is one line for the operator
-            return unreachable(h.name, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
+            return unreachable(h.name, connector_error(exc))
         return gateway_status(h.name, parse_evidence(output.stdout_lines), *want[h.name])
 
     with ThreadPoolExecutor(max_workers=len(hosts) or 1) as pool:

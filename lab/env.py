@@ -243,10 +243,18 @@ class Lab:
         """Where everything is on one host (its own paths when its settings move them)."""
         return Layout.from_settings(self.host_settings(name))
 
+    def live_text(self, name: str) -> str:
+        """The gateway's live.json as text ("" before its first switch: a fresh deploy starts the blue set without one)."""
+        return self.hosts[name].run(f"cat {self.layout(name).live_file} 2>/dev/null || true").stdout
+
+    def live_record(self, name: str) -> dict:
+        """The gateway's live.json ({} before its first switch)."""
+        text = self.live_text(name)
+        return json.loads(text) if text.strip() else {}
+
     def live_ports(self, name: str) -> tuple[int, ...]:
         """The instance set nginx serves on this gateway, as the kit itself reads it (live.json)."""
-        L = self.layout(name)
-        return L.live_set(self.hosts[name].run(f"cat {L.live_file} 2>/dev/null || true").stdout)
+        return self.layout(name).live_set(self.live_text(name))
 
     def gateway_url(self, name: str) -> str:
         port = self.host_settings(name)["nginx_https_port"]

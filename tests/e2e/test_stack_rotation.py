@@ -5,7 +5,6 @@ The fake provider sees the fingerprint of every key; revoking a fingerprint ther
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -33,12 +32,6 @@ def set_vault(lab, name: str, value: str):
 
 def rotate(lab, *extra: str, check: bool = False):
     return lab.deploy("rotate_keys.py", extra=["--data", "rotate=openai_key", *extra], check=check)
-
-
-def live(lab, gw: str) -> dict:
-    """The host's live.json ({} before its first switch: a fresh deploy starts the blue set without one)."""
-    text = lab.hosts[gw].run(f"cat {lab.layout(gw).live_file} 2>/dev/null || true").stdout
-    return json.loads(text) if text.strip() else {}
 
 
 def openai_fps(provider, since: float, client: str | None = None) -> set[str]:
@@ -86,7 +79,7 @@ def test_rotate_under_load_zero_failed_requests(lab, client, provider):
     assert {r[3].split()[1] == "stream" for r in load.results} == {True, False}  # plain and streamed
     assert load.failures == [], load.failures[:10]
     for gw in gateways(lab):
-        assert live(lab, gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(new)
+        assert lab.live_record(gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(new)
     # After the switch only the new key reaches the provider...
     since = time.time()
     for gw in gateways(lab):
@@ -113,7 +106,7 @@ def test_rotate_to_rejected_key_rolls_back(lab, client, provider):
     bad = fake_key("openai-rejected")
     provider.revoke(fingerprint(bad))  # the provider will answer 401 for it
     set_vault(lab, "openai_key", bad)
-    before = {gw: live(lab, gw) for gw in gateways(lab)}
+    before = {gw: lab.live_record(gw) for gw in gateways(lab)}
     try:
         tried_since = time.time()
         with Load(lab, gateways(lab)) as load:
@@ -123,7 +116,7 @@ def test_rotate_to_rejected_key_rolls_back(lab, client, provider):
         assert load.failures == [], load.failures[:10]
         # The tried gateway rolled back; the others were never touched.
         for gw in gateways(lab):
-            assert live(lab, gw) == before[gw], gw
+            assert lab.live_record(gw) == before[gw], gw
             files = lab.hosts[gw].run("ls /etc/gatekit/creds").stdout.split()
             assert not [f for f in files if f.endswith((".next", ".prev"))], (gw, files)
         for gw in gateways(lab):
@@ -168,7 +161,7 @@ def _kill_rotation_after(lab, provider, gw: str, step: str, old: str, new: str):
         done = rotate(lab, "--limit", address)
     assert done.ok, done.stderr[-3000:]
     assert load.failures == [], load.failures[:10]
-    assert live(lab, gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(new)
+    assert lab.live_record(gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(new)
     assert lab.hosts[gw].run(f"test ! -e {L.journal_file}", check=False).returncode == 0
     since = time.time()
     with gateway_client(lab) as client:
@@ -215,7 +208,7 @@ def test_kill_9_of_the_controller_mid_rotation(lab, provider):
     assert load.failures == [], load.failures[:10]
     done = rotate(lab, "--limit", lab.hosts[gw].address)
     assert done.ok, done.stderr[-3000:]
-    assert live(lab, gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(new)
+    assert lab.live_record(gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(new)
 
 
 def _restarted_and_ready(host, L, victim: str, pid: int, port: int):
@@ -295,7 +288,7 @@ def test_kill_9_of_a_live_instance_during_a_rotation_under_load(lab, client, pro
     assert result.ok, result.stderr[-3000:]
     assert after == [], after[:5]
     assert len(in_flight) <= 3, in_flight
-    assert live(lab, gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(new)
+    assert lab.live_record(gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(new)
     since = time.time()
     for _ in range(3):
         assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
@@ -368,7 +361,7 @@ def test_all_gateways_converge_and_no_plaintext_anywhere(lab, provider):
     final = rotate(lab)
     assert final.ok
     for gw in gateways(lab):
-        assert live(lab, gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(lab.secret_values["openai_key"])
+        assert lab.live_record(gw)["secrets"]["openai_key"]["fingerprint"] == fingerprint(lab.secret_values["openai_key"])
     assert rotate(lab).changes == 0
     assert lab.deploy().changes == 0
     # gatekit-unitstats (what the StaleKey alert reads) sees every running instance on the current keys.
@@ -402,7 +395,7 @@ def test_a_rebooted_gateway_serves_with_the_current_key_and_the_next_deploy_chan
                what="the rebooted gateway to answer through nginx")
     for _ in range(3):
         assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
-    current = live(lab, gw)["secrets"]["openai_key"]["fingerprint"]
+    current = lab.live_record(gw)["secrets"]["openai_key"]["fingerprint"]
     assert current == fingerprint(lab.secret_values["openai_key"])  # the vault's key (converged above)
     assert openai_fps(provider, since) == {current}
     stale = stale_key_lines(host, L)

@@ -19,12 +19,6 @@ def gateways(lab) -> list[str]:
     return list(lab.groups["gateways"])
 
 
-def live(lab, gw: str) -> dict:
-    """The host's live.json ({} before its first switch: a fresh deploy starts the blue set without one)."""
-    text = lab.hosts[gw].run(f"cat {lab.layout(gw).live_file} 2>/dev/null || true").stdout
-    return json.loads(text) if text.strip() else {}
-
-
 def config_sha1(lab, gw: str) -> str:
     return hashlib.sha1(lab.hosts[gw].run(f"cat {lab.layout(gw).config}").stdout.encode()).hexdigest()
 
@@ -61,18 +55,18 @@ def test_a_spec_change_switches_every_gateway_first_one_alone_then_the_rest_with
     # Traffic ran through the whole deploy, on every gateway.
     assert {gw for t, gw, *_ in load.results if t > load.results[0][0] + 5} == set(gws)
     for gw in gws:
-        now = live(lab, gw)
+        now = lab.live_record(gw)
         assert now["change"] == "deploy" and tuple(now["ports"]) != before[gw], (gw, now)  # the other set serves
         assert now["config_sha1"] == config_sha1(lab, gw)
         # What each deployment is, recorded: the next change canaries only what it adds or alters.
         assert [i for i in now["deployments"] if i.startswith("quick--0")], now["deployments"]
     # gw1's switch ended before any other gateway's began; the canary of the new deployment ran on each of gw1's new
     # instances before any other gateway's.
-    done_first = live(lab, gws[0])["switch_done"]
-    assert all(live(lab, gw)["switch_started"] > done_first for gw in gws[1:]), {gw: live(lab, gw) for gw in gws}
+    done_first = lab.live_record(gws[0])["switch_done"]
+    assert all(lab.live_record(gw)["switch_started"] > done_first for gw in gws[1:]), {gw: lab.live_record(gw) for gw in gws}
     address = {gw: lab.hosts[gw].address for gw in gws}
     first = canaries(provider, since, "fake-quick", address[gws[0]])
-    assert len(first) >= len(live(lab, gws[0])["ports"]), first
+    assert len(first) >= len(lab.live_record(gws[0])["ports"]), first
     for gw in gws[1:]:
         theirs = canaries(provider, since, "fake-quick", address[gw])
         assert theirs and min(theirs) > max(first), (gw, theirs, first)
@@ -92,7 +86,7 @@ def test_a_spec_change_switches_every_gateway_first_one_alone_then_the_rest_with
 def test_a_model_the_provider_refuses_is_rolled_back_on_the_first_gateway_and_never_reaches_the_others(
         lab, provider, spec_restored):
     gws = gateways(lab)
-    before = {gw: (live(lab, gw), config_sha1(lab, gw)) for gw in gws}
+    before = {gw: (lab.live_record(gw), config_sha1(lab, gw)) for gw in gws}
     provider.faults(status=404, model="fake-missing")  # the provider does not know this model
     lab.extra_models.append({"name": "missing", "price": {"input_per_1m": 0.1, "output_per_1m": 0.2},
                              "deployments": [{"provider": "openai", "model": "fake-missing",
@@ -111,7 +105,7 @@ def test_a_model_the_provider_refuses_is_rolled_back_on_the_first_gateway_and_ne
     assert "deployment missing--0" in result.stderr and "HTTP 404" in result.stderr, result.stderr[-3000:]
     assert load.failures == [], load.summary()
     for gw in gws:  # every gateway serves what it served before: the same set, from the same config
-        assert (live(lab, gw), config_sha1(lab, gw)) == before[gw], gw
+        assert (lab.live_record(gw), config_sha1(lab, gw)) == before[gw], gw
         L = lab.layout(gw)
         left = lab.hosts[gw].run(f"ls {L.litellm_config_dir} {L.creds_dir} {L.systemd_dir}").stdout.split()
         assert not [f for f in left if f.endswith((".next", ".prev"))], (gw, left)
@@ -158,6 +152,6 @@ def test_a_deploy_switch_killed_on_the_first_gateway_is_finished_by_the_next_dep
     for gw in gws:
         L = lab.layout(gw)
         assert lab.hosts[gw].run(f"test ! -e {L.journal_file}", check=False).returncode == 0, gw
-        assert live(lab, gw)["config_sha1"] == config_sha1(lab, gw) != before[gw], gw
+        assert lab.live_record(gw)["config_sha1"] == config_sha1(lab, gw) != before[gw], gw
     again = lab.deploy()
     assert again.ok and again.changes == 0, {h: again.changed_ops(lab.hosts[h].address) for h in gws}
