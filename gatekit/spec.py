@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gatekit.defaults import COMPROMISED_LITELLM_VERSIONS, DEFAULTS, FORBIDDEN_LITELLM_PORTS
+from gatekit.onhost.layout import Layout
 from gatekit.resources import requirements_file
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
@@ -704,9 +705,10 @@ _RESERVED_DIRS = ("/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/
                   "/usr/share", "/var/lib", "/var/log", "/var/tmp", "/var/cache", "/etc/systemd", "/etc/nginx",
                   "/etc/redis", "/etc/postgresql", "/etc/ssl", "/etc/gatekit/creds", "/var/lib/gatekit",
                   "/var/lib/litellm", "/run/gatekit")
-# The launcher's interpreter under litellm_home (templates/litellm/launch.py.j2's #! line): binfmt_script execs
-# no interpreter path longer than 253 bytes (the #! line and its newline must fit in 256 bytes).
-_LAUNCHER_INTERPRETER = "/venv/bin/python3"
+# The launcher's interpreter under litellm_home (templates/litellm/launch.py.j2's #! line: a build's python3):
+# binfmt_script execs no interpreter path longer than 253 bytes (the #! line and its newline must fit in 256 bytes).
+_LAUNCHER_INTERPRETER = Layout(litellm_home="").venv_build("0" * 64) + "/bin/python3"
+_LAUNCHER_SHOWN = _LAUNCHER_INTERPRETER.replace("0" * 16, "STAMP")
 # Paths go into shell commands, unit files and nginx's config: only plain characters.
 _PATH_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -727,7 +729,7 @@ def _host_path_problems(merged: dict, where: str) -> list[str]:
         elif key == "litellm_home" and len(value) + len(_LAUNCHER_INTERPRETER) > 253:
             problems.append(
                 f"{where}: settings.litellm_home: {len(value)} characters; the kernel runs the launcher only if its "
-                f"interpreter line (#!{{litellm_home}}{_LAUNCHER_INTERPRETER}) fits in 256 bytes. Fix: a path of at most "
+                f"interpreter line (#!{{litellm_home}}{_LAUNCHER_SHOWN}) fits in 256 bytes. Fix: a path of at most "
                 f"{253 - len(_LAUNCHER_INTERPRETER)} characters."
             )
         elif key.startswith("nginx_tls_") and (value in _RESERVED_DIRS or any(r.startswith(value + "/") for r in _RESERVED_DIRS)):

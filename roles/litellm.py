@@ -9,7 +9,8 @@ launcher, unit, a program LiteLLM loads, a key with litellm_restart_on_secret_ch
 live files: it is staged and goes live through the blue/green switch (roles/switch.py switch_in_waves: the other
 instance set starts from it, canaries, nginx switches, the old set drains; a failure rolls back), the first
 gateway alone, then the others in batches. A gateway that does not serve yet gets its files in place and starts.
-A new venv (a LiteLLM upgrade) alone still restarts the live instances one at a time, each ready before the next.
+A new venv (a LiteLLM upgrade) is built beside the live one; the launcher names its build, so an upgrade is a
+launcher change and goes through the same switch (the old set keeps its venv until it stops).
 Every on-host path comes from the host's Layout.
 """
 
@@ -130,7 +131,7 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
     # No restart: the custom-auth hook re-reads the table when it changes, so keys come and go without a failed request.
     want.file(L.client_keys, host_table(ctx.spec, load_keys(ctx.spec)), "root", svc, "640",
               name="Ship the client keys table (hashes and limits, never a key)")
-    want.file(L.launcher, launcher(s, L, env_for), mode="755", notify="restart", name="Install the LiteLLM launcher")
+    want.file(L.launcher, launcher(s, L, env_for, L.venv_build(build.stamp)), mode="755", notify="restart", name="Install the LiteLLM launcher")
     for program in ONHOST_PROGRAMS:
         want.file(L.program(program), onhost_source(program), mode="644" if program in ("layout.py", "gcpolicy.py") else "755",
                   notify="restart" if program in LOADED_BY_LITELLM else (), name=f"Install the on-host program {program}")
@@ -203,10 +204,12 @@ def staged_change(ctx, L: Layout, want: Desired, env_for: dict, live_record: str
     return Switch(files=files, secrets=secrets, argv=argv)
 
 
-def launcher(s: dict, L: Layout, env_for: dict) -> str:
+def launcher(s: dict, L: Layout, env_for: dict, venv: str) -> str:
+    """`venv`: the build this launcher runs (Layout.venv_build), named and not the `venv` symlink, so that an
+    instance keeps its venv when a new one is built and switched to (Layout.launcher_venv reads it back)."""
     return template(
         "litellm/launch.py.j2",
-        venv=L.venv,
+        venv=venv,
         lib_dir=L.lib_dir,
         env_for=env_for,
         database=s["litellm_database"],
@@ -229,7 +232,7 @@ def litellm_start(gw: Gateway):
     """activate: wait for the venv install, then start the live instances, or restart them for new inputs."""
     want, L = gw.want, gw.layout
     if gw.install_started:
-        want.notify(("restart", "migrate"), gw.venv.wait())
+        want.notify(("restart", "migrate"), gw.venv.wait(serving=gw.switch is not None))
     systemd.daemon_reload(name="Reload systemd units", _if=want.changed("daemon-reload"))
     if gw.settings["litellm_database"]:
         # Prisma generate + migrate run here, at provisioning, never at service start.

@@ -1,8 +1,11 @@
-"""LiteLLM's hash-locked venv: built in the background beside the live one, switched in by a symlink.
+"""LiteLLM's hash-locked venv: built in the background beside the live one, into venvs/STAMP.
 
 Everything that decides what ends up in the venv (the locks, the installer and its arguments) makes up
-its stamp; a venv is rebuilt only when the stamp differs, into venvs/STAMP, and `venv` is switched to it
-once the build succeeded. The previous build is kept for a manual rollback.
+its stamp; a venv is built only when no complete build of that stamp exists (switching back to the previous
+release reuses its build). The launcher names its build, so an instance runs from the venv it started with.
+`venv` (a symlink) names the live set's build: on a gateway that does not serve yet it is switched once the
+build succeeded; on a serving one the blue/green switch moves it when the new set is live (gatekit/onhost/rotate.py
+record()). Builds other than the wanted one and the live one are removed.
 """
 
 from __future__ import annotations
@@ -108,11 +111,14 @@ class VenvBuild:
             timeout=timeout,
         )
 
-    def wait(self):
+    def wait(self, serving: bool):
+        """Wait for the build. `serving`: the live instances keep their venv, the blue/green switch moves `venv`
+        to the new build when the new set is live; otherwise `venv` moves now."""
         L = self.layout
         return server.shell(
-            name="Wait for the LiteLLM venv install, then switch to it",
-            commands=switch_venv_commands(L.venv, L.venv_build(self.stamp), self.stamp, L.venv_install_unit),
+            name="Wait for the LiteLLM venv install" + ("" if serving else ", then switch to it"),
+            commands=switch_venv_commands(L.venv, L.venv_build(self.stamp), self.stamp, L.venv_install_unit,
+                                          move_live=not serving),
         )
 
 
@@ -150,9 +156,13 @@ def build_sandbox(home: str) -> tuple[str, ...]:
     )
 
 
-def switch_venv_commands(venv: str, new: str, stamp: str, unit: str = Layout.venv_install_unit) -> list[str]:
-    """Wait for the background build; on success make it the live venv (symlink switch), keeping the
-    previous one for a manual rollback; on failure show the build's log, leave the live venv alone and fail."""
+def switch_venv_commands(venv: str, new: str, stamp: str, unit: str = Layout.venv_install_unit,
+                         move_live: bool = True) -> list[str]:
+    """Wait for the background build; on failure show the build's log, leave the live venv alone and fail. On
+    success (`move_live`) make it the live venv (symlink switch). Kept: the new build and the one live before this
+    step (a switch back to it reuses it); other builds are removed."""
+    keep = (f"prev=$(readlink {venv} || true); ln -sfn {new} {venv}.next && mv -T {venv}.next {venv}; " if move_live
+            else f"prev=$(readlink {venv} || true); ")
     return [
         background.wait_command(
             unit,
@@ -160,9 +170,9 @@ def switch_venv_commands(venv: str, new: str, stamp: str, unit: str = Layout.ven
             failure=f"LiteLLM venv install failed (result: $result); the live venv is unchanged. Fix: see the "
             f"lines above (journalctl -u {unit}); re-run the deploy to retry.",
         ),
-        # Hosts deployed before venvs were versioned hold a plain directory here.
-        f"if [ -d {venv} ] && [ ! -L {venv} ]; then rm -rf {venv}.old && mv {venv} {venv}.old; fi",
-        f"prev=$(readlink {venv} || true); ln -sfn {new} {venv}.next && mv -T {venv}.next {venv}; "
-        f"for d in $(dirname {new})/*; do [ \"$d\" = {new} ] || [ \"$d\" = \"$prev\" ] || rm -rf \"$d\"; done; "
+        # Hosts deployed before venvs were versioned hold a plain directory here (on a serving gateway the switch
+        # moves it aside once its instances stopped: rotate.py point_venv_at_live).
+        *([f"if [ -d {venv} ] && [ ! -L {venv} ]; then rm -rf {venv}.old && mv {venv} {venv}.old; fi"] if move_live else []),
+        keep + f"for d in $(dirname {new})/*; do [ \"$d\" = {new} ] || [ \"$d\" = \"$prev\" ] || rm -rf \"$d\"; done; "
         f"rm -rf {venv}.old",
     ]

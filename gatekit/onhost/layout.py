@@ -74,7 +74,7 @@ class Layout:
 
     # ---- LiteLLM: code ------------------------------------------------------------------------------
     @property
-    def venv(self) -> str:  # a symlink to the live build under venvs/
+    def venv(self) -> str:  # a symlink to the newest complete build under venvs/ (the live set's is the launcher's)
         return f"{self.litellm_home}/venv"
 
     @property
@@ -83,6 +83,24 @@ class Layout:
 
     def venv_build(self, stamp: str) -> str:
         return f"{self.venvs_dir}/{stamp[:16]}"
+
+    @staticmethod
+    def launcher_venv(launcher_text: str) -> str:
+        """The venv a launcher runs LiteLLM from: its interpreter line names venvs/STAMP/bin/python3 (roles/litellm.py
+        launcher()), so an instance keeps the venv it started from while a new one is built and switched to."""
+        first = launcher_text.split("\n", 1)[0]
+        if not first.startswith("#!") or not first.endswith("/bin/python3"):
+            return ""
+        return first[2:-len("/bin/python3")]
+
+    @staticmethod
+    def litellm_version(venv: str) -> str:
+        """The LiteLLM version installed in `venv` (its dist-info), "" when there is none."""
+        import glob
+
+        for d in sorted(glob.glob(os.path.join(venv, "lib", "python3*", "site-packages", "litellm-*.dist-info"))):
+            return os.path.basename(d)[len("litellm-"):-len(".dist-info")]
+        return ""
 
     @property
     def venv_stamp(self) -> str:

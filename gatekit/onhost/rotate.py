@@ -30,8 +30,9 @@ Steps (each recorded in a journal so an interrupted run is recovered on the next
   purge        Redis keys of the old key's deployments in LiteLLM's DB (cooldowns, counters); never FLUSH*
   canary-nginx the same canary through nginx over TLS
   drain        the OLD set stops gracefully (in-flight requests finish), NEW enabled at boot instead of OLD
-  record       /var/lib/gatekit/live.json: ports, secret versions, fingerprints, the config's sha1, the
-               deployments' digests, which change and when
+  record       the `venv` symlink -> the build the live launcher names (an upgrade's new venv is live now);
+               /var/lib/gatekit/live.json: ports, secret versions, fingerprints, the config's sha1, the venv and
+               its LiteLLM version, the deployments' digests, which change and when
 Any failure up to canary-nginx: upstream back to OLD, NEW stopped, previous credentials and files restored, exit 1
 naming the step (and, for a canary, the model, the deployment and what the provider answered); an OLD instance that systemd started again after the swap (a crash, a reboot) started from the refused
 key, so it is restarted from the restored one, one at a time (their systemd InvocationIDs are in the journal).
@@ -450,9 +451,30 @@ def file_sha1(path: str) -> str:
         return ""
 
 
+def point_venv_at_live() -> str:
+    """`venv` -> the build the (now live) launcher runs; returns it ("" for a launcher that names none)."""
+    try:
+        with open(LAYOUT.launcher) as fh:
+            build = Layout.launcher_venv(fh.read())
+    except FileNotFoundError:
+        return ""
+    if not build or os.path.realpath(LAYOUT.venv) == build:
+        return build
+    if os.path.isdir(LAYOUT.venv) and not os.path.islink(LAYOUT.venv):
+        # A host deployed before venvs were versioned: its instances (stopped now) ran from this directory;
+        # the next deploy removes it.
+        os.replace(LAYOUT.venv, LAYOUT.venv + ".old")
+    tmp = f"{LAYOUT.venv}.tmp-{os.getpid()}"
+    os.symlink(build, tmp)
+    os.replace(tmp, LAYOUT.venv)
+    return build
+
+
 def record(ports, names: list[str], journal: dict):
     """live.json: what serves now. `gatekit status` and the next deploy read it (which deployments changed)."""
+    venv = point_venv_at_live()
     live = read_json(LAYOUT.live_file) or {"secrets": {}}
+    live["venv"], live["litellm_version"] = venv, Layout.litellm_version(venv) if venv else ""
     live["ports"] = list(ports)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for n in names:

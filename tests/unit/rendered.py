@@ -190,7 +190,7 @@ def render_all(s: dict, **fixed) -> dict[str, str]:
         egress = topology.egress_allow(s)
         gateways = topology.gateway_addresses()
         metrics_allow = monitoring.metrics_allow(topology.monitoring_addresses(), s["nginx_admin_allow"])
-        launcher = litellm_role.launcher(s, L, env_for)  # reads the topology too: never cached
+        launcher = litellm_role.launcher(s, L, env_for, L.venv_build("f" * 64))  # reads the topology: never cached
     env_names = tuple(sorted(env_for.items()))
     renderers = {
         "litellm/config.yaml": (lambda t: render.litellm_config_yaml(SPEC, t, redis_target, FINGERPRINTS),

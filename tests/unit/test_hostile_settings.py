@@ -187,7 +187,7 @@ def check_launcher(s: dict, text: str):
     L = layout(s)
     with rendered.on_gateway():
         env_for = credentials.secrets_for_gateway(rendered.SimpleNamespace(settings=s, spec=rendered.SPEC))
-        inputs = rendered.template_inputs(rendered.litellm_role, lambda: rendered.litellm_role.launcher(s, L, env_for))
+        inputs = rendered.template_inputs(rendered.litellm_role, lambda: rendered.litellm_role.launcher(s, L, env_for, L.venv_build("f" * 64)))
     marked, _ = sentinel_render(inputs)
     tree, constants = syntax.python_shape(text)
     want_tree, want_constants = syntax.python_shape(marked)
@@ -354,11 +354,11 @@ def test_a_litellm_home_too_long_for_the_launchers_interpreter_line_is_refused(t
             with pytest.raises(OSError) as exc:
                 subprocess.run([script], capture_output=True)
             assert exc.value.errno == errno.ENOEXEC
-    limit = 253 - len("/venv/bin/python3")
+    limit = 253 - len("/venvs/0123456789abcdef/bin/python3")  # the launcher names its build: venvs/STAMP16
     assert check_settings({"litellm_home": "/" + "a" * (limit - 1)}, "spec.yaml") == []
     assert check_settings({"litellm_home": "/" + "a" * limit}, "spec.yaml") == [
         f"spec.yaml: settings.litellm_home: {limit + 1} characters; the kernel runs the launcher only if its interpreter "
-        f"line (#!{{litellm_home}}/venv/bin/python3) fits in 256 bytes. Fix: a path of at most {limit} characters."]
+        f"line (#!{{litellm_home}}/venvs/STAMP/bin/python3) fits in 256 bytes. Fix: a path of at most {limit} characters."]
 
 
 def test_every_server_name_validation_accepts_is_one_nginx_takes(tls_pair, tmp_path):

@@ -91,3 +91,15 @@ def test_uploaded_programs_read_the_layout_beside_them_without_gatekit(tmp_path)
     run = subprocess.run([sys.executable, "-S", str(lib / "instance.py"), "wait-ready", "4001", "--timeout", "1"],
                          capture_output=True, text=True)
     assert run.returncode != 0 and "layout.json missing" in run.stderr, run.stderr
+
+
+def test_the_launchers_venv_is_read_from_its_interpreter_line(tmp_path):
+    L = Layout(litellm_home=str(tmp_path))
+    build = L.venv_build("0123456789abcdef" * 4)
+    assert Layout.launcher_venv(f"#!{build}/bin/python3\nimport os\n") == build
+    assert Layout.launcher_venv("#!/usr/bin/env python3\n") == "" and Layout.launcher_venv("") == ""
+    site = Path(build) / "lib" / "python3.11" / "site-packages"
+    assert Layout.litellm_version(build) == ""
+    (site / "litellm-1.108.7.dist-info").mkdir(parents=True)
+    (site / "litellm_enterprise-0.1.79.dist-info").mkdir()
+    assert Layout.litellm_version(build) == "1.108.7"

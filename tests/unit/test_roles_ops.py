@@ -456,3 +456,26 @@ def test_a_rotation_switches_only_the_gateways_whose_key_differs_first_gateway_f
                                      f"{rotate} (wave 2 of 2: gw2)"]
     gate = [cond for names, cond, _ in ops["gw2"] if f"{rotate} (wave 2 of 2: gw2)" in names]
     assert gate and gate[0] is not None  # conditional: skipped once an earlier wave failed
+
+
+def test_a_litellm_upgrade_on_serving_gateways_builds_beside_the_live_venv_and_switches_gateway_by_gateway(fake, spec_file,
+                                                                                                          tmp_path):
+    """Another lock (litellm_requirements): each gateway builds the new venv beside the live one (`venv` stays on the
+    live set's build), and the launcher naming the new build goes live through the switch, gw1 alone first; no
+    instance is restarted in place."""
+    converge(fake)
+    fake.on_read = lambda host, want: None  # the hosts hold what the first run declared (the old launcher)
+    fake.drift = {gw: {"texts": {Layout.from_settings({**DEFAULTS, **data}).venv_stamp: "f" * 64}}  # the old build's
+                  for gw, data in (("gw1", {}), ("gw2", GW2))}
+    upgraded = tmp_path / spec_file.name
+    upgraded.write_text(spec_file.read_text().replace(
+        "\nsettings:\n", "\nsettings:\n  litellm_requirements: requirements/litellm-1.108.7.lock\n"))
+    (tmp_path / "example.secrets.enc.yaml").write_bytes(spec_file.with_name("example.secrets.enc.yaml").read_bytes())
+    fake.spec_file = upgraded
+    ops = run_deploy(fake)
+    for gw, wave in (("gw1", "wave 1 of 2: gw1"), ("gw2", "wave 2 of 2: gw2")):
+        names = [n for names, _, _ in ops[gw] for n in names]
+        assert any(n.startswith("LiteLLM Proxy | Start the LiteLLM venv install") for n in names), names
+        assert "LiteLLM Proxy | Wait for the LiteLLM venv install" in names, names
+        assert not [n for n in names if "then switch to it" in n or n.startswith("LiteLLM Proxy | Restart litellm@")]
+        assert f"LiteLLM Proxy | Switch LiteLLM to its new inputs: gatekit-litellm-launch {SWITCH} ({wave})" in names

@@ -425,6 +425,38 @@ def test_record_keeps_secrets_it_did_not_rotate(gw):
     assert live["secrets"]["openai_key"]["version"] == 2 and live["ports"] == [4003, 4004]
 
 
+def _venv_build(gw, stamp: str, version: str) -> str:
+    d = gw.root / "home" / "venvs" / stamp
+    (d / "lib" / "python3.11" / "site-packages" / f"litellm-{version}.dist-info").mkdir(parents=True)
+    return str(d)
+
+
+def test_record_points_venv_at_the_build_the_live_launcher_names_and_records_its_version(gw):
+    """An upgrade: the launcher swapped in names the new build; once the new set is live, `venv` moves to it and
+    live.json says which LiteLLM serves. Before record, `venv` still names the old build (the old set's)."""
+    gw.state.mkdir()
+    old, new = _venv_build(gw, "a" * 16, "1.106.2"), _venv_build(gw, "b" * 16, "1.108.7")
+    os.symlink(old, R.LAYOUT.venv)
+    Path(R.LAYOUT.bin_dir).mkdir(parents=True)
+    Path(R.LAYOUT.launcher).write_text(f"#!{new}/bin/python3\nimport os\n")
+    R.record(list(GREEN), [], {"change": "deploy"})
+    assert os.readlink(R.LAYOUT.venv) == new
+    assert (gw.live()["venv"], gw.live()["litellm_version"]) == (new, "1.108.7")
+    Path(R.LAYOUT.launcher).write_text(f"#!{old}/bin/python3\nimport os\n")  # and back: the kept build
+    R.record(list(BLUE), [], {"change": "deploy"})
+    assert os.readlink(R.LAYOUT.venv) == old and gw.live()["litellm_version"] == "1.106.2"
+
+
+def test_record_moves_a_plain_venv_directory_of_an_older_deploy_aside(gw):
+    gw.state.mkdir()
+    new = _venv_build(gw, "c" * 16, "1.106.2")
+    (Path(R.LAYOUT.venv) / "bin").mkdir(parents=True)
+    Path(R.LAYOUT.bin_dir).mkdir(parents=True)
+    Path(R.LAYOUT.launcher).write_text(f"#!{new}/bin/python3\n")
+    R.record(list(GREEN), [], {})
+    assert os.readlink(R.LAYOUT.venv) == new and (Path(R.LAYOUT.venv + ".old") / "bin").is_dir()
+
+
 # --- nginx upstream -------------------------------------------------------------------------------------
 
 

@@ -156,14 +156,14 @@ echo "journal: uv: no wheel for foo==1.0"
 """
 
 
-def switch(tmp_path, fakes, stamp: str, **env) -> subprocess.CompletedProcess:
+def switch(tmp_path, fakes, stamp: str, move_live: bool = True, **env) -> subprocess.CompletedProcess:
     (fakes / "bin" / "systemctl").write_text(FAKE_SYSTEMCTL)
     (fakes / "bin" / "journalctl").write_text(FAKE_JOURNALCTL)
     for name in ("systemctl", "journalctl"):
         (fakes / "bin" / name).chmod(0o755)
     venv, new = str(tmp_path / "venv"), str(tmp_path / "venvs" / stamp)
     full = {"PATH": f"{fakes / 'bin'}:/usr/bin:/bin", "LOG": str(fakes / "log"), **env}
-    for cmd in switch_venv_commands(venv, new, stamp):
+    for cmd in switch_venv_commands(venv, new, stamp, move_live=move_live):
         res = subprocess.run(["sh", "-c", cmd], env=full, capture_output=True, text=True, timeout=30)
         if res.returncode != 0:
             return res
@@ -185,6 +185,25 @@ def test_switch_points_the_live_venv_at_the_build_and_keeps_one_previous(tmp_pat
         assert venv.is_symlink() and os.readlink(venv) == str(tmp_path / "venvs" / stamp)
         assert (venv / ".gatekit-stamp").read_text() == stamp + "\n"
     assert sorted(p.name for p in (tmp_path / "venvs").iterdir()) == ["s2", "s3"]  # live + previous
+
+
+def test_on_a_serving_gateway_the_build_waits_beside_the_live_venv_and_a_switch_back_finds_the_old_one(tmp_path, fakes):
+    """Serving: `venv` stays on the live set's build (the switch moves it); kept are the new build and the live one,
+    so that a switch back to the live one's release reuses it. Builds that are neither are removed."""
+    venv = tmp_path / "venv"
+    for stamp in ("s1", "s0"):
+        build(tmp_path, stamp)
+    assert switch(tmp_path, fakes, "s1").returncode == 0  # live: s1 (s0 kept as the previous)
+    build(tmp_path, "s2")
+    res = switch(tmp_path, fakes, "s2", move_live=False)
+    assert res.returncode == 0, res.stderr
+    assert os.readlink(venv) == str(tmp_path / "venvs" / "s1")
+    assert sorted(p.name for p in (tmp_path / "venvs").iterdir()) == ["s1", "s2"]
+    venv.unlink()
+    venv.symlink_to(tmp_path / "venvs" / "s2")  # the switch to s2 happened (gatekit-rotate record)
+    res = switch(tmp_path, fakes, "s1", move_live=False)  # and back: s1's build is there, nothing removed
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in (tmp_path / "venvs").iterdir()) == ["s1", "s2"]
 
 
 def test_failed_build_leaves_the_live_venv_alone_and_shows_why(tmp_path, fakes):
