@@ -25,6 +25,7 @@ from gatekit.onhost.layout import Layout
 from gatekit.resources import requirements_file
 from gatekit.roles.packages import all_packages
 from gatekit.roles.venv import DEFAULT_LOCK, UV_LOCK
+from lab import releases
 from lab import sandbox as sb
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,24 +35,29 @@ PROVIDER_PORT = 18080
 WHEELHOUSE_PORT = 18081
 # Every Debian package the kit installs (read from the roles), for a "warm package cache" sandbox base.
 KIT_PACKAGES = all_packages()
-LOCKS = (requirements_file(DEFAULT_LOCK), requirements_file(UV_LOCK))
+# The kit's locks the lab installs: the default, the upgrade (tests/e2e/test_stack_upgrade.py) and uv.
+LOCKS = (requirements_file(DEFAULT_LOCK), requirements_file(releases.UPGRADE_LOCK), requirements_file(UV_LOCK))
 
 
 def wheelhouse(locks: tuple[Path, ...] = LOCKS) -> Path:
-    """Every wheel of the locks, downloaded once into the sandbox cache (keyed by the locks' hash)."""
-    digest = hashlib.sha256(b"".join(lock.read_bytes() for lock in locks)).hexdigest()[:12]
+    """Every wheel of the locks, downloaded once into the sandbox cache (keyed by the locks' hash and the broken
+    release's recipe), and the broken release built beside them (lab/releases.py)."""
+    recipe = Path(releases.__file__).read_bytes()
+    digest = hashlib.sha256(b"".join(lock.read_bytes() for lock in locks) + recipe).hexdigest()[:12]
     target = sb.BASE_CACHE / f"wheelhouse-{digest}"
     if (target / ".complete").exists():
         return target
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--require-hashes",
-         "--no-deps", "--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux2014_x86_64",
-         "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64", "--platform", "linux_x86_64",
-         "--implementation", "cp", *(a for lock in locks for a in ("-r", str(lock))), "-d", str(tmp)],
-        check=True,
-    )
+    for lock in locks:  # one download per lock: the upgrade lock pins other versions of the same packages
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--require-hashes",
+             "--no-deps", "--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux2014_x86_64",
+             "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64", "--platform", "linux_x86_64",
+             "--implementation", "cp", "-r", str(lock), "-d", str(tmp)],
+            check=True,
+        )
+    releases.build_broken_wheel(tmp, requirements_file(DEFAULT_LOCK).read_text())
     (tmp / ".complete").write_text(digest)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
@@ -108,6 +114,12 @@ class Lab:
     @property
     def inventory_path(self) -> Path:
         return self.workdir / "lab_inventory.py"
+
+    def broken_release_lock(self) -> Path:
+        """A lock of the broken LiteLLM release (lab/releases.py) in the lab's directory, for litellm_requirements."""
+        path = self.workdir / "litellm-broken.lock"
+        path.write_text(releases.broken_lock(wheelhouse()))
+        return path
 
     def start_services(self):
         """Fake provider and wheelhouse, both bound to the bridge address only."""

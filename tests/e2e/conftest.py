@@ -57,6 +57,16 @@ def client(lab) -> httpx.Client:
         yield c
 
 
+@pytest.fixture
+def spec_restored(lab):
+    """The test edits the lab's spec; the lab's own spec file is back afterwards (deployed by the next deploy: each
+    test starts from whatever config the previous one left live, which the switch must handle anyway)."""
+    saved = (list(lab.extra_models), dict(lab.weights), dict(lab.settings))
+    yield
+    lab.extra_models[:], lab.weights, lab.settings = saved[0], saved[1], saved[2]
+    lab.write_spec()
+
+
 # ---- diagnostics: a failed test leaves every host's recent logs behind --------------------------------
 NOTABLE = re.compile(r"Traceback|Error|error\]|502|killed|oom|Failed|ContextVar|cooldown", re.I)
 DIAG_CMD = ("journalctl --no-pager -o short-precise --since=-{secs}s -u 'litellm@*' -u nginx -u 'gatekit*' "

@@ -9,8 +9,6 @@ import hashlib
 import json
 import time
 
-import pytest
-
 from lab.checks import completion, gatekit, gateway_client
 from lab.load import Load
 
@@ -26,16 +24,6 @@ def config_sha1(lab, gw: str) -> str:
 def canaries(provider, since: float, model: str, gw_address: str) -> list[float]:
     """When the provider saw calls to upstream `model` from one gateway's address."""
     return [r["time"] for r in provider.requests(since=since, client=gw_address) if r.get("model") == model]
-
-
-@pytest.fixture
-def spec_restored(lab):
-    """The test edits the lab's spec; the lab's own spec file is back afterwards (deployed by the next deploy: each
-    test here starts from whatever config the previous one left live, which the switch must handle anyway)."""
-    saved = (list(lab.extra_models), dict(lab.weights), dict(lab.settings))
-    yield
-    lab.extra_models[:], lab.weights, lab.settings = saved[0], saved[1], saved[2]
-    lab.write_spec()
 
 
 def test_a_spec_change_switches_every_gateway_first_one_alone_then_the_rest_without_a_failed_request(
