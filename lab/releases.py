@@ -2,8 +2,9 @@
 
 The broken release is the locked LiteLLM wheel with one change, `litellm.acompletion` raising: it installs from its
 own hash lock, starts and reports ready like the real one, and fails every call (a release that "starts but fails
-calls", as LiteLLM's own 1.52.14 did with valid keys). Its local version (+gatekit.broken) keeps it apart from the
-real wheel in the one wheelhouse the hosts install from.
+calls", as LiteLLM's own 1.52.14 did with valid keys). Its version (VERSION.post999+gatekit.broken) keeps it apart
+from the real wheel in the one wheelhouse the hosts install from: a pin ==VERSION matches VERSION+anything (PEP 440),
+so a bare local label would be installed in place of the real release; a post-release is not matched.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from gatekit.resources import requirements_file
 from gatekit.roles.venv import DEFAULT_LOCK
 
 UPGRADE_LOCK = "requirements/litellm-1.108.7.lock"  # shipped with the kit: the upgrade the e2e test deploys
-BROKEN_TAG = "gatekit.broken"
+BROKEN_SUFFIX = ".post999+gatekit.broken"
 BROKEN_MESSAGE = "gatekit lab: a LiteLLM release that fails every call"
 _BREAK = f'''
 
@@ -42,7 +43,7 @@ def build_broken_wheel(wheelhouse: Path, lock_text: str) -> Path:
     version = locked_version(lock_text)
     src = next(wheelhouse.glob(f"litellm-{version}-*.whl"))
     tags = src.name[len(f"litellm-{version}-"):]
-    broken = f"{version}+{BROKEN_TAG}"
+    broken = version + BROKEN_SUFFIX
     target = wheelhouse / f"litellm-{broken}-{tags}"
     if target.exists():
         return target
@@ -72,5 +73,5 @@ def broken_lock(wheelhouse: Path) -> str:
     """The kit's default lock with its LiteLLM pin replaced by the broken wheel's (built if needed)."""
     lock = requirements_file(DEFAULT_LOCK).read_text()
     wheel = build_broken_wheel(wheelhouse, lock)
-    pin = f"litellm=={locked_version(lock)}+{BROKEN_TAG} \\\n    --hash=sha256:{hashlib.sha256(wheel.read_bytes()).hexdigest()}\n"
+    pin = f"litellm=={locked_version(lock)}{BROKEN_SUFFIX} \\\n    --hash=sha256:{hashlib.sha256(wheel.read_bytes()).hexdigest()}\n"
     return _PIN.sub(lambda _: pin, lock, count=1)
