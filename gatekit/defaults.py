@@ -56,6 +56,10 @@ DEFAULTS: dict[str, object] = {
     "litellm_install_timeout": 1200,  # seconds the background venv install may take before it is stopped and the deploy fails
     "litellm_ready_timeout": 120,  # seconds the deploy waits for /health/readiness after a (re)start
     "litellm_request_timeout": 600,  # LiteLLM's upstream request timeout in seconds
+    "litellm_redis_timeout": 0.25,  # seconds LiteLLM waits for one Redis call or connection before it counts as failed: what a silent (cut-off) Redis adds to a request per Redis call until the breaker opens. LiteLLM's own default, 5 s, put p99 at 10 s
+    "litellm_redis_breaker_failures": 5,  # failed Redis calls in a row that open LiteLLM's Redis circuit breaker: Redis is skipped, rpm/tpm, cooldowns and budgets count per instance
+    "litellm_redis_breaker_window": 1.0,  # seconds a streak of Redis timeouts must span before it opens the breaker (LiteLLM's guard against one stalled event loop timing out many calls at once)
+    "litellm_redis_breaker_recovery": 10,  # seconds the breaker stays open before one call tries Redis again: shared state resumes at most this long after Redis answers again
     "litellm_master_key_secret": "litellm_master_key",  # vault secret holding the proxy master key
     "litellm_database": False,  # True = LiteLLM uses PostgreSQL (needs Prisma engines, see README)
     "litellm_prisma_engines_mirror": "",  # PRISMA_ENGINES_MIRROR for hosts that cannot reach Prisma's server

@@ -108,6 +108,10 @@ def litellm_config(spec: GatewaySpec, settings: dict, redis: dict | None, finger
         router["redis_host"] = redis["host"]
         router["redis_port"] = redis["port"]
         router["redis_password"] = "os.environ/REDIS_PASSWORD"
+        # A Redis that stops answering (a partition, not a refusal) holds each call this long, not LiteLLM's 5 s:
+        # its circuit breaker (litellm.env) then skips Redis until it answers again.
+        timeout = settings["litellm_redis_timeout"]
+        router["cache_kwargs"] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     if spec.budgets.providers:
         router["provider_budget_config"] = {
             p: {"budget_limit": b.max_usd, "time_period": b.duration} for p, b in spec.budgets.providers.items()
@@ -141,6 +145,14 @@ def litellm_config(spec: GatewaySpec, settings: dict, redis: dict | None, finger
         "litellm_settings": litellm_settings,
         "general_settings": general,
     }
+
+
+def litellm_env(settings: dict, redis: dict | None, usage_db: str | None) -> str:
+    """litellm.env: LiteLLM's non-secret environment (Redis target and circuit breaker, usage database, log level)."""
+    breaker = {"failures": settings["litellm_redis_breaker_failures"], "window": settings["litellm_redis_breaker_window"],
+               "recovery": settings["litellm_redis_breaker_recovery"]}
+    return template("litellm/litellm.env.j2", redis=redis, breaker=breaker, extra_env=settings["litellm_extra_env"],
+                    log_level=settings["litellm_log_level"], usage_db=usage_db)
 
 
 def litellm_config_yaml(spec: GatewaySpec, settings: dict, redis: dict | None, fingerprints: dict | None = None) -> str:

@@ -581,6 +581,8 @@ BOUNDS = {
     "litellm_start_limit_burst": (1, 1000), "litellm_start_limit_interval": (1, _DAY),
     "litellm_graceful_timeout": (1, _HOUR), "litellm_timeout_stop_sec": (1, _HOUR), "litellm_install_timeout": (60, _DAY),
     "litellm_ready_timeout": (1, _HOUR), "litellm_request_timeout": (1, _DAY), "rotation_settle_sec": (0, 60),
+    "litellm_redis_timeout": (0.01, 60), "litellm_redis_breaker_failures": (1, 10000),
+    "litellm_redis_breaker_window": (0, _HOUR), "litellm_redis_breaker_recovery": (1, _DAY),
     "nginx_metrics_port": (1, 65535), "monitoring_prometheus_port": (1, 65535), "monitoring_scrape_interval": (1, _HOUR),
     "monitoring_node_exporter_port": (1, 65535), "monitoring_redis_exporter_port": (1, 65535),
     "monitoring_postgres_exporter_port": (1, 65535), "monitoring_blackbox_port": (1, 65535),

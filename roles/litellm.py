@@ -28,7 +28,7 @@ from gatekit.clientkeys import host_table, load_keys
 from gatekit.facts import IPFilteringEnforced
 from gatekit.inventory import context
 from gatekit.onhost.layout import LAYOUT_JSON, Layout
-from gatekit.render import litellm_config, litellm_config_yaml, template
+from gatekit.render import litellm_config, litellm_config_yaml, litellm_env, template
 from gatekit.resources import onhost_source
 from gatekit.spec import memory_max_problem
 from gatekit.roles import credentials, topology
@@ -125,8 +125,7 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
         want.dir(path, owner, group, mode)
     want.file(L.config, render_config(ctx), "root", svc, "640", notify="restart",
               name="Render LiteLLM config.yaml (secrets only as os.environ references)")
-    want.file(L.env_file, template("litellm/litellm.env.j2", redis=topology.redis_target(s), extra_env=s["litellm_extra_env"],
-                                   log_level=s["litellm_log_level"], usage_db=topology.usage_database(s)),
+    want.file(L.env_file, litellm_env(s, topology.redis_target(s), topology.usage_database(s)),
               "root", svc, "640", notify="restart", name="Render LiteLLM environment (no secrets)")
     # No restart: the custom-auth hook re-reads the table when it changes, so keys come and go without a failed request.
     want.file(L.client_keys, host_table(ctx.spec, load_keys(ctx.spec)), "root", svc, "640",

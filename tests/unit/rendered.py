@@ -195,9 +195,7 @@ def render_all(s: dict, **fixed) -> dict[str, str]:
     renderers = {
         "litellm/config.yaml": (lambda t: render.litellm_config_yaml(SPEC, t, redis_target, FINGERPRINTS),
                                 (repr(redis_target),)),
-        "litellm/litellm.env": (lambda t: render.template(
-            "litellm/litellm.env.j2", redis=redis_target, extra_env=t["litellm_extra_env"],
-            log_level=t["litellm_log_level"], usage_db=usage_db), (repr(redis_target), usage_db)),
+        "litellm/litellm.env": (lambda t: render.litellm_env(t, redis_target, usage_db), (repr(redis_target), usage_db)),
         "litellm/client_keys.json": (lambda t: host_table(SPEC, {}), ()),
         "litellm/layout.json": (lambda t: L.to_json(), (L,)),
         "litellm/launch.py": (lambda t: launcher, (launcher,)),

@@ -218,6 +218,11 @@ def test_redis_only_with_a_target(spec, settings):
     assert with_redis["redis_host"] == "10.0.0.21"
     assert with_redis["redis_port"] == 6380
     assert with_redis["redis_password"] == "os.environ/REDIS_PASSWORD"
+    # Every Redis call and connection gives up after litellm_redis_timeout (LiteLLM's RedisCache default: 5 s).
+    assert with_redis["cache_kwargs"] == {"socket_timeout": 0.25, "socket_connect_timeout": 0.25}
+    assert "cache_kwargs" not in without
+    slow = litellm_config(spec, {**settings, "litellm_redis_timeout": 2}, REDIS)["router_settings"]["cache_kwargs"]
+    assert slow == {"socket_timeout": 2, "socket_connect_timeout": 2}
     text = litellm_config_yaml(spec, settings, None)
     # No Redis setting and no reference to its password (metric names may say "redis": they are excluded ones).
     assert not re.search(r"^\s*redis\w*:", text, re.M) and "REDIS" not in text and "cache_params" not in text
@@ -431,16 +436,19 @@ def test_unit_has_no_secret_in_environment(settings):
 
 
 def test_env_file_has_no_secrets():
-    text = render.template("litellm/litellm.env.j2", redis=REDIS, extra_env={"HTTPS_PROXY": "http://proxy:3128"},
-                           usage_db="host=10.0.0.22 port=5432 dbname=litellm user=litellm", log_level="WARNING")
+    settings = {**DEFAULTS, "litellm_extra_env": {"HTTPS_PROXY": "http://proxy:3128"}, "litellm_redis_breaker_recovery": 7}
+    text = render.litellm_env(settings, REDIS, "host=10.0.0.22 port=5432 dbname=litellm user=litellm")
     lines = directives(text)
     assert "REDIS_HOST=10.0.0.21" in lines and "REDIS_PORT=6380" in lines and "REDIS_DB=1" in lines
     assert "HTTPS_PROXY=http://proxy:3128" in lines
     assert "LITELLM_LOG=WARNING" in lines
     assert "PYTHONFAULTHANDLER=1" in lines
+    # LiteLLM's Redis circuit breaker, from the settings (LiteLLM reads these names: litellm/constants.py).
+    assert {"REDIS_CIRCUIT_BREAKER_ENABLED=true", "REDIS_CIRCUIT_BREAKER_FAILURE_THRESHOLD=5",
+            "REDIS_CIRCUIT_BREAKER_TIMEOUT_MIN_DURATION=1.0", "REDIS_CIRCUIT_BREAKER_RECOVERY_TIMEOUT=7"} <= set(lines)
     assert "GK_USAGE_PG=host=10.0.0.22 port=5432 dbname=litellm user=litellm" in lines
     assert not any(re.search(r"KEY|PASSWORD|SECRET", line) for line in lines)
-    no_redis = render.template("litellm/litellm.env.j2", redis=None, extra_env={}, usage_db=None, log_level="INFO")
+    no_redis = render.litellm_env({**DEFAULTS, "litellm_log_level": "INFO"}, None, None)
     assert "REDIS" not in no_redis and "GK_USAGE_PG" not in no_redis
     assert "LITELLM_LOG=INFO" in directives(no_redis)
 

@@ -762,8 +762,7 @@ def test_good_extra_env_renders_one_line_each():
     from gatekit.spec import check_settings
 
     assert check_settings({"litellm_extra_env": {"OTEL_ENDPOINT": "http://10.0.0.3:4318/v1", "N": 3}}, "x") == []
-    text = render.template("litellm/litellm.env.j2", redis=None, usage_db=None, log_level="WARNING",
-                             extra_env={"OTEL_ENDPOINT": "http://10.0.0.3:4318/v1"})
+    text = render.litellm_env({**DEFAULTS, "litellm_extra_env": {"OTEL_ENDPOINT": "http://10.0.0.3:4318/v1"}}, None, None)
     assert text.splitlines()[-1] == "OTEL_ENDPOINT=http://10.0.0.3:4318/v1"
 
 

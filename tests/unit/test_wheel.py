@@ -33,7 +33,7 @@ context = dict(
     env_for={"litellm_master_key": "LITELLM_MASTER_KEY"}, database=False, db_user="litellm", db_name="litellm",
     db_host="10.0.0.5", db_port=5432, config_path=L.config, bind="127.0.0.1", workers=2, healthcheck_timeout=120,
     keepalive_timeout=75, max_requests=10000, max_requests_jitter=1000, redis={"host": "10.0.0.5", "port": 6379, "db": 1},
-    extra_env={}, ports=[4001], keepalive=32, tls_cert="/etc/gatekit/tls/gateway.crt", tls_key="/etc/gatekit/tls/gateway.key",
+    breaker={"failures": 5, "window": 1.0, "recovery": 10}, extra_env={}, ports=[4001], keepalive=32, tls_cert="/etc/gatekit/tls/gateway.crt", tls_key="/etc/gatekit/tls/gateway.key",
     private_address="10.0.0.5", password_hash="0" * 64, gateway_addresses=["10.0.0.6"], installer="uv", pip_args="-q",
     uv_args="-q", lock=L.requirements_lock, uv_lock=L.uv_lock, pip_wheels="/usr/share/python-wheels", stamp="0" * 64,
     prisma_engines_mirror="", egress_allow=["10.0.0.5"], lib_dir=L.lib_dir,
