@@ -116,9 +116,10 @@ def helper_sandbox(layout: Layout, redis_host: str | None, files=()) -> tuple[st
     state, nginx's include directory and logs (`nginx -t` opens nginx's log files, which belong to www-data,
     and binds its ports: CAP_DAC_OVERRIDE and CAP_NET_BIND_SERVICE are its only capabilities); gets the two credentials it authenticates with from systemd
     (LoadCredentialEncrypted), never from another unit; talks only to loopback and Redis. `files`: the paths a
-    deploy's switch swaps (renamed in their directories, which it then writes too)."""
+    deploy's switch swaps (renamed in their directories, which it then writes too). LiteLLM's home: the `venv` symlink
+    there follows the live launcher's build (rotate.py point_venv_at_live)."""
     writable = [layout.creds_dir, layout.litellm_config_dir, layout.gatekit_state_dir, layout.nginx_include_dir,
-                layout.nginx_log_dir]
+                layout.nginx_log_dir, layout.litellm_home]
     writable += [d for d in dict.fromkeys(os.path.dirname(f) for f in files) if d not in writable]
     return (
         "UMask=0022", "NoNewPrivileges=yes", "CapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_NET_BIND_SERVICE", "ProtectSystem=strict",
