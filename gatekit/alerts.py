@@ -108,6 +108,14 @@ def alerts(spec: GatewaySpec, s: dict) -> list[dict]:
         _alert("RedisDown", 'redis_up{job="redis"} == 0 or up{job="redis"} == 0', "1m", "critical",
                "{{ $labels.host }}: Redis does not answer (rate limits, cooldowns and budgets are per process meanwhile)",
                "systemctl status redis-server on the host"),
+        # LiteLLM's Redis circuit breaker (litellm_redis_*): open while this instance cannot reach Redis in time.
+        _alert("RedisBypassed",
+               'max by (host, port) (litellm_redis_circuit_breaker_state{job="litellm", state!="closed"}) > 0', "10s",
+               "warning",
+               "{{ $labels.host }}: litellm@{{ $labels.port }} skips Redis (its circuit breaker is open): rate limits, "
+               "cooldowns and budgets count per instance meanwhile",
+               "check the path from this gateway to Redis (redis-cli -h REDIS ping from the gateway; packet loss, "
+               "a firewall); it closes by itself once Redis answers"),
         _alert("PostgresDown", 'pg_up{job="postgres"} == 0 or up{job="postgres"} == 0', "1m", "critical",
                "{{ $labels.host }}: PostgreSQL does not answer (client-key usage is buffered in the workers meanwhile)",
                "systemctl status postgresql on the host"),

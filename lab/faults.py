@@ -1,9 +1,12 @@
 """Deaths of LiteLLM processes on a lab gateway (kill -9 of an instance or of a worker, an OOM kill), shared by
 the end-to-end tests and bench/crash.py, and how requests around a death are told apart: in flight on the
-dying process (may fail) or started after it (must be served)."""
+dying process (may fail) or started after it (must be served). And a partition: a host's port that silently
+drops every packet sent to it (no refusal: what a cut network or a frozen server looks like to a client)."""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import time
 
 from lab.checks import OOM_ALLOCATOR, unit_memory_cgroup, wait_until
@@ -65,3 +68,17 @@ def after_death(load, killed_at: float) -> tuple[list, list]:
     after = [r for r in load.failures if r[0] > killed_at]
     in_flight = [r for r in load.failures if r[0] <= killed_at]
     return after, in_flight
+
+
+@contextlib.contextmanager
+def dropped(lab, host: str, port: int):
+    """Every TCP packet to `host`:`port` dropped on the lab's bridge (nftables' bridge family on this machine: the
+    hosts themselves are left as they are) while the block runs; removed afterwards whatever happens."""
+    table = f"gkdrop{lab.sandbox.bridge[-8:]}"
+    rule = (f"table bridge {table} {{ chain forward {{ type filter hook forward priority -200; policy accept; "
+            f"ip daddr {lab.hosts[host].address} tcp dport {port} drop; }} }}")
+    subprocess.run(["nft", "-f", "-"], input=rule, text=True, check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["nft", "delete", "table", "bridge", table], check=True)

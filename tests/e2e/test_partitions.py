@@ -1,0 +1,61 @@
+"""Dependencies that go silent instead of refusing (same session and hosts as test_stack.py): Redis cut off by
+dropped packets under load. LiteLLM's Redis calls give up after litellm_redis_timeout and its circuit breaker
+skips Redis until it answers again (rate limits, cooldowns and budgets per instance meanwhile): nothing fails,
+latency stays, RedisBypassed fires, and shared state resumes without a restart.
+"""
+
+from __future__ import annotations
+
+import time
+
+from lab import faults
+from lab.checks import prometheus_query, redis_cli, wait_for_scrapes
+from lab.load import Load
+
+HEALTHY_SEC, CUT_SEC, AFTER_SEC = 20, 30, 15
+
+
+def p99_ms(load: Load, gw: str, since: float = 0.0) -> float:
+    lat = sorted(r[4] for r in load.results if r[1] == gw and r[0] >= since)
+    return round(lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000, 1)
+
+
+def redis_commands(lab) -> int:
+    (line,) = [ln for ln in redis_cli(lab, "INFO stats") if ln.startswith("total_commands_processed:")]
+    return int(line.split(":", 1)[1])
+
+
+def test_redis_cut_off_under_load_fails_nothing_keeps_p99_fires_its_alert_and_resumes(lab):
+    gws = list(lab.groups["gateways"])
+    redis = lab.groups["redis"][0]
+    port = lab.host_settings(redis)["redis_port"]
+    with Load(lab, gws) as healthy:
+        time.sleep(HEALTHY_SEC)
+    fired: set[tuple[str, str]] = set()
+    with Load(lab, gws) as cut:
+        time.sleep(2)
+        with faults.dropped(lab, redis, port):
+            cut_at = time.monotonic()
+            while time.monotonic() - cut_at < CUT_SEC:
+                for a in prometheus_query(lab, 'ALERTS{alertname="RedisBypassed", alertstate="firing"}'):
+                    fired.add((a["metric"]["host"], a["metric"]["port"]))
+                time.sleep(2)
+        back_at = time.monotonic()
+        time.sleep(AFTER_SEC)
+        before = redis_commands(lab)
+        time.sleep(5)
+        after = redis_commands(lab)
+    report = {gw: {"healthy_p99_ms": p99_ms(healthy, gw), "cut_p99_ms": p99_ms(cut, gw)} for gw in gws}
+    print("Redis cut off for", CUT_SEC, "s under load:", cut.summary(), "healthy:", healthy.summary(), report)
+    assert cut.failures == [], cut.summary()
+    for gw in gws:  # every gateway keeps its latency: within 1 s of the same load with Redis answering
+        assert report[gw]["cut_p99_ms"] <= report[gw]["healthy_p99_ms"] + 1000, report
+    # Every live instance's breaker opened (RedisBypassed named each: the lab's gateways have distinct ports), and
+    # is closed again: Redis is used once more, without a restart.
+    assert {p for _, p in fired} >= {str(p) for gw in gws for p in lab.live_ports(gw)}, fired
+    wait_for_scrapes(lab)
+    still_open = prometheus_query(lab, 'max by (host, port) (litellm_redis_circuit_breaker_state{job="litellm", state!="closed"}) > 0')
+    assert still_open == [], still_open
+    assert after > before, (before, after)  # the gateways write to Redis again (counters, cooldowns)
+    print(f"breaker alerts: {sorted(fired)}; Redis commands in 5 s after resume: {after - before}; "
+          f"resumed {time.monotonic() - back_at:.0f} s after the cut ended")
