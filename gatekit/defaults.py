@@ -55,7 +55,9 @@ DEFAULTS: dict[str, object] = {
     "litellm_timeout_stop_sec": 45,  # TimeoutStopSec: must exceed the graceful timeout
     "litellm_install_timeout": 1200,  # seconds the background venv install may take before it is stopped and the deploy fails
     "litellm_ready_timeout": 120,  # seconds the deploy waits for /health/readiness after a (re)start
-    "litellm_request_timeout": 600,  # LiteLLM's upstream request timeout in seconds
+    "litellm_request_timeout": 600,  # LiteLLM's upstream request timeout in seconds (a fallback: every deployment gets the two below)
+    "litellm_deployment_timeout": 60,  # seconds one attempt at a deployment waits for a call that is not streamed (its whole answer comes at once); then it is a timeout: retried per retry.timeout_errors, the deployment cooled down, then the model's fallbacks. A deployment's own `timeout` overrides it
+    "litellm_deployment_stream_timeout": 30,  # the same for a streamed call: seconds until its first chunk, and between two chunks. A deployment's own `stream_timeout` overrides it
     "litellm_redis_timeout": 0.25,  # seconds LiteLLM waits for one Redis call or connection before it counts as failed: what a silent (cut-off) Redis adds to a request per Redis call until the breaker opens. LiteLLM's own default, 5 s, put p99 at 10 s
     "litellm_redis_breaker_failures": 5,  # failed Redis calls in a row that open LiteLLM's Redis circuit breaker: Redis is skipped, rpm/tpm, cooldowns and budgets count per instance
     "litellm_redis_breaker_window": 1.0,  # seconds a streak of Redis timeouts must span before it opens the breaker (LiteLLM's guard against one stalled event loop timing out many calls at once)

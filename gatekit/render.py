@@ -62,6 +62,23 @@ PROMETHEUS_EXCLUDED_METRICS = (
 )
 
 
+# Errors that cool a deployment down at their first occurrence (LiteLLM's deployment-level allowed_fails_policy): a
+# timeout (a hung provider: the next calls skip the deployment, to the model's other deployments or its fallbacks,
+# instead of each waiting out its timeout again), a refused key and an unknown model (as LiteLLM's default does).
+COOLDOWN_AT_FIRST = {"TimeoutErrorAllowedFails": 0, "AuthenticationErrorAllowedFails": 0, "NotFoundErrorAllowedFails": 0}
+
+
+def cooldown_policy(spec: GatewaySpec, m) -> dict:
+    """model_info fields of each deployment of model `m`: COOLDOWN_AT_FIRST, and a 429 too where the model has other
+    deployments. Every other error counts to retry.allowed_fails; on a model's only deployment it never cools it
+    down (LiteLLM's single-deployment safety net, which model_info.allowed_fails keeps: the router-level policy
+    would drop it for every error)."""
+    policy = dict(COOLDOWN_AT_FIRST)
+    if len(m.deployments) > 1:
+        policy["RateLimitErrorAllowedFails"] = 0
+    return {"allowed_fails_policy": policy, "allowed_fails": spec.retry.allowed_fails}
+
+
 def litellm_config(spec: GatewaySpec, settings: dict, redis: dict | None, fingerprints: dict | None = None) -> dict:
     """LiteLLM's config.yaml as data. Secrets appear only as os.environ/... references.
     fingerprints: {secret name: fingerprint} of the keys this config will run with."""
@@ -73,6 +90,10 @@ def litellm_config(spec: GatewaySpec, settings: dict, redis: dict | None, finger
                 "api_base": d.api_base,
                 "api_key": f"os.environ/{secret_env(d.secret)}",
                 "weight": d.weight,
+                # Per attempt: a provider that accepts a call and never answers costs this long, not the 600 s
+                # request timeout (then a retry per retry.timeout_errors, the deployment cooled down, the fallbacks).
+                "timeout": d.timeout or settings["litellm_deployment_timeout"],
+                "stream_timeout": d.stream_timeout or settings["litellm_deployment_stream_timeout"],
             }
             if d.rpm:
                 params["rpm"] = d.rpm
@@ -88,6 +109,7 @@ def litellm_config(spec: GatewaySpec, settings: dict, redis: dict | None, finger
                         "gatekit_secret": d.secret,
                         "input_cost_per_token": m.price.input_per_1m / 1e6,
                         "output_cost_per_token": m.price.output_per_1m / 1e6,
+                        **cooldown_policy(spec, m),
                     },
                 }
             )

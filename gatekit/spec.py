@@ -70,6 +70,11 @@ class Deployment(_Strict):
     weight: float = Field(default=1.0, allow_inf_nan=False)
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
+    timeout: float | None = Field(default=None, gt=0, le=86400, allow_inf_nan=False, strict=True,
+                                  description="seconds per attempt, not streamed (settings.litellm_deployment_timeout)")
+    stream_timeout: float | None = Field(default=None, gt=0, le=86400, allow_inf_nan=False, strict=True,
+                                         description="seconds to the first chunk and between chunks, streamed "
+                                                     "(settings.litellm_deployment_stream_timeout)")
 
     @field_validator("api_base")
     @classmethod
@@ -583,6 +588,7 @@ BOUNDS = {
     "litellm_ready_timeout": (1, _HOUR), "litellm_request_timeout": (1, _DAY), "rotation_settle_sec": (0, 60),
     "litellm_redis_timeout": (0.01, 60), "litellm_redis_breaker_failures": (1, 10000),
     "litellm_redis_breaker_window": (0, _HOUR), "litellm_redis_breaker_recovery": (1, _DAY),
+    "litellm_deployment_timeout": (1, _DAY), "litellm_deployment_stream_timeout": (1, _DAY),
     "nginx_metrics_port": (1, 65535), "monitoring_prometheus_port": (1, 65535), "monitoring_scrape_interval": (1, _HOUR),
     "monitoring_node_exporter_port": (1, 65535), "monitoring_redis_exporter_port": (1, 65535),
     "monitoring_postgres_exporter_port": (1, 65535), "monitoring_blackbox_port": (1, 65535),
@@ -874,6 +880,40 @@ def _semantic_problems(spec: GatewaySpec, secret_names: set[str] | None) -> list
                     f"{f}: {used_by}: secret {name!r} does not exist in {spec.vault_path}. "
                     f"Fix: `gatekit secrets --vault {spec.vault_path} set {name}` (value on stdin), or correct the name."
                 )
+    return problems + _deadline_problems(spec)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _deadline_problems(spec: GatewaySpec) -> list[str]:
+    """A call to a model may wait, before its answer's first byte, one timeout per attempt (1 + retry.timeout_errors)
+    at a deployment not yet cooled down: a deployment that timed out is cooled down at once (render.py's
+    allowed_fails_policy), so each deployment of the model at most once, slowest first; then the same for each of its
+    fallbacks. All of it must fit in nginx's nginx_read_timeout, or nginx answers 504 while LiteLLM still waits (and
+    the fallback never reaches the client). Settings of the wrong type are check_settings' to report."""
+    s = {**DEFAULTS, **spec.settings}
+    keys = ("litellm_deployment_timeout", "litellm_deployment_stream_timeout", "nginx_read_timeout")
+    if not all(_number(s[k]) for k in keys):
+        return []
+    attempts = 1 + spec.retry.timeout_errors
+    fallbacks = {fb.from_: [t.model for t in fb.targets()] for fb in spec.fallbacks}
+    problems = []
+    for i, m in enumerate(spec.models):
+        chain = [m, *(t for t in (spec.model(n) for n in fallbacks.get(m.name, [])) if t is not None)]
+        for field, key in (("timeout", "litellm_deployment_timeout"), ("stream_timeout", "litellm_deployment_stream_timeout")):
+            waits = [sum(sorted((getattr(d, field) or s[key] for d in c.deployments), reverse=True)[:attempts])
+                     for c in chain]
+            if sum(waits) >= s["nginx_read_timeout"]:
+                parts = " + ".join(f"{c.name} {w:g} s" for c, w in zip(chain, waits))
+                problems.append(
+                    f"{spec.path}: models[{i}]: a {'streamed ' if field == 'stream_timeout' else ''}call to {m.name!r} "
+                    f"can wait {sum(waits):g} s for its first byte ({parts}: the {field} of each of its "
+                    f"{attempts} attempts, each at another deployment, then each fallback), not below settings.nginx_read_timeout "
+                    f"({s['nginx_read_timeout']:g} s): nginx would answer 504 while LiteLLM still waits. Fix: lower "
+                    f"settings.{key} (or a deployment's {field}) or retry.timeout_errors, or raise "
+                    "settings.nginx_read_timeout.")
     return problems
 
 

@@ -79,6 +79,7 @@ class Lab:
     settings: dict = field(default_factory=dict)
     procs: list[subprocess.Popen] = field(default_factory=list)
     extra_models: list[dict] = field(default_factory=list)  # appended to the spec's models (write_spec)
+    extra_fallbacks: list[dict] = field(default_factory=list)  # appended to the spec's fallbacks
     weights: dict[str, int] = field(default_factory=dict)  # {model: weight of its first deployment}, over the spec's
 
     # ---- setup -------------------------------------------------------------------------------
@@ -200,6 +201,7 @@ class Lab:
             },
         }
         spec["models"] += self.extra_models
+        spec["fallbacks"] += self.extra_fallbacks
         for model in spec["models"]:
             if model["name"] in self.weights:
                 model["deployments"][0]["weight"] = self.weights[model["name"]]

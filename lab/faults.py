@@ -75,8 +75,8 @@ def dropped(lab, host: str, port: int):
     """Every TCP packet to `host`:`port` dropped on the lab's bridge (nftables' bridge family on this machine: the
     hosts themselves are left as they are) while the block runs; removed afterwards whatever happens."""
     table = f"gkdrop{lab.sandbox.bridge[-8:]}"
-    rule = (f"table bridge {table} {{ chain forward {{ type filter hook forward priority -200; policy accept; "
-            f"ip daddr {lab.hosts[host].address} tcp dport {port} drop; }} }}")
+    rule = (f"table bridge {table} {{\n chain forward {{\n  type filter hook forward priority -200; policy accept;\n"
+            f"  ip daddr {lab.hosts[host].address} tcp dport {port} drop\n }}\n}}\n")
     subprocess.run(["nft", "-f", "-"], input=rule, text=True, check=True)
     try:
         yield

@@ -61,9 +61,9 @@ def client(lab) -> httpx.Client:
 def spec_restored(lab):
     """The test edits the lab's spec; the lab's own spec file is back afterwards (deployed by the next deploy: each
     test starts from whatever config the previous one left live, which the switch must handle anyway)."""
-    saved = (list(lab.extra_models), dict(lab.weights), dict(lab.settings))
+    saved = (list(lab.extra_models), list(lab.extra_fallbacks), dict(lab.weights), dict(lab.settings))
     yield
-    lab.extra_models[:], lab.weights, lab.settings = saved[0], saved[1], saved[2]
+    lab.extra_models[:], lab.extra_fallbacks[:], lab.weights, lab.settings = saved
     lab.write_spec()
 
 

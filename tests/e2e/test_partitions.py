@@ -1,7 +1,9 @@
-"""Dependencies that go silent instead of refusing (same session and hosts as test_stack.py): Redis cut off by
-dropped packets under load. LiteLLM's Redis calls give up after litellm_redis_timeout and its circuit breaker
-skips Redis until it answers again (rate limits, cooldowns and budgets per instance meanwhile): nothing fails,
-latency stays, RedisBypassed fires, and shared state resumes without a restart.
+"""Dependencies that go silent instead of refusing (same session and hosts as test_stack.py).
+
+Redis cut off by dropped packets under load: LiteLLM's Redis calls give up after litellm_redis_timeout and its
+circuit breaker skips Redis until it answers again (rate limits, cooldowns and budgets per instance meanwhile):
+nothing fails, latency stays, RedisBypassed fires, and shared state resumes without a restart.
+(A provider that hangs: tests/e2e/test_stack_switch.py, which runs after the tests that expect the lab's own spec.)
 """
 
 from __future__ import annotations
@@ -59,3 +61,4 @@ def test_redis_cut_off_under_load_fails_nothing_keeps_p99_fires_its_alert_and_re
     assert after > before, (before, after)  # the gateways write to Redis again (counters, cooldowns)
     print(f"breaker alerts: {sorted(fired)}; Redis commands in 5 s after resume: {after - before}; "
           f"resumed {time.monotonic() - back_at:.0f} s after the cut ended")
+

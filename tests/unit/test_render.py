@@ -186,6 +186,8 @@ def test_deployments(spec, settings):
         "api_base": "https://api.openai.com/v1",
         "api_key": "os.environ/GK_SECRET_OPENAI_KEY",
         "weight": 3,
+        "timeout": 60,
+        "stream_timeout": 30,
         "rpm": 500,
         "tpm": 200000,
     }
@@ -925,3 +927,22 @@ def test_metrics_of_litellms_own_database_are_off_without_it_and_none_the_kit_re
     json.dumps(ls)  # plain data for config.yaml
     with_db = render.litellm_config(spec, {**settings, "litellm_database": True}, REDIS)["litellm_settings"]
     assert "prometheus_exclude_metrics" not in with_db  # LiteLLM's own keys, teams and users exist there
+
+
+def test_a_deployment_waits_its_own_timeout_then_cools_down_at_once(spec, settings):
+    """Per attempt: the settings' timeouts unless the deployment has its own; one timeout cools the deployment down."""
+    d = spec.models[0].deployments[1]
+    d.timeout, d.stream_timeout = 12.5, 4
+    cfg = litellm_config(spec, {**settings, "litellm_deployment_timeout": 90, "litellm_deployment_stream_timeout": 20}, None)
+    params = [m["litellm_params"] for m in cfg["model_list"]]
+    assert [(p["timeout"], p["stream_timeout"]) for p in params] == [(90, 20), (12.5, 4), (90, 20), (90, 20)]
+    # A timeout, a refused key or an unknown model cools a deployment down at once; a 429 only where the model has
+    # other deployments; nothing at the router's level (that would drop LiteLLM's single-deployment safety net).
+    assert "allowed_fails_policy" not in cfg["router_settings"]
+    infos = {(m["model_name"], m["model_info"]["id"]): m["model_info"] for m in cfg["model_list"]}
+    at_first = {"TimeoutErrorAllowedFails": 0, "AuthenticationErrorAllowedFails": 0, "NotFoundErrorAllowedFails": 0}
+    for (name, _), info in infos.items():
+        several = len(spec.model(name).deployments) > 1
+        assert info["allowed_fails_policy"] == ({**at_first, "RateLimitErrorAllowedFails": 0} if several else at_first)
+        assert info["allowed_fails"] == spec.retry.allowed_fails
+    assert any(len(m.deployments) > 1 for m in spec.models) and any(len(m.deployments) == 1 for m in spec.models)

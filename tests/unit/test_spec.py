@@ -927,3 +927,42 @@ def test_a_second_fallback_entry_for_the_same_model_is_refused():
     assert problems_of(data) == [
         f"{SPEC_PATH}: fallbacks[2].from: 'claude' already has its fallbacks in fallbacks[1]. "
         "Fix: list all of its targets there, in order."]
+
+
+def _deadline_spec(tmp_path, **settings):
+    import yaml as _yaml
+
+    from gatekit.spec import parse_spec
+    data = _yaml.safe_load((Path(__file__).resolve().parents[2] / "inventories" / "example.gateway.yaml").read_text())
+    data["settings"].update(settings)
+    return data, lambda d: parse_spec(d, tmp_path / "x.gateway.yaml")
+
+
+def test_a_call_that_could_wait_past_nginx_is_refused_naming_the_model_and_the_fix(tmp_path):
+    from gatekit.spec import SpecError
+
+    data, parse = _deadline_spec(tmp_path)
+    parse(data)  # the defaults fit: 60 s x (one attempt per deployment, at most 3) per model and fallback < 600 s
+    data["settings"]["nginx_read_timeout"] = 110
+    with pytest.raises(SpecError) as exc:
+        parse(data)
+    smart = [p for p in exc.value.problems if "a call to 'smart'" in p]
+    assert len(smart) == 1 and "can wait 120 s" in smart[0] and "smart 60 s + fast 60 s" in smart[0], exc.value.problems
+    assert "Fix: lower settings.litellm_deployment_timeout" in smart[0] and "raise settings.nginx_read_timeout" in smart[0]
+    # A deployment's own timeout counts instead of the setting's.
+    data["settings"]["nginx_read_timeout"] = 600
+    data["models"][1]["deployments"][0]["stream_timeout"] = 590
+    with pytest.raises(SpecError) as exc:
+        parse(data)
+    assert [p for p in exc.value.problems if "a streamed call to 'smart' can wait 620 s" in p], exc.value.problems
+
+
+@pytest.mark.parametrize("value", [True, "5", 0, -1, 86401])
+def test_a_deployment_timeout_that_is_no_number_of_seconds_is_refused(tmp_path, value):
+    from gatekit.spec import SpecError
+
+    data, parse = _deadline_spec(tmp_path)
+    data["models"][0]["deployments"][0]["timeout"] = value
+    with pytest.raises(SpecError) as exc:
+        parse(data)
+    assert [p for p in exc.value.problems if "models[0].deployments[0].timeout" in p], exc.value.problems
