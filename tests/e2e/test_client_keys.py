@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from gatekit.onhost.keyauth import RELOAD_SECONDS
+from lab import faults
 from lab.checks import gatekit, lab_client, secret_locations, wait_until
 from lab.load import Load
 
@@ -275,6 +276,46 @@ def test_postgres_down_fails_no_request_and_usage_is_written_on_recovery(lab, ke
     assert month() == before + 16
     log = lab.hosts["gw1"].run("journalctl -q --no-pager -u 'litellm@*' --since '-5min' | grep gatekit-keys || true").stdout
     assert "cannot write usage to PostgreSQL" in log and "buffered usage written" in log, log[-2000:]
+
+
+def _p99_ms(load: Load, gw: str) -> float:
+    lat = sorted(r[4] for r in load.results if r[1] == gw)
+    return round(lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000, 1)
+
+
+def test_postgres_cut_off_under_load_fails_nothing_keeps_p99_and_every_request_is_counted_on_return(lab, keys):
+    """PostgreSQL silent (its packets dropped, nothing refused) for 25 s under client-key traffic with a monthly
+    budget: no request fails, p99 stays within 1 s of the same load with PostgreSQL answering, and every served
+    request is in the usage ledger once it answers again."""
+    budgeted = add_key(lab, "budgeted", "--models", "fast", "--budget", "1000")
+    assert lab.deploy().ok
+    wait_until(lambda: all(chat(lab, gw, budgeted).status_code == 200 for gw in GATEWAYS), timeout=10, what="key works")
+    pg = lab.groups["postgres"][0]
+
+    def month() -> int:
+        out = json.loads(gatekit(lab, "keys", "list", "--spec", str(lab.spec_path), "--json", "--usage",
+                                 str(lab.inventory_path)).stdout)
+        return {k["name"]: k["month"]["requests"] for k in out["keys"]}["budgeted"]
+
+    time.sleep(3)  # the calls above are written within a flush interval
+    before = month()
+    with Load(lab, list(GATEWAYS), models=("fast",), api_key=budgeted) as healthy:
+        time.sleep(15)
+    with Load(lab, list(GATEWAYS), models=("fast",), api_key=budgeted) as cut:
+        time.sleep(2)
+        with faults.dropped(lab, pg, lab.host_settings(pg)["postgres_port"]):
+            time.sleep(25)
+        time.sleep(3)
+    report = {gw: {"healthy_p99_ms": _p99_ms(healthy, gw), "cut_p99_ms": _p99_ms(cut, gw)} for gw in GATEWAYS}
+    served = len(healthy.results) + len(cut.results)
+    print("PostgreSQL cut off for 25 s under load:", cut.summary(), "healthy:", healthy.summary(), report)
+    assert healthy.failures == [] and cut.failures == [], (healthy.summary(), cut.summary())
+    for gw in GATEWAYS:
+        assert report[gw]["cut_p99_ms"] <= report[gw]["healthy_p99_ms"] + 1000, report
+    t0 = time.monotonic()
+    assert wait_until(lambda: month() >= before + served, timeout=180, interval=3)
+    assert month() == before + served, (month(), before, served)  # each once: none lost, none twice
+    print(f"all {served} served requests in the ledger {time.monotonic() - t0:.0f} s after PostgreSQL answered again")
 
 
 def test_revoking_a_key_takes_effect_on_deploy_without_restart_or_failed_request(lab, keys):
