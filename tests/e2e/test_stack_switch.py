@@ -27,14 +27,27 @@ def canaries(provider, since: float, model: str, gw_address: str) -> list[float]
     return [r["time"] for r in provider.requests(since=since, client=gw_address) if r.get("model") == model]
 
 
+def quick_and_hung(lab):
+    """The models the first test adds, `quick` and `hung` (its deployment's provider hangs in the second test: a 2 s
+    timeout per attempt, then the fallback to quick). The second test asks for the same spec: run after the first, its
+    deploy changes nothing; alone, it switches to these models."""
+    base = f"{lab.provider_url}/v1"
+    lab.extra_models += [
+        {"name": "quick", "price": {"input_per_1m": 0.1, "output_per_1m": 0.2},
+         "deployments": [{"provider": "openai", "model": "fake-quick", "api_base": base, "secret": "openai_key"}]},
+        {"name": "hung", "price": {"input_per_1m": 0.1, "output_per_1m": 0.2},
+         "deployments": [{"provider": "openai", "model": "fake-hung", "api_base": base, "secret": "openai_key",
+                          "timeout": 2, "stream_timeout": 2}]},
+    ]
+    lab.extra_fallbacks.append({"from": "hung", "to": ["quick"]})
+    lab.weights["fast"] = 3
+
+
 def test_a_spec_change_switches_every_gateway_first_one_alone_then_the_rest_without_a_failed_request(
         lab, provider, spec_restored):
     gws = gateways(lab)
     before = {gw: lab.live_ports(gw) for gw in gws}
-    lab.extra_models.append({"name": "quick", "price": {"input_per_1m": 0.1, "output_per_1m": 0.2},
-                             "deployments": [{"provider": "openai", "model": "fake-quick",
-                                              "api_base": f"{lab.provider_url}/v1", "secret": "openai_key"}]})
-    lab.weights["fast"] = 3
+    quick_and_hung(lab)
     lab.write_spec()
     since = time.time()
     with Load(lab, gws, threads_per_gateway=2) as load:
@@ -70,6 +83,48 @@ def test_a_spec_change_switches_every_gateway_first_one_alone_then_the_rest_with
     assert not status["mixed"] and [g["gateway"] for g in status["gateways"]] == [lab.hosts[gw].address for gw in gws]
     for g, gw in zip(status["gateways"], gws):
         assert (g["state"], g["last_change"], g["config_sha1"]) == ("current", "deploy", config_sha1(lab, gw)), g
+
+
+def test_a_hung_provider_costs_one_timeout_then_the_fallback_answers_and_the_next_calls_skip_it(
+        lab, provider, spec_restored):
+    """The provider accepts every call to `hung`'s deployment and never answers (issue 24's hung provider): the first
+    call falls back to `quick` after one 2 s timeout (the deployment is cooled down at once, so the retry does not wait
+    again), the next calls skip it without reaching the provider, streamed ones too; the other models are untouched."""
+    quick_and_hung(lab)
+    lab.write_spec()
+    gws = list(lab.groups["gateways"])
+    with Load(lab, gws) as load:
+        switched = lab.deploy()  # after the first test: nothing to do; alone: the switch to these models
+    assert switched.ok and load.failures == [], load.summary()
+    gw = gws[0]
+    provider.faults(latency=600, model="fake-hung")
+    try:
+        since = time.time()
+        with Load(lab, gws) as load, gateway_client(lab) as client:
+            timings = []
+            for stream in (False, False, True):
+                t0 = time.monotonic()
+                if stream:
+                    with client.stream("POST", f"{lab.gateway_url(gw)}/v1/chat/completions",
+                                       json={"model": "hung", "messages": [{"role": "user", "content": "hi"}],
+                                             "max_tokens": 5, "stream": True}) as r:
+                        body = r.read().decode()
+                else:
+                    r = completion(client, lab.gateway_url(gw), model="hung")
+                    body = r.text
+                timings.append(round(time.monotonic() - t0, 2))
+                assert r.status_code == 200 and "fake-answer" in body, (stream, r.status_code, body[:300])
+        print("hung provider: seconds per call (plain, plain, streamed):", timings, "other models:", load.summary())
+        assert load.failures == [], load.summary()
+        seen = [r["model"] for r in provider.requests(since=since, client=lab.hosts[gw].address)
+                if r.get("model") in ("fake-hung", "fake-quick")]
+        # (nginx strips LiteLLM's x-litellm-* headers: the provider's records say who answered.) One attempt reached
+        # the hung deployment; its retry and the next two calls skipped it (cooled down); each call was answered by
+        # the fallback's deployment.
+        assert seen.count("fake-hung") == 1 and seen.count("fake-quick") == 3, seen
+        assert timings[0] < 30, timings  # one 2 s timeout and the fallback, not LiteLLM's 600 s request timeout
+    finally:
+        provider.clear_faults(model="fake-hung")
 
 
 def test_a_model_the_provider_refuses_is_rolled_back_on_the_first_gateway_and_never_reaches_the_others(
@@ -145,52 +200,3 @@ def test_a_deploy_switch_killed_on_the_first_gateway_is_finished_by_the_next_dep
     again = lab.deploy()
     assert again.ok and again.changes == 0, {h: again.changed_ops(lab.hosts[h].address) for h in gws}
 
-
-def test_a_hung_provider_costs_one_timeout_then_the_fallback_answers_and_the_next_calls_skip_it(
-        lab, provider, spec_restored):
-    """The provider accepts every call to `hung`'s deployment and never answers (issue 24's hung provider): the first
-    call falls back to `quick` after one 2 s timeout (the deployment is cooled down at once, so the retry does not wait
-    again), the next calls skip it without reaching the provider, streamed ones too; the other models are untouched."""
-    base = f"{lab.provider_url}/v1"
-    lab.extra_models += [
-        {"name": "quick", "price": {"input_per_1m": 0.1, "output_per_1m": 0.2},
-         "deployments": [{"provider": "openai", "model": "fake-quick", "api_base": base, "secret": "openai_key"}]},
-        {"name": "hung", "price": {"input_per_1m": 0.1, "output_per_1m": 0.2},
-         "deployments": [{"provider": "openai", "model": "fake-hung", "api_base": base, "secret": "openai_key",
-                          "timeout": 2, "stream_timeout": 2}]},
-    ]
-    lab.extra_fallbacks.append({"from": "hung", "to": ["quick"]})
-    lab.write_spec()
-    gws = list(lab.groups["gateways"])
-    with Load(lab, gws) as load:
-        switched = lab.deploy()  # the new models through the switch, canaried while the provider still answers
-    assert switched.ok and load.failures == [], load.summary()
-    gw = gws[0]
-    provider.faults(latency=600, model="fake-hung")
-    try:
-        since = time.time()
-        with Load(lab, gws) as load, gateway_client(lab) as client:
-            timings = []
-            for stream in (False, False, True):
-                t0 = time.monotonic()
-                if stream:
-                    with client.stream("POST", f"{lab.gateway_url(gw)}/v1/chat/completions",
-                                       json={"model": "hung", "messages": [{"role": "user", "content": "hi"}],
-                                             "max_tokens": 5, "stream": True}) as r:
-                        body = r.read().decode()
-                else:
-                    r = completion(client, lab.gateway_url(gw), model="hung")
-                    body = r.text
-                timings.append(round(time.monotonic() - t0, 2))
-                assert r.status_code == 200 and "fake-answer" in body, (stream, r.status_code, body[:300])
-        print("hung provider: seconds per call (plain, plain, streamed):", timings, "other models:", load.summary())
-        assert load.failures == [], load.summary()
-        seen = [r["model"] for r in provider.requests(since=since, client=lab.hosts[gw].address)
-                if r.get("model") in ("fake-hung", "fake-quick")]
-        # (nginx strips LiteLLM's x-litellm-* headers: the provider's records say who answered.) One attempt reached
-        # the hung deployment; its retry and the next two calls skipped it (cooled down); each call was answered by
-        # the fallback's deployment.
-        assert seen.count("fake-hung") == 1 and seen.count("fake-quick") == 3, seen
-        assert timings[0] < 30, timings  # one 2 s timeout and the fallback, not LiteLLM's 600 s request timeout
-    finally:
-        provider.clear_faults(model="fake-hung")
