@@ -1416,3 +1416,36 @@ def test_a_deploy_switch_cut_off_after_the_swap_is_rolled_back_with_its_files(gw
     for path, what in files.items():
         assert Path(path).read_text() == f"old {what}\n", path
     assert up() == BLUE and gw.running == set(BLUE) and gw.journal() is None
+
+
+def _upgrade_files(gw) -> tuple[dict[str, str], str, str]:
+    """An upgrade staged on the fake host: the config and a launcher naming a new venv build; `venv` on the old one."""
+    files = _deploy_files(gw)
+    L = R.LAYOUT
+    old, new = _venv_build(gw, "a" * 16, "1.106.2"), _venv_build(gw, "b" * 16, "1.108.7")
+    os.symlink(old, L.venv)
+    Path(L.bin_dir).mkdir(parents=True)
+    Path(L.launcher).write_text(f"#!{old}/bin/python3\n")
+    Path(L.launcher + ".next").write_text(f"#!{new}/bin/python3\n")
+    return {**files, L.launcher: "launcher"}, old, new
+
+
+@pytest.mark.parametrize("step", ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx", "drain"])
+def test_an_upgrade_cut_off_after_any_step_is_rolled_back_or_finished_by_the_next_run(gw, monkeypatch, step):
+    """kill -9 of the deploy's switch after each step (here SystemExit where it would SIGKILL itself), then the next
+    run with nothing staged: before nginx switched, every file (the launcher too) is the old one again and `venv` never
+    moved; after, the new files serve, `venv` names the new build and live.json the new LiteLLM."""
+    files, old, new = _upgrade_files(gw)
+    monkeypatch.setattr(R.os, "kill", lambda pid, sig: (_ for _ in ()).throw(SystemExit(f"killed after {step}")))
+    with pytest.raises(SystemExit):
+        R.rotate(args(secrets="-", files=",".join(files), models="fast", change="deploy", fail_after=step))
+    assert gw.journal() is not None
+    assert R.rotate(args(secrets="-", files="", models="", change="deploy")) == 0
+    assert gw.journal() is None
+    forward = step in ("switch", "purge", "canary-nginx", "drain")
+    assert Path(R.LAYOUT.launcher).read_text() == f"#!{new if forward else old}/bin/python3\n"
+    assert Path(R.LAYOUT.config).read_text() == ("new config\n" if forward else "old config\n")
+    assert os.readlink(R.LAYOUT.venv) == (new if forward else old)
+    assert up() == (GREEN if forward else BLUE) and gw.running == set(GREEN if forward else BLUE)
+    if forward:
+        assert gw.live()["litellm_version"] == "1.108.7" and gw.live()["venv"] == new
