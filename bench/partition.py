@@ -27,16 +27,6 @@ LITELLM_DEFAULTS = {"litellm_redis_timeout": 5.0, "litellm_redis_breaker_failure
                     "litellm_redis_breaker_window": 5.0, "litellm_redis_breaker_recovery": 60}
 
 
-def per_gateway(load: Load) -> dict:
-    out = {}
-    for gw in GATEWAYS:
-        lat = sorted(r[4] for r in load.results if r[1] == gw)
-        pct = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 1) if lat else None  # noqa: E731
-        out[gw] = {"requests": len(lat), "failed": sum(1 for r in load.results if r[1] == gw and not r[2]),
-                   "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
-    return out
-
-
 def measure(lab: Lab, seconds: float, cut: bool) -> dict:
     redis = lab.groups["redis"][0]
     with Load(lab, GATEWAYS) as load:
@@ -47,7 +37,7 @@ def measure(lab: Lab, seconds: float, cut: bool) -> dict:
         else:
             time.sleep(seconds)
         time.sleep(2)
-    return per_gateway(load)
+    return {gw: load.summary(gw) for gw in GATEWAYS}
 
 
 def main():

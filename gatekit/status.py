@@ -48,7 +48,7 @@ def parse_evidence(lines: list[str]) -> dict:
         elif kind == "venv":
             ev["venv"] = rest
         elif kind == "litellm" and rest.startswith("litellm-"):
-            ev["litellm_version"] = rest[len("litellm-"):-len(".dist-info")]
+            ev["litellm_version"] = Layout.dist_info_version(rest)
         elif kind == "fp":
             name, _, fp = rest.partition(" ")
             ev["fingerprints"][name] = fp

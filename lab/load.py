@@ -77,11 +77,14 @@ class Load:
     def failures(self):
         return [r for r in self.results if not r[2]]
 
-    def summary(self) -> dict:
-        """Requests, failures and latency percentiles (plain and streamed together, whole responses)."""
-        lat = sorted(r[4] for r in self.results)
+    def summary(self, gateway: str | None = None) -> dict:
+        """Requests, failures and latency percentiles (plain and streamed together, whole responses), of every
+        gateway's requests or of `gateway`'s alone."""
+        results = [r for r in self.results if gateway is None or r[1] == gateway]
+        failures = [r for r in results if not r[2]]
+        lat = sorted(r[4] for r in results)
         pct = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 1) if lat else None  # noqa: E731
-        return {"requests": len(self.results), "failed": len(self.failures),
+        return {"requests": len(results), "failed": len(failures),
                 "p50_ms": pct(0.50), "p99_ms": pct(0.99),
                 # What went wrong, not only how often: the first few failures, one line each.
-                "failures": [f"{gw}: {' '.join(str(detail).split())[:160]}" for _, gw, _, detail, _ in self.failures[:5]]}
+                "failures": [f"{gw}: {' '.join(str(detail).split())[:160]}" for _, gw, _, detail, _ in failures[:5]]}

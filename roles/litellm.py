@@ -130,7 +130,8 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
     # No restart: the custom-auth hook re-reads the table when it changes, so keys come and go without a failed request.
     want.file(L.client_keys, host_table(ctx.spec, load_keys(ctx.spec)), "root", svc, "640",
               name="Ship the client keys table (hashes and limits, never a key)")
-    want.file(L.launcher, launcher(s, L, env_for, L.venv_build(build.stamp)), mode="755", notify="restart", name="Install the LiteLLM launcher")
+    want.file(L.launcher, launcher(s, L, env_for, L.venv_build(build.stamp)), mode="755", notify="restart",
+              name="Install the LiteLLM launcher")
     for program in ONHOST_PROGRAMS:
         want.file(L.program(program), onhost_source(program), mode="644" if program in ("layout.py", "gcpolicy.py") else "755",
                   notify="restart" if program in LOADED_BY_LITELLM else (), name=f"Install the on-host program {program}")

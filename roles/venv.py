@@ -161,8 +161,7 @@ def switch_venv_commands(venv: str, new: str, stamp: str, unit: str = Layout.ven
     """Wait for the background build; on failure show the build's log, leave the live venv alone and fail. On
     success (`move_live`) make it the live venv (symlink switch). Kept: the new build and the one live before this
     step (a switch back to it reuses it); other builds are removed."""
-    keep = (f"prev=$(readlink {venv} || true); ln -sfn {new} {venv}.next && mv -T {venv}.next {venv}; " if move_live
-            else f"prev=$(readlink {venv} || true); ")
+    move = f"ln -sfn {new} {venv}.next && mv -T {venv}.next {venv}; " if move_live else ""
     return [
         background.wait_command(
             unit,
@@ -173,6 +172,7 @@ def switch_venv_commands(venv: str, new: str, stamp: str, unit: str = Layout.ven
         # Hosts deployed before venvs were versioned hold a plain directory here (on a serving gateway the switch
         # moves it aside once its instances stopped: rotate.py point_venv_at_live).
         *([f"if [ -d {venv} ] && [ ! -L {venv} ]; then rm -rf {venv}.old && mv {venv} {venv}.old; fi"] if move_live else []),
-        keep + f"for d in $(dirname {new})/*; do [ \"$d\" = {new} ] || [ \"$d\" = \"$prev\" ] || rm -rf \"$d\"; done; "
+        f"prev=$(readlink {venv} || true); " + move +
+        f"for d in $(dirname {new})/*; do [ \"$d\" = {new} ] || [ \"$d\" = \"$prev\" ] || rm -rf \"$d\"; done; "
         f"rm -rf {venv}.old",
     ]

@@ -74,7 +74,7 @@ class Layout:
 
     # ---- LiteLLM: code ------------------------------------------------------------------------------
     @property
-    def venv(self) -> str:  # a symlink to the newest complete build under venvs/ (the live set's is the launcher's)
+    def venv(self) -> str:  # a symlink to the live set's build under venvs/ (the one its launcher names)
         return f"{self.litellm_home}/venv"
 
     @property
@@ -99,8 +99,13 @@ class Layout:
         import glob
 
         for d in sorted(glob.glob(os.path.join(venv, "lib", "python3*", "site-packages", "litellm-*.dist-info"))):
-            return os.path.basename(d)[len("litellm-"):-len(".dist-info")]
+            return Layout.dist_info_version(os.path.basename(d))
         return ""
+
+    @staticmethod
+    def dist_info_version(name: str) -> str:
+        """litellm-1.2.3.dist-info -> 1.2.3 (also for gatekit status, which lists the directory over SSH)."""
+        return name[len("litellm-"):-len(".dist-info")]
 
     @property
     def venv_stamp(self) -> str:

@@ -278,11 +278,6 @@ def test_postgres_down_fails_no_request_and_usage_is_written_on_recovery(lab, ke
     assert "cannot write usage to PostgreSQL" in log and "buffered usage written" in log, log[-2000:]
 
 
-def _p99_ms(load: Load, gw: str) -> float:
-    lat = sorted(r[4] for r in load.results if r[1] == gw)
-    return round(lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000, 1)
-
-
 def test_postgres_cut_off_under_load_fails_nothing_keeps_p99_and_every_request_is_counted_on_return(lab, keys):
     """PostgreSQL silent (its packets dropped, nothing refused) for 25 s under client-key traffic with a monthly
     budget: no request fails, p99 stays within 1 s of the same load with PostgreSQL answering, and every served
@@ -306,7 +301,8 @@ def test_postgres_cut_off_under_load_fails_nothing_keeps_p99_and_every_request_i
         with faults.dropped(lab, pg, lab.host_settings(pg)["postgres_port"]):
             time.sleep(25)
         time.sleep(3)
-    report = {gw: {"healthy_p99_ms": _p99_ms(healthy, gw), "cut_p99_ms": _p99_ms(cut, gw)} for gw in GATEWAYS}
+    report = {gw: {"healthy_p99_ms": healthy.summary(gw)["p99_ms"], "cut_p99_ms": cut.summary(gw)["p99_ms"]}
+              for gw in GATEWAYS}
     served = len(healthy.results) + len(cut.results)
     print("PostgreSQL cut off for 25 s under load:", cut.summary(), "healthy:", healthy.summary(), report)
     assert healthy.failures == [] and cut.failures == [], (healthy.summary(), cut.summary())

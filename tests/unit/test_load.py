@@ -73,3 +73,15 @@ def test_a_request_closed_without_an_answer_is_a_failure_and_never_resent():
     assert s["requests"] == server.count, (s, server.count)
     assert s["failed"] == server.dropped, (s, server.dropped)
     assert all("RemoteProtocolError" in d for _, _, ok, d, _ in load.results if not ok), load.failures
+
+
+def test_a_summary_of_one_gateway_counts_only_its_requests():
+    load = Load(_Lab("http://127.0.0.1:9"), ["gw1", "gw2"])
+    # (start, gateway, ok, detail, seconds): gw1 100 requests of 0.01..1.00 s, one failed; gw2 one slow request.
+    load.results = [(0.0, "gw1", i != 7, f"r{i}", (i + 1) / 100) for i in range(100)] + [(0.0, "gw2", True, "s", 9.0)]
+    one = load.summary("gw1")
+    assert (one["requests"], one["failed"], one["p50_ms"], one["p99_ms"]) == (100, 1, 510.0, 1000.0)
+    assert one["failures"] == ["gw1: r7"]
+    other = load.summary("gw2")
+    assert (other["requests"], other["failed"], other["p99_ms"], other["failures"]) == (1, 0, 9000.0, [])
+    assert load.summary()["requests"] == 101 and load.summary()["p99_ms"] == 1000.0
