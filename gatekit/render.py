@@ -87,7 +87,9 @@ def litellm_config(spec: GatewaySpec, settings: dict, redis: dict | None, finger
         for i, d in enumerate(m.deployments):
             params = {
                 "model": f"{d.provider}/{d.model}",
-                "api_base": d.api_base,
+                # No api_base: LiteLLM's own endpoint for the provider (gatekit/providers.py SHAPES).
+                **({"api_base": d.api_base} if d.api_base else {}),
+                **({"api_version": d.api_version} if d.api_version else {}),
                 "api_key": f"os.environ/{secret_env(d.secret)}",
                 "weight": d.weight,
                 # Per attempt: a provider that accepts a call and never answers costs this long, not the 600 s

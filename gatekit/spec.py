@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gatekit import providers
 from gatekit.defaults import COMPROMISED_LITELLM_VERSIONS, DEFAULTS, FORBIDDEN_LITELLM_PORTS
 from gatekit.onhost.layout import Layout
 from gatekit.resources import requirements_file
@@ -65,7 +66,10 @@ class Price(_Strict):
 class Deployment(_Strict):
     provider: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="LiteLLM provider prefix: openai, anthropic, ...")
     model: str = Field(min_length=1, max_length=512, description="the provider's model name")
-    api_base: str = Field(pattern=r"^https?://[^\s/]+", description="provider endpoint")
+    api_base: str | None = Field(default=None, pattern=r"^https?://[^\s/]+",
+                                 description="provider endpoint (optional where LiteLLM has one: gatekit/providers.py)")
+    api_version: str | None = Field(default=None, pattern=providers.AZURE_API_VERSION_RE,
+                                    description="Azure's api-version, pinned (azure only)")
     secret: str = Field(pattern=SECRET_RE, description="vault secret holding this deployment's API key")
     weight: float = Field(default=1.0, allow_inf_nan=False)
     rpm: int | None = Field(default=None, gt=0)
@@ -78,8 +82,8 @@ class Deployment(_Strict):
 
     @field_validator("api_base")
     @classmethod
-    def _plain_url(cls, value: str) -> str:
-        problem = url_problem(value)
+    def _plain_url(cls, value: str | None) -> str | None:
+        problem = url_problem(value) if value is not None else ""
         if problem:
             raise ValueError(f"{problem}; use a plain http(s) URL such as https://api.openai.com/v1")
         return value
@@ -782,6 +786,15 @@ def _semantic_problems(spec: GatewaySpec, secret_names: set[str] | None) -> list
                 "Fix: add at least one deployment or remove the model."
             )
         for j, d in enumerate(m.deployments):
+            at = f"{f}: models[{i}].deployments[{j}]"
+            unknown_provider = providers.provider_problem(d.provider)
+            if unknown_provider:  # its api_base and api_version cannot be judged
+                problems.append(f"{at}.provider: {unknown_provider}.")
+            for field, problem in (() if unknown_provider else (
+                    ("api_base", providers.base_problem(d.provider, d.api_base)),
+                    ("api_version", providers.api_version_problem(d.provider, d.api_version)))):
+                if problem:
+                    problems.append(f"{at}.{field}: {problem}.")
             if d.weight <= 0:
                 problems.append(
                     f"{f}: models[{i}].deployments[{j}].weight: weight {d.weight:g} for {m.name!r} "
@@ -851,12 +864,12 @@ def _semantic_problems(spec: GatewaySpec, secret_names: set[str] | None) -> list
             f"{f}: budgets.proxy: LiteLLM enforces a proxy-wide budget only with a database; without one it is "
             "silently ignored. Fix: set settings.litellm_database: true, or use budgets.providers (enforced via Redis)."
         )
-    providers = {d.provider for m in spec.models for d in m.deployments}
+    used_providers = {d.provider for m in spec.models for d in m.deployments}
     for p in spec.budgets.providers:
-        if p not in providers:
+        if p not in used_providers:
             problems.append(
                 f"{f}: budgets.providers.{key_shown(p)}: no deployment uses provider {shown(p)}. "
-                f"Fix: use one of {sorted(providers)}."
+                f"Fix: use one of {sorted(used_providers)}."
             )
 
     problems += check_settings(spec.settings, str(f))

@@ -104,8 +104,10 @@ def test_rich_spec_parses_and_reports_its_secrets():
                 "price": {"input_per_1m": 5, "output_per_1m": 20},
                 "deployments": [
                     _dep("openai", "gpt-4o", "https://api.openai.com/v1", "openai_key", weight=3, rpm=100),
-                    _dep("azure", "gpt-4o-eu", "https://eu.example.azure.com", "azure_eu_key", weight=1, tpm=90000),
-                    _dep("azure", "gpt-4o-us", "http://us.example.azure.com:8443/v1", "azure_us_key", weight=0.5),
+                    _dep("azure", "gpt-4o-eu", "https://eu.example.azure.com", "azure_eu_key", weight=1, tpm=90000,
+                         api_version="2024-10-21"),
+                    _dep("azure", "gpt-4o-us", "http://us.example.azure.com:8443/v1", "azure_us_key", weight=0.5,
+                         api_version="2025-04-01-preview"),
                 ],
             },
             {
