@@ -5,7 +5,8 @@ Standard library only: it must run on any Python >= 3.11 without the venv::
 
     python3 lab/fakeprovider.py --host 10.77.0.1 --port 18080 --state-dir DIR
 
-It speaks just enough of two upstream APIs for LiteLLM Proxy to use it:
+It speaks just enough of four upstream APIs for LiteLLM Proxy to use it (LiteLLM's own
+``openai/``, ``anthropic/``, ``gemini/`` and ``azure/`` provider code runs against it unchanged):
 
 * OpenAI-compatible (LiteLLM ``api_base = http://HOST:PORT/v1``)::
 
@@ -16,6 +17,32 @@ It speaks just enough of two upstream APIs for LiteLLM Proxy to use it:
 
       POST /v1/messages             (auth: ``x-api-key: <key>``)
       POST /v1/messages/count_tokens
+
+* Google Gemini, AI Studio API (LiteLLM ``gemini/<model>``, ``api_base = http://HOST:PORT/v1beta``)::
+
+      POST /v1beta/models/<model>:generateContent
+      POST /v1beta/models/<model>:streamGenerateContent?alt=sse
+                                    (auth: ``x-goog-api-key: <key>`` or ``?key=<key>``;
+                                     /v1/ and /v1alpha/ work too; without alt=sse
+                                     the stream is a JSON array, as Google sends it)
+
+  Answers are ``GenerateContentResponse`` objects (``candidates[0].content.parts[0].text``,
+  ``usageMetadata``, ``modelVersion``); errors are Google's
+  ``{"error": {"code": 429, "message": ..., "status": "RESOURCE_EXHAUSTED"}}``.  A
+  refused key is answered as Google does: 400 INVALID_ARGUMENT "API key not valid. Please
+  pass a valid API key." (403 PERMISSION_DENIED when no key was sent).
+
+* Azure OpenAI (LiteLLM ``azure/<deployment>``, ``api_base = http://HOST:PORT``, ``api_version``)::
+
+      POST /openai/deployments/<deployment>/chat/completions?api-version=<version>
+                                    (auth: ``api-key: <key>``, or ``Authorization: Bearer <token>``)
+
+  Bodies and answers are OpenAI's (the answer's ``model`` is the deployment); errors are
+  Azure's ``{"error": {"code": "401", "message": ...}}``; no ``api-version`` is 404
+  "Resource not found", as Azure answers it.  Records carry the ``api_version`` seen.
+
+Every request is recorded with its ``api`` ("openai", "anthropic", "gemini", "azure",
+"models"); for Gemini and Azure the model (and deployment) is the one in the path.
 
 Every answer is deterministic: ``fake-answer model=<model> deployment=<model>``
 (the deployment tag is the whole upstream model name; give each deployment a
@@ -39,8 +66,10 @@ model is given), and answer with an HTTP status and/or add latency:
   ``Retry-After``, default 1 s);
 * ``latency`` s    -- sleep s seconds before answering.
 
-Faults apply to /v1/chat/completions and /v1/messages only, and only to
-requests that passed the key check.  Model-specific rules are consulted before
+Faults apply to the completion endpoints only (OpenAI, Anthropic Messages, Gemini
+generateContent / streamGenerateContent, Azure chat completions; the model of a Gemini or
+Azure request is the one in its path), and only to requests that passed the key check;
+errors are in the shape of the API asked.  Model-specific rules are consulted before
 global ones.
 """
 
@@ -141,7 +170,7 @@ def split_pieces(text: str, n: int) -> list[str]:
 
 
 def _count_words(value: Any) -> int:
-    """Rough, deterministic token count of a prompt (messages / system)."""
+    """Rough, deterministic token count of a prompt (messages / system; Gemini contents / systemInstruction)."""
     if value is None:
         return 0
     if isinstance(value, str):
@@ -150,7 +179,7 @@ def _count_words(value: Any) -> int:
         return sum(_count_words(v) for v in value)
     if isinstance(value, dict):
         total = 0
-        for k in ("content", "text"):
+        for k in ("content", "text", "parts"):
             if k in value:
                 total += _count_words(value[k])
         return total
@@ -434,6 +463,7 @@ class ProviderState:
             "deployment": None,
             "stream": False,
             "fingerprint": None,
+            "api_version": None,  # Azure's api-version query parameter
             "client": None,
             "status": None,
             "error": None,
@@ -466,6 +496,7 @@ class ProviderState:
         path: str | None = None,
         fp: str | None = None,
         client: str | None = None,
+        api: str | None = None,
     ) -> list[dict]:
         with self.lock:
             out = []
@@ -479,6 +510,8 @@ class ProviderState:
                 if fp is not None and r["fingerprint"] != fp:
                     continue
                 if client is not None and r["client"] != client:
+                    continue
+                if api is not None and r["api"] != api:
                     continue
                 out.append(dict(r))
             return out
@@ -582,6 +615,45 @@ _KEY_MESSAGES = {
 }
 
 
+# Google's canonical status names (google.rpc.Code) for the HTTP statuses its APIs answer with.
+_GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    412: "FAILED_PRECONDITION",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+# What Google answers for a key it refuses: LiteLLM maps "API key not valid." to AuthenticationError (its
+# vertex/gemini exception mapping), whatever the HTTP status.  No key at all is a 403 (no caller identity).
+_GEMINI_KEY_INVALID = "API key not valid. Please pass a valid API key."
+_GEMINI_KEY_MISSING = ("Method doesn't allow unregistered callers (callers without established identity). "
+                       "Please use API Key or other form of API consumer identity to call this API.")
+# Azure's error codes are strings: the status itself for the gateway-level errors (401, 404, 429), names for others.
+_AZURE_CODE = {
+    400: "BadRequest",
+    500: "InternalServerError",
+    502: "BadGateway",
+    503: "ServiceUnavailable",
+    504: "GatewayTimeout",
+}
+_AZURE_KEY_INVALID = ("Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a "
+                      "valid key for an active subscription and use a correct regional API endpoint for your "
+                      "resource.")
+_AZURE_KEY_MISSING = ("Access denied due to missing subscription key. Make sure to include subscription key when "
+                      "making requests to an API.")
+
+_GEMINI_PATH = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+):(generateContent|streamGenerateContent)$")
+_GEMINI_ANY = re.compile(r"^/(v1|v1beta|v1alpha)/models/[^/]+:")
+_AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/chat/completions$")
+
+
 class _ClientGone(Exception):
     pass
 
@@ -647,10 +719,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.flush()
 
     # chunked SSE: every event is one HTTP chunk, flushed at once
-    def _start_sse(self, headers: dict[str, str] | None = None) -> None:
+    def _start_sse(self, content_type: str | None = None, headers: dict[str, str] | None = None) -> None:
         self._chunked = self.request_version != "HTTP/1.0"
         self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Content-Type", content_type or "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("X-Accel-Buffering", "no")
         for k, v in (headers or {}).items():
@@ -667,7 +739,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise _ClientGone() from exc
 
     def _sse(self, data: str, event: str | None = None) -> None:
-        text = (f"event: {event}\n" if event else "") + f"data: {data}\n\n"
+        self._write_chunk((f"event: {event}\n" if event else "") + f"data: {data}\n\n")
+
+    def _write_chunk(self, text: str) -> None:
         payload = text.encode("utf-8")
         if self._chunked:
             payload = b"%x\r\n%s\r\n" % (len(payload), payload)
@@ -701,6 +775,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         path, query = self._split_path()
+        self._query = query
         try:
             raw = self._read_body()
         except (ValueError, OSError):
@@ -716,15 +791,29 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._completion("anthropic", path, raw)
             elif method == "POST" and path == "/v1/messages/count_tokens":
                 self._count_tokens(path, raw)
+            elif method == "POST" and (m := _GEMINI_PATH.match(path)):
+                stream = m.group(3) == "streamGenerateContent"
+                alt = (query.get("alt") or [""])[-1]
+                self._completion("gemini", path, raw, path_model=urllib.parse.unquote(m.group(2)),
+                                 path_stream=stream, sse=alt == "sse")
+            elif method == "POST" and (m := _AZURE_PATH.match(path)):
+                self._azure(path, urllib.parse.unquote(m.group(1)), query, raw)
             elif method == "GET" and path in ("/v1/models", "/models"):
                 self._models(path)
             elif method == "GET" and path in ("/", "/health", "/healthz"):
                 self._send_json(200, {"status": "ok", "service": "gatekit-fakeprovider"})
             else:
-                api = "anthropic" if path.startswith("/v1/messages") else "openai"
+                if path.startswith("/v1/messages"):
+                    api = "anthropic"
+                elif _GEMINI_ANY.match(path):
+                    api = "gemini"
+                elif path.startswith("/openai/"):
+                    api = "azure"
+                else:
+                    api = "openai"
                 rec = self._new_record(method=method, path=path, api=api, status=404,
                                        fingerprint=self._fingerprint(api))
-                self._error(api, 404, f"Unknown endpoint {method} {path}")
+                self._error(api, 404, "Resource not found" if api == "azure" else f"Unknown endpoint {method} {path}")
                 self.state.finish_record(rec, completed=True, error="not_found")
         except _ClientGone:
             self.close_connection = True
@@ -738,6 +827,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _fingerprint(self, api: str) -> str | None:
         if api == "anthropic":
             key = self.headers.get("x-api-key")
+        elif api == "gemini":
+            # Google AI Studio: the x-goog-api-key header (what LiteLLM sends), else the ?key= query parameter.
+            key = self.headers.get("x-goog-api-key")
+            if not (key or "").strip():
+                key = (getattr(self, "_query", {}).get("key") or [""])[-1]
+        elif api == "azure":
+            # Azure OpenAI: the api-key header (the openai SDK's AzureOpenAI with an api_key), else an Entra ID
+            # bearer token (azure_ad_token), fingerprinted the same way.
+            key = self.headers.get("api-key")
+            if not (key or "").strip():
+                scheme, _, key = (self.headers.get("Authorization") or "").strip().partition(" ")
+                if scheme.lower() != "bearer":
+                    key = ""
         elif api == "any":
             key = self.headers.get("x-api-key")
             if not key:
@@ -750,8 +852,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         key = (key or "").strip()
         return fingerprint(key) if key else None
 
-    def _error(self, api: str, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        if api == "anthropic":
+    def _error(self, api: str, status: int, message: str, headers: dict[str, str] | None = None,
+               details: list[dict] | None = None) -> None:
+        if api == "gemini":
+            gstatus = _GOOGLE_STATUS.get(status, "INTERNAL" if status >= 500 else "INVALID_ARGUMENT")
+            body = {"error": {"code": status, "message": message, "status": gstatus}}
+            if details:
+                body["error"]["details"] = details
+        elif api == "azure":
+            body = {"error": {"code": _AZURE_CODE.get(status, str(status)), "message": message}}
+        elif api == "anthropic":
             etype = _ANTHROPIC_ERR.get(status, "api_error" if status >= 500 else "invalid_request_error")
             body = {"type": "error", "error": {"type": etype, "message": message}}
             headers = {"request-id": f"req_fake_{uuid.uuid4().hex[:24]}", **(headers or {})}
@@ -760,17 +870,54 @@ class Handler(http.server.BaseHTTPRequestHandler):
             body = {"error": {"message": message, "type": etype, "param": None, "code": code}}
         self._send_json(status, body, headers)
 
+    def _key_refusal(self, api: str, problem: str, fp: str | None) -> tuple[int, str, list[dict] | None]:
+        """(HTTP status, message, error details) answering a refused key, as the provider of `api` does."""
+        if api == "gemini":
+            if problem == "missing":
+                return 403, _GEMINI_KEY_MISSING, [{
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "CONSUMER_INVALID",
+                    "domain": "googleapis.com",
+                    "metadata": {"service": "generativelanguage.googleapis.com"}}]
+            return 400, _GEMINI_KEY_INVALID, [
+                {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+                 "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}},
+                {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US",
+                 "message": _GEMINI_KEY_INVALID}]
+        if api == "azure":
+            return 401, _AZURE_KEY_MISSING if problem == "missing" else _AZURE_KEY_INVALID, None
+        return 401, _KEY_MESSAGES[problem].format(fp=fp), None
+
     # -- completions -----------------------------------------------------
 
-    def _completion(self, api: str, path: str, raw: bytes) -> None:
+    def _azure(self, path: str, deployment: str, query: dict[str, list[str]], raw: bytes) -> None:
+        """Azure OpenAI chat completions: OpenAI's body and answers, the deployment from the path."""
+        api_version = (query.get("api-version") or [""])[-1].strip()
+        if not api_version:
+            # Azure's front door answers a call without api-version before looking at anything else.
+            rec = self._new_record(path=path, api="azure", model=deployment, deployment=deployment,
+                                   fingerprint=self._fingerprint("azure"))
+            self.state.update_record(rec, status=404, error="no_api_version")
+            self._error("azure", 404, "Resource not found")
+            self.state.finish_record(rec, completed=True)
+            return
+        self._completion("azure", path, raw, path_model=deployment, api_version=api_version)
+
+    def _completion(self, api: str, path: str, raw: bytes, *, path_model: str | None = None,
+                    path_stream: bool | None = None, api_version: str | None = None, sse: bool = True) -> None:
+        """One completion call.  openai/anthropic/azure: streamed when the body says "stream": true; gemini:
+        when the path says streamGenerateContent (`sse`: ?alt=sse, else Google's streamed JSON array).
+        `path_model`: the model (Gemini) or deployment (Azure) named by the path; the body's otherwise."""
         state = self.state
         fp = self._fingerprint(api)
-        rec = self._new_record(path=path, api=api, fingerprint=fp)
+        rec = self._new_record(path=path, api=api, fingerprint=fp, api_version=api_version)
         try:
             body = json.loads(raw.decode("utf-8")) if raw else None
         except (UnicodeDecodeError, json.JSONDecodeError):
             body = None
-        if isinstance(body, dict):
+        if path_model is not None:
+            stream = path_stream if path_stream is not None else isinstance(body, dict) and bool(body.get("stream"))
+            state.update_record(rec, model=path_model, deployment=path_model, stream=stream)
+        elif isinstance(body, dict):
             model = body.get("model")
             state.update_record(rec, model=model if isinstance(model, str) else None,
                                 deployment=model if isinstance(model, str) else None,
@@ -778,19 +925,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
         problem = state.key_problem(fp)
         if problem is not None:
-            state.update_record(rec, status=401, error=f"key_{problem}")
-            self._error(api, 401, _KEY_MESSAGES[problem].format(fp=fp))
+            status, message, details = self._key_refusal(api, problem, fp)
+            state.update_record(rec, status=status, error=f"key_{problem}")
+            self._error(api, status, message, details=details)
             state.finish_record(rec, completed=True)
             return
         if not isinstance(body, dict):
             state.update_record(rec, status=400, error="bad_json")
-            self._error(api, 400, "Request body must be a JSON object")
+            self._error(api, 400, "Invalid JSON payload received: the body must be a JSON object."
+                        if api == "gemini" else "Request body must be a JSON object")
             state.finish_record(rec, completed=True)
             return
-        model = body.get("model")
+        model = path_model if path_model is not None else body.get("model")
         if not isinstance(model, str) or not model:
             state.update_record(rec, status=400, error="no_model")
             self._error(api, 400, "you must provide a model parameter")
+            state.finish_record(rec, completed=True)
+            return
+        if api == "gemini" and not (isinstance(body.get("contents"), list) and body["contents"]):
+            state.update_record(rec, status=400, error="no_contents")
+            self._error(api, 400, "* GenerateContentRequest.contents: contents is not specified\n")
             state.finish_record(rec, completed=True)
             return
 
@@ -805,19 +959,32 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if fault["retry_after"] is not None:
                     headers["Retry-After"] = str(int(fault["retry_after"]) if float(fault["retry_after"]).is_integer()
                                                  else fault["retry_after"])
+                details = None
+                if api == "gemini" and status == 429 and fault["retry_after"] is not None:
+                    # Google says when to retry in the error's details (google.rpc.RetryInfo), not in a header.
+                    details = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                "retryDelay": f"{int(fault['retry_after'])}s"}]
                 state.update_record(rec, status=status, error="injected")
-                self._error(api, status, f"Injected fault: HTTP {status} for model {model}", headers)
+                self._error(api, status, f"Injected fault: HTTP {status} for model {model}", headers, details)
                 state.finish_record(rec, completed=True)
                 return
 
-        prompt_tokens = max(1, _count_words(body.get("messages")) + _count_words(body.get("system")))
+        if api == "gemini":
+            prompt_tokens = max(1, _count_words(body.get("contents"))
+                                + _count_words(body.get("systemInstruction") or body.get("system_instruction")))
+            stream = bool(path_stream)
+        else:
+            prompt_tokens = max(1, _count_words(body.get("messages")) + _count_words(body.get("system")))
+            stream = bool(body.get("stream"))
         text = answer_text(model)
         completion_tokens = len(text.split())
         state.update_record(rec, status=200)
         try:
-            if not body.get("stream"):
+            if not stream:
                 if api == "anthropic":
                     self._send_json(200, _anthropic_message(model, text, prompt_tokens, completion_tokens))
+                elif api == "gemini":
+                    self._send_json(200, _gemini_response(model, text, prompt_tokens, completion_tokens))
                 else:
                     self._send_json(200, _openai_completion(model, text, prompt_tokens, completion_tokens))
             else:
@@ -825,6 +992,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 pieces = split_pieces(text, chunks)
                 if api == "anthropic":
                     self._stream_anthropic(model, pieces, delay, prompt_tokens, completion_tokens)
+                elif api == "gemini":
+                    self._stream_gemini(model, pieces, delay, prompt_tokens, completion_tokens, sse)
                 else:
                     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
                     self._stream_openai(model, pieces, delay, prompt_tokens, completion_tokens, include_usage)
@@ -886,6 +1055,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
                               "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                               "usage": {"output_tokens": ct}}), "message_delta")
         self._sse(json.dumps({"type": "message_stop"}), "message_stop")
+        self._end_sse()
+
+    def _stream_gemini(self, model: str, pieces: list[str], delay: float, pt: int, ct: int, sse: bool) -> None:
+        """streamGenerateContent: one GenerateContentResponse per piece.  As Google sends them, each carries
+        usageMetadata (the prompt's count; the candidates' only on the last) and the last finishReason STOP.
+        With alt=sse every response is an SSE event, else an element of one JSON array; either way each
+        is its own HTTP chunk, flushed at once."""
+        rid = _gemini_response_id()
+        last = len(pieces) - 1
+        self._start_sse(None if sse else "application/json; charset=UTF-8")
+        for i, piece in enumerate(pieces):
+            if i:
+                time.sleep(delay)
+            usage = _gemini_usage(pt, ct) if i == last else _gemini_usage(pt, None)
+            data = json.dumps(_gemini_candidate_response(model, rid, piece, usage, finished=i == last))
+            if sse:
+                self._sse(data)
+            else:
+                self._write_chunk(("[" if i == 0 else "\n,\r\n") + data + ("\n]" if i == last else ""))
         self._end_sse()
 
     def _count_tokens(self, path: str, raw: bytes) -> None:
@@ -952,7 +1140,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if method == "GET" and name == "requests":
                 fp = q("fingerprint")
                 recs = state.list_records(since=qfloat("since"), model=q("model"), path=q("path"),
-                                          fp=_check_fp(fp) if fp else None, client=q("client"))
+                                          fp=_check_fp(fp) if fp else None, client=q("client"), api=q("api"))
                 self._send_json(200, {"requests": recs})
             elif method == "GET" and name == "fingerprints":
                 self._send_json(200, {"fingerprints": state.fingerprint_summary(qfloat("since"))})
@@ -1036,6 +1224,34 @@ def _anthropic_message(model: str, text: str, pt: int, ct: int) -> dict:
         "stop_sequence": None,
         "usage": {"input_tokens": pt, "output_tokens": ct},
     }
+
+
+def _gemini_response_id() -> str:
+    # letters only: LiteLLM's Gemini error mapping looks for "403" anywhere in a body, so no random digits
+    return "".join(random.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(22))
+
+
+def _gemini_usage(pt: int, ct: int | None) -> dict:
+    """usageMetadata; ct None: a stream's intermediate response, which carries the prompt's count only."""
+    usage = {"promptTokenCount": pt}
+    if ct is not None:
+        usage["candidatesTokenCount"] = ct
+    usage["totalTokenCount"] = pt + (ct or 0)
+    usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": pt}]
+    return usage
+
+
+def _gemini_candidate_response(model: str, rid: str, text: str, usage: dict, finished: bool) -> dict:
+    candidate: dict = {"content": {"parts": [{"text": text}], "role": "model"}}
+    if finished:
+        candidate["finishReason"] = "STOP"
+    candidate["index"] = 0
+    return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model, "responseId": rid}
+
+
+def _gemini_response(model: str, text: str, pt: int, ct: int) -> dict:
+    """A GenerateContentResponse (Google AI Studio's generateContent answer)."""
+    return _gemini_candidate_response(model, _gemini_response_id(), text, _gemini_usage(pt, ct), finished=True)
 
 
 # --------------------------------------------------------------------------
@@ -1169,10 +1385,12 @@ class FakeProviderClient:
                 time.sleep(0.1)
 
     def requests(self, since: float | None = None, model: str | None = None, path: str | None = None,
-                 fingerprint: str | None = None, client: str | None = None) -> list[dict]:
-        """Recorded requests, filtered; `client` is the address a request came from (a gateway's)."""
+                 fingerprint: str | None = None, client: str | None = None, api: str | None = None) -> list[dict]:
+        """Recorded requests, filtered; `client` is the address a request came from (a gateway's), `api` one
+        of "openai", "anthropic", "gemini", "azure", "models"."""
         return self._call("GET", "requests", query={"since": since, "model": model, "path": path,
-                                                      "fingerprint": fingerprint, "client": client})["requests"]
+                                                      "fingerprint": fingerprint, "client": client,
+                                                      "api": api})["requests"]
 
     def fingerprints(self, since: float | None = None) -> dict[str, dict]:
         """{fingerprint: {count, first_seen, last_seen, statuses, models, revoked}}."""
@@ -1230,7 +1448,7 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Fake OpenAI/Anthropic provider for gatekit e2e tests")
+    p = argparse.ArgumentParser(description="Fake OpenAI/Anthropic/Gemini/Azure provider for gatekit e2e tests")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=18080, help="port to bind, 0 = any free port (default 18080)")
     p.add_argument("--state-dir", help="directory for the pid file, info file and request logs")

@@ -245,6 +245,287 @@ def test_anthropic_count_tokens(http):
     assert r.status_code == 200 and r.json()["input_tokens"] == 3
 
 
+# -- Google Gemini (AI Studio) -------------------------------------------------
+
+GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "hello there"}]}],
+               "systemInstruction": {"parts": [{"text": "be brief"}]},
+               "generationConfig": {"temperature": 1.0}}
+
+
+def gemini(http, model="gem-up", key=KEY, stream=False, version="v1beta", body=None, **query):
+    headers = {"x-goog-api-key": key} if key is not None else {}
+    method = "streamGenerateContent" if stream else "generateContent"
+    if stream and "alt" not in query:
+        query["alt"] = "sse"
+    return http.post(f"/{version}/models/{model}:{method}", json=GEMINI_BODY if body is None else body,
+                     headers=headers, params=query)
+
+
+def test_gemini_generate_content_plain(http, ctl):
+    r = gemini(http, model="gem-up")
+    assert r.status_code == 200
+    body = r.json()
+    (cand,) = body["candidates"]
+    assert cand["content"] == {"parts": [{"text": "fake-answer model=gem-up deployment=gem-up"}], "role": "model"}
+    assert cand["finishReason"] == "STOP"
+    # 2 words of contents + 2 of systemInstruction; 3 words of answer
+    usage = body["usageMetadata"]
+    assert (usage["promptTokenCount"], usage["candidatesTokenCount"], usage["totalTokenCount"]) == (4, 3, 7)
+    assert body["modelVersion"] == "gem-up" and body["responseId"]
+
+    (rec,) = ctl.requests()
+    assert rec["api"] == "gemini" and rec["path"] == "/v1beta/models/gem-up:generateContent"
+    assert rec["model"] == "gem-up" and rec["deployment"] == "gem-up"
+    assert rec["stream"] is False and rec["status"] == 200 and rec["completed"] is True
+    assert rec["fingerprint"] == fingerprint(KEY)
+    assert ctl.requests(api="gemini") == [rec] and ctl.requests(api="openai") == []
+
+
+def test_gemini_stream_sse_pieces_arrive_separately(http, ctl):
+    with http.stream("POST", "/v1beta/models/gem-s:streamGenerateContent", params={"alt": "sse"},
+                     json=GEMINI_BODY, headers={"x-goog-api-key": KEY}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [(t, json.loads(d)) for t, _, d in sse_events(r)]
+    assert len(events) == 5
+    texts = [e["candidates"][0]["content"]["parts"][0]["text"] for _, e in events]
+    assert all(texts) and "".join(texts) == answer_text("gem-s")
+    assert all(e["candidates"][0]["content"]["role"] == "model" and e["modelVersion"] == "gem-s" for _, e in events)
+    assert len({e["responseId"] for _, e in events}) == 1
+    # as Google sends it: every event carries the prompt's count, only the last the answer's and STOP
+    assert [e["candidates"][0].get("finishReason") for _, e in events] == [None] * 4 + ["STOP"]
+    assert all(e["usageMetadata"]["promptTokenCount"] == 4 for _, e in events)
+    assert all("candidatesTokenCount" not in e["usageMetadata"] for _, e in events[:-1])
+    assert events[-1][1]["usageMetadata"]["candidatesTokenCount"] == 3
+    assert events[-1][1]["usageMetadata"]["totalTokenCount"] == 7
+
+    times = [t for t, _ in events]
+    assert times[-1] - times[0] > 0.6, "5 pieces, 0.2 s apart: ~0.8 s between first and last"
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert sorted(gaps)[len(gaps) // 2] > 0.1, f"pieces were batched: gaps {gaps}"
+
+    (rec,) = ctl.requests()
+    assert rec["api"] == "gemini" and rec["model"] == "gem-s" and rec["path"].endswith(":streamGenerateContent")
+    assert rec["stream"] is True and rec["status"] == 200 and rec["completed"] is True
+
+
+def test_gemini_stream_without_alt_sse_is_a_json_array(http, ctl):
+    ctl.stream(chunks=3, delay=0, model="gem-arr")
+    r = gemini(http, model="gem-arr", stream=True, alt="json")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/json")
+    items = r.json()
+    assert isinstance(items, list) and len(items) == 3
+    assert "".join(i["candidates"][0]["content"]["parts"][0]["text"] for i in items) == answer_text("gem-arr")
+    assert items[-1]["candidates"][0]["finishReason"] == "STOP"
+
+
+def test_gemini_other_versions_and_bad_requests(http, ctl):
+    r = gemini(http, model="gem-v1", version="v1")
+    assert r.status_code == 200
+    assert r.json()["candidates"][0]["content"]["parts"][0]["text"] == answer_text("gem-v1")
+    r = gemini(http, body={"generationConfig": {}})
+    assert r.status_code == 400
+    assert r.json()["error"]["status"] == "INVALID_ARGUMENT" and r.json()["error"]["code"] == 400
+    r = http.post("/v1beta/models/gem-up:countTokens", json=GEMINI_BODY, headers={"x-goog-api-key": KEY})
+    assert r.status_code == 404
+    assert r.json()["error"]["status"] == "NOT_FOUND" and r.json()["error"]["code"] == 404
+    assert [(x["api"], x["status"]) for x in ctl.requests()] == [("gemini", 200), ("gemini", 400), ("gemini", 404)]
+
+
+def test_gemini_wrong_key_refused_in_google_shape(http, ctl):
+    ctl.revoke(fingerprint(OTHER_KEY))
+    r = gemini(http, key=OTHER_KEY)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert (err["code"], err["status"]) == (400, "INVALID_ARGUMENT")
+    # the words LiteLLM maps to AuthenticationError for gemini/ and vertex_ai/
+    assert err["message"] == "API key not valid. Please pass a valid API key."
+    assert err["details"][0]["reason"] == "API_KEY_INVALID"
+    assert "candidates" not in r.json()
+    # no key at all, or only OpenAI's Bearer header: Google's "unregistered caller"
+    r = http.post("/v1beta/models/gem-up:generateContent", json=GEMINI_BODY,
+                  headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 403
+    assert r.json()["error"]["status"] == "PERMISSION_DENIED" and r.json()["error"]["code"] == 403
+    # the allow-list applies to Gemini keys too
+    ctl.allow([fingerprint(KEY)])
+    assert gemini(http, key="not-in-the-allow-list").status_code == 400
+    assert gemini(http).status_code == 200
+
+    recs = ctl.requests(api="gemini")
+    assert [(x["fingerprint"], x["status"], x["error"]) for x in recs] == [
+        (fingerprint(OTHER_KEY), 400, "key_revoked"), (None, 403, "key_missing"),
+        (fingerprint("not-in-the-allow-list"), 400, "key_not_allowed"), (fingerprint(KEY), 200, None)]
+
+
+def test_gemini_key_query_parameter(http, ctl):
+    r = http.post("/v1beta/models/gem-q:generateContent", params={"key": OTHER_KEY}, json=GEMINI_BODY)
+    assert r.status_code == 200
+    assert r.json()["candidates"][0]["content"]["parts"][0]["text"] == answer_text("gem-q")
+    with http.stream("POST", "/v1beta/models/gem-q:streamGenerateContent", params={"alt": "sse", "key": OTHER_KEY},
+                     json=GEMINI_BODY) as r:
+        assert r.status_code == 200
+        text = "".join(json.loads(d)["candidates"][0]["content"]["parts"][0]["text"] for _, _, d in sse_events(r))
+    assert text == answer_text("gem-q")
+    ctl.revoke(fingerprint(OTHER_KEY))
+    r = http.post("/v1beta/models/gem-q:generateContent", params={"key": OTHER_KEY}, json=GEMINI_BODY)
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("API key not valid")
+    assert [(x["fingerprint"], x["stream"], x["status"]) for x in ctl.requests()] == [
+        (fingerprint(OTHER_KEY), False, 200), (fingerprint(OTHER_KEY), True, 200), (fingerprint(OTHER_KEY), False, 400)]
+    # the query string (and so the key) is never part of a record
+    assert OTHER_KEY not in json.dumps(ctl.requests())
+
+
+def test_gemini_faults_in_google_shape(http, ctl):
+    ctl.faults(status=429, count=1, model="gem-f", retry_after=3)
+    r = gemini(http, model="gem-f")
+    assert r.status_code == 429
+    err = r.json()["error"]
+    assert (err["code"], err["status"]) == (429, "RESOURCE_EXHAUSTED")
+    assert err["details"] == [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "3s"}]
+    assert r.headers["retry-after"] == "3"
+    for status, gstatus in ((500, "INTERNAL"), (503, "UNAVAILABLE"), (404, "NOT_FOUND")):
+        ctl.faults(status=status, count=1, model="gem-f")
+        r = gemini(http, model="gem-f", stream=True)  # a fault answers a stream request before any event
+        assert r.status_code == status
+        assert r.json()["error"] == {"code": status, "status": gstatus, "message": r.json()["error"]["message"]}
+    ctl.faults(status=500, model="gem-f")
+    assert gemini(http, model="gem-other").status_code == 200  # per model: the other model is untouched
+    ctl.clear_faults(model="gem-f")
+    assert gemini(http, model="gem-f").status_code == 200
+    recs = ctl.requests()
+    assert [x["status"] for x in recs] == [429, 500, 503, 404, 200, 200]
+    assert [x["fault"]["status"] for x in recs[:4]] == [429, 500, 503, 404]
+
+    ctl.faults(latency=0.4, count=1, model="gem-slow")
+    t0 = time.monotonic()
+    r = gemini(http, model="gem-slow")
+    assert time.monotonic() - t0 >= 0.4
+    assert r.status_code == 200 and r.json()["candidates"][0]["content"]["parts"][0]["text"] == answer_text("gem-slow")
+    assert ctl.requests()[-1]["fault"]["latency"] == 0.4
+
+
+# -- Azure OpenAI --------------------------------------------------------------
+
+AZURE_VERSION = "2024-10-21"
+
+
+def azure(http, deployment="az-dep", key=KEY, version=AZURE_VERSION, **extra):
+    headers = {"api-key": key} if key is not None else {}
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}], **extra}
+    params = {"api-version": version} if version is not None else {}
+    return http.post(f"/openai/deployments/{deployment}/chat/completions", json=body, headers=headers, params=params)
+
+
+def test_azure_chat_plain(http, ctl):
+    r = azure(http, deployment="az-dep")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["object"] == "chat.completion"
+    assert body["model"] == "az-dep"  # the deployment, whatever the body's model says
+    assert body["choices"][0]["message"]["content"] == "fake-answer model=az-dep deployment=az-dep"
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+
+    (rec,) = ctl.requests()
+    assert rec["api"] == "azure" and rec["path"] == "/openai/deployments/az-dep/chat/completions"
+    assert rec["model"] == "az-dep" and rec["deployment"] == "az-dep"
+    assert rec["api_version"] == AZURE_VERSION
+    assert rec["fingerprint"] == fingerprint(KEY)
+    assert rec["stream"] is False and rec["status"] == 200 and rec["completed"] is True
+    assert ctl.requests(api="azure") == [rec] and ctl.requests(api="gemini") == []
+
+
+def test_azure_stream_pieces_arrive_separately(http, ctl):
+    body = {"model": "ignored", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "hi"}]}
+    with http.stream("POST", "/openai/deployments/az-s/chat/completions", params={"api-version": AZURE_VERSION},
+                     json=body, headers={"api-key": KEY}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = list(sse_events(r))
+    assert events[-1][2] == "[DONE]"
+    chunks = [(t, json.loads(d)) for t, _, d in events[:-1]]
+    content = [(t, c) for t, c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert len(content) == 5
+    assert "".join(c["choices"][0]["delta"]["content"] for _, c in content) == answer_text("az-s")
+    assert all(c["model"] == "az-s" for _, c in chunks)
+    assert chunks[-1][1]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1][1]["usage"] == {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
+
+    times = [t for t, _ in content]
+    assert times[-1] - times[0] > 0.6, "5 chunks, 0.2 s apart: ~0.8 s between first and last"
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert sorted(gaps)[len(gaps) // 2] > 0.1, f"chunks were batched: gaps {gaps}"
+
+    (rec,) = ctl.requests()
+    assert rec["api"] == "azure" and rec["model"] == "az-s" and rec["api_version"] == AZURE_VERSION
+    assert rec["stream"] is True and rec["status"] == 200 and rec["completed"] is True
+
+
+def test_azure_wrong_key_refused_in_azure_shape(http, ctl):
+    ctl.revoke(fingerprint(OTHER_KEY))
+    r = azure(http, key=OTHER_KEY)
+    assert r.status_code == 401
+    assert r.json() == {"error": {"code": "401", "message": (
+        "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for "
+        "an active subscription and use a correct regional API endpoint for your resource.")}}
+    # Anthropic's header is not Azure's: no key
+    r = http.post("/openai/deployments/az-dep/chat/completions", params={"api-version": AZURE_VERSION},
+                  json={"messages": []}, headers={"x-api-key": KEY})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "401"
+    assert "missing subscription key" in r.json()["error"]["message"]
+    # an Entra ID token (LiteLLM's azure_ad_token) is a Bearer header, fingerprinted like a key
+    r = http.post("/openai/deployments/az-dep/chat/completions", params={"api-version": AZURE_VERSION},
+                  json={"messages": []}, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200
+    assert [(x["fingerprint"], x["status"], x["error"]) for x in ctl.requests(api="azure")] == [
+        (fingerprint(OTHER_KEY), 401, "key_revoked"), (None, 401, "key_missing"), (fingerprint(KEY), 200, None)]
+
+
+def test_azure_missing_api_version_is_404(http, ctl):
+    r = azure(http, version=None)
+    assert r.status_code == 404
+    assert r.json() == {"error": {"code": "404", "message": "Resource not found"}}
+    r = azure(http, version="")
+    assert r.status_code == 404
+    assert azure(http, version="2025-02-01-preview").status_code == 200
+    recs = ctl.requests()
+    assert [(x["status"], x["error"], x["api_version"]) for x in recs] == [
+        (404, "no_api_version", None), (404, "no_api_version", None), (200, None, "2025-02-01-preview")]
+    assert all(x["api"] == "azure" and x["deployment"] == "az-dep" for x in recs)
+    # other paths under /openai/ are Azure's 404 too
+    r = http.post("/openai/deployments/az-dep/embeddings", params={"api-version": AZURE_VERSION},
+                  json={"input": "x"}, headers={"api-key": KEY})
+    assert r.status_code == 404 and r.json()["error"] == {"code": "404", "message": "Resource not found"}
+
+
+def test_azure_faults_in_azure_shape(http, ctl):
+    ctl.faults(status=429, count=1, model="az-f")
+    r = azure(http, deployment="az-f")
+    assert r.status_code == 429
+    assert r.headers["retry-after"] == "1"
+    assert r.json()["error"]["code"] == "429" and "message" in r.json()["error"]
+    ctl.faults(status=503, count=1, model="az-f")
+    r = azure(http, deployment="az-f", stream=True)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "ServiceUnavailable"
+    ctl.faults(status=500, model="az-f")
+    assert azure(http, deployment="az-other").status_code == 200
+    assert azure(http, deployment="az-f").status_code == 500
+    ctl.clear_faults()
+    assert azure(http, deployment="az-f").status_code == 200
+    assert [(x["model"], x["status"]) for x in ctl.requests()] == [
+        ("az-f", 429), ("az-f", 503), ("az-other", 200), ("az-f", 500), ("az-f", 200)]
+
+    ctl.faults(latency=0.4, count=1, model="az-slow")
+    t0 = time.monotonic()
+    r = azure(http, deployment="az-slow")
+    assert time.monotonic() - t0 >= 0.4
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == answer_text("az-slow")
+    assert ctl.requests()[-1]["fault"]["latency"] == 0.4
+
+
 # -- keys ----------------------------------------------------------------------
 
 
