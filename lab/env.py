@@ -150,6 +150,9 @@ class Lab:
         self.secret_values = values or {
             "openai_key": fake_key("openai"),
             "anthropic_key": fake_key("anthropic"),
+            # Keys of the other provider shapes (gatekit/providers.py); shipped only once a deployment names them.
+            "google_key": fake_key("google"),
+            "azure_key": fake_key("azure"),
             "litellm_master_key": "sk-gk-master-" + pysecrets.token_hex(16),
             "redis_password": pysecrets.token_urlsafe(24),
             "postgres_password": pysecrets.token_urlsafe(24),

@@ -11,6 +11,7 @@ import json
 import time
 
 from lab.checks import completion, gatekit, gateway_client
+from lab.fakeprovider import answer_text, fingerprint
 from lab.load import Load
 
 
@@ -27,17 +28,32 @@ def canaries(provider, since: float, model: str, gw_address: str) -> list[float]
     return [r["time"] for r in provider.requests(since=since, client=gw_address) if r.get("model") == model]
 
 
+# Models of the other provider shapes (gatekit/providers.py), each with its own key: public name -> (the provider's API
+# as the fake provider records it, the upstream model or Azure deployment it must see).
+SHAPES = {"gemini-flash": ("gemini", "fake-gemini-flash"), "azure-4o": ("azure", "fake-azure-4o")}
+AZURE_API_VERSION = "2024-10-21"
+
+
 def quick_and_hung(lab):
-    """The models the first test adds, `quick` and `hung` (its deployment's provider hangs in the second test: a 2 s
-    timeout per attempt, then the fallback to quick). The second test asks for the same spec: run after the first, its
-    deploy changes nothing; alone, it switches to these models."""
+    """The models the first test adds: `quick`, `hung` (its deployment's provider hangs in the second test: a 2 s
+    timeout per attempt, then the fallback to quick) and one model per other provider shape (SHAPES). The second test
+    asks for the same spec: run after the first, its deploy changes nothing; alone, it switches to these models."""
     base = f"{lab.provider_url}/v1"
+    price = {"input_per_1m": 0.1, "output_per_1m": 0.2}
     lab.extra_models += [
-        {"name": "quick", "price": {"input_per_1m": 0.1, "output_per_1m": 0.2},
+        {"name": "quick", "price": price,
          "deployments": [{"provider": "openai", "model": "fake-quick", "api_base": base, "secret": "openai_key"}]},
-        {"name": "hung", "price": {"input_per_1m": 0.1, "output_per_1m": 0.2},
+        {"name": "hung", "price": price,
          "deployments": [{"provider": "openai", "model": "fake-hung", "api_base": base, "secret": "openai_key",
                           "timeout": 2, "stream_timeout": 2}]},
+        # Gemini: LiteLLM calls {api_base}/models/MODEL:generateContent with x-goog-api-key.
+        {"name": "gemini-flash", "price": price,
+         "deployments": [{"provider": "gemini", "model": "fake-gemini-flash", "api_base": f"{lab.provider_url}/v1beta",
+                          "secret": "google_key"}]},
+        # Azure: the resource endpoint; LiteLLM appends /openai/deployments/DEPLOYMENT/... with api-version and api-key.
+        {"name": "azure-4o", "price": price,
+         "deployments": [{"provider": "azure", "model": "fake-azure-4o", "api_base": lab.provider_url,
+                          "api_version": AZURE_API_VERSION, "secret": "azure_key"}]},
     ]
     lab.extra_fallbacks.append({"from": "hung", "to": ["quick"]})
     lab.weights["fast"] = 3
@@ -76,6 +92,7 @@ def test_a_spec_change_switches_every_gateway_first_one_alone_then_the_rest_with
         for gw in gws:
             r = completion(client, lab.gateway_url(gw), model="quick")
             assert r.status_code == 200, (gw, r.text)
+    provider_shapes_answer_through_nginx(lab, provider, gws, since)
     again = lab.deploy()
     assert again.ok and again.changes == 0, {h: again.changed_ops(lab.hosts[h].address) for h in gws}
     # gatekit status: every gateway current, on one config and version, its last change this deploy.
@@ -83,6 +100,47 @@ def test_a_spec_change_switches_every_gateway_first_one_alone_then_the_rest_with
     assert not status["mixed"] and [g["gateway"] for g in status["gateways"]] == [lab.hosts[gw].address for gw in gws]
     for g, gw in zip(status["gateways"], gws):
         assert (g["state"], g["last_change"], g["config_sha1"]) == ("current", "deploy", config_sha1(lab, gw)), g
+
+
+def provider_shapes_answer_through_nginx(lab, provider, gws: list[str], since: float):
+    """Each other provider shape (SHAPES) was canaried by the switch on every new instance, and answers through nginx
+    on every gateway, plain and streamed (in pieces), with its own key, as LiteLLM's provider code sends it."""
+    key = {"gemini": fingerprint(lab.secret_values["google_key"]), "azure": fingerprint(lab.secret_values["azure_key"])}
+    with gateway_client(lab) as client:
+        for gw in gws:
+            address = lab.hosts[gw].address
+            for model, (api, upstream) in SHAPES.items():
+                seen = [r for r in provider.requests(since=since, client=address) if r.get("model") == upstream]
+                # The switch's canary: once per new instance (no fallback could answer for it: these models have none).
+                assert len(seen) >= len(lab.live_record(gw)["ports"]), (gw, model, seen)
+                r = completion(client, lab.gateway_url(gw), model=model)
+                assert r.status_code == 200, (gw, model, r.text)
+                assert r.json()["choices"][0]["message"]["content"] == answer_text(upstream), (gw, model, r.text)
+                arrivals, text = streamed(client, lab.gateway_url(gw), model)
+                assert text == answer_text(upstream), (gw, model, text)
+                assert len(arrivals) >= 3 and arrivals[-1] - arrivals[0] > 0.3, (gw, model, arrivals)  # pieces, not one lump
+                calls = [r for r in provider.requests(since=since, client=address) if r.get("model") == upstream]
+                assert {(r["api"], r["fingerprint"], r["status"]) for r in calls} == {(api, key[api], 200)}, (gw, calls)
+                assert [r["stream"] for r in calls][-2:] == [False, True], (gw, calls)
+                if api == "azure":
+                    assert {r["api_version"] for r in calls} == {AZURE_API_VERSION}, calls
+
+
+def streamed(client, url: str, model: str) -> tuple[list[float], str]:
+    """A streamed call through nginx: when each content piece arrived, and the text they make."""
+    arrivals, pieces = [], []
+    with client.stream("POST", f"{url}/v1/chat/completions",
+                       json={"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}) as r:
+        assert r.status_code == 200, (model, r.read())
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choices = json.loads(line[len("data: "):]).get("choices") or [{}]
+            piece = (choices[0].get("delta") or {}).get("content")
+            if piece:
+                arrivals.append(time.monotonic())
+                pieces.append(piece)
+    return arrivals, "".join(pieces)
 
 
 def test_a_hung_provider_costs_one_timeout_then_the_fallback_answers_and_the_next_calls_skip_it(
