@@ -2,16 +2,18 @@
 
 Redis cut off by dropped packets under load: LiteLLM's Redis calls give up after litellm_redis_timeout and its
 circuit breaker skips Redis until it answers again (rate limits, cooldowns and budgets per instance meanwhile):
-nothing fails, latency stays, RedisBypassed fires, and shared state resumes without a restart.
+nothing fails, latency stays, RedisBypassed fires, gatekit doctor names the silent Redis, and shared state resumes
+without a restart.
 (A provider that hangs: tests/e2e/test_stack_switch.py, which runs after the tests that expect the lab's own spec.)
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 from lab import faults
-from lab.checks import prometheus_query, redis_cli, wait_for_scrapes
+from lab.checks import gatekit, prometheus_query, redis_cli, wait_for_scrapes
 from lab.load import Load
 
 HEALTHY_SEC, CUT_SEC, AFTER_SEC = 20, 30, 15
@@ -33,6 +35,8 @@ def test_redis_cut_off_under_load_fails_nothing_keeps_p99_fires_its_alert_and_re
         time.sleep(2)
         with faults.dropped(lab, redis, port):
             cut_at = time.monotonic()
+            # gatekit doctor names the silent Redis (from the first gateway: the same check runs on every one).
+            diagnosis = gatekit(lab, "doctor", str(lab.inventory_path), "--json", "--host", gws[0], check=False)
             while time.monotonic() - cut_at < CUT_SEC:
                 for a in prometheus_query(lab, 'ALERTS{alertname="RedisBypassed", alertstate="firing"}'):
                     fired.add((a["metric"]["host"], a["metric"]["port"]))
@@ -45,6 +49,14 @@ def test_redis_cut_off_under_load_fails_nothing_keeps_p99_fires_its_alert_and_re
     report = {gw: {"healthy_p99_ms": healthy.summary(gw)["p99_ms"], "cut_p99_ms": cut.summary(gw)["p99_ms"]} for gw in gws}
     print("Redis cut off for", CUT_SEC, "s under load:", cut.summary(), "healthy:", healthy.summary(), report)
     assert cut.failures == [], cut.summary()
+    address = lab.hosts[gws[0]].address
+    checks = {r["check"]: r for r in json.loads(diagnosis.stdout)["results"] if r["host"] == address}
+    assert diagnosis.returncode == 1 and checks["redis"]["status"] == "fail", (diagnosis.returncode, checks.get("redis"))
+    target = f"{lab.hosts[redis].address}:{port}"
+    assert f"from here to {target}: TimeoutError" in checks["redis"]["evidence"], checks["redis"]
+    # Nothing else is blamed: the routing check says it cannot see the cooldowns, which live in Redis.
+    assert sorted(c for c, r in checks.items() if r["status"] == "fail") == ["redis", "routing"], checks
+    assert "Redis not readable: cooldowns unknown" in checks["routing"]["evidence"], checks["routing"]
     for gw in gws:  # every gateway keeps its latency: within 1 s of the same load with Redis answering
         assert report[gw]["cut_p99_ms"] <= report[gw]["healthy_p99_ms"] + 1000, report
     # Every live instance's breaker opened (RedisBypassed named each: the lab's gateways have distinct ports), and
