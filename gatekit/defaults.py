@@ -48,6 +48,10 @@ DEFAULTS: dict[str, object] = {
     "litellm_worker_healthcheck_timeout": 120,  # seconds uvicorn's supervisor waits for a worker before killing it (its default 5 s kills workers starting on a busy CPU, in a loop)
     "litellm_memory_high": "1280M",  # systemd MemoryHigh: throttling + reclaim start here
     "litellm_memory_max": "1536M",  # systemd MemoryMax: the kernel kills the instance above this
+    "litellm_recycle_memory_percent": 85,  # an instance of the live set using this share of litellm_memory_high is drained (nginx sends it nothing new) and restarted, one at a time, before MemoryHigh throttles it; 0 = off
+    "litellm_recycle_max_age": 0,  # seconds: an instance of the live set running longer is recycled the same way (slow leaks, fragmentation); 0 = off
+    "litellm_recycle_min_age": 600,  # seconds: a younger instance is never recycled (one already above the threshold at start would otherwise restart in a loop)
+    "litellm_recycle_interval": 30,  # seconds between two checks (gatekit-recycle.timer); each check recycles at most one instance
     "litellm_restart_sec": 2,  # RestartSec: pause before systemd restarts a dead instance
     "litellm_start_limit_burst": 10,  # StartLimitBurst: restarts allowed within the interval below
     "litellm_start_limit_interval": 300,  # StartLimitIntervalSec

@@ -593,6 +593,8 @@ BOUNDS = {
     "litellm_redis_timeout": (0.01, 60), "litellm_redis_breaker_failures": (1, 10000),
     "litellm_redis_breaker_window": (0, _HOUR), "litellm_redis_breaker_recovery": (1, _DAY),
     "litellm_deployment_timeout": (1, _DAY), "litellm_deployment_stream_timeout": (1, _DAY),
+    "litellm_recycle_memory_percent": (0, 99), "litellm_recycle_max_age": (0, 365 * _DAY),
+    "litellm_recycle_min_age": (0, _DAY), "litellm_recycle_interval": (5, _HOUR),
     "nginx_metrics_port": (1, 65535), "monitoring_prometheus_port": (1, 65535), "monitoring_scrape_interval": (1, _HOUR),
     "monitoring_node_exporter_port": (1, 65535), "monitoring_redis_exporter_port": (1, 65535),
     "monitoring_postgres_exporter_port": (1, 65535), "monitoring_blackbox_port": (1, 65535),

@@ -32,11 +32,12 @@ from gatekit.render import litellm_config, litellm_config_yaml, litellm_env, tem
 from gatekit.resources import onhost_source
 from gatekit.spec import memory_max_problem
 from gatekit.roles import credentials, topology
-from gatekit.roles.switch import deployment_digests, fault_injection, rotate_argv, switch_in_waves, touched_deployments
+from gatekit.roles.switch import (deployment_digests, fault_injection, helper_sandbox, rotate_argv, switch_in_waves,
+                                  touched_deployments)
 from gatekit.roles.venv import PACKAGES, VenvBuild  # noqa: F401 - PACKAGES: roles/packages.py reads it here
 
 ONHOST_PROGRAMS = ("layout.py", "instance.py", "rotate.py", "keyauth.py", "gcpolicy.py", "probe.py", "unitstats.py",
-                   "upstream.py")  # uploaded to Layout.lib_dir with layout.json
+                   "upstream.py", "recycle.py")  # uploaded to Layout.lib_dir with layout.json
 LOADED_BY_LITELLM = ("keyauth.py", "gcpolicy.py")  # run inside LiteLLM: a new version takes effect through a restart
 
 
@@ -109,7 +110,7 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
     instances = [L.instance(p) for p in ports]
 
     # --- everything this role manages, each with what its change triggers; then one read ---------
-    want = Desired(packages=PACKAGES, units=instances, users=[svc], texts=[L.venv_stamp])
+    want = Desired(packages=PACKAGES, units=[*instances, L.recycle_timer], users=[svc], texts=[L.venv_stamp])
     for path, owner, group, mode in (
         (L.litellm_home, "root", "root", "755"),
         (L.bin_dir, "root", "root", "755"),
@@ -146,6 +147,8 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
     want.file(L.unit_file, template("litellm/litellm@.service.j2", s=s, layout=L, credentials=sorted(env_for),
                                     egress_allow=egress),
               notify=("daemon-reload", "restart"), name="Install the litellm@.service template unit")
+    for unit, text in recycle_units(s, L).items():
+        want.file(L.unit_path(unit), text, notify=("daemon-reload", "restart:recycle"), name=f"Render {unit}")
     if s["litellm_database"]:
         want.file(L.migrate_unit_file, template("litellm/litellm-migrate.service.j2", layout=L, credentials=sorted(env_for),
                                                 prisma_engines_mirror=s["litellm_prisma_engines_mirror"]),
@@ -184,6 +187,13 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
         running_enabled={p: want.state["units"].get(L.instance(p)) == ("active", "enabled") for p in ports},
         switch=switch,
     )
+
+
+def recycle_units(s: dict, L: Layout) -> dict[str, str]:
+    """{unit: text} of gatekit-recycle (gatekit/onhost/recycle.py) and its timer; it runs in gatekit-rotate's sandbox."""
+    return {unit: template(tpl, s=s, layout=L, sandbox=helper_sandbox(L, None))
+            for unit, tpl in ((L.recycle_service, "litellm/gatekit-recycle.service.j2"),
+                              (L.recycle_timer, "litellm/gatekit-recycle.timer.j2"))}
 
 
 def staged_change(ctx, L: Layout, want: Desired, env_for: dict, live_record: str, interrupted: bool) -> Switch | None:
@@ -275,3 +285,9 @@ def litellm_ready(gw: Gateway):
             wait_ready(gw, port)
         elif port == gw.restarted[-1] and not gw.switch:
             wait_ready(gw, port, _if=restart)
+    # Recycling runs once the instances serve (a first start never counts towards it: litellm_recycle_min_age).
+    timer = gw.layout.recycle_timer
+    if gw.want.state["units"].get(timer) != ("active", "enabled"):
+        systemd.service(name=f"Enable and start {timer}", service=timer, running=True, enabled=True)
+    systemd.service(name=f"Restart {timer} for its new settings", service=timer, restarted=True,
+                    _if=gw.want.changed("restart:recycle"))

@@ -175,6 +175,10 @@ class Layout:
     def journal_file(self) -> str:  # present while a rotation runs or was cut off
         return f"{self.gatekit_state_dir}/rotation.json"
 
+    @property
+    def switch_lock(self) -> str:  # flock()ed by gatekit-rotate for its whole run, and by gatekit-recycle
+        return f"{self.gatekit_state_dir}/switch.lock"
+
     # ---- the instances ------------------------------------------------------------------------------
     @property
     def instance_sets(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -273,6 +277,8 @@ class Layout:
     # Prometheus listens on one address; this socket gives it the loopback one too (systemd-socket-proxyd).
     prometheus_loopback_socket = "gatekit-prometheus-loopback.socket"
     prometheus_loopback_service = "gatekit-prometheus-loopback.service"
+    recycle_service = "gatekit-recycle.service"  # gateways: drains and restarts one live instance past its memory or age
+    recycle_timer = "gatekit-recycle.timer"
     unitstats_service = "gatekit-unitstats.service"  # gateways: instance memory and stale keys for node_exporter
     unitstats_timer = "gatekit-unitstats.timer"
     postgres_monitor_role = "prometheus"  # peer-authenticated over the socket: the exporter's system user

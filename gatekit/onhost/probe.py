@@ -114,7 +114,7 @@ def environ(pid: int, proc: str = "/proc") -> dict[str, str]:
 
 def unit_props(unit: str) -> dict[str, str]:
     names = ("ActiveState", "SubState", "MainPID", "NRestarts", "Result", "MemoryMax", "MemoryHigh", "MemoryCurrent",
-             "Restart", "ExecMainStartTimestamp", "LoadState", "InvocationID")
+             "Restart", "ExecMainStartTimestamp", "LoadState", "InvocationID", "ActiveEnterTimestampMonotonic")
     rc, out, _ = run("systemctl", "show", unit, *(f"--property={n}" for n in names))
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 

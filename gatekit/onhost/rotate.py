@@ -44,6 +44,7 @@ systemctl's words; a rollback it stops half-way keeps the journal for the next r
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -659,7 +660,10 @@ def main():
     args = parser().parse_args()
     global LAYOUT
     LAYOUT = Layout.beside(__file__)
-    sys.exit(rotate(args))
+    # One switch per host, and never beside gatekit-recycle (recycle.py), which takes an instance out of nginx.
+    with open(LAYOUT.switch_lock, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sys.exit(rotate(args))
 
 
 if __name__ == "__main__":

@@ -88,6 +88,8 @@ FILES = {
     "systemd/litellm@.service": "unit",
     "systemd/litellm-migrate.service": "unit",
     "systemd/gatekit-venv-install.service": "unit",
+    "systemd/gatekit-recycle.service": "unit",
+    "systemd/gatekit-recycle.timer": "unit",
     "systemd/gatekit-unitstats.service": "unit",
     "systemd/gatekit-unitstats.timer": "unit",
     "systemd/gatekit-prometheus-loopback.socket": "unit",
@@ -216,6 +218,8 @@ def render_all(s: dict, **fixed) -> dict[str, str]:
                       (L.unitstats_timer, "monitoring/gatekit-unitstats.timer.j2")):
         renderers[f"systemd/{unit}"] = (lambda t, tpl=tpl: render.template(tpl, s=t, layout=L, secrets=env_for),
                                         (L, env_names))
+    for unit in (L.recycle_service, L.recycle_timer):
+        renderers[f"systemd/{unit}"] = (lambda t, unit=unit: litellm_role.recycle_units(t, L)[unit], (L,))
     for unit, tpl in ((L.prometheus_loopback_socket, "monitoring/prometheus-loopback.socket.j2"),
                       (L.prometheus_loopback_service, "monitoring/prometheus-loopback.service.j2")):
         renderers[f"systemd/{unit}"] = (lambda t, tpl=tpl: render.template(tpl, s=t, layout=L, private_address=DATA), (L,))
@@ -248,7 +252,8 @@ def unit_paths(L: Layout) -> dict[str, str]:
 
 
 def units_to_verify(L: Layout) -> list[str]:
-    return [L.instance(L.litellm_ports[0]), L.migrate_unit, L.venv_install_unit, L.unitstats_service, L.unitstats_timer,
+    return [L.instance(L.litellm_ports[0]), L.migrate_unit, L.venv_install_unit, L.recycle_service, L.recycle_timer,
+            L.unitstats_service, L.unitstats_timer,
             L.prometheus_loopback_socket, L.prometheus_loopback_service, L.node_exporter_unit, L.redis_exporter_unit,
             L.postgres_exporter_unit, L.blackbox_unit, L.prometheus_unit]
 

@@ -39,7 +39,7 @@ context = dict(
     prisma_engines_mirror="", egress_allow=["10.0.0.5"], lib_dir=L.lib_dir,
     usage_db="host=10.0.0.5 port=5432 dbname=litellm user=litellm", log_level="WARNING",
     units_regex="(nginx)[.]service", credential="redis_password", metrics_allow=["10.0.0.7/32"],
-    secrets={"openai_key": "GK_SECRET_OPENAI_KEY"},
+    secrets={"openai_key": "GK_SECRET_OPENAI_KEY"}, sandbox=["ProtectSystem=strict"],
 )
 root = files("gatekit.templates")
 names = sorted(f"{d.name}/{f.name}" for d in root.iterdir() if d.is_dir() and d.name != "__pycache__"
