@@ -78,6 +78,25 @@ def sse_events(response):
             event = None
 
 
+def openai_stream(response) -> tuple[list, list]:
+    """An OpenAI-shaped SSE answer (OpenAI's and Azure's), checked to end in [DONE]: every chunk and the chunks with
+    content, each as (arrival time, chunk)."""
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = list(sse_events(response))
+    assert events[-1][2] == "[DONE]"
+    chunks = [(t, json.loads(d)) for t, _, d in events[:-1]]
+    return chunks, [(t, c) for t, c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+
+
+def assert_arrived_apart(times: list[float]):
+    """5 pieces sent 0.2 s apart arrived apart: lower bounds only, and relative (a loaded machine may delay one read,
+    never batch the whole stream)."""
+    assert times[-1] - times[0] > 0.6, "5 pieces, 0.2 s apart: ~0.8 s between first and last"
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert sorted(gaps)[len(gaps) // 2] > 0.1, f"pieces were batched: gaps {gaps}"
+
+
 # -- helpers -----------------------------------------------------------------
 
 
@@ -129,15 +148,9 @@ def test_chat_completion_plain(http, ctl):
 def test_chat_completion_stream_chunks_arrive_separately(http, ctl):
     body = {"model": "up-s", "stream": True, "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": "hi"}]}
-    t0 = time.monotonic()
     with http.stream("POST", "/v1/chat/completions", json=body,
                      headers={"Authorization": f"Bearer {KEY}"}) as r:
-        assert r.status_code == 200
-        assert r.headers["content-type"].startswith("text/event-stream")
-        events = list(sse_events(r))
-    assert events[-1][2] == "[DONE]"
-    chunks = [(t, json.loads(d)) for t, _, d in events[:-1]]
-    content = [(t, c) for t, c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+        chunks, content = openai_stream(r)
     assert len(content) == 5
     assert "".join(c["choices"][0]["delta"]["content"] for _, c in content) == answer_text("up-s")
     assert content[0][1]["choices"][0]["delta"]["role"] == "assistant"
@@ -146,11 +159,7 @@ def test_chat_completion_stream_chunks_arrive_separately(http, ctl):
     assert final["choices"][0]["finish_reason"] == "stop"
     assert final["usage"]["total_tokens"] == final["usage"]["prompt_tokens"] + final["usage"]["completion_tokens"]
 
-    times = [t for t, _ in content]
-    assert times[-1] - times[0] > 0.6, "5 chunks, 0.2 s apart: ~0.8 s between first and last"
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    # Relative, not absolute, timing: a loaded machine may delay one read, never batch the whole stream.
-    assert sorted(gaps)[len(gaps) // 2] > 0.1, f"chunks were batched: gaps {gaps}"
+    assert_arrived_apart([t for t, _ in content])
 
     (rec,) = ctl.requests()
     assert rec["stream"] is True and rec["status"] == 200 and rec["completed"] is True
@@ -299,10 +308,7 @@ def test_gemini_stream_sse_pieces_arrive_separately(http, ctl):
     assert events[-1][1]["usageMetadata"]["candidatesTokenCount"] == 3
     assert events[-1][1]["usageMetadata"]["totalTokenCount"] == 7
 
-    times = [t for t, _ in events]
-    assert times[-1] - times[0] > 0.6, "5 pieces, 0.2 s apart: ~0.8 s between first and last"
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    assert sorted(gaps)[len(gaps) // 2] > 0.1, f"pieces were batched: gaps {gaps}"
+    assert_arrived_apart([t for t, _ in events])
 
     (rec,) = ctl.requests()
     assert rec["api"] == "gemini" and rec["model"] == "gem-s" and rec["path"].endswith(":streamGenerateContent")
@@ -442,22 +448,14 @@ def test_azure_stream_pieces_arrive_separately(http, ctl):
             "messages": [{"role": "user", "content": "hi"}]}
     with http.stream("POST", "/openai/deployments/az-s/chat/completions", params={"api-version": AZURE_VERSION},
                      json=body, headers={"api-key": KEY}) as r:
-        assert r.status_code == 200
-        assert r.headers["content-type"].startswith("text/event-stream")
-        events = list(sse_events(r))
-    assert events[-1][2] == "[DONE]"
-    chunks = [(t, json.loads(d)) for t, _, d in events[:-1]]
-    content = [(t, c) for t, c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+        chunks, content = openai_stream(r)
     assert len(content) == 5
     assert "".join(c["choices"][0]["delta"]["content"] for _, c in content) == answer_text("az-s")
     assert all(c["model"] == "az-s" for _, c in chunks)
     assert chunks[-1][1]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1][1]["usage"] == {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
 
-    times = [t for t, _ in content]
-    assert times[-1] - times[0] > 0.6, "5 chunks, 0.2 s apart: ~0.8 s between first and last"
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    assert sorted(gaps)[len(gaps) // 2] > 0.1, f"chunks were batched: gaps {gaps}"
+    assert_arrived_apart([t for t, _ in content])
 
     (rec,) = ctl.requests()
     assert rec["api"] == "azure" and rec["model"] == "az-s" and rec["api_version"] == AZURE_VERSION
