@@ -127,3 +127,12 @@ def api_version_problem(provider: str, api_version: str | None) -> str:
         return f"provider {provider!r} takes no api_version (it would be ignored). Fix: remove it"
     return ""
 
+
+def deployment_problems(provider: str, api_base: str | None, api_version: str | None) -> list[tuple[str, str]]:
+    """[(field, problem)] of one deployment's provider fields: the provider alone when it is refused (its api_base
+    and api_version cannot be judged then), else api_base's and api_version's, each when there is one."""
+    refused = provider_problem(provider)
+    if refused:
+        return [("provider", refused)]
+    found = (("api_base", base_problem(provider, api_base)), ("api_version", api_version_problem(provider, api_version)))
+    return [(field, problem) for field, problem in found if problem]

@@ -788,15 +788,8 @@ def _semantic_problems(spec: GatewaySpec, secret_names: set[str] | None) -> list
                 "Fix: add at least one deployment or remove the model."
             )
         for j, d in enumerate(m.deployments):
-            at = f"{f}: models[{i}].deployments[{j}]"
-            unknown_provider = providers.provider_problem(d.provider)
-            if unknown_provider:  # its api_base and api_version cannot be judged
-                problems.append(f"{at}.provider: {unknown_provider}.")
-            for field, problem in (() if unknown_provider else (
-                    ("api_base", providers.base_problem(d.provider, d.api_base)),
-                    ("api_version", providers.api_version_problem(d.provider, d.api_version)))):
-                if problem:
-                    problems.append(f"{at}.{field}: {problem}.")
+            for field, problem in providers.deployment_problems(d.provider, d.api_base, d.api_version):
+                problems.append(f"{f}: models[{i}].deployments[{j}].{field}: {problem}.")
             if d.weight <= 0:
                 problems.append(
                     f"{f}: models[{i}].deployments[{j}].weight: weight {d.weight:g} for {m.name!r} "

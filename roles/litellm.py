@@ -191,7 +191,8 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
 
 def recycle_units(s: dict, L: Layout) -> dict[str, str]:
     """{unit: text} of gatekit-recycle (gatekit/onhost/recycle.py) and its timer; it runs in gatekit-rotate's sandbox."""
-    return {unit: template(tpl, s=s, layout=L, sandbox=helper_sandbox(L, None))
+    sandbox = helper_sandbox(L, None)
+    return {unit: template(tpl, s=s, layout=L, sandbox=sandbox)
             for unit, tpl in ((L.recycle_service, "litellm/gatekit-recycle.service.j2"),
                               (L.recycle_timer, "litellm/gatekit-recycle.timer.j2"))}
 

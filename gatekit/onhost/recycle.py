@@ -67,7 +67,6 @@ def recycle_one(L: Layout, args) -> int:
         return 0
     live = L.live_set(probe.read(L.live_file) or "")
     served = rotate.upstream_ports()
-    props = {p: probe.unit_props(L.instance(p)) for p in live}
     missing = [p for p in live if p not in served]
     if missing:  # a cut-off round left one out: back in once it is ready (nothing else this round)
         for port in missing:
@@ -77,14 +76,15 @@ def recycle_one(L: Layout, args) -> int:
         return 0
     if len(live) < 2:
         return 0
+    props = {p: probe.unit_props(L.instance(p)) for p in live}
     if set(served) != set(live) or any(props[p].get("ActiveState") != "active" for p in live):
         log(f"not every instance of {rotate.named(live)} serves (nginx: {rotate.named(served)}): not this round")
         return 0
     now_us = int(time.monotonic() * 1e6)
-    due = [(p, why) for p in live if (why := reason(props[p], now_us, args.memory_percent, args.max_age, args.min_age))]
-    if not due:
+    due = ((p, why) for p in live if (why := reason(props[p], now_us, args.memory_percent, args.max_age, args.min_age)))
+    port, why = next(due, (None, None))
+    if port is None:
         return 0
-    port, why = due[0]
     unit = L.instance(port)
     t0 = time.monotonic()
     log(f"recycling {unit}: {why}")
@@ -102,7 +102,6 @@ def recycle_one(L: Layout, args) -> int:
 
 
 def main_with(L: Layout, args) -> int:
-    os.makedirs(os.path.dirname(L.switch_lock), exist_ok=True)
     with open(L.switch_lock, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
