@@ -227,6 +227,11 @@ class Lab:
             self.hosts[h.name] = h
         return booted
 
+    def remove(self, name: str) -> None:
+        """Power a host off and forget it (after the inventory no longer names it)."""
+        self.sandbox.stop(name)
+        self.hosts.pop(name)
+
     def write_inventory(self, groups: dict[str, list[str]]):
         """groups: {"gateways": [names], "redis": [name], "postgres": [name]}; a host's own settings
         (host data, e.g. a non-default litellm_home) come from its `data`."""
