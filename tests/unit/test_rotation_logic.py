@@ -927,6 +927,35 @@ def test_a_rotation_cut_off_after_the_switch_is_finished_forward_by_the_next_run
     assert gw.upstream.read_text() == conf(GREEN)
 
 
+DEPLOY_STEPS = ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx", "drain"]
+
+
+@pytest.mark.parametrize("step", DEPLOY_STEPS)
+def test_a_deploy_switch_cut_off_at_any_step_leaves_one_config_live_and_the_next_run_settles_it(gw, monkeypatch, step):
+    """A deploy's switch (a changed config.yaml, no key: roles/litellm.py) whose helper dies right after `step`:
+    before nginx switched, the next run rolls back (the old config and set serve, nothing staged is left); from the
+    switch on, it finishes forward (the new config is live and recorded)."""
+    config = Path(R.LAYOUT.config)
+    config.write_text("ids: old\n")
+    Path(f"{config}.next").write_text("ids: new\n")
+    gw.put("openai_key", "OLD-cred", "oldfp")
+    deploy = dict(secrets="-", purge="", files=str(config), change="deploy")
+    with monkeypatch.context() as m, pytest.raises(SystemExit):
+        m.setattr(R.os, "kill", lambda pid, sig: (_ for _ in ()).throw(SystemExit(f"killed after {step}")))
+        R.rotate(args(**deploy, fail_after=step))
+    switched = DEPLOY_STEPS.index(step) >= DEPLOY_STEPS.index("switch")
+    assert gw.upstream.read_text() == conf(GREEN if switched else BLUE)
+    assert gw.journal()["files"] == [str(config)]
+    assert R.rotate(args(secrets="-", purge="", change="deploy")) == 0  # the next run: nothing staged this time
+    assert gw.journal() is None
+    want, ports = ("ids: new\n", GREEN) if switched else ("ids: old\n", BLUE)
+    assert config.read_text() == want and gw.upstream.read_text() == conf(ports) and gw.running == set(ports)
+    assert not Path(f"{config}.next").exists() and not Path(f"{config}.prev").exists()
+    assert gw.cred_text("openai_key") == "OLD-cred"
+    if switched:
+        assert gw.live()["ports"] == list(GREEN) and gw.live()["config_sha1"] == R.file_sha1(str(config))
+
+
 # --- recover() ------------------------------------------------------------------------------------------
 
 
