@@ -134,12 +134,11 @@ def test_rotate_to_rejected_key_rolls_back(lab, client, provider):
         set_vault(lab, "openai_key", current)
 
 
-# Each step of gatekit-rotate, killed (SIGKILL of the on-host rotation process) right after it. Up to three steps at
-# once, one on each gateway (gw2 has every path and port setting moved, gw3 is the one test_stack.py adds): a
-# rotation touches only its own host, and the provider tells the gateways' calls apart by their address. With fewer
-# gateways (this module run alone) a group's steps take turns.
+# Each step of gatekit-rotate, killed (SIGKILL of the on-host rotation process) right after it. Two steps at once,
+# one on each gateway (gw2 has every path and port setting moved): a rotation touches only its own host, and the
+# provider tells the gateways' calls apart by their address. With fewer gateways a group's steps take turns.
 STEPS = ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx", "drain"]
-GROUPS = [STEPS[0:3], STEPS[3:6], STEPS[6:]]
+GROUPS = [STEPS[i:i + 2] for i in range(0, len(STEPS), 2)]
 
 
 def _kill_rotation_after(lab, provider, gw: str, step: str, old: str, new: str):
