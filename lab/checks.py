@@ -3,6 +3,7 @@ condition, and where a secret's plaintext appears on the lab's hosts."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import ssl
 import subprocess
@@ -173,3 +174,12 @@ def gatekit(lab, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
+
+
+def doctor_failures(lab, gw: str) -> dict[str, str]:
+    """{check: evidence} of what `gatekit doctor --host GW` finds failing on that gateway."""
+    p = gatekit(lab, "doctor", str(lab.inventory_path), "--json", "--host", gw, check=False)
+    results = [r for r in json.loads(p.stdout)["results"] if r["host"] == lab.hosts[gw].address]
+    failing = {r["check"]: r["evidence"] for r in results if r["status"] == "fail"}
+    assert results and (p.returncode == 1) == bool(failing), (p.returncode, failing, p.stderr[-2000:])
+    return failing

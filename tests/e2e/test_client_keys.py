@@ -15,7 +15,7 @@ import pytest
 
 from gatekit.onhost.keyauth import RELOAD_SECONDS
 from lab import faults
-from lab.checks import gatekit, lab_client, secret_locations, wait_until
+from lab.checks import doctor_failures, gatekit, lab_client, secret_locations, wait_until
 from lab.load import Load
 
 GATEWAYS = ("gw1", "gw2")
@@ -280,8 +280,9 @@ def test_postgres_down_fails_no_request_and_usage_is_written_on_recovery(lab, ke
 
 def test_postgres_cut_off_under_load_fails_nothing_keeps_p99_and_every_request_is_counted_on_return(lab, keys):
     """PostgreSQL silent (its packets dropped, nothing refused) for 25 s under client-key traffic with a monthly
-    budget: no request fails, p99 stays within 1 s of the same load with PostgreSQL answering, and every served
-    request is in the usage ledger once it answers again."""
+    budget: no request fails, p99 stays within 1 s of the same load with PostgreSQL answering, every served
+    request is in the usage ledger once it answers again, and gatekit doctor names the silent PostgreSQL (and
+    nothing else) meanwhile."""
     budgeted = add_key(lab, "budgeted", "--models", "fast", "--budget", "1000")
     assert lab.deploy().ok
     wait_until(lambda: all(chat(lab, gw, budgeted).status_code == 200 for gw in GATEWAYS), timeout=10, what="key works")
@@ -292,6 +293,9 @@ def test_postgres_cut_off_under_load_fails_nothing_keeps_p99_and_every_request_i
                                  str(lab.inventory_path)).stdout)
         return {k["name"]: k["month"]["requests"] for k in out["keys"]}["budgeted"]
 
+    # What doctor finds failing on gw1 with PostgreSQL answering (earlier tests may have left findings of their own):
+    # the cut must add exactly its own. Before the healthy window, which it would slow.
+    baseline = doctor_failures(lab, GATEWAYS[0])
     time.sleep(3)  # the calls above are written within a flush interval
     before = month()
     with Load(lab, list(GATEWAYS), models=("fast",), api_key=budgeted) as healthy:
@@ -299,7 +303,9 @@ def test_postgres_cut_off_under_load_fails_nothing_keeps_p99_and_every_request_i
     with Load(lab, list(GATEWAYS), models=("fast",), api_key=budgeted) as cut:
         time.sleep(2)
         with faults.dropped(lab, pg, lab.host_settings(pg)["postgres_port"]):
-            time.sleep(25)
+            cut_at = time.monotonic()
+            during = doctor_failures(lab, GATEWAYS[0])
+            time.sleep(max(0.0, 25 - (time.monotonic() - cut_at)))
         time.sleep(3)
     report = {gw: {"healthy_p99_ms": healthy.summary(gw)["p99_ms"], "cut_p99_ms": cut.summary(gw)["p99_ms"]}
               for gw in GATEWAYS}
@@ -308,6 +314,10 @@ def test_postgres_cut_off_under_load_fails_nothing_keeps_p99_and_every_request_i
     assert healthy.failures == [] and cut.failures == [], (healthy.summary(), cut.summary())
     for gw in GATEWAYS:
         assert report[gw]["cut_p99_ms"] <= report[gw]["healthy_p99_ms"] + 1000, report
+    assert "postgres" not in baseline, baseline
+    target = f"{lab.hosts[pg].address}:{lab.host_settings(pg)['postgres_port']}"
+    assert f"{target} with the password: error: TimeoutError" in during.get("postgres", ""), during
+    assert sorted(during) == sorted({*baseline, "postgres"}), (baseline, during)
     t0 = time.monotonic()
     assert wait_until(lambda: month() >= before + served, timeout=180, interval=3)
     assert month() == before + served, (month(), before, served)  # each once: none lost, none twice

@@ -9,23 +9,13 @@ without a restart.
 
 from __future__ import annotations
 
-import json
 import time
 
 from lab import faults
-from lab.checks import gatekit, prometheus_query, redis_cli, wait_for_scrapes
+from lab.checks import doctor_failures, prometheus_query, redis_cli, wait_for_scrapes
 from lab.load import Load
 
 HEALTHY_SEC, CUT_SEC, AFTER_SEC = 20, 30, 15
-
-
-def doctor_failures(lab, gw: str) -> dict[str, str]:
-    """{check: evidence} of what `gatekit doctor --host GW` finds failing on that gateway."""
-    p = gatekit(lab, "doctor", str(lab.inventory_path), "--json", "--host", gw, check=False)
-    results = [r for r in json.loads(p.stdout)["results"] if r["host"] == lab.hosts[gw].address]
-    failing = {r["check"]: r["evidence"] for r in results if r["status"] == "fail"}
-    assert results and (p.returncode == 1) == bool(failing), (p.returncode, failing, p.stderr[-2000:])
-    return failing
 
 
 def redis_commands(lab) -> int:
