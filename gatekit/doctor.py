@@ -608,12 +608,38 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def lock_pins(lock_text: str) -> dict[str, str]:
-    """{normalized name: version} of a hash lock's `name==version` lines."""
+# PEP 508 marker variables every gatekit host shares (Debian, CPython on Linux); the Python version and the
+# machine come from the host's venv (marker_environment).
+_LINUX = {"sys_platform": "linux", "platform_system": "Linux", "os_name": "posix", "implementation_name": "cpython",
+          "platform_python_implementation": "CPython"}
+
+
+def marker_environment(venv: dict | None) -> dict[str, str]:
+    """The marker variables of the host whose venv evidence (onhost/probe.py venv) this is: its Python version and
+    machine where the probe read them, else only what every gatekit host shares."""
+    env = dict(_LINUX)
+    venv = venv if isinstance(venv, dict) else {}  # malformed evidence: the supply-chain check itself fails on it
+    version = venv.get("python_version")
+    if isinstance(version, str) and re.fullmatch(r"\d+\.\d+(\.\d+)?", version):
+        env["python_full_version"] = version
+        env["python_version"] = ".".join(version.split(".")[:2])
+    machine = venv.get("machine")
+    if isinstance(machine, str) and machine:
+        env["platform_machine"] = machine
+    return env
+
+
+def lock_pins(lock_text: str, environment: dict[str, str] | None = None) -> dict[str, str]:
+    """{normalized name: version} of a hash lock's `name==version` lines that install in `environment` (marker
+    variables: marker_environment): the locks cover Python 3.11 and 3.13, and their environment markers leave out
+    what a host does not install (a Windows-only package, a backport older Pythons need)."""
+    from packaging.markers import Marker  # a pyinfra dependency; only the supply-chain check needs it
+
+    env = {**_LINUX, **(environment or {})}
     pins = {}
     for line in lock_text.splitlines():
-        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)", line)
-        if m:
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)\s*(?:;([^\\]*))?", line)
+        if m and (not (m.group(4) or "").strip() or Marker(m.group(4).strip()).evaluate(env)):
             pins[normalize(m.group(1))] = m.group(3)
     return pins
 

@@ -207,7 +207,7 @@ def host_results(host, ctx, ev: dict, calls: bool) -> list[d.Result]:
         out.append(d.check_tls(name, g.get("nginx"), port, int(s.get("monitoring_cert_days", 14)), now, L))
         lock = lock_file(s)
         extra = ("pip",) if s["litellm_installer"] == "pip" else ()
-        out.append(d.check_supply_chain(name, g.get("venv"), g.get("venv_units", []), d.lock_pins(lock.read_text()), extra))
+        out.append(d.check_supply_chain(name, g.get("venv"), g.get("venv_units", []), d.lock_pins(lock.read_text(), d.marker_environment(g.get("venv"))), extra))
     for r in (d.check_redis(name, gw, data), d.check_postgres(name, gw, data), d.check_monitoring(name, data)):
         if r is not None:
             out.append(r)

@@ -39,20 +39,26 @@ KIT_PACKAGES = all_packages()
 LOCKS = (requirements_file(DEFAULT_LOCK), requirements_file(releases.UPGRADE_LOCK), requirements_file(UV_LOCK))
 
 
+# The hosts' Pythons the locks cover: Debian 12's and Debian 13's.
+PYTHONS = ("3.11", "3.13")
+
+
 def wheelhouse(locks: tuple[Path, ...] = LOCKS) -> Path:
-    """Every wheel of the locks, downloaded once into the sandbox cache (keyed by the locks' hash and the broken
-    release's recipe), and the broken release built beside them (lab/releases.py)."""
-    recipe = Path(releases.__file__).read_bytes()
+    """Every wheel of the locks for each of PYTHONS (hash-checked: a lock without a hash for one fails here),
+    downloaded once into the sandbox cache (keyed by the locks' hash, PYTHONS and the broken release's recipe),
+    and the broken release built beside them (lab/releases.py)."""
+    recipe = Path(releases.__file__).read_bytes() + " ".join(PYTHONS).encode()
     digest = hashlib.sha256(b"".join(lock.read_bytes() for lock in locks) + recipe).hexdigest()[:12]
     target = sb.BASE_CACHE / f"wheelhouse-{digest}"
     if (target / ".complete").exists():
         return target
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    for lock in locks:  # one download per lock: the upgrade lock pins other versions of the same packages
+    # One download per lock and Python: the upgrade lock pins other versions of the same packages.
+    for lock, python in ((lock, python) for lock in locks for python in PYTHONS):
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--require-hashes",
-             "--no-deps", "--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux2014_x86_64",
+             "--no-deps", "--only-binary=:all:", "--python-version", python, "--platform", "manylinux2014_x86_64",
              "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64", "--platform", "linux_x86_64",
              "--implementation", "cp", "-r", str(lock), "-d", str(tmp)],
             check=True,
@@ -221,8 +227,9 @@ class Lab:
             self.hosts[name].data.update(values)
         self.write_inventory(groups)
 
-    def boot(self, names: list[str]) -> list[sb.Host]:
-        booted = self.sandbox.boot(names)
+    def boot(self, names: list[str], suite: str = sb.SUITE) -> list[sb.Host]:
+        """Boot hosts into the lab; `suite`: their Debian release (sb.SUITES: "trixie" = Debian 13), built once."""
+        booted = self.sandbox.boot(names, base=None if suite == sb.SUITE else sb.ensure_base(suite=suite))
         for h in booted:
             self.hosts[h.name] = h
         return booted

@@ -62,7 +62,9 @@ ALT_DATA_ROOT = Path("/var/tmp/gatekit-sandbox")
 #: Minimum free space for keeping host upper dirs under /run.
 MIN_RUN_FREE_BYTES = 8 * 1024**3
 
-SUITE = "bookworm"
+SUITE = "bookworm"  # Debian 12: the default host
+#: Debian releases a sandbox host can run (test-hosts.md: trixie's systemd 257 boots with these flags here).
+SUITES = ("bookworm", "trixie")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 BASE_INCLUDE = (
     "systemd",
@@ -295,14 +297,16 @@ def parse_debian_mirror(sources: str, suite: str = SUITE) -> str | None:
     return None
 
 
-def base_dir_name(extra_packages: Sequence[str] = (), seed_debs: Sequence[str] = ()) -> str:
-    """``base-bookworm`` for the plain base; variants get a short hash of their package lists, so
-    cold and warm (seeded package cache) bases coexist."""
+def base_dir_name(extra_packages: Sequence[str] = (), seed_debs: Sequence[str] = (), suite: str = SUITE) -> str:
+    """``base-bookworm`` for the plain base (``base-trixie`` for Debian 13); variants get a short hash of their
+    package lists, so cold and warm (seeded package cache) bases coexist."""
+    if suite not in SUITES:
+        raise SandboxError(f"suite {suite!r}: not one of {', '.join(SUITES)}")
     extra, seed = sorted(set(extra_packages)), sorted(set(seed_debs))
     if not extra and not seed:
-        return f"base-{SUITE}"
+        return f"base-{suite}"
     digest = hashlib.sha256(json.dumps({"extra": extra, "seed": seed}).encode()).hexdigest()[:8]
-    return f"base-{SUITE}-{digest}"
+    return f"base-{suite}-{digest}"
 
 
 def choose_data_root(run_fstype: str, run_free_bytes: int) -> str:
@@ -769,7 +773,7 @@ def _umount_below(path: Path) -> None:
         _run(["umount", "-l", m], check=False)
 
 
-def ensure_base(extra_packages: Sequence[str] = (), seed_debs: Sequence[str] = ()) -> Path:
+def ensure_base(extra_packages: Sequence[str] = (), seed_debs: Sequence[str] = (), suite: str = SUITE) -> Path:
     """Build (once) and return the cached base root file system.
 
     ``extra_packages`` are added to debootstrap's ``--include``; ``seed_debs`` are only downloaded
@@ -779,7 +783,7 @@ def ensure_base(extra_packages: Sequence[str] = (), seed_debs: Sequence[str] = (
     """
     ensure_host_packages()
     key = ensure_key()
-    base = BASE_CACHE / base_dir_name(extra_packages, seed_debs)
+    base = BASE_CACHE / base_dir_name(extra_packages, seed_debs, suite)
     marker = _marker(base)
     if marker.exists() and base.is_dir():
         return base
@@ -798,12 +802,12 @@ def ensure_base(extra_packages: Sequence[str] = (), seed_debs: Sequence[str] = (
         with open(log, "w") as logf:
             proc = subprocess.run(
                 [*_PRIVATE_MOUNTS, "debootstrap", "--variant=minbase", f"--include={','.join(include)}",
-                 SUITE, str(partial), mirror],
+                 suite, str(partial), mirror],
                 stdout=logf, stderr=subprocess.STDOUT, env=_env(), timeout=3600, preexec_fn=_die_with_parent,
             )
         if proc.returncode != 0:
             raise SandboxError(f"debootstrap failed ({proc.returncode}); log {log}:\n{_tail(log)}")
-        _configure_base(partial, key.with_suffix(".pub").read_text())
+        _configure_base(partial, key.with_suffix(".pub").read_text(), suite)
         _clean_apt(partial)  # debootstrap's own .debs: not part of any "warm cache"
         if seed_debs:
             pkgs = " ".join(shlex.quote(p) for p in seed_debs)
@@ -812,7 +816,7 @@ def ensure_base(extra_packages: Sequence[str] = (), seed_debs: Sequence[str] = (
         marker.write_text(json.dumps({
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(time.monotonic() - t0, 1),
-            "suite": SUITE, "mirror": mirror, "include": include, "seed_debs": list(seed_debs),
+            "suite": suite, "mirror": mirror, "include": include, "seed_debs": list(seed_debs),
         }, indent=1) + "\n")
     return base
 
@@ -829,7 +833,7 @@ def _clean_apt(root: Path) -> None:
                 f.unlink()
 
 
-def _configure_base(root: Path, pubkey: str) -> None:
+def _configure_base(root: Path, pubkey: str, suite: str = SUITE) -> None:
     # harness key for root
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -847,10 +851,11 @@ def _configure_base(root: Path, pubkey: str) -> None:
     (root / "etc/hostname").unlink(missing_ok=True)
     _run(["systemctl", f"--root={root}", "enable", "systemd-networkd.service"])
     _run(["systemctl", f"--root={root}", "mask", *MASKED_UNITS])
-    # apt sources like the machine's (bookworm, -updates, -security)
+    # apt sources like the machine's (bookworm, -updates, -security), for the host's own release
     machine_sources = Path("/etc/apt/sources.list.d/debian.sources")
     if machine_sources.exists():
-        shutil.copy2(machine_sources, root / "etc/apt/sources.list.d/debian.sources")
+        text = re.sub(rf"\b{SUITE}\b", suite, machine_sources.read_text())
+        (root / "etc/apt/sources.list.d/debian.sources").write_text(text)
         (root / "etc/apt/sources.list").unlink(missing_ok=True)
     # outbound HTTPS goes through a proxy with its own CAs: trust them inside the hosts too
     local_ca = Path("/usr/local/share/ca-certificates")
@@ -1404,8 +1409,9 @@ class Sandbox:
             f"}}\n"
         ))
 
-    def boot(self, names: list[str], timeout: float = BOOT_TIMEOUT) -> list[Host]:
-        """Boot hosts in parallel and wait until ssh works on each; may be called again to add hosts."""
+    def boot(self, names: list[str], timeout: float = BOOT_TIMEOUT, base: Path | None = None) -> list[Host]:
+        """Boot hosts in parallel and wait until ssh works on each; may be called again to add hosts. `base`:
+        another root file system for these hosts (ensure_base(suite="trixie"): Debian 13) than the sandbox's."""
         self._require_up()
         if isinstance(names, str):
             names = [names]
@@ -1426,7 +1432,7 @@ class Sandbox:
                 hs = {
                     "name": n, "address": address, "dir": str(hdir), "cgroups": cgroups,
                     "stop_file": str(hdir / "stop"), "launcher_pid": None, "launcher_start": None,
-                    "memory_cgroup": str(mem) if mem else None,
+                    "memory_cgroup": str(mem) if mem else None, "base": str(base or self.base),
                 }
                 self._state["hosts"][n] = hs
                 host = Host(name=n, address=address, key_path=self.key_path, memory_cgroup=mem,
@@ -1479,7 +1485,7 @@ class Sandbox:
         Path(hs["stop_file"]).unlink(missing_ok=True)
         nspawn = _which("systemd-nspawn") or "systemd-nspawn"
         argv = [
-            nspawn, "--quiet", "--boot", "-D", str(self.base), f"--overlay={self.base}:{upper}:/",
+            nspawn, "--quiet", "--boot", "-D", hs["base"], f"--overlay={hs['base']}:{upper}:/",
             "-M", machine_name(self.names.tag, host.name),
             "--register=no", "--keep-unit", "--timezone=off", "--link-journal=no", "--console=read-only",
             f"--network-bridge={self.bridge}", "--resolv-conf=copy-host",

@@ -230,7 +230,11 @@ def venv(p: dict) -> dict:
                 continue
             unrecorded.append(rel)
     rel = lambda paths: sorted(os.path.relpath(x, root) for x in paths)  # noqa: E731
+    # What the lock's environment markers are evaluated with (gatekit/doctor.py marker_environment).
+    cfg = dict(ln.split("=", 1) for ln in (read(os.path.join(root, "pyvenv.cfg")) or "").splitlines() if "=" in ln)
+    cfg = {k.strip(): v.strip() for k, v in cfg.items()}
     return {"present": True, "path": p["venv"], "target": root, "dists": dists, "files": files,
+            "python_version": cfg.get("version_info") or cfg.get("version", ""), "machine": os.uname().machine,
             "modified": rel(modified), "missing": rel(missing), "unrecorded": sorted(unrecorded),
             "unrecorded_pth": sorted(pth), "unverifiable": unverifiable}
 

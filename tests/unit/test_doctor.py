@@ -736,7 +736,7 @@ def run_host(spec, monkeypatch):
 
     monkeypatch.setattr(credentials, "secrets_for_gateway", lambda ctx: dict(SECRET_ENV))
     pins = d.lock_pins(LOCK)  # the venv of good_venv(), whatever the kit's real lock pins
-    monkeypatch.setattr(doctor_run.d, "lock_pins", lambda text: pins)
+    monkeypatch.setattr(doctor_run.d, "lock_pins", lambda text, environment=None: pins)
     host = SimpleNamespace(name=H, data={})
 
     def run(ev: dict, **settings) -> dict[str, d.Result]:
@@ -836,3 +836,47 @@ def test_switch_fails_while_a_journal_is_on_the_gateway_naming_what_and_where():
                           "to litellm@[4003, 4004] is running or was cut off")
     assert d.check_switch("gw1", {"journal": "{cut off"}).evidence.startswith("a rotation switch (unreadable journal)")
     assert d.check_switch("gw1", {"journal": 7}).status == d.FAIL  # evidence it cannot read fails the check
+
+
+MARKED_LOCK = """litellm==1.106.2 \\
+    --hash=sha256:aaaa
+async-timeout==5.0.1 ; python_full_version < '3.11.3' \\
+    --hash=sha256:bbbb
+colorama==0.4.6 ; sys_platform == 'win32' \\
+    --hash=sha256:cccc
+hf-xet==1.8.0 ; platform_machine == 'x86_64' or platform_machine == 'aarch64' \\
+    --hash=sha256:dddd
+"""
+
+
+@pytest.mark.parametrize("python, machine, want", [
+    ("3.11.2", "x86_64", {"litellm", "async-timeout", "hf-xet"}),  # Debian 12's Python: the backport installs
+    ("3.13.5", "x86_64", {"litellm", "hf-xet"}),
+    ("3.13.5", "riscv64", {"litellm"}),
+])
+def test_lock_pins_are_the_ones_the_hosts_python_installs(python, machine, want):
+    env = d.marker_environment({"python_version": python, "machine": machine})
+    assert set(d.lock_pins(MARKED_LOCK, env)) == want
+
+
+def test_a_backport_the_hosts_python_does_not_install_is_not_missing_from_its_venv():
+    venv = good_venv(python_version="3.13.5", machine="x86_64")
+    venv["dists"] = {"litellm": "1.106.2", "hf-xet": "1.8.0"}
+    passes(d.check_supply_chain(H, venv, KIT_PROCS, d.lock_pins(MARKED_LOCK, d.marker_environment(venv))))
+    venv = good_venv(python_version="3.11.2", machine="x86_64")
+    venv["dists"] = {"litellm": "1.106.2", "hf-xet": "1.8.0"}
+    fails_with(d.check_supply_chain(H, venv, KIT_PROCS, d.lock_pins(MARKED_LOCK, d.marker_environment(venv))),
+               "async-timeout 5.0.1 (locked) not installed")
+
+
+@pytest.mark.parametrize("lock", ["litellm.lock", "litellm-db.lock", "litellm-1.108.7.lock"])
+def test_the_shipped_locks_cover_debian_12_and_13s_pythons(lock):
+    """Resolved for every Python from 3.11 (uv --universal): what only Windows or only an older Python needs is
+    behind a marker. A lock resolved for 3.11 alone would make Debian 13 hosts install 3.11's backports."""
+    from gatekit.resources import requirements_file
+
+    text = requirements_file(f"requirements/{lock}").read_text()
+    on = {v: d.lock_pins(text, d.marker_environment({"python_version": v, "machine": "x86_64"})) for v in ("3.11.2", "3.13.5")}
+    assert "litellm" in on["3.13.5"] and on["3.11.2"]["litellm"] == on["3.13.5"]["litellm"]
+    assert set(on["3.11.2"]) - set(on["3.13.5"]) == {"async-timeout"}
+    assert not {"colorama", "pywin32"} & (set(on["3.11.2"]) | set(on["3.13.5"]))

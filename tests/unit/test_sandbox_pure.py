@@ -155,6 +155,10 @@ def test_parse_debian_mirror_deb822_and_one_line():
 
 def test_base_dir_names_for_cold_and_warm_bases():
     assert sb.base_dir_name() == "base-bookworm"
+    assert sb.base_dir_name(suite="trixie") == "base-trixie"
+    assert sb.base_dir_name(seed_debs=["nginx"], suite="trixie") != sb.base_dir_name(seed_debs=["nginx"])
+    with pytest.raises(sb.SandboxError, match="not one of bookworm, trixie"):
+        sb.base_dir_name(suite="sid")
     warm = sb.base_dir_name(seed_debs=["nginx", "redis-server"])
     assert warm.startswith("base-bookworm-") and warm != "base-bookworm"
     assert warm == sb.base_dir_name(seed_debs=["redis-server", "nginx"])  # order does not matter
