@@ -247,8 +247,12 @@ LIVE_FILE = _FIXED.live_file  # written by gatekit-rotate: which instance set is
 ROTATION_JOURNAL = _FIXED.journal_file  # present while a rotation is running or was cut off
 
 
+OS_RELEASE = "/etc/os-release"  # which Debian release: the venv build's Python (roles/venv.py release_problem)
+
+
 def gateway_probe() -> Desired:
-    """Live instance set + pending rotation; identical arguments, so pyinfra reads it once per host and run."""
-    probe = Desired(texts=[LIVE_FILE, ROTATION_JOURNAL])
+    """Live instance set + pending rotation + the host's release; identical arguments, so pyinfra reads it once per
+    host and run."""
+    probe = Desired(texts=[LIVE_FILE, ROTATION_JOURNAL, OS_RELEASE])
     probe.read()
     return probe

@@ -23,7 +23,7 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import server, systemd
 
-from gatekit.hoststate import Desired, PackageWave, gateway_probe
+from gatekit.hoststate import OS_RELEASE, Desired, PackageWave, gateway_probe
 from gatekit.clientkeys import host_table, load_keys
 from gatekit.facts import IPFilteringEnforced
 from gatekit.inventory import context
@@ -34,7 +34,7 @@ from gatekit.spec import memory_max_problem
 from gatekit.roles import credentials, topology
 from gatekit.roles.switch import (deployment_digests, fault_injection, helper_sandbox, rotate_argv, switch_in_waves,
                                   touched_deployments)
-from gatekit.roles.venv import PACKAGES, VenvBuild  # noqa: F401 - PACKAGES: roles/packages.py reads it here
+from gatekit.roles.venv import PACKAGES, VenvBuild, release_problem  # noqa: F401 - PACKAGES: roles/packages.py reads it here
 
 ONHOST_PROGRAMS = ("layout.py", "instance.py", "rotate.py", "keyauth.py", "gcpolicy.py", "probe.py", "unitstats.py",
                    "upstream.py", "recycle.py")  # uploaded to Layout.lib_dir with layout.json
@@ -103,6 +103,9 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
 
     # Read first (one round trip) which of the blue/green pair is live and whether a rotation is pending.
     probe = gateway_probe()
+    unsupported = release_problem(probe.text(OS_RELEASE))
+    if unsupported:  # before any operation of the role: nothing is installed on a host the locks do not fit
+        raise PyinfraError(f"host {host.name}: {unsupported}")
     # A switch (a rotation or a deploy's) that was cut off: this deploy's switch recovers it first (gatekit-rotate
     # rolls it back or finishes it), then switches to what this deploy stages, if that is not live by then.
     interrupted = L.journal_file in probe.state["texts"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,22 @@ from gatekit.resources import requirements_file
 PACKAGES = ["python3", "python3-venv"]  # the venv build needs them (python3-venv: ensurepip, Debian's pip wheel)
 PIP_WHEELS = "/usr/share/python-wheels"  # python3-pip-whl: the pip that fetches uv for the build
 DEFAULT_LOCK, DATABASE_LOCK, UV_LOCK = "requirements/litellm.lock", "requirements/litellm-db.lock", "requirements/uv.lock"
+
+
+# The releases a gateway may run: the kit's locks cover their Python (the host's python3 builds the venv).
+SUPPORTED_RELEASES = {("debian", "12"): "Debian 12 (bookworm, Python 3.11)", ("debian", "13"): "Debian 13 (trixie, Python 3.13)"}
+
+
+def release_problem(os_release: str) -> str:
+    """Why a gateway whose /etc/os-release reads `os_release` cannot build the venv from the kit's locks, or ''."""
+    fields = dict(re.findall(r'(?:^|\s)([A-Z_]+)=("[^"]*"|\S*)', os_release))
+    fields = {k: v.strip('"') for k, v in fields.items()}
+    if (fields.get("ID"), fields.get("VERSION_ID")) in SUPPORTED_RELEASES:
+        return ""
+    seen = fields.get("PRETTY_NAME") or " ".join(filter(None, (fields.get("ID"), fields.get("VERSION_ID")))) or \
+        "no /etc/os-release"
+    return (f"{seen[:80]!r}: no gatekit lock covers its Python. Fix: run gateways on "
+            f"{' or '.join(SUPPORTED_RELEASES.values())}.")
 
 
 def lock_file(s: dict) -> Path:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from lab.env import WHEELHOUSE_PORT
-from lab.checks import OOM_ALLOCATOR, completion, secret_locations, unit_memory_cgroup, wait_until
+from lab.checks import OOM_ALLOCATOR, completion, doctor_failures, secret_locations, unit_memory_cgroup, wait_until
 
 PORT = 4001
 UNIT = f"litellm@{PORT}.service"
@@ -377,8 +377,12 @@ def test_an_egress_allowlist_systemd_cannot_enforce_stops_the_deploy(lab):
 
 
 def test_added_host_is_provisioned_existing_unchanged(lab, client):
-    (gw3,) = lab.boot(["gw3"])
-    # A small gateway: one instance per set (the later tests switch it with the others: fewer LiteLLM starts).
+    """The added gateway runs Debian 13 (Python 3.13, systemd 257, nginx 1.26) beside the Debian 12 fleet: the same
+    deploy provisions it from the same locks, it serves, a re-run changes nothing, and doctor finds nothing wrong
+    on it (the supply-chain check reads the lock's markers for its Python)."""
+    (gw3,) = lab.boot(["gw3"], suite="trixie")
+    assert gw3.run("python3 -c 'import sys; print(sys.version_info[:2])'").stdout.strip() == "(3, 13)"
+    # A small gateway: one instance per set.
     gw3.data.update({"litellm_ports": [4001, 4002]})
     groups = {**lab.groups, "gateways": [*lab.groups["gateways"], "gw3"]}
     lab.write_inventory(groups)
@@ -408,6 +412,7 @@ def test_added_host_is_provisioned_existing_unchanged(lab, client):
     wait_until(gw3_scraped, 60, what="Prometheus to scrape the new gateway")
     final = lab.deploy()
     assert final.ok and final.changes == 0
+    assert doctor_failures(lab, "gw3") == {}
 
 
 def pg_refusal(lab, gw: str) -> str:

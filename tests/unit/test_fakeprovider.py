@@ -97,6 +97,17 @@ def assert_arrived_apart(times: list[float]):
     assert sorted(gaps)[len(gaps) // 2] > 0.1, f"pieces were batched: gaps {gaps}"
 
 
+def finished_record(ctl) -> dict:
+    """The one recorded request once the fake has finished it (`duration` set): the client can read a stream's last
+    bytes before the fake's handler thread records the end (seen on a loaded machine: `completed` still False)."""
+    deadline = time.monotonic() + 10
+    while True:
+        (rec,) = ctl.requests()
+        if rec["duration"] is not None or time.monotonic() > deadline:
+            return rec
+        time.sleep(0.02)
+
+
 # -- helpers -----------------------------------------------------------------
 
 
@@ -135,7 +146,7 @@ def test_chat_completion_plain(http, ctl):
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
 
-    (rec,) = ctl.requests()
+    rec = finished_record(ctl)
     assert rec["path"] == "/v1/chat/completions"
     assert rec["model"] == "up-a" and rec["deployment"] == "up-a"
     assert rec["stream"] is False and rec["status"] == 200
@@ -161,7 +172,7 @@ def test_chat_completion_stream_chunks_arrive_separately(http, ctl):
 
     assert_arrived_apart([t for t, _ in content])
 
-    (rec,) = ctl.requests()
+    rec = finished_record(ctl)
     assert rec["stream"] is True and rec["status"] == 200 and rec["completed"] is True
 
 
@@ -216,7 +227,7 @@ def test_anthropic_plain(http, ctl):
     assert body["content"] == [{"type": "text", "text": "fake-answer model=claude-up deployment=claude-up"}]
     assert body["stop_reason"] == "end_turn"
     assert body["usage"]["input_tokens"] > 0 and body["usage"]["output_tokens"] > 0
-    (rec,) = ctl.requests()
+    rec = finished_record(ctl)
     assert rec["path"] == "/v1/messages" and rec["api"] == "anthropic"
     assert rec["fingerprint"] == fingerprint(KEY)
 
@@ -282,7 +293,7 @@ def test_gemini_generate_content_plain(http, ctl):
     assert (usage["promptTokenCount"], usage["candidatesTokenCount"], usage["totalTokenCount"]) == (4, 3, 7)
     assert body["modelVersion"] == "gem-up" and body["responseId"]
 
-    (rec,) = ctl.requests()
+    rec = finished_record(ctl)
     assert rec["api"] == "gemini" and rec["path"] == "/v1beta/models/gem-up:generateContent"
     assert rec["model"] == "gem-up" and rec["deployment"] == "gem-up"
     assert rec["stream"] is False and rec["status"] == 200 and rec["completed"] is True
@@ -310,7 +321,7 @@ def test_gemini_stream_sse_pieces_arrive_separately(http, ctl):
 
     assert_arrived_apart([t for t, _ in events])
 
-    (rec,) = ctl.requests()
+    rec = finished_record(ctl)
     assert rec["api"] == "gemini" and rec["model"] == "gem-s" and rec["path"].endswith(":streamGenerateContent")
     assert rec["stream"] is True and rec["status"] == 200 and rec["completed"] is True
 
@@ -434,7 +445,7 @@ def test_azure_chat_plain(http, ctl):
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
 
-    (rec,) = ctl.requests()
+    rec = finished_record(ctl)
     assert rec["api"] == "azure" and rec["path"] == "/openai/deployments/az-dep/chat/completions"
     assert rec["model"] == "az-dep" and rec["deployment"] == "az-dep"
     assert rec["api_version"] == AZURE_VERSION
@@ -457,7 +468,7 @@ def test_azure_stream_pieces_arrive_separately(http, ctl):
 
     assert_arrived_apart([t for t, _ in content])
 
-    (rec,) = ctl.requests()
+    rec = finished_record(ctl)
     assert rec["api"] == "azure" and rec["model"] == "az-s" and rec["api_version"] == AZURE_VERSION
     assert rec["stream"] is True and rec["status"] == 200 and rec["completed"] is True
 

@@ -26,7 +26,7 @@ from pyinfra.api.exceptions import PyinfraError
 
 from gatekit.facts import IPFilteringEnforced, PostgresLitellmState
 from gatekit.onhost import keyauth
-from gatekit.hoststate import Desired, HostState
+from gatekit.hoststate import OS_RELEASE, Desired, HostState
 from gatekit.onhost.probe import fingerprint
 from gatekit.onhost.layout import Layout
 from gatekit.render import scram_sha256_verifier
@@ -45,6 +45,10 @@ HOSTS = {
     "postgres": [("data1", {"private_address": "10.9.0.10"})],
     "monitoring": [("data1", {"private_address": "10.9.0.10"})],
 }
+
+
+# /etc/os-release of a Debian 12 host, as HostState reads a text (newlines as spaces).
+DEBIAN_12 = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)" NAME="Debian GNU/Linux" VERSION_ID="12" VERSION="12 (bookworm)" ID=debian '
 
 
 class FakeHosts:
@@ -79,6 +83,8 @@ class FakeHosts:
                 texts[L.venv_stamp] = VenvBuild.for_settings(L, s).stamp
             texts.update({L.cred_fingerprint(n): fingerprint(v) for n, v in SECRETS.items()})
             state["texts"] = {t: texts[t] for t in kwargs.get("texts", ()) if t in texts}
+        if OS_RELEASE in kwargs.get("texts", ()):  # every host has one, bare or converged: the lab's Debian 12
+            state["texts"][OS_RELEASE] = DEBIAN_12
         drift = self.drift.get(host.name, {})
         for kind in ("paths", "units", "texts"):
             for key, value in drift.get(kind, {}).items():
@@ -394,6 +400,13 @@ def test_an_egress_allowlist_systemd_would_not_enforce_stops_the_deploy(fake):
     """gw2 has litellm_egress_allow; on a host where IPAddressDeny= is not enforced the role refuses."""
     fake.ip_filtering = False
     with pytest.raises(PyinfraError, match=r"host gw2: litellm_egress_allow is set, but systemd on this host does not enforce"):
+        run_deploy(fake)
+
+
+def test_a_gateway_on_a_release_no_lock_covers_stops_the_deploy_before_any_operation(fake):
+    fake.drift["gw2"] = {"texts": {OS_RELEASE: 'PRETTY_NAME="Ubuntu 24.04.1 LTS" VERSION_ID="24.04" ID=ubuntu '}}
+    with pytest.raises(PyinfraError, match=r"^host gw2: 'Ubuntu 24.04.1 LTS': no gatekit lock covers its Python\. Fix: "
+                                           r"run gateways on Debian 12 \(bookworm, Python 3\.11\) or Debian 13"):
         run_deploy(fake)
 
 

@@ -290,3 +290,22 @@ def test_lock_file_resolution_and_refusals(tmp_path, monkeypatch):
     (tmp_path / "nohash.lock").write_text("litellm==1.106.2\n")
     with pytest.raises(PyinfraError, match="no hashes"):
         lock_file({**s, "litellm_requirements": "nohash.lock"})
+
+
+@pytest.mark.parametrize("os_release, refused", [
+    ('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)" NAME="Debian GNU/Linux" VERSION_ID="12" ID=debian ', None),
+    ('PRETTY_NAME="Debian GNU/Linux 13 (trixie)" NAME="Debian GNU/Linux" VERSION_ID="13" ID=debian ', None),
+    ('PRETTY_NAME="Ubuntu 24.04.1 LTS" VERSION_ID="24.04" ID=ubuntu ID_LIKE=debian ', "'Ubuntu 24.04.1 LTS'"),
+    ('PRETTY_NAME="Debian GNU/Linux 11 (bullseye)" VERSION_ID="11" ID=debian ', "'Debian GNU/Linux 11 (bullseye)'"),
+    ('PRETTY_NAME="Debian GNU/Linux trixie/sid" ID=debian ', "'Debian GNU/Linux trixie/sid'"),  # testing: no VERSION_ID
+    ("", "'no /etc/os-release'"),
+], ids=["debian12", "debian13", "ubuntu", "debian11", "sid", "none"])
+def test_a_gateway_release_no_lock_covers_is_refused_naming_what_is(os_release, refused):
+    from gatekit.roles.venv import release_problem
+
+    problem = release_problem(os_release)
+    if refused is None:
+        assert problem == ""
+    else:
+        assert problem.startswith(refused + ": no gatekit lock covers its Python. Fix: run gateways on Debian 12 "
+                                  "(bookworm, Python 3.11) or Debian 13 (trixie, Python 3.13)."), problem
