@@ -40,7 +40,29 @@ LOCKS = (requirements_file(DEFAULT_LOCK), requirements_file(releases.UPGRADE_LOC
 
 
 # The hosts' Pythons the locks cover: Debian 12's and Debian 13's.
-PYTHONS = ("3.11", "3.13")
+PYTHONS = ("3.11.2", "3.13.5")
+
+
+def lock_for_python(lock_text: str, python: str) -> str:
+    """The lock's requirements a Linux x86_64 host with this Python installs, their markers taken off: pip download
+    judges markers by the Python running it, not by --python-version (it would leave out Debian 12's backports)."""
+    from packaging.markers import Marker
+
+    from gatekit.doctor import marker_environment
+
+    env = marker_environment({"python_version": python, "machine": "x86_64"})
+    out, keep = [], False
+    for line in lock_text.splitlines():
+        if line[:1].isalnum():
+            continued = line.rstrip().endswith("\\")
+            req, _, marker = line.rstrip().removesuffix("\\").partition(";")
+            keep = not marker.strip() or Marker(marker.strip()).evaluate(env)
+            line = req.rstrip() + (" \\" if continued else "")
+        elif not line.startswith(" "):
+            keep = False
+        if keep:
+            out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def wheelhouse(locks: tuple[Path, ...] = LOCKS) -> Path:
@@ -55,14 +77,17 @@ def wheelhouse(locks: tuple[Path, ...] = LOCKS) -> Path:
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     # One download per lock and Python: the upgrade lock pins other versions of the same packages.
-    for lock, python in ((lock, python) for lock in locks for python in PYTHONS):
+    for i, (lock, python) in enumerate((lock, python) for lock in locks for python in PYTHONS):
+        wanted = tmp.with_name(f"{tmp.name}.lock-{i}")
+        wanted.write_text(lock_for_python(lock.read_text(), python))
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--require-hashes",
              "--no-deps", "--only-binary=:all:", "--python-version", python, "--platform", "manylinux2014_x86_64",
              "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64", "--platform", "linux_x86_64",
-             "--implementation", "cp", "-r", str(lock), "-d", str(tmp)],
+             "--implementation", "cp", "-r", str(wanted), "-d", str(tmp)],
             check=True,
         )
+        wanted.unlink()
     releases.build_broken_wheel(tmp, requirements_file(DEFAULT_LOCK).read_text())
     (tmp / ".complete").write_text(digest)
     shutil.rmtree(target, ignore_errors=True)

@@ -53,3 +53,27 @@ def test_the_broken_lock_pins_the_broken_wheel_by_its_hash_and_keeps_every_other
     digest = hashlib.sha256(next(tmp_path.glob("*post999*.whl")).read_bytes()).hexdigest()
     assert f"litellm==1.0.0{releases.BROKEN_SUFFIX} \\\n    --hash=sha256:{digest}\n" in lock
     assert "b" * 64 not in lock and "c" * 64 not in lock and "aiohttp==3.0" in lock and "# via x" in lock
+
+
+MARKED = """# header
+litellm==1.106.2 \\
+    --hash=sha256:aaaa
+    # via -r requirements.in
+async-timeout==5.0.1 ; python_full_version < '3.11.3' \\
+    --hash=sha256:bbbb \\
+    --hash=sha256:cccc
+colorama==0.4.6 ; sys_platform == 'win32' \\
+    --hash=sha256:dddd
+"""
+
+
+def test_the_wheelhouse_asks_for_what_each_hosts_python_installs_without_markers():
+    """pip download judges markers by its own Python (3.11.7 here), never by --python-version: the lab's wheelhouse
+    would lack Debian 12's async-timeout (python_full_version < 3.11.3) and its venv build would fail."""
+    from lab.env import PYTHONS, lock_for_python
+
+    assert PYTHONS == ("3.11.2", "3.13.5")
+    assert lock_for_python(MARKED, "3.11.2") == ("litellm==1.106.2 \\\n    --hash=sha256:aaaa\n    # via -r requirements.in\n"
+                                                 "async-timeout==5.0.1 \\\n    --hash=sha256:bbbb \\\n"
+                                                 "    --hash=sha256:cccc\n")
+    assert lock_for_python(MARKED, "3.13.5") == "litellm==1.106.2 \\\n    --hash=sha256:aaaa\n    # via -r requirements.in\n"
