@@ -259,6 +259,13 @@ class Lab:
             self.hosts[h.name] = h
         return booted
 
+    def add_gateway(self, name: str, suite: str = sb.SUITE, settings: dict | None = None) -> "DeployResult":
+        """Boot a host, add it to the inventory's gateways with its own settings (host data), and deploy."""
+        (added,) = self.boot([name], suite=suite)
+        added.data.update(settings or {})
+        self.write_inventory({**self.groups, "gateways": [*self.groups["gateways"], name]})
+        return self.deploy()
+
     def remove(self, name: str) -> None:
         """Power a host off and forget it (after the inventory no longer names it)."""
         self.sandbox.stop(name)

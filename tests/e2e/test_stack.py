@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from lab.env import WHEELHOUSE_PORT
+from tests.e2e.conftest import ADDED, ADDED_SETTINGS, ADDED_SUITE
 from lab.checks import OOM_ALLOCATOR, completion, doctor_failures, secret_locations, unit_memory_cgroup, wait_until
 
 PORT = 4001
@@ -380,13 +381,9 @@ def test_added_host_is_provisioned_existing_unchanged(lab, client):
     """The added gateway runs Debian 13 (Python 3.13, systemd 257, nginx 1.26) beside the Debian 12 fleet: the same
     deploy provisions it from the same locks, it serves, a re-run changes nothing, and doctor finds nothing wrong
     on it (the supply-chain check reads the lock's markers for its Python)."""
-    (gw3,) = lab.boot(["gw3"], suite="trixie")
+    result = lab.add_gateway(ADDED, suite=ADDED_SUITE, settings=ADDED_SETTINGS)
+    gw3 = lab.hosts[ADDED]
     assert gw3.run("python3 -c 'import sys; print(sys.version_info[:2])'").stdout.strip() == "(3, 13)"
-    # A small gateway: one instance per set.
-    gw3.data.update({"litellm_ports": [4001, 4002]})
-    groups = {**lab.groups, "gateways": [*lab.groups["gateways"], "gw3"]}
-    lab.write_inventory(groups)
-    result = lab.deploy()
     assert result.ok
     assert result.changed_ops(gw3.address), "the new host was not provisioned"
     for name in ("gw1", "gw2"):
@@ -413,43 +410,6 @@ def test_added_host_is_provisioned_existing_unchanged(lab, client):
     final = lab.deploy()
     assert final.ok and final.changes == 0
     assert doctor_failures(lab, "gw3") == {}
-
-
-def pg_refusal(lab, gw: str) -> str:
-    """What PostgreSQL answers a login from the gateway `gw` with a wrong password (the gateway venv's psycopg): a
-    password failure = pg_hba admits the host; "no pg_hba.conf entry" = it does not."""
-    dsn = f"host={lab.hosts['data1'].address} port={lab.host_settings('data1')['postgres_port']} user=litellm " \
-          "dbname=litellm password=not-the-password connect_timeout=5"
-    code = f"import psycopg\ntry:\n    psycopg.connect({dsn!r})\nexcept psycopg.OperationalError as e:\n    print(e)"
-    return lab.hosts[gw].run(f"{lab.layout(gw).venv}/bin/python -c {shlex.quote(code)}").stdout
-
-
-def scraped_hosts(lab) -> set[str]:
-    """The host label of every target Prometheus scrapes now."""
-    url = f"http://{lab.hosts['data1'].address}:{lab.host_settings('data1')['monitoring_prometheus_port']}"
-    active = httpx.get(f"{url}/api/v1/targets", params={"state": "active"}, timeout=30,
-                       trust_env=False).json()["data"]["activeTargets"]
-    return {t["labels"].get("host") for t in active}
-
-
-def test_a_gateway_taken_out_of_the_inventory_is_no_longer_admitted_or_scraped(lab):
-    """Runs after test_added_host_...: the operator takes gw3 out of the inventory. The next deploy changes the data
-    host only: PostgreSQL no longer admits gw3 and Prometheus stops scraping it; gw1 and gw2 are untouched. gw3 is
-    then powered off (the later modules switch two gateways: fewer LiteLLM starts on the lab's 2 cores)."""
-    gw3 = lab.hosts["gw3"]
-    assert "password authentication failed" in pg_refusal(lab, "gw3")
-    assert gw3.address in scraped_hosts(lab)
-    lab.write_inventory({**lab.groups, "gateways": [g for g in lab.groups["gateways"] if g != "gw3"]})
-    result = lab.deploy()
-    for name in ("gw1", "gw2"):
-        assert result.changed_ops(lab.hosts[name].address) == [], name
-    assert {"PostgreSQL | Render pg_hba.conf (only gateway hosts admitted)", "PostgreSQL | Reload PostgreSQL for new pg_hba",
-            "Monitoring | Reload Prometheus for its new targets or rules"} <= set(result.changed_ops(lab.hosts["data1"].address))
-    assert "no pg_hba.conf entry" in pg_refusal(lab, "gw3")
-    wait_until(lambda: gw3.address not in scraped_hosts(lab), 30, what="Prometheus to drop gw3's targets")
-    assert lab.hosts["gw1"].address in scraped_hosts(lab)
-    lab.remove("gw3")
-    assert lab.deploy().changes == 0
 
 
 def test_non_default_paths_and_ports_are_used_everywhere(lab, client):

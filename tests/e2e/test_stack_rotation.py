@@ -6,14 +6,17 @@ The fake provider sees the fingerprint of every key; revoking a fingerprint ther
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from lab.env import PYINFRA, REPO, fake_key
+from tests.e2e.conftest import ADDED, ADDED_SETTINGS, ADDED_SUITE
 from gatekit.vault import fingerprint, resolve_key, set_secret
 from lab.load import Load
 from lab.checks import completion, deployment_id, gateway_client, redis_cli, secret_locations, wait_until
@@ -376,10 +379,13 @@ def test_all_gateways_converge_and_no_plaintext_anywhere(lab, provider):
     assert secret_locations(lab, values) == []
 
 
-def test_a_rebooted_gateway_serves_with_the_current_key_and_the_next_deploy_changes_nothing(lab, client, provider):
-    """gw2 (non-default paths and ports), after every rotation above: a reboot brings the live set back at boot
-    (its instances are the ones enabled), from the current credentials, behind nginx, with no stale key."""
-    gw = gateways(lab)[1]
+@pytest.mark.parametrize("gw", ["gw2", ADDED])
+def test_a_rebooted_gateway_serves_with_the_current_key_and_the_next_deploy_changes_nothing(lab, client, provider, gw):
+    """gw2 (non-default paths and ports) and the Debian 13 gateway, after every rotation above: a reboot brings the
+    live set back at boot (its instances are the ones enabled), from the current credentials, behind nginx, with no
+    stale key."""
+    if gw == ADDED:
+        ensure_added_gateway(lab)
     host, L = lab.hosts[gw], lab.layout(gw)
     live_before = lab.live_ports(gw)
     took = lab.sandbox.reboot(gw)
@@ -401,3 +407,48 @@ def test_a_rebooted_gateway_serves_with_the_current_key_and_the_next_deploy_chan
     assert stale and all(ln.endswith(" 0") for ln in stale), stale
     again = lab.deploy()
     assert again.ok and again.changes == 0, again.changed_ops(host.address)
+
+
+def ensure_added_gateway(lab):
+    """The Debian 13 gateway test_stack.py adds, added now when this module runs without it."""
+    if ADDED not in lab.hosts:
+        lab.add_gateway(ADDED, suite=ADDED_SUITE, settings=ADDED_SETTINGS)
+
+
+def pg_refusal(lab, gw: str) -> str:
+    """What PostgreSQL answers a login from the gateway `gw` with a wrong password (the gateway venv's psycopg): a
+    password failure = pg_hba admits the host; "no pg_hba.conf entry" = it does not."""
+    dsn = f"host={lab.hosts['data1'].address} port={lab.host_settings('data1')['postgres_port']} user=litellm " \
+          "dbname=litellm password=not-the-password connect_timeout=5"
+    code = f"import psycopg\ntry:\n    psycopg.connect({dsn!r})\nexcept psycopg.OperationalError as e:\n    print(e)"
+    return lab.hosts[gw].run(f"{lab.layout(gw).venv}/bin/python -c {shlex.quote(code)}").stdout
+
+
+def scraped_hosts(lab) -> set[str]:
+    """The host label of every target Prometheus scrapes now."""
+    url = f"http://{lab.hosts['data1'].address}:{lab.host_settings('data1')['monitoring_prometheus_port']}"
+    active = httpx.get(f"{url}/api/v1/targets", params={"state": "active"}, timeout=30,
+                       trust_env=False).json()["data"]["activeTargets"]
+    return {t["labels"].get("host") for t in active}
+
+
+def test_a_gateway_taken_out_of_the_inventory_is_no_longer_admitted_or_scraped(lab):
+    """Last of this module: the operator takes the gateway test_stack.py added (added here when this runs alone) out
+    of the inventory. The next deploy changes the data host only: PostgreSQL no longer admits it and Prometheus stops
+    scraping it; gw1 and gw2 are untouched. It is then powered off (the later modules switch two gateways: fewer
+    LiteLLM starts on the lab's 2 cores)."""
+    ensure_added_gateway(lab)
+    gw3 = lab.hosts[ADDED]
+    assert "password authentication failed" in pg_refusal(lab, ADDED)
+    assert gw3.address in scraped_hosts(lab)
+    lab.write_inventory({**lab.groups, "gateways": [g for g in lab.groups["gateways"] if g != ADDED]})
+    result = lab.deploy()
+    for name in ("gw1", "gw2"):
+        assert result.changed_ops(lab.hosts[name].address) == [], name
+    assert {"PostgreSQL | Render pg_hba.conf (only gateway hosts admitted)", "PostgreSQL | Reload PostgreSQL for new pg_hba",
+            "Monitoring | Reload Prometheus for its new targets or rules"} <= set(result.changed_ops(lab.hosts["data1"].address))
+    assert "no pg_hba.conf entry" in pg_refusal(lab, ADDED)
+    wait_until(lambda: gw3.address not in scraped_hosts(lab), 30, what="Prometheus to drop gw3's targets")
+    assert lab.hosts["gw1"].address in scraped_hosts(lab)
+    lab.remove(ADDED)
+    assert lab.deploy().changes == 0
