@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets as pysecrets
 import shutil
 import subprocess
@@ -44,20 +45,19 @@ PYTHONS = ("3.11.2", "3.13.5")
 
 
 def lock_for_python(lock_text: str, python: str) -> str:
-    """The lock's requirements a Linux x86_64 host with this Python installs, their markers taken off: pip download
-    judges markers by the Python running it, not by --python-version (it would leave out Debian 12's backports)."""
-    from packaging.markers import Marker
+    """The lock's requirements a Linux x86_64 host with this Python installs (doctor's lock_pins decides, as for a
+    host's venv), their markers taken off: pip download judges markers by the Python running it, not by
+    --python-version (it would leave out Debian 12's backports)."""
+    from gatekit.doctor import lock_pins, marker_environment, normalize
 
-    from gatekit.doctor import marker_environment
-
-    env = marker_environment({"python_version": python, "machine": "x86_64"})
+    installed = lock_pins(lock_text, marker_environment({"python_version": python, "machine": "x86_64"}))
     out, keep = [], False
     for line in lock_text.splitlines():
         if line[:1].isalnum():
             continued = line.rstrip().endswith("\\")
-            req, _, marker = line.rstrip().removesuffix("\\").partition(";")
-            keep = not marker.strip() or Marker(marker.strip()).evaluate(env)
-            line = req.rstrip() + (" \\" if continued else "")
+            req = line.rstrip().removesuffix("\\").partition(";")[0].rstrip()
+            keep = normalize(re.split(r"[\[=]", req, maxsplit=1)[0]) in installed
+            line = req + (" \\" if continued else "")
         elif not line.startswith(" "):
             keep = False
         if keep:
