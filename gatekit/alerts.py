@@ -119,6 +119,14 @@ def alerts(spec: GatewaySpec, s: dict) -> list[dict]:
         _alert("PostgresDown", 'pg_up{job="postgres"} == 0 or up{job="postgres"} == 0', "1m", "critical",
                "{{ $labels.host }}: PostgreSQL does not answer (client-key usage is buffered in the workers meanwhile)",
                "systemctl status postgresql on the host"),
+        # The gateway's own view (gatekit-unitstats): a cut between a gateway and a data host leaves that host's
+        # exporters answering the monitoring host, so RedisDown and PostgresDown stay silent.
+        _alert("DependencyUnreachable", "min by (host, dependency, target) (gatekit_dependency_reachable) == 0",
+               "20s", "warning",
+               "{{ $labels.host }} cannot reach {{ $labels.dependency }} at {{ $labels.target }} (Redis: limits and "
+               "cooldowns per instance; PostgreSQL: client-key usage buffered in the workers meanwhile)",
+               "check the path from this gateway to {{ $labels.target }} (packet loss, a firewall) and the server "
+               "itself (RedisDown, PostgresDown); gatekit doctor --host {{ $labels.host }}"),
     ]
     for provider, budget in sorted(spec.budgets.providers.items()):
         limit = burn * budget.max_usd

@@ -14,6 +14,7 @@ DEFAULTS: dict[str, object] = {
     "nginx_selfsigned_dir": "/etc/gatekit/tls",  # where the self-signed pair is generated when none is given
     "nginx_read_timeout": 600,  # seconds nginx waits between two reads from LiteLLM (long streams)
     "nginx_send_timeout": 600,  # seconds nginx waits between two writes to LiteLLM
+    "nginx_keepalive_timeout": 0,  # seconds nginx keeps a client's idle connection for its next request; 0 = one request per connection, so a reload (every switch, rotation, recycle) never closes a connection a client is about to reuse (see README)
     "nginx_client_max_body_size": "20m",  # largest request body (prompts with images/files)
     "nginx_upstream_keepalive": 32,  # idle keepalive connections kept open to LiteLLM per worker
     "nginx_upstream_keepalive_timeout": 60,  # seconds nginx keeps an idle connection to LiteLLM; must be below litellm_keepalive_timeout

@@ -582,7 +582,8 @@ def url_problem(value: str) -> str:
 _HOUR, _DAY = 3600, 86400
 BOUNDS = {
     "nginx_https_port": (1, 65535), "nginx_http_port": (1, 65535), "redis_port": (1, 65535), "postgres_port": (1, 65535),
-    "nginx_read_timeout": (1, _DAY), "nginx_send_timeout": (1, _DAY), "nginx_upstream_keepalive": (1, 10000),
+    "nginx_read_timeout": (1, _DAY), "nginx_send_timeout": (1, _DAY), "nginx_keepalive_timeout": (0, _HOUR),
+    "nginx_upstream_keepalive": (1, 10000),
     "nginx_upstream_keepalive_timeout": (1, _HOUR), "redis_litellm_db": (0, 15), "postgres_version": (10, 99),
     "litellm_workers": (1, 64), "litellm_max_requests_before_restart": (0, 10**9),
     "litellm_max_requests_jitter": (0, 10**9), "litellm_keepalive_timeout": (1, _HOUR),

@@ -105,7 +105,8 @@ def monitoring_setup() -> Setup | None:
     if "gateways" in groups:
         secrets = credentials.secrets_for_gateway(ctx)
         for unit, tpl in ((L.unitstats_service, "monitoring/gatekit-unitstats.service.j2"),
-                          (L.unitstats_timer, "monitoring/gatekit-unitstats.timer.j2")):
+                          (L.unitstats_timer, "monitoring/gatekit-unitstats.timer.j2"),
+                          (L.reach_service, "monitoring/gatekit-reach.service.j2")):
             want.file(L.unit_path(unit), template(tpl, s=s, layout=L, secrets=secrets),
                       notify=("daemon-reload", f"restart:{L.unitstats_timer}"), name=f"Render {unit}")
         units.append((L.unitstats_timer, ""))

@@ -281,6 +281,7 @@ class Layout:
     recycle_timer = "gatekit-recycle.timer"
     unitstats_service = "gatekit-unitstats.service"  # gateways: instance memory and stale keys for node_exporter
     unitstats_timer = "gatekit-unitstats.timer"
+    reach_service = "gatekit-reach.service"  # gateways: whether Redis and PostgreSQL answer from here (started beside unitstats)
     postgres_monitor_role = "prometheus"  # peer-authenticated over the socket: the exporter's system user
 
     @property

@@ -402,14 +402,14 @@ def _answer(r: Redis, *args: str) -> str:
     return (reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply))[:80]
 
 
-def redis_check(host: str, port: int, db: int, password: str | None) -> dict:
+def redis_check(host: str, port: int, db: int, password: str | None, timeout: float = 5.0) -> dict:
     out = {"target": f"{host}:{port}"}
     try:
-        with Redis(host, port) as r:
+        with Redis(host, port, timeout=timeout) as r:
             out["without_auth"] = _answer(r, "PING")
         if password is None:
             return out
-        with Redis(host, port) as r:
+        with Redis(host, port, timeout=timeout) as r:
             auth = _answer(r, "AUTH", password)
             out["with_auth"] = _answer(r, "PING") if auth == "OK" else auth
             if auth == "OK":
@@ -447,10 +447,10 @@ def _pg_error(body: bytes) -> str:
     return f"{fields.get(b'C', '')} {fields.get(b'M', '')}".strip()[:200]
 
 
-def postgres_login(host: str, port: int, user: str, db: str, password: str | None) -> str:
+def postgres_login(host: str, port: int, user: str, db: str, password: str | None, timeout: float = 5.0) -> str:
     """'ok' when the server let us in; 'password requested' when it asks for one we do not give; else why not.
     SCRAM-SHA-256 (RFC 5802/7677) in the standard library: the password never travels."""
-    with socket.create_connection((host, port), timeout=5) as s:
+    with socket.create_connection((host, port), timeout=timeout) as s:
         params = b"user\0" + user.encode() + b"\0database\0" + db.encode() + b"\0\0"
         s.sendall(struct.pack("!II", len(params) + 8, 196608) + params)
         kind, body = _pg_read(s)
@@ -488,14 +488,14 @@ def postgres_login(host: str, port: int, user: str, db: str, password: str | Non
                 return "ok"
 
 
-def postgres_check(conninfo: str, password: str | None) -> dict:
+def postgres_check(conninfo: str, password: str | None, timeout: float = 5.0) -> dict:
     info = dict(item.split("=", 1) for item in conninfo.split())
     out = {"target": f"{info.get('host')}:{info.get('port')}"}
     for label, pw in (("without_auth", None), ("with_auth", password)):
         if label == "with_auth" and password is None:
             continue
         try:
-            out[label] = postgres_login(info["host"], int(info["port"]), info["user"], info["dbname"], pw)
+            out[label] = postgres_login(info["host"], int(info["port"]), info["user"], info["dbname"], pw, timeout)
         except (OSError, ValueError, KeyError) as exc:
             out[label] = f"error: {type(exc).__name__}: {exc}"[:200]
     return out

@@ -9,6 +9,9 @@ Metrics:
   (by fingerprint of the credential systemd decrypted for it and of its workers' /proc/PID/environ, never
   the value), or a process of it started before that credential was last written (guard #2: rotated key,
   old key still used);
+- gatekit_dependency_reachable{dependency, target}: 1 when the Redis or PostgreSQL the instances use (from
+  litellm.env) answered a connection from this gateway within DEPENDENCY_TIMEOUT, else 0: the gateway's own view,
+  which sees a cut between it and a data host that the data host's exporters (still answering) cannot;
 - gatekit_unitstats_timestamp_seconds: when this ran (an alert-free way to see it stopped).
 Python stdlib only; reads layout.json beside it. Never prints or writes a secret.
 """
@@ -22,12 +25,18 @@ import time
 
 if __package__:
     from .layout import Layout
-    from .probe import all_parents, descendants, environ, fingerprint, proc_stat, read, unit_props
+    from .probe import (all_parents, descendants, env_file, environ, fingerprint, postgres_check, proc_stat, read,
+                        redis_check, unit_props)
     from .rotate import write_atomic
 else:  # on the host: uploaded beside this program
     from layout import Layout
-    from probe import all_parents, descendants, environ, fingerprint, proc_stat, read, unit_props
+    from probe import (all_parents, descendants, env_file, environ, fingerprint, postgres_check, proc_stat, read,
+                       redis_check, unit_props)
     from rotate import write_atomic
+
+# Seconds a dependency has to answer a connection (a LAN answers in milliseconds; a cut path never does). Both are
+# tried in each run, which the timer repeats every scrape interval (5 s or more).
+DEPENDENCY_TIMEOUT = 2.0
 
 
 def stale_keys(layout: Layout, port: int, main_pid: int, variables: dict[str, str], parents: dict[int, int],
@@ -66,6 +75,20 @@ def stale_keys(layout: Layout, port: int, main_pid: int, variables: dict[str, st
     return stale
 
 
+def dependencies(env: dict[str, str], timeout: float = DEPENDENCY_TIMEOUT) -> list[tuple[str, str, int]]:
+    """[(dependency, "host:port", 1 if it answered within timeout else 0)] for the Redis and the usage PostgreSQL
+    of litellm.env: a connection without credentials, which either server answers (PONG or NOAUTH; a password
+    request or a refusal) when the path to it works. A dropped path times out; a stopped server refuses."""
+    out = []
+    if "REDIS_HOST" in env:
+        r = redis_check(env["REDIS_HOST"], int(env["REDIS_PORT"]), 0, None, timeout)
+        out.append(("redis", r["target"], 0 if "error" in r else 1))
+    if "GK_USAGE_PG" in env:
+        pg = postgres_check(env["GK_USAGE_PG"], None, timeout)
+        out.append(("postgres", pg["target"], 0 if pg["without_auth"].startswith("error:") else 1))
+    return out
+
+
 def _num(value: str) -> str | None:
     return value if value.isdigit() else None  # "infinity" and "[not set]" are no numbers
 
@@ -100,14 +123,29 @@ def render(layout: Layout, variables: dict[str, str], proc: str = "/proc") -> st
     return "\n".join(lines) + "\n"
 
 
+def render_dependencies(deps: list[tuple[str, str, int]]) -> str:
+    lines = ["# HELP gatekit_dependency_reachable 1 when the dependency answered a connection from this gateway.",
+             "# TYPE gatekit_dependency_reachable gauge"]
+    lines += [f'gatekit_dependency_reachable{{dependency="{name}",target="{target}"}} {up}' for name, target, up in deps]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="unitstats.py")
     ap.add_argument("--out", required=True, help="the .prom file node_exporter's textfile collector reads")
     ap.add_argument("--secret", action="append", default=[], metavar="NAME=ENVVAR",
                     help="a provider key credential and the variable LiteLLM reads it from")
+    # A mode of its own, run by its own unit (gatekit-reach.service): the network, without the root privileges
+    # and the /proc view the instance stats need.
+    ap.add_argument("--dependencies", action="store_true",
+                    help="write only gatekit_dependency_reachable: Redis and PostgreSQL of litellm.env, from here")
     args = ap.parse_args(argv)
+    layout = Layout.beside(__file__)
+    if args.dependencies:
+        write_atomic(args.out, render_dependencies(dependencies(env_file(layout.env_file))))
+        return 0
     variables = dict(item.split("=", 1) for item in args.secret)
-    write_atomic(args.out, render(Layout.beside(__file__), variables))
+    write_atomic(args.out, render(layout, variables))
     return 0
 
 

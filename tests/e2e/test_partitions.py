@@ -33,6 +33,7 @@ def test_redis_cut_off_under_load_fails_nothing_keeps_p99_fires_its_alert_and_re
     with Load(lab, gws) as healthy:
         time.sleep(HEALTHY_SEC)
     fired: set[tuple[str, str]] = set()
+    unreachable: set[tuple[str, str]] = set()  # (gateway, dependency) seen unreachable from that gateway
     with Load(lab, gws) as cut:
         time.sleep(2)
         with faults.dropped(lab, redis, port):
@@ -42,6 +43,8 @@ def test_redis_cut_off_under_load_fails_nothing_keeps_p99_fires_its_alert_and_re
             while time.monotonic() - cut_at < CUT_SEC:
                 for a in prometheus_query(lab, 'ALERTS{alertname="RedisBypassed", alertstate="firing"}'):
                     fired.add((a["metric"]["host"], a["metric"]["port"]))
+                for m in prometheus_query(lab, 'gatekit_dependency_reachable == 0'):
+                    unreachable.add((m["metric"]["host"], m["metric"]["dependency"]))
                 time.sleep(2)
         back_at = time.monotonic()
         time.sleep(AFTER_SEC)
@@ -62,6 +65,9 @@ def test_redis_cut_off_under_load_fails_nothing_keeps_p99_fires_its_alert_and_re
     # Every live instance's breaker opened (RedisBypassed named each: the lab's gateways have distinct ports), and
     # is closed again: Redis is used once more, without a restart.
     assert {p for _, p in fired} >= {str(p) for gw in gws for p in lab.live_ports(gw)}, fired
+    # Each gateway's own view of the path (gatekit-unitstats): Redis unreachable from every gateway, PostgreSQL on
+    # the same host never.
+    assert unreachable == {(gw, "redis") for gw in gws}, unreachable
     # Closed again once each worker's next Redis call after LiteLLM's recovery timeout succeeds: within a minute (a
     # breaker that stays open fails here). Seen: a gw2 worker whose breaker last opened 4 s before the cut ended was
     # still open at the first look, 20 s after it.

@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 
-from lab.checks import completion, gatekit, gateway_client
+from lab.checks import completion, doctor_failures, gatekit, gateway_client, prometheus_query, wait_until
 from lab.fakeprovider import answer_text, fingerprint
 from lab.load import Load
 
@@ -147,7 +147,8 @@ def test_a_hung_provider_costs_one_timeout_then_the_fallback_answers_and_the_nex
         lab, provider, spec_restored):
     """The provider accepts every call to `hung`'s deployment and never answers (issue 24's hung provider): the first
     call falls back to `quick` after one 2 s timeout (the deployment is cooled down at once, so the retry does not wait
-    again), the next calls skip it without reaching the provider, streamed ones too; the other models are untouched."""
+    again), the next calls skip it without reaching the provider, streamed ones too; the other models are untouched.
+    Meanwhile gatekit doctor names the cooled-down deployment and DeploymentCooledDown fires for it."""
     quick_and_hung(lab)
     lab.write_spec()
     gws = list(lab.groups["gateways"])
@@ -181,6 +182,12 @@ def test_a_hung_provider_costs_one_timeout_then_the_fallback_answers_and_the_nex
         # the fallback's deployment.
         assert seen.count("fake-hung") == 1 and seen.count("fake-quick") == 3, seen
         assert timings[0] < 30, timings  # one 2 s timeout and the fallback, not LiteLLM's 600 s request timeout
+        # Reported while it is skipped (the spec's cooldown_time, 30 s): doctor's routing check names the deployment
+        # (its id begins with the model's name), and the alert on LiteLLM's cooldown counter fires for its model.
+        routing = doctor_failures(lab, gw).get("routing", "")
+        assert "deployment hung--" in routing and "is cooling down now" in routing, routing
+        cooled = 'ALERTS{alertname="DeploymentCooledDown", alertstate="firing", litellm_model_name=~".*fake-hung"}'
+        wait_until(lambda: prometheus_query(lab, cooled), 60, interval=3, what="DeploymentCooledDown for fake-hung")
     finally:
         provider.clear_faults(model="fake-hung")
 

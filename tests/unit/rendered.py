@@ -92,6 +92,7 @@ FILES = {
     "systemd/gatekit-recycle.timer": "unit",
     "systemd/gatekit-unitstats.service": "unit",
     "systemd/gatekit-unitstats.timer": "unit",
+    "systemd/gatekit-reach.service": "unit",
     "systemd/gatekit-prometheus-loopback.socket": "unit",
     "systemd/gatekit-prometheus-loopback.service": "unit",
     "systemd/prometheus-node-exporter.service.d/gatekit.conf": "unit",
@@ -215,7 +216,8 @@ def render_all(s: dict, **fixed) -> dict[str, str]:
         "nginx/upstream.conf": (lambda t: upstream.for_layout(L, L.instance_sets[0]), (L,)),
     }
     for unit, tpl in ((L.unitstats_service, "monitoring/gatekit-unitstats.service.j2"),
-                      (L.unitstats_timer, "monitoring/gatekit-unitstats.timer.j2")):
+                      (L.unitstats_timer, "monitoring/gatekit-unitstats.timer.j2"),
+                      (L.reach_service, "monitoring/gatekit-reach.service.j2")):
         renderers[f"systemd/{unit}"] = (lambda t, tpl=tpl: render.template(tpl, s=t, layout=L, secrets=env_for),
                                         (L, env_names))
     for unit in (L.recycle_service, L.recycle_timer):
@@ -253,7 +255,7 @@ def unit_paths(L: Layout) -> dict[str, str]:
 
 def units_to_verify(L: Layout) -> list[str]:
     return [L.instance(L.litellm_ports[0]), L.migrate_unit, L.venv_install_unit, L.recycle_service, L.recycle_timer,
-            L.unitstats_service, L.unitstats_timer,
+            L.unitstats_service, L.unitstats_timer, L.reach_service,
             L.prometheus_loopback_socket, L.prometheus_loopback_service, L.node_exporter_unit, L.redis_exporter_unit,
             L.postgres_exporter_unit, L.blackbox_unit, L.prometheus_unit]
 

@@ -312,6 +312,7 @@ def test_nginx_streaming_directives(settings):
         "proxy_read_timeout 600s;",
         "gzip off;",
         "server_tokens off;",
+        "keepalive_timeout 0s;",  # no idle client connection for a reload to close (the default)
         "proxy_pass http://litellm;",
     ]:
         assert d in lines, d
@@ -320,12 +321,13 @@ def test_nginx_streaming_directives(settings):
 
 
 def test_nginx_timeouts_and_ports_follow_settings(settings):
-    s = {**settings, "nginx_read_timeout": 1234, "nginx_send_timeout": 77, "nginx_https_port": 8443,
+    s = {**settings, "nginx_read_timeout": 1234, "nginx_send_timeout": 77, "nginx_https_port": 8443, "nginx_keepalive_timeout": 65,
          "nginx_http_port": 8080, "nginx_client_max_body_size": "50m", "nginx_server_name": "gw.example.com"}
     conf = nginx(s)
     lines = directives(conf)
     assert "proxy_read_timeout 1234s;" in lines
     assert "proxy_send_timeout 77s;" in lines
+    assert "keepalive_timeout 65s;" in lines and "keepalive_timeout 0s;" not in lines
     assert "proxy_read_timeout 600s;" not in lines
     assert "listen 8443 ssl default_server;" in lines
     assert "listen 8080 default_server;" in lines
