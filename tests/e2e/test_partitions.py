@@ -67,7 +67,7 @@ def test_redis_cut_off_under_load_fails_nothing_keeps_p99_fires_its_alert_and_re
     assert {p for _, p in fired} >= {str(p) for gw in gws for p in lab.live_ports(gw)}, fired
     # Each gateway's own view of the path (gatekit-unitstats): Redis unreachable from every gateway, PostgreSQL on
     # the same host never.
-    assert unreachable == {(gw, "redis") for gw in gws}, unreachable
+    assert unreachable == {(lab.hosts[gw].address, "redis") for gw in gws}, unreachable  # host: the inventory's name
     # Closed again once each worker's next Redis call after LiteLLM's recovery timeout succeeds: within a minute (a
     # breaker that stays open fails here). Seen: a gw2 worker whose breaker last opened 4 s before the cut ended was
     # still open at the first look, 20 s after it.
