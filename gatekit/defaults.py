@@ -28,7 +28,7 @@ DEFAULTS: dict[str, object] = {
     "redis_password_secret": "redis_password",  # vault secret holding the Redis password
     # --- postgres ----------------------------------------------------------------------------
     "postgres_port": 5432,  # TCP port PostgreSQL listens on
-    "postgres_version": 15,  # Debian 12's PostgreSQL major version (path of the cluster config)
+    "postgres_version": 0,  # PostgreSQL major version whose cluster config gatekit writes (/etc/postgresql/N/main); 0 = the host's: its installed cluster, else what its apt installs (Debian 12: 15, Debian 13: 17)
     "postgres_db": "litellm",  # database created for LiteLLM
     "postgres_user": "litellm",  # role created for LiteLLM (scram-sha-256)
     "postgres_password_secret": "postgres_password",  # vault secret holding that role's password

@@ -381,8 +381,10 @@ def check_settings(settings: dict[str, Any], where: str, host_memory_mb: int | N
         problem = _type_problem(key, value, where)
         if problem is None and key in BOUNDS:
             low, high = BOUNDS[key]
-            if not (low <= value <= high):  # also NaN
-                problem = f"{where}: settings.{key}: {shown(value)} is out of range. Fix: a value from {low} to {high}."
+            if not (low <= value <= high) and not (key in ZERO_MEANS_THE_HOSTS and value == 0):  # also NaN
+                zero = "0 (the host's) or " if key in ZERO_MEANS_THE_HOSTS else ""
+                problem = (f"{where}: settings.{key}: {shown(value)} is out of range. "
+                           f"Fix: {zero}a value from {low} to {high}.")
         if problem:
             problems.append(problem)
             bad.add(key)
@@ -578,6 +580,8 @@ def url_problem(value: str) -> str:
     return ""
 
 
+# Settings whose 0 means "read it from the host" (gatekit/defaults.py), besides their range.
+ZERO_MEANS_THE_HOSTS = ("postgres_version",)
 # (lowest, highest) of every number setting: what the service, nginx or Redis can actually take.
 _HOUR, _DAY = 3600, 86400
 BOUNDS = {

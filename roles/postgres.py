@@ -4,6 +4,7 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import server, systemd
 
 from gatekit.facts import PostgresLitellmState
@@ -27,7 +28,16 @@ def postgres(packages: PackageWave | None = None):
     """`packages`: the deploy-wide wave that installs PACKAGES (deploy.py); alone, the role installs them."""
     ctx = context(host)
     s = ctx.settings
-    L = Layout.from_settings(s)
+    # Where the cluster's configuration lives follows the host's PostgreSQL (Debian 12: 15, Debian 13: 17), read
+    # from the host (gatekit/facts.py) unless the setting names one.
+    role, db = s["postgres_user"], s["postgres_db"]
+    state = host.get_fact(PostgresLitellmState, role=role, database=db, monitor=Layout.postgres_monitor_role)
+    version = s["postgres_version"] or state["major"]
+    if not version:
+        raise PyinfraError(f"host {host.name}: cannot tell which PostgreSQL it runs or would install (no cluster in "
+                           "/etc/postgresql, apt knows no package postgresql, and it is not Debian 12 or 13). Fix: "
+                           "apt-get update on the host, or set postgres_version for it.")
+    L = Layout.from_settings({**s, "postgres_version": version})
     unit = L.postgres_unit
 
     want = Desired(packages=PACKAGES, units=[unit])
@@ -52,8 +62,6 @@ def postgres(packages: PackageWave | None = None):
     systemd.service(name="Reload PostgreSQL for new pg_hba", service=unit, reloaded=True,
                     _if=want.changed("reload", unless="restart"))
 
-    role, db = s["postgres_user"], s["postgres_db"]
-    state = host.get_fact(PostgresLitellmState, role=role, database=db, monitor=L.postgres_monitor_role)
     # The verifier, never the password, goes to the host.
     verifier = scram_sha256_verifier(ctx.secret(s["postgres_password_secret"]), salt_seed=role)
     wait = "for i in $(seq 60); do runuser -u postgres -- psql -XtAc 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.5; done"

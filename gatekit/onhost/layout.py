@@ -29,7 +29,7 @@ class Layout:
     nginx_selfsigned_dir: str = "/etc/gatekit/tls"
     nginx_upstream_keepalive: int = 32  # the upstream file's values (gatekit/onhost/upstream.py): rotation rewrites it
     nginx_upstream_keepalive_timeout: int = 60
-    postgres_version: int = 15
+    postgres_version: int = 0  # 0: the host's (roles/postgres.py reads it from the host)
     # Fixed locations (no setting); fields only so that tests can point them into a temporary directory.
     gatekit_etc: str = "/etc/gatekit"
     gatekit_state_dir: str = "/var/lib/gatekit"
@@ -266,6 +266,8 @@ class Layout:
 
     @property
     def postgres_conf_dir(self) -> str:
+        if not self.postgres_version:  # 0: the host's, known only from its facts (roles/postgres.py reads them)
+            raise ValueError("postgres_version 0 (the host's) has not been read from the host")
         return f"{self.postgres_dir}/{self.postgres_version}/main"
 
     # ---- monitoring (roles/monitoring.py) -------------------------------------------------------------

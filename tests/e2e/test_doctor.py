@@ -78,7 +78,8 @@ def test_each_check_fails_on_its_break_and_passes_after_the_repair(lab):
     cert1 = L1.tls_pair[0]
     gw1_files = (L1.config, cert1, L1.tls_pair[1])
     gw2_files = (L2.nginx_site, L2.cred("openai_key"), f"{site2}/six.py")
-    pg_hba = f"{lab.layout('data1').postgres_conf_dir}/pg_hba.conf"
+    pg_hba = data1.run("runuser -u postgres -- psql -XtAc 'SHOW hba_file'").stdout.strip()  # the running server's
+    assert pg_hba.startswith("/etc/postgresql/") and pg_hba.endswith("/main/pg_hba.conf"), pg_hba
     # Two deployments cool down, one of a model named with ':' (LiteLLM's key embeds the name whole).
     cooling = [deployment_id(lab, "gw1", "claude"), deployment_id(lab, "gw1", "llama3:8b")]
     save(gw1, *gw1_files)

@@ -59,6 +59,7 @@ class FakeHosts:
     def __init__(self):
         self.converged = False
         self.ip_filtering = True  # what IPFilteringEnforced reads on every host
+        self.postgres_major = 15  # the PostgreSQL the data host runs or would install (PostgresLitellmState's "major")
         self.declared: dict[str, list[Desired]] = {}
         self.drift: dict[str, dict] = {}  # host -> {"paths": {path: None | tuple}, "units": {...}, ...}
 
@@ -103,7 +104,7 @@ class FakeHosts:
         if cls is PostgresLitellmState:
             user = DEFAULTS["postgres_user"]
             return {"role": scram_sha256_verifier(SECRETS["postgres_password"], salt_seed=user), "db": user,
-                    "schema": keyauth.SCHEMA_VERSION, "monitor": "prometheus"}
+                    "schema": keyauth.SCHEMA_VERSION, "monitor": "prometheus", "major": self.postgres_major}
         raise AssertionError(f"unexpected fact {cls.__name__}: a role read the host outside its one round trip")
 
     def on_read(self, host, want: Desired):
@@ -408,6 +409,32 @@ def test_a_gateway_on_a_release_no_lock_covers_stops_the_deploy_before_any_opera
     with pytest.raises(PyinfraError, match=r"^host gw2: 'Ubuntu 24.04.1 LTS': no gatekit lock covers its Python\. Fix: "
                                            r"run gateways on Debian 12 \(bookworm, Python 3\.11\) or Debian 13"):
         run_deploy(fake)
+
+
+def test_the_postgres_config_goes_where_the_hosts_postgresql_reads_it_or_the_deploy_stops(fake):
+    """Debian 13's PostgreSQL 17 reads /etc/postgresql/17/main; nothing known (no package lists): a one-line stop
+    before any operation, naming the fix."""
+    fake.postgres_major = 17
+    run_deploy(fake)
+    files = [path for want in fake.declared["data1"] for path in want.files if "postgresql" in path]
+    assert sorted(files) == ["/etc/postgresql/17/main/conf.d/gatekit.conf", "/etc/postgresql/17/main/pg_hba.conf"]
+    fake.postgres_major = None
+    with pytest.raises(PyinfraError, match=r"^host data1: cannot tell which PostgreSQL it runs or would install .* not Debian 12 or 13\)\. "
+                                           r"Fix: apt-get update on the host, or set postgres_version for it\.$"):
+        run_deploy(fake)
+
+
+@pytest.mark.parametrize(("output", "major"), [
+    (["installed 15", "candidate 15", "role x"], 15),
+    (["installed 15", "candidate 17"], 15),  # the cluster that exists, not what an upgrade would bring
+    (["candidate 17"], 17),  # before the first install
+    (["installed 15", "installed 17"], 17),
+    (["release 13", "candidate", "db litellm"], 17),  # a fresh Debian 13 image: no package lists yet
+    (["release 12", "candidate 16"], 16),  # apt's answer (here another repository's) over the release's default
+    (["release 24", "candidate"], None),  # another system, nothing known
+])
+def test_the_postgres_major_version_is_the_installed_clusters_else_apts(output, major):
+    assert PostgresLitellmState().process(output)["major"] == major
 
 
 @pytest.mark.parametrize(("output", "enforced"), [

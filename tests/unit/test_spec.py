@@ -812,6 +812,14 @@ def test_numbers_out_of_range_are_refused(key, value):
     assert problems and problems[0].startswith(f"spec.yaml: settings.{key}: ") and "out of range" in problems[0]
 
 
+def test_postgres_version_0_is_the_hosts_and_other_small_numbers_are_refused_saying_so():
+    assert check_settings({"postgres_version": 0}, "spec.yaml") == []
+    assert check_settings({"postgres_version": 7}, "spec.yaml") == [
+        "spec.yaml: settings.postgres_version: 7 is out of range. Fix: 0 (the host's) or a value from 10 to 99."]
+    assert check_settings({"nginx_https_port": 0}, "spec.yaml") == [
+        "spec.yaml: settings.nginx_https_port: 0 is out of range. Fix: a value from 1 to 65535."]
+
+
 def test_nginx_ports_must_differ():
     problems = check_settings({"nginx_https_port": 8443, "nginx_http_port": 8443}, "s")
     assert len(problems) == 1 and "port 8443 is also nginx_https_port's" in problems[0]
