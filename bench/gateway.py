@@ -18,8 +18,13 @@ journal. `wrk` (Debian's, closed loop) cross-checks the generator's top rate on 
 `--cpu-rounds N` then runs the kit and stock-1 side by side and alternates them N rounds at `--cpu-rate`:
 CPU per request with the machine's drift shared alike (one pass each varied by 10-20% between runs).
 
+`--pythons` instead compares the kit's launch on Debian 12's Python 3.11 (gw1) with Debian 13's Python 3.13 (gw2,
+booted from Debian 13 beside it, the same locks and config): each gateway stepped up the rates as above, then, with
+`--cpu-rounds N`, the two alternated N rounds at `--cpu-rate` (only one under load at a time).
+
 Usage: .venv/bin/python bench/gateway.py [--seconds 30] [--rates 20,40,...] [--soak 20000] [--only kit,stock-1]
        [--cpu-rounds 6 --cpu-rate 60]
+       .venv/bin/python bench/gateway.py --pythons [--seconds 30] [--rates ...] [--cpu-rounds 6 --cpu-rate 60]
 """
 
 from __future__ import annotations
@@ -268,6 +273,63 @@ def cpu_rounds(gw: Gateway, contenders: dict[str, tuple[list[int], list[str]]], 
     return out
 
 
+def gateway_rounds(gws: dict[str, Gateway], rounds: int, rate: float, seconds: float) -> dict[str, list[float]]:
+    """cpu_rounds across gateways: each round every gateway's kit in turn (order reversed every other round)."""
+    out: dict[str, list[float]] = {name: [] for name in gws}
+    names = list(gws)
+    for i in range(rounds):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            gw = gws[name]
+            asyncio.run(open_loop(gw.url, gw.headers, rate, 3))
+            step = cpu_step(gw, [gw.L.instance(p) for p in gw.kit_ports], rate, seconds)
+            out[name].append(step["cpu_s_per_1000"])
+            print(f"  round {i + 1} {name:<11} {rate:.0f}/s  cpu {out[name][-1]:.1f} s/1000  failed {step['failed']}  "
+                  f"p99 {step['p99_ms']:.0f} ms", flush=True)
+    return out
+
+
+def pythons(args, rates: list[float]) -> None:
+    """The kit on Python 3.11 (Debian 12, gw1) against Python 3.13 (Debian 13, gw2), side by side in one lab."""
+    with tempfile.TemporaryDirectory(prefix="gk-bench-py-") as tmp:
+        lab = Lab.create(Path(tmp), base=sb.ensure_base(seed_debs=KIT_PACKAGES),
+                         settings={"nginx_keepalive_timeout": 65, **json.loads(args.settings)})
+        try:
+            lab.start_services()
+            lab.write_vault()
+            lab.write_spec()
+            lab.boot(["gw1", "data1"])
+            lab.boot(["gw2"], suite="trixie")
+            lab.write_inventory({"gateways": ["gw1", "gw2"], "redis": ["data1"], "postgres": ["data1"]})
+            lab.deploy()
+            FakeProviderClient(lab.provider_url).stream(chunks=5, delay=0.0)
+            gws = {}
+            for name in ("gw1", "gw2"):
+                gw = Gateway(lab, name)
+                py = gw.sh(f"{gw.L.venv}/bin/python3 -c 'import platform; print(platform.python_version())'").strip()
+                gws[f"py{py}"] = gw
+            rows = [measure(gw, label, gw.kit_ports, [gw.L.instance(p) for p in gw.kit_ports], rates, args.seconds)
+                    for label, gw in gws.items()]
+            alternating = gateway_rounds(gws, args.cpu_rounds, args.cpu_rate, args.seconds) if args.cpu_rounds else None
+        finally:
+            lab.stop()
+    print(f"\nthe kit's launch per Python, rates held {args.seconds:.0f} s each, 20% streams, open loop")
+    print(f"{'python':<11} {'held/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'cpu s/1k':>9} {'RSS MB':>7} {'PSS MB':>7} {'cgrp MB':>7}")
+    for r in rows:
+        b = r["best"] or {"rate": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "cpu_s_per_1000": float("nan")}
+        print(f"{r['name']:<11} {b['rate']:>7.0f} {b['p50_ms']:>7.1f} {b['p99_ms']:>7.1f} {b['cpu_s_per_1000']:>9.1f} "
+              f"{r['rss_mb']:>7.0f} {r['pss_mb']:>7.0f} {r['current_mb']:>7.0f}")
+    if alternating:
+        print(f"CPU s/1,000 at {args.cpu_rate:.0f}/s, {args.cpu_rounds} alternating rounds of {args.seconds:.0f} s:")
+        for name, values in alternating.items():
+            print(f"  {name:<11} median {statistics.median(values):5.1f}   rounds " + " ".join(f"{v:.1f}" for v in values))
+        a, b = list(alternating.values())
+        ratios = [y / x for x, y in zip(a, b)]
+        print(f"  {list(alternating)[1]} / {list(alternating)[0]} within each round: median "
+              f"{statistics.median(ratios):.2f}   " + " ".join(f"{r:.2f}" for r in ratios))
+    Path(__file__).with_name("gateway-pythons.json").write_text(json.dumps({"rows": rows, "alternating_cpu": alternating},
+                                                                             indent=1))
+
+
 def wrk_rate(gw: Gateway, connections: int, seconds: int) -> float | None:
     """Debian's wrk, closed loop, non-streamed only: the top throughput the generator should not beat."""
     if not shutil.which("wrk"):
@@ -294,8 +356,11 @@ def main():
     ap.add_argument("--cpu-rounds", type=int, default=0,
                     help="then alternate the kit and stock-1 (both running) this many rounds at --cpu-rate: CPU per request")
     ap.add_argument("--cpu-rate", type=float, default=60)
+    ap.add_argument("--pythons", action="store_true", help="the kit on Python 3.11 (Debian 12) against 3.13 (Debian 13)")
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
+    if args.pythons:
+        return pythons(args, rates)
     only = args.only.split(",")
     base = sb.ensure_base(seed_debs=KIT_PACKAGES)
     rows, soak, alternating = [], None, None

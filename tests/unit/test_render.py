@@ -829,13 +829,33 @@ def test_migration_unit_follows_the_layout(settings):
     text = render.template("litellm/litellm-migrate.service.j2", layout=Layout.from_settings(s),
                            credentials=["litellm_master_key"], prisma_engines_mirror="https://mirror.example/prisma")
     v = unit_values(text)
-    assert v["ExecStart"] == [
-        "/srv/gk/venv/bin/python3 -m prisma generate --schema /srv/gk/venv/lib/python3.11/site-packages/litellm/proxy/schema.prisma",
-        "/srv/gk/bin/gatekit-litellm-launch --skip_server_startup",
-    ]
+    generate, migrate = v["ExecStart"]
+    assert generate.startswith("/srv/gk/venv/bin/python3 -c ")
+    assert migrate == "/srv/gk/bin/gatekit-litellm-launch --skip_server_startup"
     assert v["EnvironmentFile"] == ["/srv/gk-etc/litellm.env"]
     assert "PRISMA_ENGINES_MIRROR=https://mirror.example/prisma" in v["Environment"]
     assert v["LoadCredentialEncrypted"] == ["litellm_master_key:/etc/gatekit/creds/litellm_master_key.cred"]
+
+
+def test_the_migration_finds_the_schema_in_the_venvs_own_site_packages(settings, tmp_path):
+    """The generate step, run as systemd would run it (its quoting), by this Python against a stand-in prisma CLI:
+    the schema path is this interpreter's site-packages, whatever its version (3.11 or 3.13)."""
+    import shlex
+    import subprocess
+    import sys
+    import sysconfig
+
+    text = render.template("litellm/litellm-migrate.service.j2", layout=Layout.from_settings(settings),
+                           credentials=[], prisma_engines_mirror="")
+    argv = shlex.split(unit_values(text)["ExecStart"][0])
+    assert argv[0].endswith("/venv/bin/python3") and argv[1] == "-c"
+    (tmp_path / "prisma").mkdir()
+    (tmp_path / "prisma" / "__init__.py").write_text("")
+    (tmp_path / "prisma" / "__main__.py").write_text("import sys; print(repr(sys.argv[1:]))")
+    out = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}).stdout
+    schema = sysconfig.get_paths()["purelib"] + "/litellm/proxy/schema.prisma"
+    assert out.strip() == repr(["generate", "--schema", schema])
 
 
 def _locations(conf: str) -> dict[str, str]:
