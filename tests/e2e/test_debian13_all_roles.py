@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab.checks import completion, doctor_failures, gateway_client
+from lab.checks import completion, doctor_failures, gateway_client, wait_for_scrapes
 from lab.env import Lab
 
 HOST = "solo13"
@@ -53,4 +53,6 @@ def test_it_serves_through_nginx_and_doctor_finds_nothing_failing(solo):
     with gateway_client(solo) as client:
         r = completion(client, solo.gateway_url(HOST))
         assert r.status_code == 200 and "fake-answer" in r.text, r.text[:300]
+    # Prometheus' last scrape of an instance may predate its readiness (seen: "target down: litellm ... port 4001").
+    wait_for_scrapes(solo)
     assert doctor_failures(solo, HOST) == {}
