@@ -43,7 +43,7 @@ class PostgresLitellmState(FactBase):
     """Role/database/password state for the LiteLLM role, and which version of gatekit's usage schema the
     database holds (the comment on gatekit.key_usage, "schema"), and whether the monitoring role exists
     ("monitor"); those are absent before PostgreSQL is installed. "major": the PostgreSQL major version installed,
-    else the one apt would install, else None (no package lists). One round trip for all of it."""
+    else the one apt would install, else the release's default (DEBIAN_POSTGRES), else None. One round trip."""
 
     def command(self, role, database, monitor="prometheus"):
         sql = (
@@ -79,4 +79,3 @@ class PostgresLitellmState(FactBase):
                 state[kind] = value
         state["major"] = max(majors["installed"] or majors["candidate"] or [0]) or DEBIAN_POSTGRES.get(release)
         return state
-
