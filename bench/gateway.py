@@ -255,33 +255,19 @@ def measure(gw: Gateway, name: str, ports: list[int], units: list[str], rates: l
             "http500": sum(s["http500"] for s in steps), "contextvar": count_contextvar(journal)}
 
 
-def cpu_rounds(gw: Gateway, contenders: dict[str, tuple[list[int], list[str]]], rounds: int, rate: float,
+def cpu_rounds(contenders: dict[str, tuple[Gateway, list[int], list[str]]], rounds: int, rate: float,
                seconds: float) -> dict[str, list[float]]:
-    """CPU s/1,000 requests per contender and round, the contenders alternating (order reversed every other
-    round) while all run: a slow drift of the shared machine hits each of them alike, unlike one pass each."""
+    """CPU s/1,000 requests per contender (its gateway, ports and units) and round, the contenders alternating
+    (order reversed every other round) while all run: a slow drift of the shared machine hits each of them alike,
+    unlike one pass each."""
     out: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     for i in range(rounds):
         for name in (names if i % 2 == 0 else names[::-1]):
-            ports, units = contenders[name]
+            gw, ports, units = contenders[name]
             gw.point_nginx(ports)
             asyncio.run(open_loop(gw.url, gw.headers, rate, 3))  # fresh keep-alive connections to this one
             step = cpu_step(gw, units, rate, seconds)
-            out[name].append(step["cpu_s_per_1000"])
-            print(f"  round {i + 1} {name:<8} {rate:.0f}/s  cpu {out[name][-1]:.1f} s/1000  failed {step['failed']}  "
-                  f"p99 {step['p99_ms']:.0f} ms", flush=True)
-    return out
-
-
-def gateway_rounds(gws: dict[str, Gateway], rounds: int, rate: float, seconds: float) -> dict[str, list[float]]:
-    """cpu_rounds across gateways: each round every gateway's kit in turn (order reversed every other round)."""
-    out: dict[str, list[float]] = {name: [] for name in gws}
-    names = list(gws)
-    for i in range(rounds):
-        for name in (names if i % 2 == 0 else names[::-1]):
-            gw = gws[name]
-            asyncio.run(open_loop(gw.url, gw.headers, rate, 3))
-            step = cpu_step(gw, [gw.L.instance(p) for p in gw.kit_ports], rate, seconds)
             out[name].append(step["cpu_s_per_1000"])
             print(f"  round {i + 1} {name:<11} {rate:.0f}/s  cpu {out[name][-1]:.1f} s/1000  failed {step['failed']}  "
                   f"p99 {step['p99_ms']:.0f} ms", flush=True)
@@ -294,12 +280,7 @@ def pythons(args, rates: list[float]) -> None:
         lab = Lab.create(Path(tmp), base=sb.ensure_base(seed_debs=KIT_PACKAGES),
                          settings={"nginx_keepalive_timeout": 65, **json.loads(args.settings)})
         try:
-            lab.start_services()
-            lab.write_vault()
-            lab.write_spec()
-            lab.boot(["gw1", "data1"])
-            lab.boot(["gw2"], suite="trixie")
-            lab.write_inventory({"gateways": ["gw1", "gw2"], "redis": ["data1"], "postgres": ["data1"]})
+            lab.setup({"gateways": ["gw1", "gw2"], "redis": ["data1"], "postgres": ["data1"]}, suites={"gw2": "trixie"})
             lab.deploy()
             FakeProviderClient(lab.provider_url).stream(chunks=5, delay=0.0)
             gws = {}
@@ -307,9 +288,9 @@ def pythons(args, rates: list[float]) -> None:
                 gw = Gateway(lab, name)
                 py = gw.sh(f"{gw.L.venv}/bin/python3 -c 'import platform; print(platform.python_version())'").strip()
                 gws[f"py{py}"] = gw
-            rows = [measure(gw, label, gw.kit_ports, [gw.L.instance(p) for p in gw.kit_ports], rates, args.seconds)
-                    for label, gw in gws.items()]
-            alternating = gateway_rounds(gws, args.cpu_rounds, args.cpu_rate, args.seconds) if args.cpu_rounds else None
+            kits = {label: (gw, gw.kit_ports, [gw.L.instance(p) for p in gw.kit_ports]) for label, gw in gws.items()}
+            rows = [measure(gw, label, ports, units, rates, args.seconds) for label, (gw, ports, units) in kits.items()]
+            alternating = cpu_rounds(kits, args.cpu_rounds, args.cpu_rate, args.seconds) if args.cpu_rounds else None
         finally:
             lab.stop()
     print(f"\nthe kit's launch per Python, rates held {args.seconds:.0f} s each, 20% streams, open loop")
@@ -403,7 +384,7 @@ def main():
                 rows.append(row)
             if args.cpu_rounds:
                 gw.start_stock(None)
-                alternating = cpu_rounds(gw, {"kit": (gw.kit_ports, kit_units), "stock-1": ([STOCK_PORT], [STOCK_UNIT])},
+                alternating = cpu_rounds({"kit": (gw, gw.kit_ports, kit_units), "stock-1": (gw, [STOCK_PORT], [STOCK_UNIT])},
                                          args.cpu_rounds, args.cpu_rate, args.seconds)
                 gw.stop_stock()
             gw.point_nginx(gw.kit_ports)

@@ -241,13 +241,18 @@ class Lab:
                 model["deployments"][0]["weight"] = self.weights[model["name"]]
         self.spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
 
-    def setup(self, groups: dict[str, list[str]], host_settings: dict[str, dict] | None = None):
+    def setup(self, groups: dict[str, list[str]], host_settings: dict[str, dict] | None = None,
+              suites: dict[str, str] | None = None):
         """Everything before the first deploy: provider + wheelhouse, vault, spec, hosts, inventory.
-        `host_settings`: {host name: {setting: value}}, one host's overrides of the spec's settings."""
+        `host_settings`: {host name: {setting: value}}, one host's overrides of the spec's settings.
+        `suites`: {host name: Debian release (sb.SUITES)} of the hosts not on sb.SUITE."""
         self.start_services()
         self.write_vault()
         self.write_spec()
-        self.boot(list(dict.fromkeys(n for names in groups.values() for n in names)))
+        names = list(dict.fromkeys(n for hosts in groups.values() for n in hosts))
+        suite_of = {n: (suites or {}).get(n, sb.SUITE) for n in names}
+        for suite in dict.fromkeys(suite_of.values()):
+            self.boot([n for n in names if suite_of[n] == suite], suite=suite)
         for name, values in (host_settings or {}).items():
             self.hosts[name].data.update(values)
         self.write_inventory(groups)

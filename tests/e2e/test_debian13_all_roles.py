@@ -21,12 +21,9 @@ GROUPS = {group: [HOST] for group in ("gateways", "redis", "postgres", "monitori
 def solo(tmp_path_factory):
     lab = Lab.create(tmp_path_factory.mktemp("solo13"))
     try:
-        lab.start_services()
-        lab.write_vault()
-        lab.write_spec()
-        (host,) = lab.boot([HOST], suite="trixie")
-        lab.package_lists_before = host.run("ls /var/lib/apt/lists | grep -c _Packages || true").stdout.strip()
-        lab.write_inventory(GROUPS)
+        lab.setup(GROUPS, suites={HOST: "trixie"})
+        lists = lab.hosts[HOST].run("ls /var/lib/apt/lists | grep -c _Packages || true")
+        lab.package_lists_before = lists.stdout.strip()
         lab.first_deploy = lab.deploy()
         yield lab
     finally:
