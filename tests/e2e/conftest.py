@@ -25,9 +25,10 @@ NON_DEFAULT = {"litellm_home": "/srv/gk-litellm", "litellm_config_dir": "/srv/gk
                "nginx_selfsigned_dir": "/srv/gk-etc/tls", "nginx_metrics_port": 9470,
                "monitoring_node_exporter_port": 9101}
 HOST_SETTINGS = {"gw2": NON_DEFAULT}
-# The gateway test_stack.py adds to the running fleet: Debian 13, one instance per set. It stays for
-# test_stack_rotation.py (rotation under load and a reboot on Debian 13), whose last test takes it out again.
-ADDED, ADDED_SUITE, ADDED_SETTINGS = "gw3", "trixie", {"litellm_ports": [4001, 4002]}
+# The gateway test_stack.py adds to the running fleet: Debian 13, the default two instances per set. It stays for
+# test_stack_rotation.py (rotation under load, kill -9 and OOM kill of a live instance, and a reboot on Debian 13),
+# whose last test takes it out again.
+ADDED, ADDED_SUITE, ADDED_SETTINGS = "gw3", "trixie", {}
 
 
 def pytest_collection_modifyitems(items):
