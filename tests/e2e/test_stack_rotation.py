@@ -137,11 +137,12 @@ def test_rotate_to_rejected_key_rolls_back(lab, client, provider):
         set_vault(lab, "openai_key", current)
 
 
-# Each step of gatekit-rotate, killed (SIGKILL of the on-host rotation process) right after it. Two steps at once,
-# one on each gateway (gw2 has every path and port setting moved): a rotation touches only its own host, and the
-# provider tells the gateways' calls apart by their address. With fewer gateways a group's steps take turns.
+# Each step of gatekit-rotate, killed (SIGKILL of the on-host rotation process) right after it. Three steps at once,
+# one on each gateway (gw2 has every path and port setting moved, gw3 runs Debian 13): a rotation touches only its
+# own host, and the provider tells the gateways' calls apart by their address. With fewer gateways a group's steps
+# take turns.
 STEPS = ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx", "drain"]
-GROUPS = [STEPS[i:i + 2] for i in range(0, len(STEPS), 2)]
+GROUPS = [STEPS[i:i + 3] for i in range(0, len(STEPS), 3)]
 
 
 def _kill_rotation_after(lab, provider, gw: str, step: str, old: str, new: str):
@@ -173,6 +174,7 @@ def _kill_rotation_after(lab, provider, gw: str, step: str, old: str, new: str):
 
 @pytest.mark.parametrize("steps", GROUPS, ids=["+".join(g) for g in GROUPS])
 def test_killed_rotation_keeps_one_key_and_rerun_completes(lab, provider, steps):
+    ensure_added_gateway(lab)
     gws = gateways(lab)
     errors = []
     for turn in range(0, len(steps), len(gws)):
