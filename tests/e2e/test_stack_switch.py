@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 from lab.checks import completion, doctor_failures, gatekit, gateway_client, prometheus_query, wait_until
 from lab.fakeprovider import answer_text, fingerprint
@@ -266,3 +269,54 @@ def test_a_deploy_switch_killed_on_the_first_gateway_is_finished_by_the_next_dep
     again = lab.deploy()
     assert again.ok and again.changes == 0, {h: again.changed_ops(lab.hosts[h].address) for h in gws}
 
+
+
+# Each step of a deploy's switch (gatekit-rotate, the host program rotations use too), killed right after it: one
+# step per gateway at once, each gateway deployed alone (--limit), a new weight per group. With fewer gateways than
+# steps in a group, the steps take turns.
+STEPS = ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx", "drain"]
+GROUPS = [STEPS[i:i + 2] for i in range(0, len(STEPS), 2)]
+
+
+def _kill_deploy_after(lab, gw: str, step: str, before: tuple[str, tuple]):
+    """gw's deploy, its switch killed after `step`: the gateway serves throughout and in between, and the next deploy
+    completes the change (rolled back and switched again, or finished forward): the other set serves the new config,
+    recorded, no journal left."""
+    address, L = lab.hosts[gw].address, lab.layout(gw)
+    with Load(lab, [gw], threads_per_gateway=1) as load:
+        killed = lab.deploy(extra=["--limit", address, "--data", f"gatekit_rotate_fail_after={step}"], check=False)
+        time.sleep(2)
+    assert not killed.ok and f"dying after step {step}" in killed.stdout + killed.stderr, killed.stderr[-3000:]
+    assert load.failures == [], load.summary()
+    with gateway_client(lab) as client:
+        for _ in range(3):
+            assert completion(client, lab.gateway_url(gw), model="smart").status_code == 200
+    with Load(lab, [gw], threads_per_gateway=1) as load:
+        done = lab.deploy(extra=["--limit", address])
+    assert done.ok, done.stderr[-3000:]
+    assert load.failures == [], load.summary()
+    assert lab.hosts[gw].run(f"test ! -e {L.journal_file}", check=False).returncode == 0
+    now = lab.live_record(gw)
+    assert now["config_sha1"] == config_sha1(lab, gw) != before[0], now
+    assert tuple(now["ports"]) != before[1], (now["ports"], before)
+
+
+@pytest.mark.parametrize("steps", GROUPS, ids=["+".join(g) for g in GROUPS])
+def test_a_deploy_switch_killed_after_each_step_is_completed_by_the_next_deploy(lab, spec_restored, steps):
+    gws = gateways(lab)
+    errors = []
+    for turn in range(0, len(steps), len(gws)):
+        runs = list(zip(gws, steps[turn:turn + len(gws)]))
+        lab.weights["smart"] = 10 + STEPS.index(runs[0][1])  # a change that needs LiteLLM restarted
+        lab.write_spec()
+        before = {gw: (config_sha1(lab, gw), tuple(lab.live_record(gw)["ports"])) for gw, _ in runs}
+        with ThreadPoolExecutor(len(runs)) as pool:
+            futures = [(gw, step, pool.submit(_kill_deploy_after, lab, gw, step, before[gw])) for gw, step in runs]
+        for gw, step, future in futures:
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - every gateway's failure is reported, not only the first
+                errors.append(f"{gw}, killed after {step}: {type(exc).__name__}: {exc}")
+    assert not errors, "\n".join(errors)
+    again = lab.deploy()
+    assert again.ok and again.changes == 0, {h: again.changed_ops(lab.hosts[h].address) for h in gws}
