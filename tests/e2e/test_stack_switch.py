@@ -298,7 +298,7 @@ def _kill_deploy_after(lab, gw: str, step: str, before: tuple[str, tuple]):
     assert lab.hosts[gw].run(f"test ! -e {L.journal_file}", check=False).returncode == 0
     now = lab.live_record(gw)
     assert now["config_sha1"] == config_sha1(lab, gw) != before[0], now
-    assert tuple(now["ports"]) != before[1], (now["ports"], before)
+    assert lab.live_ports(gw) != before[1], (lab.live_ports(gw), before)
 
 
 @pytest.mark.parametrize("steps", GROUPS, ids=["+".join(g) for g in GROUPS])
@@ -309,7 +309,7 @@ def test_a_deploy_switch_killed_after_each_step_is_completed_by_the_next_deploy(
         runs = list(zip(gws, steps[turn:turn + len(gws)]))
         lab.weights["smart"] = 10 + STEPS.index(runs[0][1])  # a change that needs LiteLLM restarted
         lab.write_spec()
-        before = {gw: (config_sha1(lab, gw), tuple(lab.live_record(gw)["ports"])) for gw, _ in runs}
+        before = {gw: (config_sha1(lab, gw), lab.live_ports(gw)) for gw, _ in runs}
         with ThreadPoolExecutor(len(runs)) as pool:
             futures = [(gw, step, pool.submit(_kill_deploy_after, lab, gw, step, before[gw])) for gw, step in runs]
         for gw, step, future in futures:
