@@ -75,6 +75,9 @@ class Gateway:
     was_active: dict[int, bool]  # per live port
     running_enabled: dict[int, bool]
     switch: Switch | None = None  # a serving gateway's change, staged
+    # A switch was cut off (its journal): which set runs is its recovery's to decide, not live.json's (the set it names
+    # may be the one the cut-off switch had drained and its recovery stops again).
+    interrupted: bool = False
 
     @property
     def restarted(self) -> list[int]:
@@ -189,6 +192,7 @@ def litellm_setup(packages: PackageWave | None = None) -> Gateway:
         was_active=was_active,
         running_enabled={p: want.state["units"].get(L.instance(p)) == ("active", "enabled") for p in ports},
         switch=switch,
+        interrupted=interrupted,
     )
 
 
@@ -253,7 +257,7 @@ def litellm_start(gw: Gateway):
         server.shell(name="Generate Prisma client and migrate the LiteLLM database",
                      commands=[f"systemctl start {gw.layout.migrate_unit}"], _if=want.changed("migrate"))
     # A unit that was not running starts now with the new inputs; only a running one needs a restart.
-    for port in gw.ports:
+    for port in () if gw.interrupted else gw.ports:
         if not gw.running_enabled[port]:
             systemd.service(name=f"Enable and start {L.instance(port)}", service=L.instance(port), running=True, enabled=True)
     if gw.switch:
@@ -284,7 +288,7 @@ def litellm_ready(gw: Gateway):
     """After a (re)start, wait for /health/readiness of each live instance not yet waited for (deploy.py
     configures nginx in the meantime)."""
     restart = gw.want.changed("restart")
-    for port in gw.ports:
+    for port in () if gw.interrupted else gw.ports:  # the switch's recovery waits for the set it leaves serving
         if not gw.was_active[port]:
             wait_ready(gw, port)
         elif port == gw.restarted[-1] and not gw.switch:
