@@ -63,6 +63,9 @@ else:  # on the host: uploaded beside this program
     from layout import Layout
 
 LAYOUT = Layout()  # main() reads the host's own from layout.json beside this program
+# The steps, in order, after each of which a fault can be injected (--fail-after, --fail-at: the lab's tests); `record`
+# has no injection point.
+FAULT_STEPS = ("swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx", "drain")
 
 
 class UnitError(RuntimeError):
@@ -651,8 +654,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--redis-cred", required=True, help="credential name of the Redis password (redis_password_secret)")
     ap.add_argument("--ready-timeout", type=float, required=True, help="seconds (litellm_ready_timeout)")
     ap.add_argument("--settle", type=float, required=True, help="seconds after the switch (rotation_settle_sec)")
-    ap.add_argument("--fail-after", default="", help=argparse.SUPPRESS)  # tests: SIGKILL self after a step
-    ap.add_argument("--fail-at", default="", help=argparse.SUPPRESS)  # tests: fail inside a step
+    # tests: SIGKILL self after a step, fail inside a step. A step without an injection point is refused: it would
+    # never fire, and the test would prove nothing.
+    ap.add_argument("--fail-after", default="", choices=("", *FAULT_STEPS), help=argparse.SUPPRESS)
+    ap.add_argument("--fail-at", default="", choices=("", *FAULT_STEPS), help=argparse.SUPPRESS)
     return ap
 
 

@@ -73,7 +73,7 @@ def unit_dropin(port: int) -> str:
 def test_each_check_fails_on_its_break_and_passes_after_the_repair(lab):
     gw1, gw2, data1 = lab.hosts["gw1"], lab.hosts["gw2"], lab.hosts["data1"]
     L1, L2 = lab.layout("gw1"), lab.layout("gw2")
-    p1, p2 = lab.live_ports("gw1"), lab.live_ports("gw2")
+    p1 = lab.live_ports("gw1")
     site2 = f"{L2.venv}/lib/python3.11/site-packages"
     cert1 = L1.tls_pair[0]
     gw1_files = (L1.config, cert1, L1.tls_pair[1])

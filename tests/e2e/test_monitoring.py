@@ -16,7 +16,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import httpx
-import pytest
 
 from gatekit.alerts import LITELLM_UNIT_ACTIVE
 from lab.checks import completion, prometheus_query, wait_until

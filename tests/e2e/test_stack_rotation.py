@@ -19,6 +19,7 @@ from lab.env import PYINFRA, REPO, fake_key
 from tests.e2e.conftest import ADDED, ADDED_SETTINGS, ADDED_SUITE
 from gatekit.vault import fingerprint, resolve_key, set_secret
 from lab.load import Load
+from gatekit.onhost.rotate import FAULT_STEPS
 from lab.checks import completion, deployment_id, gateway_client, redis_cli, secret_locations, wait_until
 from lab.faults import after_death, kill_9, kill_a_worker, main_pid, oom_kill, restarted_and_ready
 
@@ -141,8 +142,7 @@ def test_rotate_to_rejected_key_rolls_back(lab, client, provider):
 # one on each gateway (gw2 has every path and port setting moved, gw3 runs Debian 13): a rotation touches only its
 # own host, and the provider tells the gateways' calls apart by their address. With fewer gateways a group's steps
 # take turns.
-STEPS = ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx", "drain"]
-GROUPS = [STEPS[i:i + 3] for i in range(0, len(STEPS), 3)]
+GROUPS = [FAULT_STEPS[i:i + 3] for i in range(0, len(FAULT_STEPS), 3)]
 
 
 def _kill_rotation_after(lab, provider, gw: str, step: str, old: str, new: str):

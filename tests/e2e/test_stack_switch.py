@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from gatekit.onhost.rotate import FAULT_STEPS
 from lab.checks import completion, doctor_failures, gatekit, gateway_client, prometheus_query, wait_until
 from lab.fakeprovider import answer_text, fingerprint
 from lab.load import Load
@@ -274,8 +275,7 @@ def test_a_deploy_switch_killed_on_the_first_gateway_is_finished_by_the_next_dep
 # Each step of a deploy's switch (gatekit-rotate, the host program rotations use too), killed right after it: one
 # step per gateway at once, each gateway deployed alone (--limit), a new weight per group. With fewer gateways than
 # steps in a group, the steps take turns.
-STEPS = ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx", "drain"]
-GROUPS = [STEPS[i:i + 2] for i in range(0, len(STEPS), 2)]
+GROUPS = [FAULT_STEPS[i:i + 2] for i in range(0, len(FAULT_STEPS), 2)]
 
 
 def _kill_deploy_after(lab, gw: str, step: str, before: tuple[str, tuple]):
@@ -307,7 +307,7 @@ def test_a_deploy_switch_killed_after_each_step_is_completed_by_the_next_deploy(
     errors = []
     for turn in range(0, len(steps), len(gws)):
         runs = list(zip(gws, steps[turn:turn + len(gws)]))
-        lab.weights["smart"] = 10 + STEPS.index(runs[0][1])  # a change that needs LiteLLM restarted
+        lab.weights["smart"] = 10 + FAULT_STEPS.index(runs[0][1])  # a change that needs LiteLLM restarted
         lab.write_spec()
         before = {gw: (config_sha1(lab, gw), lab.live_ports(gw)) for gw, _ in runs}
         with ThreadPoolExecutor(len(runs)) as pool:

@@ -854,7 +854,7 @@ def test_rotate_rollback_keeps_an_existing_live_json(gw):
     assert_rolled_back(gw, live_before=before)
 
 
-ROLLED_BACK_STEPS = ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx"]
+ROLLED_BACK_STEPS = R.FAULT_STEPS[:R.FAULT_STEPS.index("drain")]
 
 
 @pytest.mark.parametrize("step", ROLLED_BACK_STEPS)
@@ -889,11 +889,13 @@ def test_rotate_fail_at_drain_is_finished_forward_by_the_next_run(gw, capsys):
     assert gw.of("reload") == []
 
 
-def test_rotate_fail_at_record_has_no_injection_point(gw):
-    # rotate() calls fault() after every step but `record`: --fail-at record changes nothing.
-    _ready(gw)
-    assert R.rotate(args(fail_at="record")) == 0
-    assert gw.live()["ports"] == [4003, 4004] and gw.journal() is None
+@pytest.mark.parametrize("step", ["record", "canary_nginx"])
+def test_a_fault_step_without_an_injection_point_is_refused_not_ignored(gw, step):
+    # rotate() calls fault() after every step but `record`; a misspelt step would never fire either.
+    with pytest.raises(SystemExit):
+        args(fail_at=step)
+    with pytest.raises(SystemExit):
+        args(fail_after=step)
 
 
 def _cut_off_after(gw, monkeypatch, step):
@@ -904,7 +906,7 @@ def _cut_off_after(gw, monkeypatch, step):
         R.rotate(args(fail_after=step))
 
 
-@pytest.mark.parametrize("step", ["swap-creds", "start", "ready", "canary"])
+@pytest.mark.parametrize("step", R.FAULT_STEPS[:R.FAULT_STEPS.index("switch")])
 def test_a_rotation_cut_off_before_the_switch_is_rolled_back_by_the_next_run(gw, monkeypatch, step):
     _cut_off_after(gw, monkeypatch, step)
     assert gw.upstream.read_text() == conf(BLUE)  # nginx never left the old set
@@ -917,7 +919,7 @@ def test_a_rotation_cut_off_before_the_switch_is_rolled_back_by_the_next_run(gw,
     assert gw.cred_text("openai_key") == "OLD-cred"
 
 
-@pytest.mark.parametrize("step", ["switch", "purge", "canary-nginx", "drain"])
+@pytest.mark.parametrize("step", R.FAULT_STEPS[R.FAULT_STEPS.index("switch"):])
 def test_a_rotation_cut_off_after_the_switch_is_finished_forward_by_the_next_run(gw, monkeypatch, step):
     _cut_off_after(gw, monkeypatch, step)
     assert gw.upstream.read_text() == conf(GREEN)
@@ -927,10 +929,7 @@ def test_a_rotation_cut_off_after_the_switch_is_finished_forward_by_the_next_run
     assert gw.upstream.read_text() == conf(GREEN)
 
 
-DEPLOY_STEPS = ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx", "drain"]
-
-
-@pytest.mark.parametrize("step", DEPLOY_STEPS)
+@pytest.mark.parametrize("step", R.FAULT_STEPS)
 def test_a_deploy_switch_cut_off_at_any_step_leaves_one_config_live_and_the_next_run_settles_it(gw, monkeypatch, step):
     """A deploy's switch (a changed config.yaml, no key: roles/litellm.py) whose helper dies right after `step`:
     before nginx switched, the next run rolls back (the old config and set serve, nothing staged is left); from the
@@ -943,7 +942,7 @@ def test_a_deploy_switch_cut_off_at_any_step_leaves_one_config_live_and_the_next
     with monkeypatch.context() as m, pytest.raises(SystemExit):
         m.setattr(R.os, "kill", lambda pid, sig: (_ for _ in ()).throw(SystemExit(f"killed after {step}")))
         R.rotate(args(**deploy, fail_after=step))
-    switched = DEPLOY_STEPS.index(step) >= DEPLOY_STEPS.index("switch")
+    switched = R.FAULT_STEPS.index(step) >= R.FAULT_STEPS.index("switch")
     assert gw.upstream.read_text() == conf(GREEN if switched else BLUE)
     assert gw.journal()["files"] == [str(config)]
     assert R.rotate(args(secrets="-", purge="", change="deploy")) == 0  # the next run: nothing staged this time
@@ -1459,7 +1458,7 @@ def _upgrade_files(gw) -> tuple[dict[str, str], str, str]:
     return {**files, L.launcher: "launcher"}, old, new
 
 
-@pytest.mark.parametrize("step", ["swap-creds", "start", "ready", "canary", "switch", "purge", "canary-nginx", "drain"])
+@pytest.mark.parametrize("step", R.FAULT_STEPS)
 def test_an_upgrade_cut_off_after_any_step_is_rolled_back_or_finished_by_the_next_run(gw, monkeypatch, step):
     """kill -9 of the deploy's switch after each step (here SystemExit where it would SIGKILL itself), then the next
     run with nothing staged: before nginx switched, every file (the launcher too) is the old one again and `venv` never
