@@ -107,6 +107,7 @@ class Lab:
     hosts: dict[str, sb.Host] = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)
     secret_values: dict[str, str] = field(default_factory=dict)
+    rotated_out: list[str] = field(default_factory=list)  # every value set_secret replaced: the leak scans look for them
     settings: dict = field(default_factory=dict)
     procs: list[subprocess.Popen] = field(default_factory=list)
     extra_models: list[dict] = field(default_factory=list)  # appended to the spec's models (write_spec)
@@ -194,6 +195,14 @@ class Lab:
         key = vault.resolve_key(self.vault_path, key_file=self.key_file)
         for name, value in self.secret_values.items():
             vault.set_secret(self.vault_path, key, name, value)
+
+    def set_secret(self, name: str, value: str):
+        """A new value of a vault secret, as `gatekit secrets set` stores it (the next deploy or rotation ships it)."""
+        from gatekit import vault
+
+        vault.set_secret(self.vault_path, vault.resolve_key(self.vault_path, key_file=self.key_file), name, value)
+        self.rotated_out.append(self.secret_values[name])
+        self.secret_values[name] = value
 
     def write_spec(self):
         base = self.provider_url

@@ -17,21 +17,13 @@ import pytest
 
 from lab.env import PYINFRA, REPO, fake_key
 from tests.e2e.conftest import ADDED, ADDED_SETTINGS, ADDED_SUITE
-from gatekit.vault import fingerprint, resolve_key, set_secret
+from gatekit.vault import fingerprint
 from lab.load import Load
 from gatekit.onhost.rotate import FAULT_STEPS
 from lab.checks import completion, deployment_id, gateway_client, redis_cli, secret_locations, wait_until
 from lab.faults import after_death, kill_9, kill_a_worker, main_pid, oom_kill, restarted_and_ready
 
 OPENAI_MODELS = {"fake-fast", "fake-smart", "fake-llama3-8b"}
-
-
-def set_vault(lab, name: str, value: str):
-    set_secret(lab.vault_path, resolve_key(lab.vault_path, key_file=lab.key_file), name, value)
-    if not hasattr(lab, "rotated_out"):
-        lab.rotated_out = []
-    lab.rotated_out.append(lab.secret_values[name])
-    lab.secret_values[name] = value
 
 
 def rotate(lab, *extra: str, check: bool = False):
@@ -55,7 +47,7 @@ def gateways(lab) -> list[str]:
 
 def test_rotate_under_load_zero_failed_requests(lab, client, provider):
     old, new = lab.secret_values["openai_key"], fake_key("openai-rot")
-    set_vault(lab, "openai_key", new)
+    lab.set_secret("openai_key", new)
     # The old key's deployment of a model named with ':' is cooling down in the shared Redis (LiteLLM's own key
     # shape): the purge must find it although the name's ':' looks like LiteLLM's separator.
     # A plain deploy refuses to put the changed key on the running gateways (that would be a restart), names
@@ -109,7 +101,7 @@ def test_rotate_to_rejected_key_rolls_back(lab, client, provider):
     current = lab.secret_values["openai_key"]
     bad = fake_key("openai-rejected")
     provider.revoke(fingerprint(bad))  # the provider will answer 401 for it
-    set_vault(lab, "openai_key", bad)
+    lab.set_secret("openai_key", bad)
     before = {gw: lab.live_record(gw) for gw in gateways(lab)}
     try:
         tried_since = time.time()
@@ -135,7 +127,7 @@ def test_rotate_to_rejected_key_rolls_back(lab, client, provider):
             assert completion(client, lab.gateway_url(gw), model="fast").status_code == 200
         assert openai_fps(provider, since) == {fingerprint(current)}
     finally:
-        set_vault(lab, "openai_key", current)
+        lab.set_secret("openai_key", current)
 
 
 # Each step of gatekit-rotate, killed (SIGKILL of the on-host rotation process) right after it. Three steps at once,
@@ -180,7 +172,7 @@ def test_killed_rotation_keeps_one_key_and_rerun_completes(lab, provider, steps)
     for turn in range(0, len(steps), len(gws)):
         old = lab.secret_values["openai_key"]
         new = fake_key("openai-kill-" + "-".join(steps[turn:turn + len(gws)]))
-        set_vault(lab, "openai_key", new)
+        lab.set_secret("openai_key", new)
         runs = list(zip(gws, steps[turn:turn + len(gws)]))
         with ThreadPoolExecutor(len(runs)) as pool:
             futures = [(gw, step, pool.submit(_kill_rotation_after, lab, provider, gw, step, old, new)) for gw, step in runs]
@@ -195,7 +187,7 @@ def test_killed_rotation_keeps_one_key_and_rerun_completes(lab, provider, steps)
 def test_kill_9_of_the_controller_mid_rotation(lab, provider):
     gw = gateways(lab)[0]
     new = fake_key("openai-kill-controller")
-    set_vault(lab, "openai_key", new)
+    lab.set_secret("openai_key", new)
     cmd = [PYINFRA, "-y", str(lab.inventory_path), str(REPO / "rotate_keys.py"), "--data", "rotate=openai_key",
            "--limit", lab.hosts[gw].address]
     with Load(lab, [gw], threads_per_gateway=1) as load:
@@ -282,7 +274,7 @@ def test_kill_9_of_a_live_instance_during_a_rotation_under_load(lab, client, pro
     nginx sent it meanwhile are reset (502): in flight on the dying process, counted as such by kill_9.)"""
     gw = gateways(lab)[0]
     new = fake_key("openai-kill9")
-    set_vault(lab, "openai_key", new)
+    lab.set_secret("openai_key", new)
     with Load(lab, [gw], threads_per_gateway=3) as load:
         time.sleep(1)
         outcome, killed_at, victim = _kill_when_the_other_set_starts(lab, gw, ("--limit", lab.hosts[gw].address))
@@ -311,7 +303,7 @@ def test_instance_restarted_from_a_rejected_key_mid_rotation_is_restarted_by_the
     current = lab.secret_values["openai_key"]
     bad = fake_key("openai-rejected-after-crash")
     provider.revoke(fingerprint(bad))
-    set_vault(lab, "openai_key", bad)
+    lab.set_secret("openai_key", bad)
     try:
         outcome, _, victim = _kill_when_the_other_set_starts(lab, gw, ("--limit", host.address))
         outcome["thread"].join(timeout=600)
@@ -326,7 +318,7 @@ def test_instance_restarted_from_a_rejected_key_mid_rotation_is_restarted_by_the
         stale = stale_key_lines(host, L)
         assert stale and all(ln.endswith(" 0") for ln in stale), stale
     finally:
-        set_vault(lab, "openai_key", current)
+        lab.set_secret("openai_key", current)
 
 
 @pytest.mark.parametrize("gw", ["gw1", ADDED])
@@ -379,7 +371,7 @@ def test_all_gateways_converge_and_no_plaintext_anywhere(lab, provider):
         assert {f'port="{p}"' for p in lab.live_ports(gw)} <= {ln.split(",")[0].split("{")[1] for ln in stale}
         assert stale and all(ln.endswith(" 0") for ln in stale), stale
     # Every key this session used (current and rotated-out ones) is absent from hosts and outputs.
-    values = set(lab.secret_values.values()) | set(getattr(lab, "rotated_out", []))
+    values = set(lab.secret_values.values()) | set(lab.rotated_out)
     for text in (final.stdout, final.stderr):
         assert not [v for v in values if v in text]
     assert secret_locations(lab, values) == []

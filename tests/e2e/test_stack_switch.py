@@ -15,6 +15,7 @@ import pytest
 
 from gatekit.onhost.rotate import FAULT_STEPS
 from lab.checks import completion, doctor_failures, gatekit, gateway_client, prometheus_query, wait_until
+from lab.env import fake_key
 from lab.fakeprovider import answer_text, fingerprint
 from lab.load import Load
 
@@ -320,3 +321,38 @@ def test_a_deploy_switch_killed_after_each_step_is_completed_by_the_next_deploy(
     assert not errors, "\n".join(errors)
     again = lab.deploy()
     assert again.ok and again.changes == 0, {h: again.changed_ops(lab.hosts[h].address) for h in gws}
+
+
+def test_a_gemini_and_an_azure_key_rotated_together_under_load_each_provider_sees_only_its_new_key(
+        lab, provider, spec_restored):
+    """The one-key provider shapes beside OpenAI (issue 23): google_key and azure_key rotated in one run under load,
+    no failed request; afterwards Gemini and Azure see only their new keys, and the OpenAI and Anthropic channels keep
+    theirs."""
+    quick_and_hung(lab)
+    lab.write_spec()
+    gws = gateways(lab)
+    assert lab.deploy().ok  # after the tests above: the models are live already; alone: the switch to them
+    kept = {"fake-fast": fingerprint(lab.secret_values["openai_key"]),
+            "fake-claude": fingerprint(lab.secret_values["anthropic_key"])}
+    new = {"google_key": fake_key("google-rot"), "azure_key": fake_key("azure-rot")}
+    for name, value in new.items():
+        lab.set_secret(name, value)
+    with Load(lab, gws, threads_per_gateway=2) as load:
+        rotated = lab.deploy("rotate_keys.py", extra=["--data", "rotate=google_key,azure_key"], check=False)
+    print("gemini + azure rotation under load:", load.summary(), f"{rotated.seconds:.1f} s")
+    assert rotated.ok, rotated.stderr[-3000:]
+    assert load.failures == [], load.summary()
+    since = time.time()
+    with gateway_client(lab) as client:
+        for gw in gws:
+            for model in (*SHAPES, "fast", "claude"):
+                r = completion(client, lab.gateway_url(gw), model=model)
+                assert r.status_code == 200, (gw, model, r.text[:300])
+            record = lab.live_record(gw)["secrets"]
+            assert {n: record[n]["fingerprint"] for n in new} == {n: fingerprint(v) for n, v in new.items()}, record
+    seen: dict[str, set] = {}
+    for r in provider.requests(since=since):
+        seen.setdefault(r.get("model"), set()).add(r["fingerprint"])
+    assert seen["fake-gemini-flash"] == {fingerprint(new["google_key"])}, seen
+    assert seen["fake-azure-4o"] == {fingerprint(new["azure_key"])}, seen
+    assert {m: seen[m] for m in kept} == {m: {fp} for m, fp in kept.items()}, seen
