@@ -1,15 +1,35 @@
 """Deaths of LiteLLM processes on a lab gateway (kill -9 of an instance or of a worker, an OOM kill), shared by
 the end-to-end tests and bench/crash.py, and how requests around a death are told apart: in flight on the
 dying process (may fail) or started after it (must be served). And a partition: a host's port that silently
-drops every packet sent to it (no refusal: what a cut network or a frozen server looks like to a client)."""
+drops every packet sent to it (no refusal: what a cut network or a frozen server looks like to a client). And
+the switch killed after each of its steps, one step per gateway at once (steps_on_each_gateway)."""
 
 from __future__ import annotations
 
 import contextlib
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from lab.checks import OOM_ALLOCATOR, unit_memory_cgroup, wait_until
+
+
+def steps_on_each_gateway(gws: list[str], steps, prepare, run) -> list[str]:
+    """`steps` in turns of one step per gateway, the gateways of a turn side by side (a switch touches only its own
+    host): prepare(runs) once per turn ([(gw, step)]: the change they all make), then run(gw, step, prepared) on each.
+    Returns every gateway's failure ("gw, killed after step: ..."), not only the first."""
+    errors = []
+    for turn in range(0, len(steps), len(gws)):
+        runs = list(zip(gws, steps[turn:turn + len(gws)]))
+        prepared = prepare(runs)
+        with ThreadPoolExecutor(len(runs)) as pool:
+            futures = [(gw, step, pool.submit(run, gw, step, prepared)) for gw, step in runs]
+        for gw, step, future in futures:
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - every gateway's failure is reported, not only the first
+                errors.append(f"{gw}, killed after {step}: {type(exc).__name__}: {exc}")
+    return errors
 
 
 def main_pid(host, unit: str) -> int:

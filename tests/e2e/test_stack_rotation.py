@@ -10,7 +10,6 @@ import shlex
 import signal
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -21,7 +20,7 @@ from gatekit.vault import fingerprint
 from lab.load import Load
 from gatekit.onhost.rotate import FAULT_STEPS
 from lab.checks import completion, deployment_id, gateway_client, redis_cli, secret_locations, wait_until
-from lab.faults import after_death, kill_9, kill_a_worker, main_pid, oom_kill, restarted_and_ready
+from lab.faults import after_death, kill_9, kill_a_worker, main_pid, oom_kill, restarted_and_ready, steps_on_each_gateway
 
 OPENAI_MODELS = {"fake-fast", "fake-smart", "fake-llama3-8b"}
 
@@ -167,20 +166,14 @@ def _kill_rotation_after(lab, provider, gw: str, step: str, old: str, new: str):
 @pytest.mark.parametrize("steps", GROUPS, ids=["+".join(g) for g in GROUPS])
 def test_killed_rotation_keeps_one_key_and_rerun_completes(lab, provider, steps):
     ensure_added_gateway(lab)
-    gws = gateways(lab)
-    errors = []
-    for turn in range(0, len(steps), len(gws)):
-        old = lab.secret_values["openai_key"]
-        new = fake_key("openai-kill-" + "-".join(steps[turn:turn + len(gws)]))
+
+    def new_key(runs) -> tuple[str, str]:
+        old, new = lab.secret_values["openai_key"], fake_key("openai-kill-" + "-".join(step for _, step in runs))
         lab.set_secret("openai_key", new)
-        runs = list(zip(gws, steps[turn:turn + len(gws)]))
-        with ThreadPoolExecutor(len(runs)) as pool:
-            futures = [(gw, step, pool.submit(_kill_rotation_after, lab, provider, gw, step, old, new)) for gw, step in runs]
-        for gw, step, future in futures:
-            try:
-                future.result()
-            except Exception as exc:  # noqa: BLE001 - every gateway's failure is reported, not only the first
-                errors.append(f"{gw}, killed after {step}: {type(exc).__name__}: {exc}")
+        return old, new
+
+    errors = steps_on_each_gateway(gateways(lab), steps, new_key,
+                                   lambda gw, step, keys: _kill_rotation_after(lab, provider, gw, step, *keys))
     assert not errors, "\n".join(errors)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -17,6 +16,7 @@ from gatekit.onhost.rotate import FAULT_STEPS
 from lab.checks import completion, doctor_failures, gatekit, gateway_client, prometheus_query, wait_until
 from lab.env import fake_key
 from lab.fakeprovider import answer_text, fingerprint
+from lab.faults import steps_on_each_gateway
 from lab.load import Load
 
 
@@ -305,19 +305,14 @@ def _kill_deploy_after(lab, gw: str, step: str, before: tuple[str, tuple]):
 @pytest.mark.parametrize("steps", GROUPS, ids=["+".join(g) for g in GROUPS])
 def test_a_deploy_switch_killed_after_each_step_is_completed_by_the_next_deploy(lab, spec_restored, steps):
     gws = gateways(lab)
-    errors = []
-    for turn in range(0, len(steps), len(gws)):
-        runs = list(zip(gws, steps[turn:turn + len(gws)]))
+
+    def new_weight(runs) -> dict[str, tuple]:
         lab.weights["smart"] = 10 + FAULT_STEPS.index(runs[0][1])  # a change that needs LiteLLM restarted
         lab.write_spec()
-        before = {gw: (config_sha1(lab, gw), lab.live_ports(gw)) for gw, _ in runs}
-        with ThreadPoolExecutor(len(runs)) as pool:
-            futures = [(gw, step, pool.submit(_kill_deploy_after, lab, gw, step, before[gw])) for gw, step in runs]
-        for gw, step, future in futures:
-            try:
-                future.result()
-            except Exception as exc:  # noqa: BLE001 - every gateway's failure is reported, not only the first
-                errors.append(f"{gw}, killed after {step}: {type(exc).__name__}: {exc}")
+        return {gw: (config_sha1(lab, gw), lab.live_ports(gw)) for gw, _ in runs}
+
+    errors = steps_on_each_gateway(gws, steps, new_weight,
+                                   lambda gw, step, before: _kill_deploy_after(lab, gw, step, before[gw]))
     assert not errors, "\n".join(errors)
     again = lab.deploy()
     assert again.ok and again.changes == 0, {h: again.changed_ops(lab.hosts[h].address) for h in gws}
